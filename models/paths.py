@@ -1,0 +1,72 @@
+"""Where weight files are looked for, and the error raised when they are missing or wrong.
+
+Resolution order for the weights folder: an explicit path (command-line option), then the
+environment variable ``UNIDIFFUSER_WEIGHTS``, then ``checkpoints/`` at the repository root.
+Inside it the competition's layout is accepted as is (``models/uvit_v1.pth`` ...) as well as
+the files directly in the folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ENV_VAR = "UNIDIFFUSER_WEIGHTS"
+
+# name -> (file or folder, what it is, where users get it)
+KNOWN_WEIGHTS = {
+    "uvit": ("uvit_v1.pth", "UniDiffuser v1 UViT", "the UniDiffuser v1 release (thu-ml/unidiffuser-v1)"),
+    "autoencoder": ("autoencoder_kl.pth", "UniDiffuser AutoencoderKL", "the UniDiffuser v1 release"),
+    "caption_decoder": ("caption_decoder.pth", "UniDiffuser caption decoder (encode_prefix)",
+                        "the UniDiffuser v1 release"),
+    "gpt2": ("gpt2", "GPT-2 tokenizer folder", "the UniDiffuser v1 release (models/gpt2/)"),
+    "clip_text": ("clip-vit-large-patch14", "CLIP ViT-L/14 text encoder (Hugging Face folder)",
+                  "openai/clip-vit-large-patch14 on the Hugging Face hub"),
+    "clip_image": ("ViT-B-32.pt", "OpenAI CLIP ViT-B/32 weights (open_clip 'openai' file)",
+                   "open_clip's ViT-B-32 'openai' pretrained file"),
+    "face_pack": ("antelopev2", "insightface face pack (antelopev2 or buffalo_l folder of .onnx files)",
+                  "insightface's model packs (antelopev2.zip or buffalo_l.zip)"),
+    "identity": ("faceid_encoder", "pretrained identity module (safetensors + config.json)",
+                 "this project's pretraining run (scripts/pretrain.sh)"),
+}
+
+
+class WeightsError(RuntimeError):
+    """A weight file or folder is missing, unreadable or does not match the module."""
+
+
+def weights_dir(override: str | os.PathLike | None = None) -> Path:
+    """The folder holding weight files (see module docstring for the resolution order)."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return REPO_ROOT / "checkpoints"
+
+
+def find_weights(name: str, path: str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None) -> Path:
+    """Path of a known weight file/folder; `path` wins when given. Raises WeightsError if absent.
+
+    Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout); for the face
+    pack also `buffalo_l`, and `<root>/models/<pack>`.
+    """
+    filename, what, source = KNOWN_WEIGHTS[name]
+    if path:
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise WeightsError(f"{what}: {p} does not exist. Get it from {source} and pass its path.")
+        return p
+    base = weights_dir(root)
+    names = [filename] + (["buffalo_l"] if name == "face_pack" else [])
+    candidates = [base / sub / n for n in names for sub in ("", "models")]
+    for c in candidates:
+        if c.exists():
+            return c
+    tried = ", ".join(str(c) for c in candidates)
+    raise WeightsError(
+        f"{what} not found (looked for {tried}). Get it from {source} and put it there, "
+        f"or set {ENV_VAR} to the folder that holds it, or pass its path explicitly. "
+        f"checkpoints/README.md lists every expected file.")
