@@ -1,0 +1,73 @@
+"""Configuration of the identity module (projector + injection), stored beside its weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+FORMAT_NAME = "unidiffuser-faceid-identity"
+FORMAT_VERSION = 1
+
+Injection = Literal["extra_tokens", "text_slots"]
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Identity module hyper-parameters; the backbone fields must match the UViT it wraps.
+
+    injection:
+      "extra_tokens" (default): K tokens of width `embed_dim` join the joint sequence after the
+        text tokens with learned position embeddings; every block sees them through a gated
+        attention term (per block and head, zero-initialised).
+      "text_slots": K tokens of width `text_dim` overwrite the last K positions of the 77-token
+        text context (CLIP padding for short prompts), blended by a zero-initialised gate.
+    """
+
+    face_dim: int = 512  # ArcFace embedding width
+    num_tokens: int = 4  # K
+    hidden_dim: int = 1024  # projector MLP width
+    injection: Injection = "extra_tokens"
+    use_flip: bool = True  # average each photo's embedding with its mirrored crop's
+    # backbone dimensions (UViT v1)
+    embed_dim: int = 1536
+    text_dim: int = 64
+    num_text_tokens: int = 77
+    num_heads: int = 24
+    num_blocks: int = 31  # in + mid + out blocks = depth + 1
+
+    def __post_init__(self):
+        if self.injection not in ("extra_tokens", "text_slots"):
+            raise ValueError(f"injection must be 'extra_tokens' or 'text_slots', got {self.injection!r}")
+        if self.injection == "text_slots" and not 0 < self.num_tokens < self.num_text_tokens:
+            raise ValueError(f"text_slots needs 0 < num_tokens < {self.num_text_tokens}")
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the tokens the projector emits."""
+        return self.embed_dim if self.injection == "extra_tokens" else self.text_dim
+
+    @classmethod
+    def for_uvit(cls, uvit_config, **overrides) -> IdentityConfig:
+        """Backbone fields taken from a `models.uvit.UViTConfig`."""
+        return cls(embed_dim=uvit_config.embed_dim, text_dim=uvit_config.text_dim,
+                   num_text_tokens=uvit_config.num_text_tokens, num_heads=uvit_config.num_heads,
+                   num_blocks=2 * (uvit_config.depth // 2) + 1, **overrides)
+
+    def backbone_mismatch(self, uvit_config) -> list[str]:
+        """Fields that disagree with the UViT this module would wrap (empty when compatible)."""
+        want = IdentityConfig.for_uvit(uvit_config)
+        names = ("embed_dim", "text_dim", "num_text_tokens", "num_heads", "num_blocks")
+        return [f"{n}: module {getattr(self, n)} vs backbone {getattr(want, n)}" for n in names
+                if getattr(self, n) != getattr(want, n)]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> IdentityConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"identity config has unknown keys {sorted(unknown)}")
+        return cls(**d)

@@ -1,0 +1,97 @@
+"""The ID-conditioned UViT: wraps the frozen UniDiffuser UViT and never edits it.
+
+extra_tokens injection, per block (the frozen block's own weights serve both streams):
+
+    main stream x   [B, L, D]: o = attn(q, k, v) + g * attn(q, k_id, v_id)
+    identity stream [B, K, D]: o_id = attn(q_id, [k; k_id], [v; v_id])
+
+where g = gate[block] [H] x id_scale [B]. The identity tokens thus sit in the joint sequence (they
+attend to everything and everything may attend to them), but the main stream sees them only
+through a zero-initialised gate: at g = 0 every main-stream operation is exactly the plain
+UViT's, so the untrained module reproduces UniDiffuser bit for bit. This is LLaMA-Adapter's
+zero-init gated attention applied to IP-Adapter-style identity tokens.
+
+text_slots injection writes the identity tokens into the last K text positions, blended by
+the gate, and calls the plain UViT.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from encoder.identity import IdentityModule
+from models.uvit import UViT, attend
+
+
+class IDConditionedUViT(nn.Module):
+    """forward(img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0)
+        -> (img_out, clip_img_out, text_out), the UViT's signature plus identity.
+
+    id_tokens [B, K, token_dim] (or [1, K, token_dim], broadcast); id_scale a float or [B]
+    tensor (0 for a sample = plain UViT for that sample, so conditional and unconditional
+    passes can share one batch).
+    """
+
+    def __init__(self, uvit: UViT, identity: IdentityModule):
+        super().__init__()
+        if bad := identity.config.backbone_mismatch(uvit.config):
+            raise ValueError("identity module does not fit this UViT: " + "; ".join(bad))
+        self.uvit = uvit
+        self.identity = identity
+
+    @property
+    def config(self):
+        return self.uvit.config
+
+    def forward(self, img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0):
+        if id_tokens is None:
+            return self.uvit(img, clip_img, text, t_img, t_text, data_type)
+        b = img.shape[0]
+        scale = torch.as_tensor(id_scale, dtype=img.dtype, device=img.device).expand(b)
+        id_tokens = id_tokens.to(img.dtype).expand(b, -1, -1)
+        if self.identity.config.injection == "text_slots":
+            return self.uvit(img, clip_img, self._fill_slots(text, id_tokens, scale),
+                             t_img, t_text, data_type)
+        return self._forward_extra_tokens(img, clip_img, text, t_img, t_text, data_type, id_tokens, scale)
+
+    def _fill_slots(self, text, id_tokens, scale):
+        """text [B, 77, text_dim]: last K rows <- (1 - g) text + g id_tokens, g = gate x scale."""
+        k = id_tokens.shape[1]
+        g = (self.identity.gate.to(text.dtype) * scale)[:, None, None]
+        head, tail = text[:, :-k], text[:, -k:]
+        return torch.cat([head, tail + g * (id_tokens - tail)], dim=1)
+
+    def _forward_extra_tokens(self, img, clip_img, text, t_img, t_text, data_type, id_tokens, scale):
+        _, _, h, w = img.shape
+        u = self.uvit
+        x = u.embed(img, clip_img, text, t_img, t_text, data_type)
+        xi = id_tokens + self.identity.pos.to(x.dtype)
+        gates = self.identity.gate.to(x.dtype)  # [n_blocks, H]
+        skips = []
+        i = 0
+        for blk in u.in_blocks:
+            x, xi = self._block(blk, x, xi, gates[i], scale)
+            skips.append((x, xi))
+            i += 1
+        x, xi = self._block(u.mid_block, x, xi, gates[i], scale)
+        i += 1
+        for blk in u.out_blocks:
+            skip, skip_i = skips.pop()
+            x, xi = self._block(blk, x, xi, gates[i], scale, skip, skip_i)
+            i += 1
+        return u.heads(u.norm(x), h, w)
+
+    @staticmethod
+    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None):
+        """One frozen block over both streams. x [B, L, D], xi [B, K, D], gate [H], scale [B]."""
+        x, xi = blk.fuse_skip(x, skip), blk.fuse_skip(xi, skip_i)
+        q, k, v = blk.attn.heads(x)
+        qi, ki, vi = blk.attn.heads(xi)
+        g = rearrange(gate, "h -> 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
+        o = attend(q, k, v) + g * attend(q, ki, vi)
+        oi = attend(qi, torch.cat([k, ki], dim=2), torch.cat([v, vi], dim=2))
+        x = blk.norm2(x + blk.attn.merge(o))
+        xi = blk.norm2(xi + blk.attn.merge(oi))
+        return blk.norm3(x + blk.mlp(x)), blk.norm3(xi + blk.mlp(xi))

@@ -1,0 +1,140 @@
+"""The trainable identity module: projector, identity position embeddings and gates.
+
+It is the only thing pretraining learns. On disk it is a folder with `identity.safetensors`
+and `config.json` (format name, version, config); see `save` / `load`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from encoder.config import FORMAT_NAME, FORMAT_VERSION, IdentityConfig
+from encoder.projector import IDProjector, pool_embeddings
+from models.paths import WeightsError
+
+WEIGHTS_FILE = "identity.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class IdentityModule(nn.Module):
+    """Identity embedding(s) -> tokens, plus the parameters that inject them into the UViT.
+
+    extra_tokens: `pos` [1, K, D] position embeddings of the identity tokens and `gate`
+      [n_blocks, heads], the weight of the identity attention term in each block (zero at init).
+    text_slots: `gate` [1], the blend of identity tokens into the text slots (zero at init).
+    """
+
+    def __init__(self, config: IdentityConfig):
+        super().__init__()
+        self.config = c = config
+        self.projector = IDProjector(c.face_dim, c.hidden_dim, c.num_tokens, c.token_dim)
+        if c.injection == "extra_tokens":
+            self.pos = nn.Parameter(torch.zeros(1, c.num_tokens, c.embed_dim))
+            nn.init.trunc_normal_(self.pos, std=0.02)
+            self.gate = nn.Parameter(torch.zeros(c.num_blocks, c.num_heads))
+        else:
+            self.gate = nn.Parameter(torch.zeros(1))
+
+    def tokens(self, face: torch.Tensor) -> torch.Tensor:
+        """[B, face_dim] pooled L2-normalised embedding -> [B, K, token_dim] identity tokens."""
+        return self.projector(face)
+
+    def tokens_from_photos(self, emb: torch.Tensor, emb_flip: torch.Tensor | None = None) -> torch.Tensor:
+        """One person's photos [N, face_dim] (+ mirrored) -> tokens [1, K, token_dim]."""
+        pooled = pool_embeddings(emb, emb_flip if self.config.use_flip else None)
+        return self.tokens(pooled[None])
+
+    # ----------------------------------------------------------------------------- disk format
+    def save(self, folder: str | os.PathLike, extra: dict | None = None) -> Path:
+        """Write `identity.safetensors` and `config.json` into folder, each atomically."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+        meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
+                **(extra or {})}
+        _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, expect: IdentityConfig | None = None,
+             uvit_config=None) -> IdentityModule:
+        """Load a saved module; a config that differs from `expect` or the backbone fails clearly."""
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise WeightsError(
+                    f"identity module: {p} is missing. An identity-module checkpoint is a folder with "
+                    f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by pretraining (scripts/pretrain.sh).")
+        try:
+            meta = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise WeightsError(f"identity module: {cfg_path} is not valid JSON ({e}).") from e
+        if meta.get("format") != FORMAT_NAME:
+            raise WeightsError(f"identity module: {cfg_path} is not an identity-module config "
+                               f"(format {meta.get('format')!r}, expected {FORMAT_NAME!r}).")
+        if meta.get("version") != FORMAT_VERSION:
+            raise WeightsError(f"identity module: {cfg_path} has format version {meta.get('version')}; "
+                               f"this code reads version {FORMAT_VERSION}. Re-export it or use a matching "
+                               "release of this project.")
+        try:
+            config = IdentityConfig.from_dict(meta["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"identity module: bad config in {cfg_path}: {e}") from e
+        if expect is not None and config != expect:
+            diff = [f"{k}: checkpoint {v!r} vs requested {getattr(expect, k)!r}"
+                    for k, v in config.to_dict().items() if getattr(expect, k) != v]
+            raise WeightsError(f"identity module {folder} was trained with another config: "
+                               + "; ".join(diff))
+        if uvit_config is not None and (bad := config.backbone_mismatch(uvit_config)):
+            raise WeightsError(f"identity module {folder} does not fit this UViT: " + "; ".join(bad)
+                               + ". It was pretrained for a different backbone configuration.")
+        module = cls(config)
+        try:
+            state = load_file(str(w_path))
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise WeightsError(f"identity module: cannot read {w_path} ({e}); the file is damaged or "
+                               "truncated. Copy it again from the pretraining output.") from e
+        own = module.state_dict()
+        bad = [f"{k}: expected {list(own[k].shape)}, found {list(v.shape)}"
+               for k, v in state.items() if k in own and own[k].shape != v.shape]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if bad or missing or unexpected:
+            raise WeightsError(f"identity module {w_path} does not match its config: "
+                               f"shape mismatches {bad[:8]}, missing {missing[:8]}, unexpected {unexpected[:8]}")
+        module.load_state_dict(state)
+        return module
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_hash(folder: str | os.PathLike) -> str:
+    """SHA-256 of the identity module's weights file (recorded in identity records)."""
+    return file_sha256(Path(folder) / WEIGHTS_FILE)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

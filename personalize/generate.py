@@ -1,0 +1,113 @@
+"""Generation with an identity record: what `sample.py` does.
+
+For each prompt of the file, `n` images (default 3) are written as `<prompt index>-<k:03>.jpg`.
+Each prompt draws its noise from its own generator seeded with `seed + prompt index`, so a rerun
+that skips already written prompts (resume) produces the same images as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from encoder.guidance import identity_guided_eps_fn
+from encoder.id_uvit import IDConditionedUViT
+from encoder.identity import IdentityModule, checkpoint_hash
+from models.paths import WeightsError
+from personalize.record import IdentityRecord
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    n_per_prompt: int = 3
+    steps: int = 30
+    cfg: float = 7.0
+    id_scale: float = 1.0
+    id_guidance: float | None = None  # separate identity guidance scale (adds a third pass)
+    seed: int = 42
+    resume: bool = True  # skip prompts whose images all exist already
+    jpeg_quality: int = 95
+
+
+def load_identity_module(encoder_path, uvit_config, *, allow_untrained: bool = False,
+                         record: IdentityRecord | None = None) -> tuple[IdentityModule, str]:
+    """The pretrained identity module (or, only if asked, an untrained one) and a description."""
+    from encoder.config import IdentityConfig
+    from models.paths import find_weights
+
+    try:
+        folder = find_weights("identity", encoder_path)
+    except WeightsError as e:
+        if not allow_untrained:
+            raise WeightsError(
+                f"{e}\nNo pretrained identity module is available. Pretrain one with scripts/pretrain.sh "
+                "(see README, 'Pretraining'), then pass --encoder <folder> or place it at "
+                "checkpoints/faceid_encoder/. For testing only, --allow-untrained-encoder runs with an "
+                "untrained module (its zero gates give plain UniDiffuser images).") from e
+        return IdentityModule(IdentityConfig.for_uvit(uvit_config)), "untrained (testing only)"
+    module = IdentityModule.load(folder, uvit_config=uvit_config)
+    if record is not None and record.tokens is not None and record.encoder:
+        recorded = record.encoder.get("sha256")
+        if recorded and recorded != checkpoint_hash(folder):
+            raise WeightsError(f"the identity record was refined with encoder {recorded[:12]}..., but "
+                               f"{folder} is a different checkpoint; rerun train.py with it.")
+    return module, str(folder)
+
+
+def identity_tokens(module: IdentityModule, record: IdentityRecord, device, dtype) -> torch.Tensor:
+    """[1, K, token_dim]: the record's refined tokens, else the projector's tokens of its photos."""
+    if record.tokens is not None:
+        return record.tokens[None].to(device, dtype)
+    with torch.no_grad():
+        return module.tokens_from_photos(record.embeddings.to(device), record.embeddings_flip.to(device)).to(dtype)
+
+
+def image_paths(out_dir: Path, index: int, n: int) -> list[Path]:
+    return [out_dir / f"{index}-{k:03}.jpg" for k in range(n)]
+
+
+def save_jpeg(image, path: Path, quality: int = 95) -> None:
+    """PIL image -> JPEG at path, atomically."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".jpg.tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        image.save(tmp, format="JPEG", quality=quality)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def generate_prompts(pipe, net: IDConditionedUViT, tokens: torch.Tensor, prompts: list[str],
+                     out_dir: str | Path, opts: GenerateOptions, progress: bool = True) -> dict:
+    """Write n images per prompt into out_dir; returns a summary (written, skipped, seconds)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = pipe.uvit.config
+    z_shape = (c.in_chans, c.img_size, c.img_size)
+    written = skipped = 0
+    t0 = time.perf_counter()
+    bar = tqdm(list(enumerate(prompts)), desc="prompts", unit="prompt", disable=not progress)
+    for i, prompt in bar:
+        paths = image_paths(out_dir, i, opts.n_per_prompt)
+        if opts.resume and all(p.is_file() for p in paths):
+            skipped += 1
+            continue
+        bar.set_postfix_str(prompt[:40])
+        gen = torch.Generator(device=pipe.device).manual_seed(opts.seed + i)
+        text = pipe.encode_text([prompt]).repeat(opts.n_per_prompt, 1, 1)
+        eps_fn = identity_guided_eps_fn(net, text, tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
+                                        scale=opts.cfg, id_scale=opts.id_scale, id_guidance=opts.id_guidance,
+                                        generator=gen)
+        z, _ = pipe.sample_latents(eps_fn, opts.n_per_prompt, steps=opts.steps, generator=gen)
+        for img, path in zip(pipe.to_pil(pipe.decode(z)), paths):
+            save_jpeg(img, path, opts.jpeg_quality)
+        written += 1
+    return {"prompts_written": written, "prompts_skipped": skipped, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,82 @@
+"""Generate images of a personalised identity: the competition's sampling command.
+
+    python sample.py --restore_path OUT --prompt_path PROMPTS.json --output_path DIR
+
+Writes 3 images per prompt as <prompt index>-<k:03>.jpg (512x512) and prints
+`finetuned parameters: N`, the number of backbone parameters that differ from the original
+weight files (0 for this method: the backbone is never changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--restore_path", required=True, help="identity record folder written by train.py")
+    p.add_argument("--prompt_path", required=True, help='JSON list of prompts, e.g. ["a boy", "a boy at sea"]')
+    p.add_argument("--output_path", required=True, help="folder for the images (created if missing)")
+    p.add_argument("--seed", type=int, default=42, help="base seed; prompt i uses seed + i (default 42)")
+    p.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (default 30)")
+    p.add_argument("--cfg", type=float, default=7.0, help="text guidance scale, reference form (default 7)")
+    p.add_argument("--id-scale", type=float, default=1.0, help="identity strength (0 = plain UniDiffuser)")
+    p.add_argument("--id-guidance", type=float, default=None,
+                   help="separate identity guidance scale (adds a third network pass); default: same as --cfg")
+    p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
+    p.add_argument("--encoder", default=None,
+                   help="identity-module checkpoint folder (default: checkpoints/faceid_encoder)")
+    p.add_argument("--weights", default=None,
+                   help="UniDiffuser weights folder (default: $UNIDIFFUSER_WEIGHTS or checkpoints/)")
+    p.add_argument("--allow-untrained-encoder", action="store_true",
+                   help="testing only: run with an untrained identity module when none is found")
+    p.add_argument("--no-resume", action="store_true", help="regenerate prompts whose images exist")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t_start = time.perf_counter()
+    import torch  # noqa: F401  (heavy imports after --help)
+
+    from encoder.id_uvit import IDConditionedUViT
+    from models.pipeline import UniDiffuserT2I
+    from personalize.cli import pick_device, pick_dtype
+    from personalize.generate import GenerateOptions, generate_prompts, identity_tokens, load_identity_module
+    from personalize.param_count import count_finetuned_parameters
+    from personalize.prompts import load_prompts
+    from personalize.record import IdentityRecord
+
+    record = IdentityRecord.load(args.restore_path)
+    prompts = load_prompts(args.prompt_path)
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
+    module, source = load_identity_module(args.encoder, pipe.uvit.config,
+                                          allow_untrained=args.allow_untrained_encoder, record=record)
+    module = module.to(device=device, dtype=dtype).eval()
+    net = IDConditionedUViT(pipe.uvit, module)
+    tokens = identity_tokens(module, record, device, dtype)
+    t_loaded = time.perf_counter()
+    opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
+                           id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)
+    summary = generate_prompts(pipe, net, tokens, prompts, args.output_path, opts, progress=not args.quiet)
+    changed = count_finetuned_parameters(pipe, pipe.weight_files)
+    print(f"identity: {args.restore_path} ({len(record.photos)} photos, class word '{record.class_word}'), "
+          f"encoder: {source}")
+    print(f"{summary['prompts_written']} prompts generated, {summary['prompts_skipped']} already done; "
+          f"{args.n} images each in {args.output_path}; load {t_loaded - t_start:.1f} s, "
+          f"sampling {summary['seconds']:.1f} s")
+    print(f"finetuned parameters: {changed}")
+    return 0
+
+
+if __name__ == "__main__":
+    from personalize.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,155 @@
+"""Identity module: exactness at zero gate, batching, gradients, save/load and its errors."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from encoder.config import IdentityConfig
+from encoder.id_uvit import IDConditionedUViT
+from encoder.identity import CONFIG_FILE, WEIGHTS_FILE, IdentityModule
+from encoder.projector import pool_embeddings
+from models.paths import WeightsError
+from models.uvit import UViT, UViTConfig
+
+
+def _random_uvit(seed=0):
+    torch.manual_seed(seed)
+    uvit = UViT(UViTConfig.tiny()).eval()
+    with torch.no_grad():
+        for p in uvit.parameters():
+            p.normal_(0, 0.2)
+    return uvit.requires_grad_(False)
+
+
+def _inputs(b=2):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(b, 4, 8, 8, generator=g), torch.randn(b, 1, 16, generator=g),
+            torch.randn(b, 6, 8, generator=g), torch.tensor([980.02, 20.98])[:b], torch.zeros(b),
+            torch.ones(b, dtype=torch.long))
+
+
+def _module(injection, uvit, k=3):
+    torch.manual_seed(2)
+    return IdentityModule(IdentityConfig.for_uvit(uvit.config, injection=injection, num_tokens=k, hidden_dim=32))
+
+
+def _tokens(module, b=2):
+    face = F.normalize(torch.randn(b, 512, generator=torch.Generator().manual_seed(3)), dim=-1)
+    return module.tokens(face)
+
+
+@pytest.mark.parametrize("injection", ["extra_tokens", "text_slots"])
+def test_zero_gate_is_exactly_plain_unidiffuser(injection):
+    uvit = _random_uvit()
+    module = _module(injection, uvit)
+    net = IDConditionedUViT(uvit, module)
+    args = _inputs()
+    with torch.no_grad():
+        plain = uvit(*args)
+        with_id = net(*args, id_tokens=_tokens(module), id_scale=1.0)
+    for a, b in zip(plain, with_id):
+        assert torch.equal(a, b)  # bit for bit, not approximately
+
+
+@pytest.mark.parametrize("injection", ["extra_tokens", "text_slots"])
+def test_open_gate_changes_output_and_zero_scale_rows_stay_plain(injection):
+    uvit = _random_uvit()
+    module = _module(injection, uvit)
+    with torch.no_grad():
+        module.gate.fill_(0.7)
+    net = IDConditionedUViT(uvit, module)
+    args = _inputs()
+    with torch.no_grad():
+        plain = uvit(*args)
+        mixed = net(*args, id_tokens=_tokens(module), id_scale=torch.tensor([1.0, 0.0]))
+    for a, b in zip(plain, mixed):
+        assert (a[0] - b[0]).abs().max() > 1e-4  # identity on: output moves
+        assert torch.equal(a[1], b[1])  # id_scale 0 in the same batch: plain UViT exactly
+
+
+def test_gradients_reach_identity_module_only():
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    net = IDConditionedUViT(uvit, module)
+    out = net(*_inputs(), id_tokens=_tokens(module))
+    (out[0].square().mean() + out[1].square().mean()).backward()
+    # at gate 0 the gate itself gets the gradient; the tokens do once the gate opens
+    assert module.gate.grad is not None and module.gate.grad.abs().sum() > 0
+    assert all(p.grad is None for p in uvit.parameters())
+    with torch.no_grad():
+        module.gate.fill_(0.1)
+    module.zero_grad()
+    out = net(*_inputs(), id_tokens=_tokens(module))
+    out[0].square().mean().backward()
+    assert module.projector.fc1.weight.grad.abs().sum() > 0
+    assert module.pos.grad.abs().sum() > 0
+
+
+def test_id_stream_shapes_and_batch_broadcast():
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit, k=5)
+    with torch.no_grad():
+        module.gate.fill_(0.3)
+    net = IDConditionedUViT(uvit, module)
+    args = _inputs()
+    tok = _tokens(module, b=1)
+    with torch.no_grad():
+        a = net(*args, id_tokens=tok)
+        b = net(*args, id_tokens=tok.expand(2, -1, -1))
+    assert a[0].shape == (2, 4, 8, 8) and a[1].shape == (2, 1, 16) and a[2].shape == (2, 6, 8)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+def test_pool_embeddings_is_normalised_mean():
+    e = F.normalize(torch.randn(4, 512), dim=-1)
+    f = F.normalize(torch.randn(4, 512), dim=-1)
+    p = pool_embeddings(e, f)
+    assert p.shape == (512,)
+    torch.testing.assert_close(p.norm(), torch.tensor(1.0))
+    torch.testing.assert_close(p, F.normalize(((e + f) / 2).mean(0), dim=0))
+
+
+def test_save_load_round_trip(tmp_path):
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    with torch.no_grad():
+        module.gate.normal_()
+    module.save(tmp_path / "enc", extra={"step": 7})
+    loaded = IdentityModule.load(tmp_path / "enc", uvit_config=uvit.config)
+    assert loaded.config == module.config
+    for (k, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    meta = json.loads((tmp_path / "enc" / CONFIG_FILE).read_text())
+    assert meta["version"] == 1 and meta["step"] == 7
+    assert not list((tmp_path / "enc").glob("*.tmp"))
+
+
+def test_load_errors(tmp_path):
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    folder = module.save(tmp_path / "enc")
+    with pytest.raises(WeightsError, match="trained with another config.*num_tokens"):
+        IdentityModule.load(folder, expect=IdentityConfig.for_uvit(uvit.config, num_tokens=8, hidden_dim=32))
+    with pytest.raises(WeightsError, match="does not fit this UViT.*embed_dim"):
+        IdentityModule.load(folder, uvit_config=UViTConfig.v1())
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    (folder / CONFIG_FILE).write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(WeightsError, match="version 99"):
+        IdentityModule.load(folder)
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    data = (folder / WEIGHTS_FILE).read_bytes()
+    (folder / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="damaged or truncated"):
+        IdentityModule.load(folder)
+    with pytest.raises(WeightsError, match="missing"):
+        IdentityModule.load(tmp_path / "nowhere")
+
+
+def test_wrapper_rejects_mismatched_backbone():
+    uvit = _random_uvit()
+    module = IdentityModule(IdentityConfig(num_tokens=2, hidden_dim=16))  # v1 widths
+    with pytest.raises(ValueError, match="does not fit"):
+        IDConditionedUViT(uvit, module)
