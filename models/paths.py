@@ -57,7 +57,8 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
     if path:
         p = Path(path).expanduser()
         if not p.exists():
-            raise WeightsError(f"{what}: {p} does not exist. Get it from {source} and pass its path.")
+            raise WeightsError(f"{what}: {p} does not exist. Get it from {source} and pass its path "
+                               "(checkpoints/README.md lists every expected file).")
         return p
     base = weights_dir(root)
     names = [filename] + (["buffalo_l"] if name == "face_pack" else [])
