@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from torch import nn
 from encoder.config import FORMAT_NAME, FORMAT_VERSION, IdentityConfig
 from encoder.projector import IDProjector, pool_embeddings
 from models.paths import WeightsError
+from models.weights import atomic_write
 
 WEIGHTS_FILE = "identity.safetensors"
 CONFIG_FILE = "config.json"
@@ -58,10 +58,10 @@ class IdentityModule(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
+        atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                 **(extra or {})}
-        _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
         return folder
 
     @classmethod
@@ -127,14 +127,3 @@ def checkpoint_hash(folder: str | os.PathLike) -> str:
     """SHA-256 of the identity module's weights file (recorded in identity records)."""
     return file_sha256(Path(folder) / WEIGHTS_FILE)
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -231,6 +232,25 @@ def load_frozen(build: Callable[[], nn.Module], path: str | os.PathLike, what: s
     return module.to(device).eval().requires_grad_(False)
 
 
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
+
+    A reader never sees a half-written file, and a failed or killed write leaves the previous
+    file intact (the temporary file is removed on failure).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write tensors atomically (temporary file in the same folder, then os.replace).
 
@@ -243,18 +263,12 @@ def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike
     meta = [k for k, v in state_dict.items() if v.is_meta]
     if meta:
         raise ValueError(f"cannot save tensors on the meta device: {meta[:MAX_LISTED]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import save_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
 
-            save_file(_unshared(state_dict), str(tmp), metadata={"format": "pt"})
-        else:
-            torch.save({k: v.detach() for k, v in state_dict.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: save_file(_unshared(state_dict), str(tmp), metadata={"format": "pt"}))
+    else:
+        atomic_write(path, lambda tmp: torch.save({k: v.detach() for k, v in state_dict.items()}, tmp))
     return path
 
 

@@ -7,8 +7,6 @@ that skips already written prompts (resume) produces the same images as an unint
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from encoder.guidance import identity_guided_eps_fn
 from encoder.id_uvit import IDConditionedUViT
 from encoder.identity import IdentityModule, checkpoint_hash
 from models.paths import WeightsError
+from models.weights import atomic_write
 from personalize.record import IdentityRecord
 
 
@@ -74,14 +73,7 @@ def image_paths(out_dir: Path, index: int, n: int) -> list[Path]:
 
 def save_jpeg(image, path: Path, quality: int = 95) -> None:
     """PIL image -> JPEG at path, atomically."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".jpg.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        image.save(tmp, format="JPEG", quality=quality)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
 
 
 @torch.no_grad()

@@ -7,16 +7,15 @@ A folder with two files:
                         the reason, class word and its source, the identity-module checkpoint's
                         path and SHA-256, refinement settings and losses, the tensors file's SHA-256
 
-Both are written to temporary files and renamed into place, tensors first: a reader that finds
-identity.json finds the tensors it describes (it checks the hash), and a killed run leaves the
-previous record intact.
+Each file is written to a temporary file and renamed into place, tensors first; identity.json
+carries the tensors' hash, so a reader never mixes the files of two runs, and a run killed while
+writing leaves the previous record readable.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from encoder.identity import file_sha256
+from encoder.projector import pool_embeddings
+from models.weights import atomic_write
 
 RECORD_FORMAT = "unidiffuser-faceid-record"
 RECORD_VERSION = 1
@@ -61,8 +62,6 @@ class IdentityRecord:
     @property
     def pooled(self) -> torch.Tensor:
         """[512] the normalised mean of all photos and their mirrors."""
-        from encoder.projector import pool_embeddings
-
         return pool_embeddings(self.embeddings, self.embeddings_flip)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -73,22 +72,19 @@ class IdentityRecord:
                    "pooled": self.pooled.float().contiguous()}
         if self.tokens is not None:
             tensors["tokens"] = self.tokens.detach().float().cpu().contiguous()
-        tmp_t = _tmp_beside(folder / TENSORS_FILE)
-        try:
-            save_file(tensors, str(tmp_t))
-            digest = file_sha256(tmp_t)
-            meta = {"format": RECORD_FORMAT, "version": RECORD_VERSION,
-                    "class_word": self.class_word, "class_word_source": self.class_word_source,
-                    "photos": [asdict(p) for p in self.photos], "skipped": self.skipped,
-                    "encoder": self.encoder, "refine": self.refine, "tensors_sha256": digest,
-                    **self.extra}
-            tmp_m = _tmp_beside(folder / META_FILE)
-            tmp_m.write_text(json.dumps(meta, indent=2))
-            os.replace(tmp_t, folder / TENSORS_FILE)
-            os.replace(tmp_m, folder / META_FILE)
-        finally:
-            for p in folder.glob(".identity.*.tmp"):
-                p.unlink(missing_ok=True)
+        digest = {}
+
+        def write_tensors(tmp: Path) -> None:
+            save_file(tensors, str(tmp))
+            digest["sha256"] = file_sha256(tmp)
+
+        atomic_write(folder / TENSORS_FILE, write_tensors)
+        meta = {"format": RECORD_FORMAT, "version": RECORD_VERSION,
+                "class_word": self.class_word, "class_word_source": self.class_word_source,
+                "photos": [asdict(p) for p in self.photos], "skipped": self.skipped,
+                "encoder": self.encoder, "refine": self.refine, "tensors_sha256": digest["sha256"],
+                **self.extra}
+        atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
         return folder
 
     @classmethod
@@ -121,8 +117,3 @@ class IdentityRecord:
                    encoder=meta.get("encoder"), tokens=t.get("tokens"), refine=meta.get("refine"),
                    extra={k: v for k, v in meta.items() if k not in known})
 
-
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
