@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.guidance import combine_joint, split_joint
+from models.guidance import combine_joint, randn, split_joint
 
 
 def identity_guided_eps_fn(net, text: torch.Tensor, id_tokens: torch.Tensor | None, *,
@@ -38,7 +38,7 @@ def identity_guided_eps_fn(net, text: torch.Tensor, id_tokens: torch.Tensor | No
         t_img = (t_cont * n_timesteps).to(x.dtype).expand(b)
         zeros = torch.zeros(b, device=x.device, dtype=x.dtype)
         dtype_ids = torch.full((b,), data_type, device=x.device, dtype=torch.long)
-        noise_text = torch.randn(text.shape, generator=generator, device=text.device, dtype=text.dtype)
+        noise_text = randn(text.shape, generator=generator, device=text.device, dtype=text.dtype)
         # (text, t_text, id_scale) of each pass
         passes = [(text, zeros, id_scale)]
         if scale:

@@ -60,8 +60,10 @@ class CaptionDecoderConfig:
         """The transformers GPT2Config of the `gpt` submodule."""
         from transformers import GPT2Config
 
+        # GPT-2's <|endoftext|> is id 50256; a tiny vocabulary puts it at its last id instead
+        eos = min(50256, self.vocab_size - 1)
         return GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_embd=self.n_embd,
-                          n_layer=self.n_layer, n_head=self.n_head)
+                          n_layer=self.n_layer, n_head=self.n_head, bos_token_id=eos, eos_token_id=eos)
 
 
 def _as_config(config: CaptionDecoderConfig | dict | None) -> CaptionDecoderConfig:

@@ -87,7 +87,6 @@ def refine_record(record, photo_dir, analyzer, *, weights=None, encoder=None, de
                   image_clip=None) -> None:
     """Load the backbone and identity module, refine the record's tokens in place."""
     from models.image_clip import ImageCLIP
-    from models.paths import find_weights
     from models.pipeline import UniDiffuserT2I
     from personalize.generate import load_identity_module
 
@@ -96,8 +95,8 @@ def refine_record(record, photo_dir, analyzer, *, weights=None, encoder=None, de
     module = module.to(device).eval().requires_grad_(False)
     net = IDConditionedUViT(pipe.uvit.requires_grad_(False), module)
     if image_clip is None:
-        image_clip = ImageCLIP.from_file(find_weights("clip_image", None, weights), device=device)
-    size = pipe.uvit.config.img_size * 8
+        image_clip = ImageCLIP.from_pretrained(weights, device=device)
+    size = pipe.image_size
     crops = [face_crop(load_rgb(p.file), p.box, size, opts.face_margin) for p in record.photos]
     images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
     with torch.no_grad():

@@ -1,0 +1,223 @@
+"""UniDiffuser v1 text-to-image: text encoder + UViT + DPM-Solver++ + autoencoder, kept apart.
+
+    pipe = UniDiffuserT2I.from_pretrained("checkpoints", device="cuda")
+    images = pipe(["an elephant under the sea"], n_per_prompt=3)      # list[list[PIL.Image]]
+
+Reference behaviour (`reference/unidiffuser_v1.md`): z [B, 4, 64, 64] then image-CLIP [B, 1, 512]
+drawn from N(0, I), 30 steps of singlestep DPM-Solver++ (order 3) over the joint state, guidance
+scale 7 with the "true_uncond" unconditional pass, data_type 1, decode and clamp to [0, 1].
+
+Precision: module weights are held in `dtype` (float32 default on the CPU, float16 on CUDA); the
+sampler state, the text features handed to the nets and all guidance arithmetic stay float32, and
+the nets run under autocast(dtype) when dtype is not float32 (the reference runs fp16 autocast),
+so any eps function built on these modules (e.g. the identity encoder's) works unchanged.
+
+A weights folder may hold `model_configs.json` ({"uvit": {...}, "autoencoder": {...},
+"caption_decoder": {...}}, reference keyword names): those configs replace v1. This is how tests
+run the whole stack at tiny size (tests/tiny_stack.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import dpm_solver
+from .guidance import GuidanceMode, cast_net, combine_joint, randn, split_joint, text_guided_eps_fn
+from .noise_schedule import NoiseScheduleVP
+from .paths import WeightsError, find_weights, weights_dir
+
+MODEL_CONFIGS = "model_configs.json"
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def read_model_configs(root: str | os.PathLike | None = None) -> dict[str, dict]:
+    """{module name: config dict} from `<weights folder>/model_configs.json` (or `models/` inside it);
+    {} when there is none (the v1 configs apply)."""
+    base = weights_dir(root)
+    for path in (base / MODEL_CONFIGS, base / "models" / MODEL_CONFIGS):
+        if path.is_file():
+            try:
+                configs = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise WeightsError(f"{path} is not valid JSON ({e}); fix or delete it (without it the "
+                                   f"v1 configs are used)") from e
+            if not isinstance(configs, dict):
+                raise WeightsError(f"{path} must hold a JSON object {{module name: config}}")
+            return configs
+    return {}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on CUDA (the reference's autocast precision), float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+class UniDiffuserT2I:
+    """The frozen text-to-image stack.
+
+    uvit: models.uvit.UViT; autoencoder: models.autoencoder.AutoencoderKL;
+    text_encoder: models.text_encoder.TextEncoder; schedule: NoiseScheduleVP.
+    weight_files: {"uvit" | "autoencoder" | "caption_decoder" | "clip_text": path} as loaded.
+    """
+
+    def __init__(self, uvit, autoencoder, text_encoder, schedule: NoiseScheduleVP | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 weight_files: dict[str, Path] | None = None):
+        self.device = torch.device(device) if device is not None else next(uvit.parameters()).device
+        self.dtype = dtype or next(uvit.parameters()).dtype
+        self.uvit = uvit
+        self.autoencoder = autoencoder
+        self.text_encoder = text_encoder
+        self.schedule = schedule or NoiseScheduleVP.stable_diffusion()
+        self.weight_files = dict(weight_files or {})
+        c = uvit.config
+        if text_encoder.text_dim != c.text_dim:
+            raise ValueError(f"text encoder gives {text_encoder.text_dim}-d features, the UViT takes "
+                             f"{c.text_dim}")
+        if autoencoder.config.embed_dim != c.in_chans:
+            raise ValueError(f"autoencoder latents have {autoencoder.config.embed_dim} channels, "
+                             f"the UViT takes {c.in_chans}")
+
+    @classmethod
+    def from_pretrained(cls, root: str | os.PathLike | None = None, *,
+                        device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                        uvit_path: str | os.PathLike | None = None,
+                        autoencoder_path: str | os.PathLike | None = None,
+                        caption_decoder_path: str | os.PathLike | None = None,
+                        clip_text_path: str | os.PathLike | None = None) -> UniDiffuserT2I:
+        """Load every part from the weights folder `root` (see models.paths for how it is found);
+        an explicit *_path wins for its part. All files are located before anything is loaded."""
+        from . import load_autoencoder, load_uvit
+        from .text_encoder import TextEncoder
+
+        device = torch.device(device) if device is not None else default_device()
+        dtype = dtype or default_dtype(device)
+        files = {
+            "uvit": find_weights("uvit", uvit_path, root),
+            "autoencoder": find_weights("autoencoder", autoencoder_path, root),
+            "caption_decoder": find_weights("caption_decoder", caption_decoder_path, root),
+            "clip_text": find_weights("clip_text", clip_text_path, root),
+        }
+        configs = read_model_configs(root)
+        text_encoder = TextEncoder.from_pretrained(files["clip_text"], files["caption_decoder"],
+                                                   caption_decoder_config=configs.get("caption_decoder"),
+                                                   device=device, dtype=dtype)
+        autoencoder = load_autoencoder(files["autoencoder"], configs.get("autoencoder"), device=device,
+                                       dtype=dtype)
+        uvit = load_uvit(files["uvit"], configs.get("uvit"), device=device, dtype=dtype)
+        return cls(uvit, autoencoder, text_encoder, NoiseScheduleVP.stable_diffusion(), device=device,
+                   dtype=dtype, weight_files=files)
+
+    # ---- shapes -------------------------------------------------------------------------------
+    @property
+    def z_shape(self) -> tuple[int, int, int]:
+        """Latent shape (C, h, w): (4, 64, 64) for v1."""
+        c = self.uvit.config
+        return (c.in_chans, c.img_size, c.img_size)
+
+    @property
+    def clip_dim(self) -> int:
+        return self.uvit.config.clip_img_dim
+
+    @property
+    def image_size(self) -> int:
+        """Side of the generated images (512 for v1)."""
+        return self.uvit.config.img_size * self.autoencoder.config.downsample_factor
+
+    def autocast(self):
+        """Autocast to self.dtype on self.device (a no-op context for float32)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    # ---- stages -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """prompts -> UViT text input [B, 77, text_dim], float32 on self.device."""
+        return self.text_encoder.encode(prompts).float()
+
+    @torch.no_grad()
+    def sample_latents(self, eps_fn: EpsFn, batch: int, *, steps: int = 30,
+                       generator: torch.Generator | None = None,
+                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the sampler from N(0, I) -> (z [B, C, h, w], clip [B, 1, clip_dim]), float32.
+
+        eps_fn(x [B, C*h*w + clip_dim] float32, t_cont [B]) -> noise prediction of the joint state
+        (guidance.text_guided_eps_fn builds one); it runs under self.autocast(). z is drawn first,
+        then clip, from `generator` (the reference's order).
+        """
+        z = randn((batch, *self.z_shape), generator=generator, device=self.device)
+        clip = randn((batch, 1, self.clip_dim), generator=generator, device=self.device)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
+            inner = eps_fn
+
+            def eps_fn(x, t):
+                out = inner(x, t)
+                bar.update(1)
+                return out
+
+        try:
+            with self.autocast():
+                x = dpm_solver.sample(eps_fn, combine_joint(z, clip), steps=steps, schedule=self.schedule)
+        finally:
+            if bar is not None:
+                bar.close()
+        return split_joint(x, self.z_shape, self.clip_dim)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, h, w] -> images [B, 3, H, W], float32 in [0, 1]."""
+        with self.autocast():
+            x = self.autoencoder.decode(z.to(self.device, self.dtype))
+        return (0.5 * (x.float() + 1.0)).clamp(0.0, 1.0)
+
+    @staticmethod
+    def to_pil(images: torch.Tensor) -> list[Image.Image]:
+        """[B, 3, H, W] in [0, 1] -> RGB PIL images (x * 255 rounded, as torchvision's save_image)."""
+        arr = (images.detach().float().cpu() * 255 + 0.5).clamp(0, 255).to(torch.uint8)
+        return [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in arr]
+
+    def eps_fn(self, text: torch.Tensor, *, scale: float | None = 7.0, mode: GuidanceMode = "true_uncond",
+               generator: torch.Generator | None = None) -> EpsFn:
+        """Plain text-guided eps function for `sample_latents` (the UViT as both nets, one batched call)."""
+        net = cast_net(self.uvit, self.dtype)
+        empty = self.encode_text([""]) if (scale and mode == "empty_token") else None
+        return text_guided_eps_fn(net, net, text, scale, z_shape=self.z_shape, clip_dim=self.clip_dim,
+                                  mode=mode, empty_text=empty, generator=generator)
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], *, n_per_prompt: int = 3, steps: int = 30,
+                 scale: float | None = 7.0, mode: GuidanceMode = "true_uncond", seed: int = 42,
+                 generator: torch.Generator | None = None, progress: bool = False) -> list[list[Image.Image]]:
+        """n_per_prompt images for each prompt (one batch per prompt), as PIL images.
+
+        The generator (default: a CPU generator seeded once with `seed`, so results do not depend
+        on the device) draws the initial noise and the true-uncond noise text, prompt after prompt.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed)
+        results = []
+        for prompt in prompts:
+            text = self.encode_text([prompt]).expand(n_per_prompt, -1, -1)
+            eps_fn = self.eps_fn(text, scale=scale, mode=mode, generator=generator)
+            z, _ = self.sample_latents(eps_fn, n_per_prompt, steps=steps, generator=generator,
+                                       progress=progress)
+            results.append(self.to_pil(self.decode(z)))
+        return results

@@ -1,0 +1,105 @@
+"""Plain UniDiffuser v1 text-to-image from the command line (no identity module).
+
+    python -m models.t2i --prompt "an elephant under the sea" --out outputs/t2i
+    python -m models.t2i --prompt "a boy" --prompt "a girl" --n 3 --steps 30 --cfg 7 --out outputs/t2i
+
+Writes <prompt index>-<k:03>.<ext> (k = 0 .. n-1) into --out, atomically (temporary file, then
+os.replace). Weights come from --weights, else $UNIDIFFUSER_WEIGHTS, else checkpoints/ (the
+competition's models/ layout is accepted). Exit codes: 0 done, 2 bad arguments or missing weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m models.t2i",
+        description="Generate images with the frozen UniDiffuser v1 (text-to-image, DPM-Solver++ "
+                    "order 3, classifier-free guidance). Reference settings are the defaults.",
+        epilog="Weights folder contents: uvit_v1.pth, autoencoder_kl.pth, caption_decoder.pth and the "
+               "clip-vit-large-patch14/ folder (directly or under models/); see checkpoints/README.md.")
+    p.add_argument("--prompt", action="append", required=True,
+                   help="text prompt; repeat the option for several prompts")
+    p.add_argument("--out", required=True, help="output folder (created if needed)")
+    p.add_argument("--weights", default=None,
+                   help="weights folder (default: $UNIDIFFUSER_WEIGHTS, else checkpoints/)")
+    p.add_argument("--n", type=int, default=3, help="images per prompt (default 3, one batch)")
+    p.add_argument("--steps", type=int, default=30, help="sampler steps = network evaluations (default 30)")
+    p.add_argument("--cfg", type=float, default=7.0, help="guidance scale; 0 disables guidance (default 7)")
+    p.add_argument("--seed", type=int, default=42, help="seed, set once for all prompts (default 42)")
+    p.add_argument("--mode", choices=["true_uncond", "empty_token"], default="true_uncond",
+                   help="unconditional pass: noise text at t_text=1000 (reference) or the empty prompt")
+    p.add_argument("--device", default="auto",
+                   help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    p.add_argument("--dtype", choices=list(DTYPES), default="auto",
+                   help="weight / autocast precision; auto = float16 on CUDA, float32 on the CPU")
+    p.add_argument("--ext", choices=["png", "jpg"], default="png", help="image format (default png)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def save_image(image, path: Path) -> None:
+    """Write atomically: a temporary file beside `path`, then os.replace."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        image.save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", **({"quality": 95}
+                   if path.suffix == ".jpg" else {}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.steps < 1:
+        parser.error("--n and --steps must be at least 1")
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from .paths import WeightsError
+    from .pipeline import UniDiffuserT2I, default_device
+
+    device = default_device() if args.device == "auto" else torch.device(args.device)
+    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    t0 = time.perf_counter()
+    try:
+        pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
+    except WeightsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t_loaded = time.perf_counter()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(args.seed)
+    written = []
+    bar = tqdm(list(enumerate(args.prompt)), desc="prompts", unit="prompt", disable=args.quiet)
+    for i, prompt in bar:
+        bar.set_postfix_str(prompt[:40])
+        images = pipe([prompt], n_per_prompt=args.n, steps=args.steps, scale=args.cfg, mode=args.mode,
+                      generator=generator, progress=not args.quiet)[0]
+        for k, image in enumerate(images):
+            path = out / f"{i}-{k:03d}.{args.ext}"
+            save_image(image, path)
+            written.append(path)
+    t_done = time.perf_counter()
+    n_images = len(written)
+    print(f"{n_images} images ({len(args.prompt)} prompts x {args.n}, {pipe.image_size}x{pipe.image_size}) "
+          f"written to {out}; {args.steps} steps, cfg {args.cfg} ({args.mode}), seed {args.seed}, "
+          f"{pipe.device} {str(pipe.dtype).removeprefix('torch.')}; load {t_loaded - t0:.1f} s, "
+          f"generation {t_done - t_loaded:.1f} s ({(t_done - t_loaded) / max(n_images, 1):.2f} s/image)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

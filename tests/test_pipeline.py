@@ -1,0 +1,105 @@
+"""The whole text-to-image stack at tiny size (tests/tiny_stack.py) and the models.t2i command line."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_stack import make_tiny_weights_dir
+
+from models import t2i
+from models.paths import WeightsError
+from models.pipeline import UniDiffuserT2I, read_model_configs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_tiny_weights_dir(tmp_path_factory.mktemp("weights"))
+
+
+@pytest.fixture(scope="module")
+def pipe(root):
+    return UniDiffuserT2I.from_pretrained(root, device="cpu")
+
+
+def test_from_pretrained(pipe, root):
+    assert pipe.dtype == torch.float32 and pipe.device.type == "cpu"
+    assert pipe.z_shape == (4, 8, 8) and pipe.clip_dim == 16 and pipe.image_size == 16
+    assert set(pipe.weight_files) == {"uvit", "autoencoder", "caption_decoder", "clip_text"}
+    assert pipe.weight_files["uvit"] == root / "models" / "uvit_v1.pth"
+    assert read_model_configs(root)["uvit"]["num_text_tokens"] == 77
+
+
+def test_generates_images(pipe):
+    images = pipe(["a photo of a boy", "a sitting girl"], n_per_prompt=2, steps=3)
+    assert [len(row) for row in images] == [2, 2]
+    assert all(im.size == (16, 16) and im.mode == "RGB" for row in images for im in row)
+    again = pipe(["a photo of a boy"], n_per_prompt=2, steps=3)
+    assert again[0][0].tobytes() == images[0][0].tobytes()  # seed 42 by default, set once
+    assert images[0][0].tobytes() != images[0][1].tobytes()
+    other = pipe(["a photo of a boy"], n_per_prompt=1, steps=3, seed=1)
+    assert other[0][0].tobytes() != images[0][0].tobytes()
+
+
+def test_stages_and_nfe(pipe):
+    calls = []
+    handle = pipe.uvit.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        text = pipe.encode_text(["a boy"]).expand(3, -1, -1)
+        assert text.shape == (3, 77, 8) and text.dtype == torch.float32
+        gen = torch.Generator().manual_seed(0)
+        z, clip = pipe.sample_latents(pipe.eps_fn(text, scale=7.0, generator=gen), 3, steps=6, generator=gen)
+    finally:
+        handle.remove()
+    assert calls == [6] * 6  # one batched (cond + uncond) call per step
+    assert z.shape == (3, 4, 8, 8) and clip.shape == (3, 1, 16) and z.dtype == torch.float32
+    images = pipe.decode(z)
+    assert images.shape == (3, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
+    # z is drawn before clip from the generator (the reference's order)
+    gen = torch.Generator().manual_seed(5)
+    z0, clip0 = pipe.sample_latents(lambda x, t: torch.zeros_like(x), 2, steps=1, generator=gen)
+    gen = torch.Generator().manual_seed(5)
+    ref_z, ref_clip = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 1, 16, generator=gen)
+    sched = pipe.schedule  # with eps = 0 one first-order step scales x by alpha_t / alpha_s
+    ratio = float(sched.marginal_alpha(1e-3) / sched.marginal_alpha(1.0))
+    torch.testing.assert_close(z0, ref_z * ratio)
+    torch.testing.assert_close(clip0, ref_clip * ratio)
+
+
+def test_empty_token_and_no_guidance(pipe):
+    a = pipe("a boy", n_per_prompt=1, steps=2, mode="empty_token")
+    b = pipe("a boy", n_per_prompt=1, steps=2, scale=0)
+    assert a[0][0].size == b[0][0].size == (16, 16)
+
+
+def test_bfloat16_autocast(root):
+    pipe = UniDiffuserT2I.from_pretrained(root, device="cpu", dtype=torch.bfloat16)
+    assert next(pipe.uvit.parameters()).dtype == torch.bfloat16
+    assert pipe("a boy", n_per_prompt=1, steps=2)[0][0].size == (16, 16)
+
+
+def test_missing_weights(tmp_path):
+    with pytest.raises(WeightsError, match="uvit_v1.pth"):
+        UniDiffuserT2I.from_pretrained(tmp_path, device="cpu")
+
+
+def test_cli_writes_images(root, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = t2i.main(["--prompt", "a boy", "--prompt", "a girl", "--n", "2", "--steps", "2", "--out", str(out),
+                   "--weights", str(root), "--quiet", "--ext", "jpg"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0-000.jpg", "0-001.jpg", "1-000.jpg", "1-001.jpg"]
+    assert "4 images" in capsys.readouterr().out
+
+
+def test_cli_missing_weights_exit_2(tmp_path):
+    env = {**os.environ, "UNIDIFFUSER_WEIGHTS": str(tmp_path / "empty")}
+    proc = subprocess.run([sys.executable, "-m", "models.t2i", "--prompt", "x", "--out", str(tmp_path / "o")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "error: UniDiffuser v1 UViT not found" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
