@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="regenerate prompts whose images exist")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--no-fast", action="store_true",
+                   help="on CUDA, run the reference-like path (autocast, eager) instead of the fast path "
+                        "(pure bf16, fused identity tokens, torch.compile)")
+    p.add_argument("--compile", default="max-autotune-no-cudagraphs",
+                   help="torch.compile mode of the fast path, or 'none' (default max-autotune-no-cudagraphs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -44,10 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     import torch  # noqa: F401  (heavy imports after --help)
 
-    from encoder.id_uvit import IDConditionedUViT
     from models.pipeline import UniDiffuserT2I
     from personalize.cli import pick_device, pick_dtype
-    from personalize.generate import GenerateOptions, generate_prompts, identity_tokens, load_identity_module
+    from personalize.generate import (
+        GenerateOptions,
+        generate_prompts,
+        identity_net,
+        identity_tokens,
+        load_identity_module,
+    )
     from personalize.param_count import count_finetuned_parameters
     from personalize.prompts import load_prompts
     from personalize.record import IdentityRecord
@@ -60,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     module, source = load_identity_module(args.encoder, pipe.uvit.config,
                                           allow_untrained=args.allow_untrained_encoder, record=record)
     module = module.to(device=device, dtype=dtype).eval()
-    net = IDConditionedUViT(pipe.uvit, module)
+    if device.type == "cuda" and not args.no_fast:
+        pipe.enable_fast_path(None if args.compile == "none" else args.compile)
+    net = identity_net(pipe, module)
     tokens = identity_tokens(module, record, device, dtype)
     t_loaded = time.perf_counter()
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,

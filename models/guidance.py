@@ -40,13 +40,15 @@ def randn(shape: Sequence[int], *, generator: torch.Generator | None = None,
 
 def cast_net(net: Net, dtype: torch.dtype) -> Net:
     """Wrap `net` so that its floating inputs are cast to `dtype` (e.g. half-precision weights driven
-    by a float32 sampler state); integer inputs (data_type) pass unchanged. Outputs are as `net` gives."""
+    by a float32 sampler state); integer inputs (data_type) and timesteps pass unchanged, extra
+    keyword inputs (a wrapper's conditioning) are cast too. Outputs are as `net` gives."""
 
     def cast(v):
         return v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v
 
-    def wrapped(img, clip_img, text, t_img, t_text, data_type):
-        return net(cast(img), cast(clip_img), cast(text), t_img, t_text, data_type)
+    def wrapped(img, clip_img, text, t_img, t_text, data_type, **kwargs):
+        kwargs = {k: cast(v) for k, v in kwargs.items()}
+        return net(cast(img), cast(clip_img), cast(text), t_img, t_text, data_type, **kwargs)
 
     return wrapped
 

@@ -77,6 +77,9 @@ class UniDiffuserT2I:
                  weight_files: dict[str, Path] | None = None):
         self.device = torch.device(device) if device is not None else next(uvit.parameters()).device
         self.dtype = dtype or next(uvit.parameters()).dtype
+        self.fast = False  # see `enable_fast_path`
+        self.compile_mode: str | None = None
+        self._plain = None  # ((fast, compile_mode), net) cache of `_plain_net`
         self.uvit = uvit
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -137,10 +140,29 @@ class UniDiffuserT2I:
         return self.uvit.config.img_size * self.autoencoder.config.downsample_factor
 
     def autocast(self):
-        """Autocast to self.dtype on self.device (a no-op context for float32)."""
-        if self.dtype == torch.float32:
+        """Autocast to self.dtype on self.device (a no-op for float32 and on the fast path)."""
+        if self.dtype == torch.float32 or self.fast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def enable_fast_path(self, compile_mode: str | None = "max-autotune-no-cudagraphs") -> UniDiffuserT2I:
+        """Run the nets purely in self.dtype (no autocast, so no fp32 upcasts around LayerNorm and
+        attention), the VAE channels-last, and compile the nets with `compile_mode` (None: eager).
+
+        Nets must then be wrapped with `net_for_sampling`, which casts their inputs to self.dtype.
+        """
+        self.fast = True
+        self.compile_mode = compile_mode
+        if self.device.type == "cuda":
+            self.autoencoder.to(memory_format=torch.channels_last)
+        return self
+
+    def net_for_sampling(self, net):
+        """`net` as eps functions should call it: inputs cast to self.dtype, compiled on the fast path."""
+        net = cast_net(net, self.dtype)
+        if self.fast and self.compile_mode:
+            net = torch.compile(net, mode=self.compile_mode, dynamic=False)
+        return net
 
     # ---- stages -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -183,8 +205,11 @@ class UniDiffuserT2I:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents [B, C, h, w] -> images [B, 3, H, W], float32 in [0, 1]."""
+        z = z.to(self.device, self.dtype)
+        if self.fast and self.device.type == "cuda":
+            z = z.contiguous(memory_format=torch.channels_last)
         with self.autocast():
-            x = self.autoencoder.decode(z.to(self.device, self.dtype))
+            x = self.autoencoder.decode(z)
         return (0.5 * (x.float() + 1.0)).clamp(0.0, 1.0)
 
     @staticmethod
@@ -196,10 +221,16 @@ class UniDiffuserT2I:
     def eps_fn(self, text: torch.Tensor, *, scale: float | None = 7.0, mode: GuidanceMode = "true_uncond",
                generator: torch.Generator | None = None) -> EpsFn:
         """Plain text-guided eps function for `sample_latents` (the UViT as both nets, one batched call)."""
-        net = cast_net(self.uvit, self.dtype)
+        net = self._plain_net()
         empty = self.encode_text([""]) if (scale and mode == "empty_token") else None
         return text_guided_eps_fn(net, net, text, scale, z_shape=self.z_shape, clip_dim=self.clip_dim,
                                   mode=mode, empty_text=empty, generator=generator)
+
+    def _plain_net(self):
+        """The UViT as eps functions call it (built once: compiling is costly)."""
+        if self._plain is None or self._plain[0] != (self.fast, self.compile_mode):
+            self._plain = ((self.fast, self.compile_mode), self.net_for_sampling(self.uvit))
+        return self._plain[1]
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], *, n_per_prompt: int = 3, steps: int = 30,

@@ -76,10 +76,18 @@ def save_jpeg(image, path: Path, quality: int = 95) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="JPEG", quality=quality))
 
 
+def identity_net(pipe, module: IdentityModule):
+    """The ID-conditioned UViT as eps functions call it (fused and compiled on the fast path)."""
+    return pipe.net_for_sampling(IDConditionedUViT(pipe.uvit, module, fused=pipe.fast))
+
+
 @torch.no_grad()
-def generate_prompts(pipe, net: IDConditionedUViT, tokens: torch.Tensor, prompts: list[str],
+def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
                      out_dir: str | Path, opts: GenerateOptions, progress: bool = True) -> dict:
-    """Write n images per prompt into out_dir; returns a summary (written, skipped, seconds)."""
+    """Write n images per prompt into out_dir; returns a summary (written, skipped, seconds).
+
+    net: from `identity_net(pipe, module)`; tokens [1, K, token_dim] from `identity_tokens`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     c = pipe.uvit.config

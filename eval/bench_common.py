@@ -1,0 +1,89 @@
+"""Shared pieces of the GPU benchmarks: random full-size text encoder, environment, JSON output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from eval.atomic import write_json_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+
+# openai/clip-vit-large-patch14's text tower
+CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                   num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                   projection_dim=768, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+
+
+def random_text_encoder(device, dtype, tiny: bool = False):
+    """CLIP-L text model with random weights + the real tokenizer (from open_clip's BPE) + a
+    random encode_prefix Linear(768 -> 64); tiny widths for smoke tests."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from models.text_encoder import TextEncoder, write_clip_tokenizer
+
+    folder = write_clip_tokenizer(tempfile.mkdtemp(prefix="clip_tok_"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    cfg = dict(CLIP_L_TEXT, **(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, projection_dim=32) if tiny else {}))
+    with torch.device(device):
+        model = CLIPTextModel(CLIPTextConfig(**cfg)).to(dtype).eval().requires_grad_(False)
+        prefix = torch.nn.Linear(cfg["hidden_size"], 64).to(dtype).requires_grad_(False)
+    return TextEncoder(tokenizer, model, prefix)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Seconds of GPU work between enter and exit (CUDA events), or wall time on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = float("nan")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self._events[0].record()
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self._events[1].record()
+            torch.cuda.synchronize(self.device)
+            self.seconds = self._events[0].elapsed_time(self._events[1]) / 1000
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+def max_reserved_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None
+
+
+def environment(weights: str = "random") -> dict:
+    """Device, software and provenance fields every benchmark JSON carries."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                                    text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "unknown", None
+    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "weights": weights, "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty,
+            "command": " ".join(["python"] + sys.argv)}
+
+
+def finish(result, out: str | Path) -> Path:
+    """Write the JSON result atomically."""
+    return write_json_atomic(out, result)
