@@ -153,3 +153,18 @@ def test_wrapper_rejects_mismatched_backbone():
     module = IdentityModule(IdentityConfig(num_tokens=2, hidden_dim=16))  # v1 widths
     with pytest.raises(ValueError, match="does not fit"):
         IDConditionedUViT(uvit, module)
+
+
+def test_fused_path_equals_two_stream_path():
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    with torch.no_grad():
+        module.gate.normal_(0, 0.5)
+    args = _inputs()
+    tok = _tokens(module)
+    scale = torch.tensor([1.0, 0.0])
+    with torch.no_grad():
+        ref = IDConditionedUViT(uvit, module)(*args, id_tokens=tok, id_scale=scale)
+        fused = IDConditionedUViT(uvit, module, fused=True)(*args, id_tokens=tok, id_scale=scale)
+    for a, b in zip(ref, fused):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
