@@ -1,0 +1,1 @@
+"""Corpus -> webdataset shards of precomputed features (`python -m data_prep --help`)."""

@@ -1,0 +1,1 @@
+"""Pretraining the identity module on data_prep shards (`python -m pretrain.train --help`)."""

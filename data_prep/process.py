@@ -1,0 +1,331 @@
+"""Per image: decode, find exactly one dominant face, crop square, run the frozen models.
+
+    RawSample --decode (EXIF, colour modes)--> RGB uint8
+              --FaceAnalyzer (detect, align, ArcFace + mirrored)--> the face, or a reject reason
+              --square crop keeping the face in frame, resize--> [R, R, 3] crop, face box
+    batch of crops + captions --VAE encode_moments / CLIP-L + encode_prefix / ViT-B/32--> features
+
+A photo that is rejected is counted under one reason (REASONS); a photo that raises anything
+unexpected is counted under "error" and logged; neither stops the run. The frozen models are
+injected (`FrozenModels`), so tests run the whole path with tiny models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import struct
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from data_prep.format import encode_sample, safe_key
+from data_prep.sources import RawSample
+from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
+from encoder.photos import MIN_IMAGE_SIDE, PhotoError, to_rgb_array
+
+logger = logging.getLogger(__name__)
+
+REASONS = {
+    "unreadable": "the item could not be read from the source (file error, damaged tar, bad JSONL line)",
+    "undecodable": "not an image, or a truncated / corrupt image file",
+    "image_too_small": "shorter side below min_image_side",
+    "missing_caption": "no caption (or an empty one)",
+    "no_face": "no face detected",
+    "low_det_score": "best detection below min_det_score",
+    "face_too_small": "face smaller than min_face_size pixels in the photo",
+    "several_faces": "another face larger than max_other_face x the main face's area",
+    "face_out_of_frame": "less than min_face_visible of the face box fits in the square crop",
+    "face_small_in_crop": "face side below min_face_fraction of the crop side",
+    "error": "unexpected exception while processing (logged with the sample key)",
+}
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """What decides which photos are kept and how they are cropped (recorded in the manifest)."""
+
+    resolution: int = 512  # crop side fed to the VAE (latent side = resolution / 8 at full size)
+    min_image_side: int = 256  # shorter side of the original photo, pixels
+    min_face_size: int = 64  # shorter side of the face box in the original photo, pixels
+    min_det_score: float = 0.5
+    max_other_face: float = 0.25  # another face with more than this fraction of the main face's area rejects
+    min_face_visible: float = 0.9  # fraction of the face box inside the square crop
+    min_face_fraction: float = 0.08  # face box shorter side / crop side
+    det_size: int = 640  # detector input side
+    save_jpg: bool = False  # also store the crop as <key>.jpg
+    jpeg_quality: int = 90
+
+    def face_policy(self) -> FacePolicy:
+        return FacePolicy(min_face_size=self.min_face_size, min_det_score=self.min_det_score,
+                          det_size=self.det_size, select="largest")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------- frozen models
+def module_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes, bytes): what the features came from."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _face_model_fingerprint(model: Any) -> str:
+    path = getattr(model, "model_file", None)
+    if path and Path(path).is_file():
+        return _file_sha256(path)
+    return f"{type(model).__module__}.{type(model).__name__}"
+
+
+@dataclass
+class FrozenModels:
+    """The frozen models data_prep runs, already on `device`.
+
+    faces: encoder.face_analysis.FaceAnalyzer; autoencoder: models.autoencoder.AutoencoderKL;
+    text_encoder: models.text_encoder.TextEncoder; image_clip: models.image_clip.ImageCLIP.
+    """
+
+    faces: FaceAnalyzer
+    autoencoder: torch.nn.Module
+    text_encoder: torch.nn.Module
+    image_clip: torch.nn.Module
+    device: torch.device
+
+    @classmethod
+    def from_weights(cls, root: str | os.PathLike | None = None, *, face_pack: str | os.PathLike | None = None,
+                     device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                     policy: FacePolicy | None = None, face_providers: list | None = None) -> FrozenModels:
+        """Everything from the weights folder (models.paths); model_configs.json there replaces v1."""
+        from models import load_autoencoder
+        from models.image_clip import ImageCLIP
+        from models.paths import find_weights
+        from models.pipeline import read_model_configs
+        from models.text_encoder import TextEncoder
+
+        device = torch.device(device)
+        files = {name: find_weights(name, face_pack if name == "face_pack" else None, root)
+                 for name in ("autoencoder", "clip_text", "caption_decoder", "clip_image", "face_pack")}
+        configs = read_model_configs(root)
+        faces = FaceAnalyzer.from_pack(files["face_pack"], providers=face_providers, policy=policy or FacePolicy())
+        autoencoder = load_autoencoder(files["autoencoder"], configs.get("autoencoder"), device=device, dtype=dtype)
+        text_encoder = TextEncoder.from_pretrained(files["clip_text"], files["caption_decoder"],
+                                                   caption_decoder_config=configs.get("caption_decoder"),
+                                                   device=device, dtype=dtype)
+        image_clip = ImageCLIP.from_file(files["clip_image"], device, model_cfg=configs.get("clip_image"))
+        if dtype != torch.float32:
+            image_clip = image_clip.to(dtype=dtype)
+        return cls(faces, autoencoder, text_encoder, image_clip, device)
+
+    def fingerprints(self) -> dict[str, str]:
+        """SHA-256 of every model (state dicts; the face models' .onnx files)."""
+        return {
+            "autoencoder": module_fingerprint(self.autoencoder),
+            "text_encoder": module_fingerprint(self.text_encoder.text_model) + "+"
+            + module_fingerprint(self.text_encoder.encode_prefix)[:16],
+            "image_clip": module_fingerprint(self.image_clip.model),
+            "face_detector": _face_model_fingerprint(self.faces.detector),
+            "face_recogniser": _face_model_fingerprint(self.faces.recogniser),
+        }
+
+    @property
+    def downsample(self) -> int:
+        return self.autoencoder.config.downsample_factor
+
+
+# ----------------------------------------------------------------------------------- per image
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> [H, W, 3] uint8 RGB, EXIF orientation applied. Raises PhotoError."""
+    if not data:
+        raise PhotoError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                try:
+                    oriented = ImageOps.exif_transpose(img) or img
+                except Exception:  # a broken EXIF block: keep the pixels as stored
+                    oriented = img
+                rgb = to_rgb_array(oriented)
+    except PhotoError:
+        raise
+    except UnidentifiedImageError as e:
+        raise PhotoError("not an image file") from e
+    except Image.DecompressionBombError as e:
+        raise PhotoError("image too large (decompression bomb guard)") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
+        raise PhotoError("truncated or corrupt image") from e
+    return rgb
+
+
+def rejection_category(reason: str) -> str:
+    """FaceRejected reason text -> REASONS key."""
+    if reason.startswith("no face"):
+        return "no_face"
+    if reason.startswith("detection score"):
+        return "low_det_score"
+    if reason.startswith("face too small"):
+        return "face_too_small"
+    return "no_face"
+
+
+def square_crop(width: int, height: int, box: np.ndarray) -> tuple[int, int, int]:
+    """The largest square (x0, y0, side) inside the photo, centred on the face box as far as it can be."""
+    side = min(width, height)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    x0 = int(np.clip(round(cx - side / 2), 0, width - side))
+    y0 = int(np.clip(round(cy - side / 2), 0, height - side))
+    return x0, y0, side
+
+
+@dataclass
+class Prepared:
+    """A photo that passed every filter: crop [R, R, 3] uint8, face box in crop pixels, metadata."""
+
+    raw: RawSample
+    index: int  # the item's position in the source (unique sample keys)
+    crop: np.ndarray
+    box: np.ndarray  # float32 [4] in crop pixels
+    face: Face
+    meta: dict
+
+
+class SampleProcessor:
+    """prepare(raw) on the CPU (decode, faces, crop; `threads` photos at a time), then features(batch)
+    with the frozen models."""
+
+    def __init__(self, models: FrozenModels, config: PrepConfig = PrepConfig(), threads: int = 1):
+        self.models, self.config, self.threads = models, config, threads
+        f = models.downsample
+        if config.resolution % f:
+            raise ValueError(f"resolution {config.resolution} is not divisible by the VAE's factor {f}")
+        self.policy = config.face_policy()
+        faces = models.faces
+        if faces.policy != self.policy:
+            faces = FaceAnalyzer(faces.detector, faces.recogniser, faces.attribute, policy=self.policy)
+        self.faces = faces
+
+    def _dominant_face(self, rgb: np.ndarray) -> Face | str:
+        try:
+            face = self.faces.analyze(rgb)
+        except FaceRejected as e:
+            return rejection_category(e.reason)
+        if face.n_faces > 1:
+            area = float((face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
+            others = [d for d in self.faces.detect(rgb)
+                      if d.score >= self.policy.min_det_score and not np.allclose(d.box, face.box)]
+            if any(d.area > self.config.max_other_face * area for d in others):
+                return "several_faces"
+        return face
+
+    def prepare(self, raw: RawSample, index: int = 0) -> Prepared | str:
+        """The cropped photo with its face, or a REASONS key."""
+        c = self.config
+        if raw.error or raw.image is None:
+            return "unreadable"
+        caption = (raw.caption or "").strip()
+        if not caption:
+            return "missing_caption"
+        try:
+            rgb = decode_rgb(raw.image)
+        except PhotoError:
+            return "undecodable"
+        h, w = rgb.shape[:2]
+        if min(h, w) < max(c.min_image_side, MIN_IMAGE_SIDE):
+            return "image_too_small"
+        face = self._dominant_face(rgb)
+        if isinstance(face, str):
+            return face
+        x0, y0, side = square_crop(w, h, face.box)
+        box = face.box.astype(np.float64)
+        inter = (max(0.0, min(box[2], x0 + side) - max(box[0], x0))
+                 * max(0.0, min(box[3], y0 + side) - max(box[1], y0)))
+        if inter < c.min_face_visible * max((box[2] - box[0]) * (box[3] - box[1]), 1e-6):
+            return "face_out_of_frame"
+        if min(box[2] - box[0], box[3] - box[1]) < c.min_face_fraction * side:
+            return "face_small_in_crop"
+        scale = c.resolution / side
+        crop = Image.fromarray(rgb[y0:y0 + side, x0:x0 + side])
+        if side != c.resolution:
+            crop = crop.resize((c.resolution, c.resolution), Image.BICUBIC)
+        crop_box = ((box - [x0, y0, x0, y0]) * scale).clip(0, c.resolution).astype(np.float32)
+        meta = {"identity": raw.identity, "source_key": raw.key, "det_score": round(float(face.det_score), 4),
+                "n_faces": int(face.n_faces), "face_box_px": [round(float(v), 2) for v in crop_box],
+                "crop": [x0, y0, side], "orig_size": [w, h]}
+        return Prepared(raw, index, np.asarray(crop, dtype=np.uint8), crop_box, face, meta)
+
+    def _prepare_safely(self, job: tuple[RawSample, int]) -> Prepared | str:
+        raw, index = job
+        try:
+            return self.prepare(raw, index)
+        except Exception:  # never fatal: count it, log it with its key
+            logger.exception("data_prep: unexpected error on %s", raw.key)
+            return "error"
+
+    @torch.no_grad()
+    def features(self, batch: list[Prepared]) -> list[dict]:
+        """Run the frozen models on a batch of crops -> member dicts for the shard writer."""
+        if not batch:
+            return []
+        m, c = self.models, self.config
+        dtype = next(m.autoencoder.parameters()).dtype
+        pixels = torch.from_numpy(np.stack([p.crop for p in batch])).permute(0, 3, 1, 2)
+        x = (pixels.to(m.device, torch.float32) / 127.5 - 1.0).to(dtype)
+        moments = m.autoencoder.encode_moments(x).float()
+        fp16_max = float(torch.finfo(torch.float16).max)
+        moments = moments.clamp(-fp16_max, fp16_max).cpu().numpy()
+        text = m.text_encoder.encode([p.raw.caption.strip() for p in batch]).float().cpu().numpy()
+        clip = m.image_clip.embed_images([Image.fromarray(p.crop) for p in batch]).float().cpu().numpy()
+        latent_box_scale = 1.0 / m.downsample
+        samples = []
+        for i, p in enumerate(batch):
+            arrays = {"moments": moments[i], "text": text[i], "clip": clip[i], "arcface": p.face.embedding,
+                      "arcface_flip": p.face.embedding_flip, "box": p.box * latent_box_scale}
+            jpg = None
+            if c.save_jpg:
+                buf = io.BytesIO()
+                Image.fromarray(p.crop).save(buf, format="JPEG", quality=c.jpeg_quality)
+                jpg = buf.getvalue()
+            key = safe_key(p.raw.key, p.index)
+            samples.append(encode_sample(key, arrays, p.raw.caption.strip(), p.meta, jpg))
+        return samples
+
+    def process(self, raws: list[RawSample], first_index: int = 0) -> tuple[list[dict], Counter]:
+        """Items first_index, first_index + 1, ... of the source -> (member dicts of the kept ones,
+        Counter of reject reasons)."""
+        reasons: Counter = Counter()
+        kept: list[Prepared] = []
+        jobs = [(raw, first_index + i) for i, raw in enumerate(raws)]
+        if self.threads > 1:  # decoding and the ONNX face models release the GIL
+            with ThreadPoolExecutor(self.threads) as pool:
+                results = list(pool.map(self._prepare_safely, jobs))
+        else:
+            results = [self._prepare_safely(job) for job in jobs]
+        for result in results:
+            if isinstance(result, str):
+                reasons[result] += 1
+            else:
+                kept.append(result)
+        return self.features(kept), reasons

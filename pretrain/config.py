@@ -1,0 +1,191 @@
+"""The pretraining configuration: one frozen dataclass, from a JSON/YAML file plus command-line overrides.
+
+    config = PretrainConfig.from_file("pretrain/configs/v1.json")
+    config = apply_overrides(config, ["--lr", "1e-4", "--batch_size", "32", "--random_backbone"])
+
+Every field is an option (`--batch_size 32` or `--batch-size 32`; booleans also as a bare flag or
+`--no-<name>`; `none` for optional fields; dicts as JSON). Defaults are the full-size run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    # ---- data (shards written by `python -m data_prep`)
+    shards: str = "shards"  # data_prep output folder, a glob or brace pattern of .tar; several comma-separated
+    shuffle_buffer: int = 2000  # samples
+    shards_per_group: int = 4  # shards read together (shuffling and identity pairing happen within a group)
+    num_workers: int = 4  # DataLoader workers per process
+    pair_identities: bool = True  # condition on another photo of the same person when labels exist
+    reservoir_size: int = 8  # photos remembered per person for pairing
+    # ---- frozen backbone
+    weights: str | None = None  # weights folder (models.paths): uvit_v1.pth, and the VAE for sample grids
+    random_backbone: bool = False  # UViT with random weights (benchmarks, tests): no weight files needed
+    uvit: dict | None = None  # UViTConfig fields; None: v1, or the weights folder's model_configs.json
+    backbone_dtype: str = "bfloat16"  # the frozen UViT's weights
+    activation_checkpointing: bool = False  # recompute each block in the backward pass (less memory)
+    # ---- identity module (encoder.config.IdentityConfig)
+    num_tokens: int = 4
+    hidden_dim: int = 1024
+    injection: str = "extra_tokens"  # or "text_slots"
+    init_from: str | None = None  # start from a saved identity-module folder instead of the zero-gate init
+    # ---- objective
+    p_drop_id: float = 0.10  # identity dropped (text kept)
+    p_drop_text: float = 0.10  # text dropped: N(0, I) text with t_text = 1000 (identity kept)
+    p_drop_both: float = 0.05
+    clip_loss_weight: float = 1.0  # weight of the image-CLIP noise MSE next to the latent's
+    face_loss_weight: float = 0.0  # extra weight of latent pixels inside the face box (0 = plain MSE)
+    data_type: int = 1  # UniDiffuser v1's data-type token (1, as in sampling)
+    # ---- optimisation
+    batch_size: int = 32  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01  # projector matrices only (no decay on gates, positions, norms, biases)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 1000
+    lr_schedule: str = "cosine"  # "cosine" (to min_lr_ratio * lr at max_steps) or "constant"
+    min_lr_ratio: float = 0.1
+    max_steps: int = 100_000
+    grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
+    ema_decay: float = 0.9999
+    mixed_precision: str = "bf16"  # accelerate: "no", "fp16" or "bf16"
+    seed: int = 0
+    # ---- run
+    output_dir: str = "runs/faceid"
+    resume: str = "auto"  # "auto" (latest checkpoint of output_dir, if any), "none", or a checkpoint folder
+    stop_at_step: int | None = None  # checkpoint and stop here (time-limited jobs); resume continues
+    checkpoint_every: int = 2000
+    keep_checkpoints: int = 3
+    log_every: int = 50
+    max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
+    sample_every: int = 5000  # sample grid of the validation identities (0 = never)
+    sample_steps: int = 20
+    sample_cfg: float = 7.0
+    val_shards: str | None = None  # default: the first shards of `shards`
+    val_identities: int = 4
+
+    def __post_init__(self):
+        checks = [
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (self.max_steps >= 1, "max_steps must be >= 1"),
+            (self.lr_schedule in ("cosine", "constant"), f"lr_schedule must be cosine or constant, got "
+                                                         f"{self.lr_schedule!r}"),
+            (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+            (self.backbone_dtype in ("float32", "bfloat16", "float16"),
+             "backbone_dtype must be float32, bfloat16 or float16"),
+            (self.mixed_precision != "no" or self.backbone_dtype == "float32",
+             "mixed_precision no needs backbone_dtype float32 (a half-precision backbone runs under autocast)"),
+            (self.injection in ("extra_tokens", "text_slots"), "injection must be extra_tokens or text_slots"),
+            (min(self.p_drop_id, self.p_drop_text, self.p_drop_both) >= 0
+             and self.p_drop_id + self.p_drop_text + self.p_drop_both <= 1,
+             "dropout probabilities must be >= 0 and sum to at most 1"),
+            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
+            (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
+             "checkpoint_every, keep_checkpoints and log_every must be >= 1"),
+            (self.resume in ("auto", "none") or bool(self.resume), "resume must be auto, none or a folder"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise ValueError("pretraining config: " + "; ".join(bad))
+
+    # ------------------------------------------------------------------------------------------ io
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PretrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"pretraining config has unknown keys {unknown}; known keys: {sorted(names)}")
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> PretrainConfig:
+        """A .json, .yaml or .yml file holding a mapping of fields (missing ones keep their defaults)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist (see pretrain/configs/)")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as e:
+                raise ImportError(f"{path} is YAML: `pip install pyyaml`, or use a .json config") from e
+            d = yaml.safe_load(text) or {}
+        else:
+            d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError(f"{path} must hold a mapping of config fields")
+        return cls.from_dict(d)
+
+
+# ---------------------------------------------------------------------------------- command line
+def _str2bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+def _parser_for(hint) -> tuple[typing.Callable, bool]:
+    """(parse function, is_bool) for a field's type hint."""
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if hint is bool:
+        return _str2bool, True
+    base = {int: int, float: float, str: str, dict: json.loads}[hint]
+
+    def parse(v: str):
+        if optional and v.lower() in ("none", "null"):
+            return None
+        try:
+            return base(v)
+        except (ValueError, json.JSONDecodeError) as e:
+            raise argparse.ArgumentTypeError(f"{v!r} is not a valid {hint.__name__}") from e
+
+    return parse, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per config field; a field not given on the command line keeps its value."""
+    hints = typing.get_type_hints(PretrainConfig)
+    group = parser.add_argument_group("config overrides (any field of pretrain.config.PretrainConfig)")
+    for f in dataclasses.fields(PretrainConfig):
+        parse, is_bool = _parser_for(hints[f.name])
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if is_bool:
+            group.add_argument(*names, dest=f.name, type=parse, nargs="?", const=True,
+                               default=argparse.SUPPRESS, metavar="BOOL", help=f"(default {default})")
+            group.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const",
+                               const=False, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        else:
+            group.add_argument(*names, dest=f.name, type=parse, default=argparse.SUPPRESS, metavar="X",
+                               help=f"(default {default})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def apply_overrides(config: PretrainConfig, argv: list[str]) -> PretrainConfig:
+    """config with fields replaced by options like ["--lr", "1e-4", "--random_backbone"]."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_config_arguments(parser)
+    return dataclasses.replace(config, **overrides_from_args(parser.parse_args(argv)))

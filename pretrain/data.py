@@ -1,0 +1,348 @@
+"""Streaming the shards: shuffled, split per rank and worker, paired by identity, exactly resumable.
+
+Each (rank, DataLoader worker) owns a disjoint share of the shards and loops over them forever:
+
+    epoch e: all shards in a seeded permutation -> [rank::world] -> [worker::workers]
+             -> groups of `shards_per_group` shards, one after the other; within a group:
+                the shards read round-robin -> shuffle buffer -> identity pairing -> decode -> batches
+
+Identity pairing. When a sample has an identity label, the face that conditions it is another photo
+of the same person seen earlier in the group (a per-identity reservoir of `reservoir_size` faces),
+not its own; the first photo of a person in a group conditions on itself. Corpora sorted by person
+(a folder source with --identity-from-folder) pair best.
+
+Exact resume. Everything random inside a group comes from a generator seeded by (seed, epoch, rank,
+worker, group), and the shuffle buffer and reservoir start empty at every group. So a worker's
+position is just (epoch, group, items of the group already emitted): on resume it replays the group
+up to that item (reading headers and the small ArcFace members only) and goes on. Each batch carries
+its worker's position; the training loop keeps the positions of the batches it consumed and the
+worker whose batch comes next (`ordered`) restores the interleaving of the workers.
+
+Corrupt members (a member that is missing or does not decode, a damaged tar) skip their sample,
+are counted per worker (`corrupt`) and never stop training.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tarfile
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_prep.format import FORMAT_NAME, CorruptSample, decode_arrays, decode_meta
+from data_prep.sources import split_member
+
+logger = logging.getLogger(__name__)
+
+_DAMAGED = object()  # marker for an unreadable part of a tar in the raw stream
+
+
+class DataError(ValueError):
+    """The shards cannot be used with this configuration; the message says what to do."""
+
+
+# ------------------------------------------------------------------------------------ shard lists
+def list_shards(spec: str) -> list[Path]:
+    """Shard paths from: a shard folder (its manifest.json's non-empty shards, else its *.tar), a glob,
+    a brace pattern, or several of these separated by commas."""
+    paths: list[Path] = []
+    for part in [s.strip() for s in str(spec).split(",") if s.strip()]:
+        p = Path(part).expanduser()
+        if p.is_dir():
+            manifest = p / "manifest.json"
+            if manifest.is_file():
+                m = json.loads(manifest.read_text())
+                if m.get("format") != FORMAT_NAME:
+                    raise DataError(f"{manifest} is not a data_prep manifest (format {m.get('format')!r})")
+                if not m.get("complete", True):
+                    logger.warning("%s: data_prep did not finish (%d shards missing); using the finished ones",
+                                   p, len(m.get("missing", [])))
+                paths += [p / s["name"] for s in m["shards"] if s["samples"] > 0]
+            else:
+                paths += sorted(p.glob("*.tar"))
+        elif "{" in part:
+            from braceexpand import braceexpand
+
+            paths += [Path(s).expanduser() for s in braceexpand(part)]
+        else:
+            paths += sorted(Path(s) for s in glob.glob(os.path.expanduser(part)))
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} shard(s) of {spec!r} do not exist, e.g. {missing[0]}")
+    if not paths:
+        raise DataError(f"no shards found for {spec!r}: give a data_prep output folder, a glob or a brace "
+                        "pattern of .tar files (write shards with `python -m data_prep`)")
+    return paths
+
+
+def read_shard(path: Path) -> Iterator[dict | object]:
+    """Raw samples {"__key__", "<ext>": bytes, ...} of one tar, in order; _DAMAGED where it breaks off."""
+    key, members = None, {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for info in tar:
+                if not info.isreg():
+                    continue
+                k, ext = split_member(info.name)
+                if k != key:
+                    if key is not None:
+                        yield members
+                    key, members = k, {"__key__": k}
+                f = tar.extractfile(info)
+                members[ext] = f.read() if f is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as e:
+        logger.warning("damaged shard %s: %s", path, e)
+        yield _DAMAGED  # stands for the sample being read when the tar broke off
+        return
+    if key is not None:
+        yield members
+
+
+# --------------------------------------------------------------------------------------- the stream
+def _interleave(streams: list[Iterator]) -> Iterator:
+    """Round-robin over several iterators until all are exhausted."""
+    active = deque(streams)
+    while active:
+        it = active.popleft()
+        try:
+            item = next(it)
+        except StopIteration:
+            continue
+        yield item
+        active.append(it)
+
+
+def _shuffled(items: Iterator, size: int, rng: np.random.Generator) -> Iterator:
+    """A shuffle buffer of `size` (1 = no shuffling)."""
+    buf: list = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(size))
+        yield buf[j]
+        buf[j] = item
+    while buf:
+        yield buf.pop(int(rng.integers(len(buf))))
+
+
+class ShardStream(IterableDataset):
+    """Infinite stream of collated batches (see the module docstring).
+
+    Batch: moments float16 [B, 2C, h, w], text float16 [B, L, Dt], clip float32 [B, Dc],
+    face / face_flip float32 [B, 512] (the conditioning photo's ArcFace embeddings), box float32
+    [B, 4] (latent pixels), paired bool [B], keys list[str], state dict (worker position and counters).
+    shapes: expected array shapes {"moments": (2C, h, w), "text": (L, Dt), "clip": (Dc,)}; a sample
+    that differs counts as corrupt.
+    """
+
+    def __init__(self, shards: list[Path], *, batch_size: int, shapes: dict[str, tuple], rank: int = 0,
+                 world: int = 1, seed: int = 0, shuffle_buffer: int = 1000, shards_per_group: int = 4,
+                 pair_identities: bool = True, reservoir_size: int = 8, start: dict[int, dict] | None = None):
+        super().__init__()
+        self.shards = [Path(s) for s in shards]
+        self.batch_size, self.shapes = batch_size, {k: tuple(v) for k, v in shapes.items()}
+        self.rank, self.world, self.seed = rank, world, seed
+        self.shuffle_buffer, self.shards_per_group = max(1, shuffle_buffer), max(1, shards_per_group)
+        self.pair_identities, self.reservoir_size = pair_identities, max(1, reservoir_size)
+        self.start = {int(k): dict(v) for k, v in (start or {}).items()}
+
+    def groups(self, epoch: int, worker: int, workers: int) -> list[list[Path]]:
+        """This worker's shard groups in `epoch`."""
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.shards))
+        mine = [self.shards[i] for i in order[self.rank::self.world][worker::workers]]
+        if not mine:
+            raise DataError(too_few_shards(len(self.shards), self.world, workers))
+        g = self.shards_per_group
+        return [mine[i:i + g] for i in range(0, len(mine), g)]
+
+    def _paired(self, raws: Iterator, rng: np.random.Generator) -> Iterator:
+        """raw -> (raw, face, face_flip, paired) or None (corrupt); the identity reservoir."""
+        bank: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        seen: dict[str, int] = {}
+        for raw in raws:
+            if raw is _DAMAGED:
+                yield None
+                continue
+            try:
+                meta = decode_meta(raw)
+                own = tuple(decode_arrays(raw, ("arcface", "arcface_flip")).values())
+            except CorruptSample:
+                yield None
+                continue
+            ident = meta.get("identity") if self.pair_identities else None
+            face, paired = own, False
+            if ident is not None:
+                ident = str(ident)
+                refs = bank.setdefault(ident, [])
+                if refs:
+                    face, paired = refs[int(rng.integers(len(refs)))], True
+                seen[ident] = n = seen.get(ident, 0) + 1
+                if len(refs) < self.reservoir_size:
+                    refs.append(own)
+                else:
+                    j = int(rng.integers(n))
+                    if j < self.reservoir_size:
+                        refs[j] = own
+            yield raw, face[0], face[1], paired
+
+    def group_items(self, shards: list[Path], rng: np.random.Generator) -> Iterator:
+        raws = _interleave([read_shard(p) for p in shards])
+        return self._paired(_shuffled(raws, self.shuffle_buffer, rng), rng)
+
+    def _decode(self, item) -> dict | None:
+        if item is None:
+            return None
+        raw, face, face_flip, paired = item
+        try:
+            arrays = decode_arrays(raw, ("moments", "text", "clip", "box"))
+        except CorruptSample:
+            return None
+        if any(arrays[k].shape != shape for k, shape in self.shapes.items()) or arrays["box"].shape != (4,):
+            return None
+        return {**arrays, "face": face, "face_flip": face_flip, "paired": paired, "key": raw["__key__"]}
+
+    def _collate(self, samples: list[dict], state: dict) -> dict:
+        batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
+                 for k in ("moments", "text", "clip", "face", "face_flip", "box")}
+        batch["paired"] = torch.tensor([s["paired"] for s in samples])
+        batch["keys"] = [s["key"] for s in samples]
+        batch["state"] = dict(state)
+        return batch
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        st = {"worker": worker, "epoch": 0, "group": 0, "offset": 0, "samples": 0, "corrupt": 0, "paired": 0}
+        st.update(self.start.get(worker, {}))
+        st["worker"] = worker
+        resumed_epoch = self.start.get(worker, {}).get("epoch")  # may legitimately end without a sample
+        batch: list[dict] = []
+        while True:
+            groups = self.groups(st["epoch"], worker, workers)
+            samples_before = st["samples"]
+            while st["group"] < len(groups):
+                rng = np.random.default_rng([self.seed, st["epoch"], self.rank, worker, st["group"]])
+                for k, item in enumerate(self.group_items(groups[st["group"]], rng)):
+                    if k < st["offset"]:
+                        continue  # replaying up to the resume position
+                    st["offset"] = k + 1
+                    sample = self._decode(item)
+                    if sample is None:
+                        st["corrupt"] += 1
+                        continue
+                    st["samples"] += 1
+                    st["paired"] += int(sample["paired"])
+                    batch.append(sample)
+                    if len(batch) == self.batch_size:
+                        yield self._collate(batch, st)
+                        batch = []
+                st["group"] += 1
+                st["offset"] = 0
+            if st["samples"] == samples_before and st["epoch"] != resumed_epoch:
+                raise DataError(f"worker {worker} of rank {self.rank} read no usable sample in a whole pass over "
+                                f"{sum(len(g) for g in groups)} shards (all corrupt, or made for another "
+                                f"backbone); check them with webdataset or rerun data_prep")
+            st["epoch"] += 1
+            st["group"] = 0
+
+
+def too_few_shards(shards: int, world: int, workers: int) -> str | None:
+    """The error message when some (rank, worker) would get no shard, else None."""
+    if shards >= world * workers:
+        return None
+    return (f"{shards} shards cannot feed {world} ranks x {workers} workers: write more, smaller shards "
+            "(data_prep --shard-size) or use fewer --num_workers")
+
+
+def ordered(batches: Iterator[dict], workers: int, first: int = 0) -> Iterator[dict]:
+    """Re-interleave a DataLoader's batches so that worker `first` comes first, then first + 1, ...
+
+    A DataLoader always starts its round-robin at worker 0; a resumed run must continue with the
+    worker whose batch was next. At most workers - 1 batches are held back.
+    """
+    pending: dict[int, deque] = {w: deque() for w in range(workers)}
+    want = first % workers
+    for b in batches:
+        pending[b["state"]["worker"]].append(b)
+        while pending[want]:
+            yield pending[want].popleft()
+            want = (want + 1) % workers
+
+
+def make_loader(stream: ShardStream, num_workers: int, *, pin_memory: bool = False,
+                first_worker: int = 0) -> Iterator[dict]:
+    """The stream through a DataLoader (batches are built in the workers), in resume order."""
+    loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+    return ordered(iter(loader), max(num_workers, 1), first_worker)
+
+
+def expected_shapes(uvit_config) -> dict[str, tuple]:
+    """The array shapes a shard must hold for this backbone."""
+    c = uvit_config
+    return {"moments": (2 * c.in_chans, c.img_size, c.img_size), "text": (c.num_text_tokens, c.text_dim),
+            "clip": (c.clip_img_dim,)}
+
+
+def check_shards(shards: list[Path], uvit_config) -> None:
+    """Compare the first readable sample's shapes with the backbone; DataError naming both if they differ."""
+    want = expected_shapes(uvit_config)
+    for path in shards[:8]:
+        for raw in read_shard(path):
+            if raw is _DAMAGED:
+                break
+            try:
+                arrays = decode_arrays(raw, tuple(want))
+            except CorruptSample:
+                continue
+            got = {k: tuple(a.shape) for k, a in arrays.items()}
+            bad = [f"{k}: shards {got[k]}, backbone needs {want[k]}" for k in want if got[k] != want[k]]
+            if bad:
+                raise DataError(f"shards like {path} do not fit this backbone ({'; '.join(bad)}): they were "
+                                "made for another model or resolution. Re-run data_prep with the backbone's "
+                                "weights, or pick the matching backbone config.")
+            return
+    raise DataError(f"no readable sample in the first {min(len(shards), 8)} shards (e.g. {shards[0]})")
+
+
+def read_validation(shards: list[Path], n: int, uvit_config) -> dict | None:
+    """The first n readable samples (distinct identities first when labelled), collated; None if none."""
+    stream = ShardStream(shards, batch_size=n, shapes=expected_shapes(uvit_config), shuffle_buffer=1,
+                         pair_identities=False)
+    picked, spare, idents = [], [], set()
+    for path in shards[:64]:
+        for raw in read_shard(path):
+            if raw is _DAMAGED:
+                break
+            try:
+                meta = decode_meta(raw)
+                arcface = decode_arrays(raw, ("arcface", "arcface_flip"))
+            except CorruptSample:
+                continue
+            sample = stream._decode((raw, arcface["arcface"], arcface["arcface_flip"], False))
+            if sample is None:
+                continue
+            sample["caption"] = raw.get("txt", b"").decode("utf-8", errors="replace")
+            ident = meta.get("identity")
+            (spare if ident is not None and ident in idents else picked).append(sample)
+            idents.add(ident)
+            if len(picked) >= n:
+                break
+        if len(picked) >= n:
+            break
+    picked = (picked + spare)[:n]
+    if not picked:
+        return None
+    batch = stream._collate(picked, {})
+    batch["captions"] = [s["caption"] for s in picked]
+    return batch
+

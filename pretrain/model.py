@@ -1,0 +1,116 @@
+"""What pretraining trains: the frozen UViT and the identity module as one module.
+
+`PretrainNet` is what DDP wraps: the backbone's parameters have requires_grad False (no weight
+gradients, not synchronised), gradients flow through its activations into the identity tokens, and
+the identity module (float32) is the only thing the optimizer sees.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from encoder.config import IdentityConfig
+from encoder.id_uvit import IDConditionedUViT
+from encoder.identity import IdentityModule
+from encoder.projector import pool_embeddings
+from models.uvit import UViT, UViTConfig
+
+
+def backbone_config(config) -> UViTConfig:
+    """The UViT config of a PretrainConfig: its `uvit` dict, else the weights folder's
+    model_configs.json, else v1."""
+    if config.uvit:
+        return UViTConfig.from_dict(dict(config.uvit))
+    if not config.random_backbone:
+        from models.pipeline import read_model_configs
+
+        configs = read_model_configs(config.weights)
+        if "uvit" in configs:
+            return UViTConfig.from_dict(configs["uvit"])
+    return UViTConfig.v1()
+
+
+def build_backbone(config, device: torch.device) -> UViT:
+    """The frozen UViT in `config.backbone_dtype` on `device`: loaded from the weights folder, or with
+    random weights (seeded by config.seed, the same on every rank) when config.random_backbone."""
+    from models import load_uvit
+    from models.paths import find_weights
+
+    dtype = getattr(torch, config.backbone_dtype)
+    uvit_config = backbone_config(config)
+    device = torch.device(device)
+    if config.random_backbone:
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.device(device):
+            torch.manual_seed(config.seed)
+            uvit = UViT(uvit_config)
+        uvit = uvit.to(dtype)
+    else:
+        uvit = load_uvit(find_weights("uvit", None, config.weights), uvit_config, device=device, dtype=dtype)
+    return uvit.eval().requires_grad_(False)
+
+
+def build_identity(config, uvit_config: UViTConfig) -> IdentityModule:
+    """A fresh identity module (zero gates: the untouched backbone; initialised from config.seed) or
+    `config.init_from`'s, in float32, on the CPU."""
+    want = IdentityConfig.for_uvit(uvit_config, num_tokens=config.num_tokens, hidden_dim=config.hidden_dim,
+                                   injection=config.injection)
+    if config.init_from:
+        return IdentityModule.load(config.init_from, expect=want, uvit_config=uvit_config).float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return IdentityModule(want).float()
+
+
+class CheckpointedIDUViT(IDConditionedUViT):
+    """IDConditionedUViT that recomputes every block's activations in the backward pass."""
+
+    @staticmethod
+    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None):
+        return checkpoint(IDConditionedUViT._block, blk, x, xi, gate, scale, skip, skip_i, use_reentrant=False)
+
+    def forward(self, img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0):
+        if id_tokens is not None and self.identity.config.injection == "extra_tokens":
+            return super().forward(img, clip_img, text, t_img, t_text, data_type, id_tokens, id_scale)
+        if id_tokens is not None:  # text_slots: fill the slots, then the plain UViT, checkpointed
+            b = img.shape[0]
+            scale = torch.as_tensor(id_scale, dtype=img.dtype, device=img.device).expand(b)
+            text = self._fill_slots(text, id_tokens.to(img.dtype).expand(b, -1, -1), scale)
+        u = self.uvit
+        h, w = img.shape[-2:]
+        x = u.embed(img, clip_img, text, t_img, t_text, data_type)
+        skips = []
+        for blk in u.in_blocks:
+            x = checkpoint(blk, x, use_reentrant=False)
+            skips.append(x)
+        x = checkpoint(u.mid_block, x, use_reentrant=False)
+        for blk in u.out_blocks:
+            x = checkpoint(blk, x, skips.pop(), use_reentrant=False)
+        return u.heads(u.norm(x), h, w)
+
+
+class PretrainNet(nn.Module):
+    """forward(z_n [B, C, h, w], clip_n [B, 1, Dc], text [B, L, Dt], t_img [B], t_text [B],
+    data_type [B] long, face [B, 512], face_flip [B, 512], id_scale [B]) -> (eps_z, eps_clip).
+
+    The face embeddings are pooled as at inference (mean with the mirrored crop's when
+    identity.config.use_flip, re-normalised), projected to K tokens and injected.
+    """
+
+    def __init__(self, uvit: UViT, identity: IdentityModule, activation_checkpointing: bool = False):
+        super().__init__()
+        wrapper = CheckpointedIDUViT if activation_checkpointing else IDConditionedUViT
+        self.net = wrapper(uvit, identity)
+
+    @property
+    def identity(self) -> IdentityModule:
+        return self.net.identity
+
+    def forward(self, z_n, clip_n, text, t_img, t_text, data_type, face, face_flip, id_scale):
+        flip = face_flip[:, None] if self.identity.config.use_flip else None
+        tokens = self.identity.tokens(pool_embeddings(face[:, None], flip))
+        img_out, clip_out, _ = self.net(z_n, clip_n, text, t_img, t_text, data_type, id_tokens=tokens,
+                                        id_scale=id_scale)
+        return img_out, clip_out

@@ -1,0 +1,460 @@
+"""Pretrain the identity module on shards of precomputed features, with accelerate.
+
+    python -m pretrain.train --config pretrain/configs/v1.json --shards shards/ --output_dir runs/faceid
+    accelerate launch --num_processes 8 -m pretrain.train --config pretrain/configs/v1.json ...
+    python -m pretrain.train --config pretrain/configs/v1.json --random_backbone --benchmark 20
+
+One step: `grad_accum` batches from the shard stream -> for each, UniDiffuser's noise MSE through the
+frozen bf16 UViT with the identity tokens injected (pretrain.losses) and backward (DDP averages the
+identity module's gradients; the backbone has none) -> clip -> if the loss and the gradient norm are
+finite on every rank: AdamW step, LR schedule step, EMA update; otherwise the step is skipped with a
+log line, and `max_bad_steps` skipped steps in a row stop the run (the last checkpoint stays as it
+was). Every `checkpoint_every` steps an atomic checkpoint; every `sample_every` a sample grid; at
+`max_steps` the EMA module is exported with IdentityModule.save to <output_dir>/faceid_encoder/,
+the folder sample.py loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from encoder.identity import IdentityModule
+from models.noise_schedule import NoiseScheduleVP
+from pretrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.config import PretrainConfig, add_config_arguments, overrides_from_args
+from pretrain.data import (
+    DataError,
+    ShardStream,
+    check_shards,
+    expected_shapes,
+    list_shards,
+    make_loader,
+    too_few_shards,
+)
+from pretrain.ema import EMA
+from pretrain.losses import LossConfig, diffusion_loss
+from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
+from pretrain.validation import SampleGrid
+
+EXPORT_DIR = "faceid_encoder"
+TERMS = ("loss", "loss_z", "loss_clip")
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last checkpoint is left as it was."""
+
+
+@dataclass
+class TrainResult:
+    step: int  # the step the run ended at
+    losses: list[float]  # the global mean loss of every step this call ran (NaN where skipped)
+    identity: IdentityModule  # the trained module (unwrapped, on the training device)
+    ema: IdentityModule  # its EMA
+    export_dir: Path | None  # <output_dir>/faceid_encoder when max_steps was reached
+    skipped_steps: int
+    checkpoint: Path | None  # the last checkpoint written
+
+
+# -------------------------------------------------------------------------------------- pieces
+def param_groups(identity: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on the projector's matrices only (not gates, positions, norms or biases)."""
+    decay, no_decay = [], []
+    for name, p in identity.named_parameters():
+        (decay if p.ndim >= 2 and name.startswith("projector.") else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, config: PretrainConfig) -> float:
+    """Linear warm-up over warmup_steps, then constant or cosine down to min_lr_ratio at max_steps."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_logger(run_dir: Path, is_main: bool) -> logging.Logger:
+    """'pretrain' logger: INFO to stderr and <run>/train.log on the main process, warnings elsewhere."""
+    log = logging.getLogger("pretrain.train")
+    log.propagate = False
+    for h in list(log.handlers):  # a previous run in this process
+        h.close()
+        log.removeHandler(h)
+    log.setLevel(logging.INFO if is_main else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if is_main:
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    return log
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA, batches: list[dict],
+                   schedule: NoiseScheduleVP, loss_cfg: LossConfig, generator: torch.Generator,
+                   grad_clip: float) -> tuple[bool, torch.Tensor, float]:
+    """One optimizer step over `batches` (the micro-batches, on the device).
+
+    Returns (ok, terms [3] = global mean loss, loss_z, loss_clip, grad norm). ok is False when a loss or
+    the gradient norm is not finite; then nothing is updated (identical on every rank: both numbers are
+    synchronised).
+    """
+    terms = torch.zeros(len(TERMS), device=accelerator.device)
+    for i, batch in enumerate(batches):
+        sync = i == len(batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(net):
+            with accelerator.autocast():
+                loss, parts = diffusion_loss(net, batch, schedule, loss_cfg, generator)
+            accelerator.backward(loss / len(batches))
+        terms += torch.stack([parts[k] for k in TERMS]) / len(batches)
+    terms = accelerator.reduce(terms, reduction="mean")
+    params = [p for p in net.parameters() if p.requires_grad]
+    grad_norm = accelerator.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    grad_norm = float(grad_norm)  # the one host sync of a step
+    ok = math.isfinite(grad_norm) and bool(torch.isfinite(terms).all())
+    if ok:
+        optimizer.step()
+        scheduler.step()
+        ema.update(accelerator.unwrap_model(net).identity)
+    optimizer.zero_grad(set_to_none=True)
+    return ok, terms, grad_norm
+
+
+def rng_state(generator: torch.Generator, device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def resume_path(config: PretrainConfig, run_dir: Path) -> Path | None:
+    if config.resume == "none":
+        return None
+    if config.resume == "auto":
+        return latest_checkpoint(run_dir)
+    path = Path(config.resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {path}: no such checkpoint folder (use auto, none or a "
+                                f"<run>/checkpoints/step_* folder)")
+    return path
+
+
+def build(config: PretrainConfig, device: torch.device):
+    """(backbone, identity module, PretrainNet, EMA, optimizer, scheduler) for a config, on `device`."""
+    uvit = build_backbone(config, device)
+    identity = build_identity(config, uvit.config).to(device)
+    net = PretrainNet(uvit, identity, config.activation_checkpointing)
+    ema = EMA(identity, config.ema_decay)
+    optimizer = torch.optim.AdamW(param_groups(identity, config.weight_decay), lr=config.lr,
+                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    return uvit, identity, net, ema, optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------------------- train
+def train(config: PretrainConfig) -> TrainResult:
+    """Run (or resume) pretraining as configured; see the module docstring."""
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    run_dir, is_main = Path(config.output_dir), accelerator.is_main_process
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = make_logger(run_dir, is_main)
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+
+    # ---- data first: wrong shards fail before the backbone is built
+    shards = list_shards(config.shards)
+    check_shards(shards, backbone_config(config))
+    workers = max(config.num_workers, 1)
+    if message := too_few_shards(len(shards), world, workers):
+        raise DataError(message)
+
+    # ---- model, optimizer, step randomness
+    uvit, identity, net, ema, optimizer, scheduler = build(config, device)
+    generator = torch.Generator(device).manual_seed(config.seed * 100_003 + rank)
+    n_train = sum(p.numel() for p in identity.parameters())
+    log.info("backbone %s UViT (%s, %.0f M params, frozen); identity module %.2f M params (%s, K=%d); "
+             "%d process(es) on %s", "random" if config.random_backbone else "pretrained", config.backbone_dtype,
+             sum(p.numel() for p in uvit.parameters()) / 1e6, n_train / 1e6, config.injection, config.num_tokens,
+             world, device)
+
+    # ---- resume
+    step, bad_streak, skipped_total, positions = 0, 0, 0, None
+    ckpt = resume_path(config, run_dir)
+    if ckpt is not None:
+        saved = load_checkpoint(ckpt)
+        state = saved["state"]
+        identity.load_state_dict(saved["identity"])
+        ema.load_state_dict({"shadow": saved["ema"], "updates": state["ema_updates"]})
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step, bad_streak, skipped_total = state["step"], state["bad_streak"], state["skipped_steps"]
+        if state["world_size"] == world and len(saved["rng"]) == world:
+            set_rng_state(saved["rng"][rank], generator, device)
+            if state["data"][rank]["num_workers"] == max(config.num_workers, 1):
+                positions = dict(state["data"][rank])
+                positions["workers"] = {int(k): v for k, v in positions["workers"].items()}  # JSON keys
+        if positions is None:
+            log.warning("resuming %s with another number of processes or data workers: the data stream "
+                        "restarts from its beginning (not an exact resume)", ckpt)
+        changed = {k: (v, getattr(config, k)) for k, v in state["config"].items()
+                   if k not in ("resume", "stop_at_step") and getattr(config, k, v) != v}
+        if changed:
+            log.warning("config differs from the checkpoint's: %s", changed)
+        log.info("resumed from %s at step %d", ckpt, step)
+    net, optimizer = accelerator.prepare(net, optimizer)
+
+    # ---- the data stream, from the resumed position
+    data_state = positions or {"workers": {}, "next_worker": 0, "num_workers": workers}
+    stream = ShardStream(shards, batch_size=config.batch_size, shapes=expected_shapes(uvit.config), rank=rank,
+                         world=world, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                         shards_per_group=config.shards_per_group, pair_identities=config.pair_identities,
+                         reservoir_size=config.reservoir_size, start=data_state["workers"])
+    batches = make_loader(stream, config.num_workers, pin_memory=device.type == "cuda",
+                          first_worker=data_state["next_worker"])
+    log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes",
+             len(shards), config.shards, config.num_workers, config.batch_size, config.grad_accum, world)
+
+    # ---- logging
+    writer = grid = None
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        grid = SampleGrid.create(config, uvit, device, shards, log)
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+
+    schedule, loss_cfg = NoiseScheduleVP.stable_diffusion(), LossConfig.from_config(config)
+    stop = min(config.max_steps, config.stop_at_step or config.max_steps)
+    samples_per_step = config.batch_size * config.grad_accum * world
+    losses: list[float] = []
+    last_ckpt = ckpt
+    bar = tqdm(total=config.max_steps, initial=step, unit="step", dynamic_ncols=True, disable=not is_main,
+               desc="pretrain")
+    window = {"t": time.time(), "from": step, "steps": 0, "terms": torch.zeros(len(TERMS)), "grad": 0.0}
+
+    def checkpoint_now() -> Path | None:
+        rng = gather_object([rng_state(generator, device)])
+        data = gather_object([data_state])
+        path = None
+        if is_main:
+            state = {"bad_streak": bad_streak, "skipped_steps": skipped_total, "world_size": world,
+                     "data": data, "config": config.to_dict(), "samples_seen": step * samples_per_step}
+            path = save_checkpoint(run_dir, step, identity=accelerator.unwrap_model(net).identity, ema=ema,
+                                   optimizer=optimizer, scheduler=scheduler, rng=rng, state=state,
+                                   keep=config.keep_checkpoints)
+            log.info("checkpoint %s", path)
+        accelerator.wait_for_everyone()
+        return path
+
+    t_start, start_step = time.time(), step
+    try:
+        while step < stop:
+            micro = [next(batches) for _ in range(config.grad_accum)]
+            for b in micro:
+                data_state["workers"][b["state"]["worker"]] = b["state"]
+                data_state["next_worker"] = (b["state"]["worker"] + 1) % workers
+            ok, terms, grad_norm = optimizer_step(accelerator, net, optimizer, scheduler, ema,
+                                                  [to_device(b, device) for b in micro], schedule, loss_cfg,
+                                                  generator, config.grad_clip)
+            step += 1
+            terms = terms.float().cpu()
+            losses.append(float(terms[0]) if ok else math.nan)
+            if ok:
+                bad_streak = 0
+                window["steps"] += 1
+                window["terms"] += terms
+                window["grad"] += grad_norm
+            else:
+                bad_streak += 1
+                skipped_total += 1
+                log.warning("step %d skipped: non-finite loss %s or gradient norm %s (%d in a row, limit %d)",
+                            step, [round(float(t), 4) for t in terms], grad_norm, bad_streak, config.max_bad_steps)
+                if bad_streak >= config.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{bad_streak} non-finite steps in a row at step {step}: stopping. The last good "
+                        f"checkpoint is {last_ckpt or '(none written yet)'}; resume from it with a lower --lr "
+                        f"or check the shards for NaN features.")
+            bar.update(1)
+            if step % config.log_every == 0 or step == stop:
+                dt = time.time() - window["t"]
+                n = max(window["steps"], 1)
+                rate = (step - window["from"]) * samples_per_step / max(dt, 1e-9)
+                mean = window["terms"] / n
+                bar.set_postfix(loss=f"{mean[0]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                                rate=f"{rate:.1f}/s", refresh=False)
+                if writer is not None:
+                    for k, v in zip(TERMS, mean.tolist(), strict=True):
+                        writer.add_scalar(f"loss/{k}", v, step)
+                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+                    writer.add_scalar("train/grad_norm", window["grad"] / n, step)
+                    writer.add_scalar("train/samples_per_s", rate, step)
+                    writer.add_scalar("train/skipped_steps", skipped_total, step)
+                    st = list(data_state["workers"].values())
+                    seen = max(sum(s["samples"] for s in st), 1)
+                    writer.add_scalar("data/paired_fraction", sum(s["paired"] for s in st) / seen, step)
+                    writer.add_scalar("data/corrupt_samples", sum(s["corrupt"] for s in st), step)
+                window = {"t": time.time(), "steps": 0, "terms": torch.zeros(len(TERMS)), "grad": 0.0,
+                          "from": step}
+            if step % config.checkpoint_every == 0 or step == stop:
+                last_ckpt = checkpoint_now() or last_ckpt
+            if grid is not None and config.sample_every and step % config.sample_every == 0:
+                image = grid(ema.shadow)
+                writer.add_image("samples", image, step)
+                save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
+    finally:
+        bar.close()
+        batches.close()
+        if writer is not None:
+            writer.flush()
+
+    export = None
+    if step >= config.max_steps and is_main:
+        export = ema.shadow.save(run_dir / EXPORT_DIR, extra={"pretraining": {
+            "step": step, "samples_seen": step * samples_per_step, "shards": config.shards,
+            "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay}})
+    accelerator.wait_for_everyone()
+    if is_main:
+        dt = time.time() - t_start
+        ran = step - start_step
+        log.info("done: step %d of %d; this call ran %d steps in %.1f s (%.1f samples/s); %d steps skipped; "
+                 "last loss %.4f; %s", step, config.max_steps, ran, dt, ran * samples_per_step / max(dt, 1e-9),
+                 skipped_total, next((v for v in reversed(losses) if math.isfinite(v)), math.nan),
+                 f"EMA module exported to {export}" if export else f"checkpoint {last_ckpt}")
+    return TrainResult(step, losses, accelerator.unwrap_model(net).identity, ema.shadow, export,
+                       skipped_total, last_ckpt)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """[3, H, W] in [0, 1] -> PNG at path, atomically."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def synthetic_batch(uvit_config, batch_size: int, device: torch.device, seed: int = 0) -> dict:
+    """A batch with the shard stream's keys, shapes and dtypes, random contents (for timing)."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = expected_shapes(uvit_config)
+    face = torch.nn.functional.normalize(torch.randn(batch_size, 512, generator=g), dim=-1)
+    batch = {"moments": torch.randn(batch_size, *shapes["moments"], generator=g).half(),
+             "text": torch.randn(batch_size, *shapes["text"], generator=g).half(),
+             "clip": torch.randn(batch_size, *shapes["clip"], generator=g),
+             "face": face, "face_flip": face.clone(),
+             "box": torch.tensor([[16.0, 12.0, 48.0, 52.0]]).expand(batch_size, 4) * uvit_config.img_size / 64}
+    return to_device(batch, device)
+
+
+def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3) -> dict:
+    """Time full optimizer steps (the training loop's optimizer_step) on synthetic batches.
+
+    Builds the backbone exactly as train() does (use config.random_backbone for no weight files),
+    runs `warmup` untimed steps, then `steps` timed ones. Returns samples_per_s (all processes),
+    step_s, peak_allocated_gib / peak_reserved_gib (this process's GPU), and the settings.
+    """
+    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    device = accelerator.device
+    uvit, identity, net, ema, optimizer, scheduler = build(config, device)
+    net, optimizer = accelerator.prepare(net, optimizer)
+    batches = [synthetic_batch(uvit.config, config.batch_size, device, seed=i) for i in range(config.grad_accum)]
+    generator = torch.Generator(device).manual_seed(config.seed)
+    schedule, loss_cfg = NoiseScheduleVP.stable_diffusion(), LossConfig.from_config(config)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            optimizer_step(accelerator, net, optimizer, scheduler, ema, batches, schedule, loss_cfg, generator,
+                           config.grad_clip)
+
+    cuda = device.type == "cuda"
+    run(warmup)
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    run(steps)
+    if cuda:
+        torch.cuda.synchronize(device)
+    dt = time.perf_counter() - t0
+    samples = steps * config.batch_size * config.grad_accum * accelerator.num_processes
+    return {"samples_per_s": samples / dt, "step_s": dt / steps, "steps": steps,
+            "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+            "processes": accelerator.num_processes,
+            "activation_checkpointing": config.activation_checkpointing,
+            "mixed_precision": config.mixed_precision, "backbone_dtype": config.backbone_dtype,
+            "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
+            "device": torch.cuda.get_device_name(device) if cuda else str(device)}
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pretrain.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON/YAML config file (pretrain/configs/); options below override it")
+    p.add_argument("--benchmark", type=int, metavar="STEPS",
+                   help="time STEPS optimizer steps on synthetic batches instead of training; prints JSON")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_config_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        config = PretrainConfig.from_file(args.config) if args.config else PretrainConfig()
+        config = dataclasses.replace(config, **overrides_from_args(args))
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=1))
+        return 0
+    from models.paths import WeightsError
+
+    try:
+        if args.benchmark:
+            from accelerate import PartialState
+
+            result = benchmark(config, steps=args.benchmark)
+            if PartialState().is_main_process:
+                print(json.dumps(result, indent=1))
+        else:
+            train(config)
+    except (DataError, WeightsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Sample grids of fixed validation identities during pretraining.
+
+One row per validation sample (its own caption's text features, its own face): the image without
+identity and the image with the EMA identity module, from the same noise, so the grid shows what the
+module adds. Needs the VAE to decode; when its weights are not available (or do not fit the
+backbone) grids are switched off with one log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from encoder.guidance import identity_guided_eps_fn
+from encoder.id_uvit import IDConditionedUViT
+from encoder.projector import pool_embeddings
+from models import dpm_solver
+from models.guidance import combine_joint, randn, split_joint
+from models.noise_schedule import NoiseScheduleVP
+from pretrain.data import list_shards, read_validation
+
+
+class SampleGrid:
+    """grid(identity) -> [3, H, W] in [0, 1]: rows = validation samples, columns = (plain, identity)."""
+
+    def __init__(self, uvit, autoencoder, val: dict, *, steps: int, cfg: float, device: torch.device):
+        self.uvit, self.autoencoder, self.steps, self.cfg, self.device = uvit, autoencoder, steps, cfg, device
+        self.text = val["text"].float().to(device)
+        self.face, self.face_flip = val["face"].to(device), val["face_flip"].to(device)
+        self.captions = val["captions"]
+        self.schedule = NoiseScheduleVP.stable_diffusion()
+
+    @classmethod
+    def create(cls, config, uvit, device: torch.device, shards, log: logging.Logger) -> SampleGrid | None:
+        """The grid maker, or None (with a log line saying why) when grids cannot be made."""
+        if config.sample_every <= 0:
+            return None
+        from models import load_autoencoder
+        from models.paths import WeightsError, find_weights
+        from models.pipeline import read_model_configs
+
+        try:
+            path = find_weights("autoencoder", None, config.weights)
+            ae = load_autoencoder(path, read_model_configs(config.weights).get("autoencoder"), device=device,
+                                  dtype=torch.float32)
+        except (WeightsError, ValueError) as e:
+            log.info("sample grids off: no usable VAE weights (%s)", str(e).split(". ")[0])
+            return None
+        if ae.config.embed_dim != uvit.config.in_chans:
+            log.info("sample grids off: the VAE's %d latent channels do not fit the backbone's %d",
+                     ae.config.embed_dim, uvit.config.in_chans)
+            return None
+        val = read_validation(list_shards(config.val_shards) if config.val_shards else shards,
+                              config.val_identities, uvit.config)
+        if val is None:
+            log.info("sample grids off: no readable validation sample")
+            return None
+        return cls(uvit, ae, val, steps=config.sample_steps, cfg=config.sample_cfg, device=device)
+
+    def autocast(self):
+        dtype = next(self.uvit.parameters()).dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.no_grad()
+    def __call__(self, identity) -> torch.Tensor:
+        from torchvision.utils import make_grid
+
+        c = self.uvit.config
+        z_shape, n = (c.in_chans, c.img_size, c.img_size), self.text.shape[0]
+        net = IDConditionedUViT(self.uvit, identity)
+        flip = self.face_flip[:, None] if identity.config.use_flip else None
+        tokens = identity.tokens(pool_embeddings(self.face[:, None], flip))
+        columns = []
+        for id_tokens in (None, tokens):
+            gen = torch.Generator(self.device).manual_seed(0)  # the same noise for both columns and every grid
+            x = combine_joint(randn((n, *z_shape), generator=gen, device=self.device),
+                              randn((n, 1, c.clip_img_dim), generator=gen, device=self.device))
+            eps_fn = identity_guided_eps_fn(net, self.text, id_tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
+                                            scale=self.cfg, generator=gen)
+            with self.autocast():
+                x = dpm_solver.sample(eps_fn, x, steps=self.steps, schedule=self.schedule)
+            z, _ = split_joint(x.float(), z_shape, c.clip_img_dim)
+            columns.append((0.5 * (self.autoencoder.decode(z) + 1.0)).clamp(0, 1))
+        images = torch.stack(columns, dim=1).flatten(0, 1)  # [n * 2, 3, H, W], row-major
+        return make_grid(images.float().cpu(), nrow=2, padding=2, pad_value=1.0)

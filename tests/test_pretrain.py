@@ -1,0 +1,260 @@
+"""pretrain: config, objective, a tiny run that learns, exact resume, NaN handling, checkpoints, export.
+
+Shards are synthetic (data_prep.synthetic: the real format, random contents); the backbone is a
+random tiny UViT (pretrain/configs/tiny.json) or the tiny weights folder of tests/tiny_stack.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_stack import make_tiny_weights_dir, tiny_configs
+
+import pretrain.train as train_mod
+from data_prep.synthetic import shapes_for, write_synthetic
+from encoder.identity import IdentityModule
+from models.uvit import UViTConfig
+from pretrain.checkpoint import list_checkpoints, load_checkpoint
+from pretrain.config import PretrainConfig, apply_overrides
+from pretrain.data import DataError
+from pretrain.losses import LossConfig, condition_dropout, diffusion_loss, face_weights
+from pretrain.model import PretrainNet, build_backbone, build_identity
+from pretrain.train import TrainingDiverged, benchmark, main, synthetic_batch, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "pretrain" / "configs" / "tiny.json"
+UVIT = UViTConfig.from_dict(PretrainConfig.from_file(TINY).uvit)
+
+
+def _config(tmp: Path, shards: Path, **kw) -> PretrainConfig:
+    c = PretrainConfig.from_file(TINY)
+    return dataclasses.replace(c, shards=str(shards), output_dir=str(tmp / "run"), weights=str(tmp / "no_weights"),
+                               **kw)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """4 shards x 12 samples, 6 people with consecutive photos."""
+    out = tmp_path_factory.mktemp("shards")
+    write_synthetic(out, samples=48, shard_size=12, identities=6, shapes=shapes_for(UVIT), progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- config
+def test_config_files_and_overrides(tmp_path):
+    v1 = PretrainConfig.from_file(ROOT / "pretrain" / "configs" / "v1.json")
+    assert v1 == PretrainConfig()  # the file spells out the defaults
+    c = apply_overrides(v1, ["--lr", "3e-4", "--batch-size", "8", "--random_backbone", "--stop_at_step", "5",
+                             "--uvit", json.dumps({"img_size": 8}), "--no-pair-identities"])
+    assert (c.lr, c.batch_size, c.random_backbone, c.stop_at_step, c.uvit, c.pair_identities) == \
+        (3e-4, 8, True, 5, {"img_size": 8}, False)
+    assert apply_overrides(c, ["--stop_at_step", "none", "--random_backbone", "false"]).stop_at_step is None
+    (tmp_path / "c.yaml").write_text("lr: 0.002\nmax_steps: 7\n")
+    assert PretrainConfig.from_file(tmp_path / "c.yaml").max_steps == 7
+    (tmp_path / "bad.json").write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+        PretrainConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        PretrainConfig(p_drop_id=0.6, p_drop_text=0.6)
+    with pytest.raises(ValueError, match="needs backbone_dtype float32"):
+        PretrainConfig(mixed_precision="no")
+
+
+def test_cli_print_config(capsys):
+    assert main(["--config", str(TINY), "--print-config", "--lr", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["lr"] == 0.5
+    with pytest.raises(SystemExit):
+        main(["--config", str(TINY), "--print-config", "--lr", "fast"])
+    assert main(["--config", str(TINY), "--print-config", "--max_steps", "0"]) == 2  # rejected with a message
+
+
+# -------------------------------------------------------------------------------------- objective
+def test_face_weights_and_dropout_rates():
+    w = face_weights(torch.tensor([[2.0, 1.0, 4.0, 3.0]]), 6, 6, extra=4.0)
+    assert w.shape == (1, 1, 6, 6)
+    assert w[0, 0, 1:3, 2:4].eq(5).all() and w.sum() == 36 + 4 * 4
+    g = torch.Generator().manual_seed(0)
+    drop_id, drop_text = condition_dropout(40_000, LossConfig(), g, torch.device("cpu"))
+    both = (drop_id & drop_text).float().mean()
+    assert abs(both - 0.05) < 0.006
+    assert abs((drop_id & ~drop_text).float().mean() - 0.10) < 0.008
+    assert abs((drop_text & ~drop_id).float().mean() - 0.10) < 0.008
+
+
+def test_dropout_feeds_noise_text_and_no_identity():
+    seen = {}
+
+    def net(z_n, clip_n, text, t_img, t_text, data_type, face, face_flip, id_scale):
+        seen.update(text=text, t_img=t_img, t_text=t_text, id_scale=id_scale, data_type=data_type)
+        return torch.zeros_like(z_n), torch.zeros_like(clip_n)
+
+    from models.noise_schedule import NoiseScheduleVP
+
+    batch = synthetic_batch(UVIT, 3, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    loss, parts = diffusion_loss(net, batch, NoiseScheduleVP.stable_diffusion(),
+                                 LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=1.0), g)
+    assert seen["t_text"].eq(1000).all() and seen["id_scale"].eq(0).all() and seen["data_type"].eq(1).all()
+    assert not torch.allclose(seen["text"], batch["text"].float())
+    assert ((seen["t_img"] >= 1) & (seen["t_img"] <= 1000)).all()
+    assert abs(float(parts["loss"]) - 2.0) < 0.3  # zero prediction: MSE of unit noise, twice
+    diffusion_loss(net, batch, NoiseScheduleVP.stable_diffusion(), LossConfig(0, 0, 0), g)
+    assert seen["t_text"].eq(0).all() and seen["id_scale"].eq(1).all()
+    torch.testing.assert_close(seen["text"], batch["text"].float())
+
+
+@pytest.mark.parametrize("injection", ["extra_tokens", "text_slots"])
+def test_activation_checkpointing_gives_the_same_gradients(injection, tmp_path):
+    c = dataclasses.replace(PretrainConfig.from_file(TINY), injection=injection)
+    uvit = build_backbone(c, torch.device("cpu"))
+    grads = []
+    for ckpt in (False, True):
+        identity = build_identity(c, uvit.config)
+        with torch.no_grad():
+            identity.gate.fill_(0.3)
+        net = PretrainNet(uvit, identity, activation_checkpointing=ckpt)
+        from models.noise_schedule import NoiseScheduleVP
+
+        loss, _ = diffusion_loss(net, synthetic_batch(uvit.config, 2, torch.device("cpu")),
+                                 NoiseScheduleVP.stable_diffusion(), LossConfig(0, 0, 0),
+                                 torch.Generator().manual_seed(0))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in identity.named_parameters()})
+        assert all(p.grad is None for p in uvit.parameters())  # frozen: no weight gradients
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6)
+    assert grads[0]["projector.fc1.weight"].abs().sum() > 0  # gradients reach the projector
+
+
+# ------------------------------------------------------------------------------------------ runs
+def test_tiny_run_learns_and_exports(tmp_path):
+    """8 samples, batch 8, no condition dropout: the training loss clearly goes down; the EMA module is
+    exported where sample.py looks for it and loads."""
+    data = tmp_path / "shards"
+    write_synthetic(data, samples=8, shard_size=8, identities=8, shapes=shapes_for(UVIT), progress=False)
+    c = _config(tmp_path, data, batch_size=8, max_steps=150, warmup_steps=1, lr=1e-2, lr_schedule="constant",
+                p_drop_id=0.0, p_drop_text=0.0, p_drop_both=0.0, shuffle_buffer=1, checkpoint_every=1000,
+                log_every=50)
+    result = train(c)
+    first, last = sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20
+    assert last < 0.85 * first, (first, last)
+    assert result.export_dir == tmp_path / "run" / "faceid_encoder"
+    module = IdentityModule.load(result.export_dir, uvit_config=UVIT)
+    assert module.config.num_tokens == 4 and module.gate.abs().sum() > 0
+    for k, v in module.state_dict().items():
+        torch.testing.assert_close(v, result.ema.state_dict()[k].cpu())
+    meta = json.loads((result.export_dir / "config.json").read_text())
+    assert meta["pretraining"]["step"] == 150
+    assert list((tmp_path / "run" / "tb").glob("events.*"))
+    assert (tmp_path / "run" / "train.log").read_text().count("done: step 150") == 1
+
+
+def test_stop_and_resume_gives_the_same_losses(shards, tmp_path):
+    """Two data workers, shuffling across shards, identity pairing: stopping at step 5 and resuming gives
+    exactly the losses and weights of an uninterrupted run."""
+    kw = dict(num_workers=2, shuffle_buffer=8, shards_per_group=1, max_steps=10, checkpoint_every=3,
+              keep_checkpoints=2, p_drop_id=0.3, p_drop_text=0.3, p_drop_both=0.1)
+    whole = train(_config(tmp_path / "a", shards, **kw))
+    part1 = train(_config(tmp_path / "b", shards, stop_at_step=5, **kw))
+    assert part1.step == 5 and part1.export_dir is None
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "run")] == ["step_00000003", "step_00000005"]
+    state = load_checkpoint(part1.checkpoint)["state"]
+    assert state["data"][0]["next_worker"] == 1  # 5 batches consumed from 2 workers
+    part2 = train(_config(tmp_path / "b", shards, **kw))
+    assert part1.losses + part2.losses == whole.losses
+    for a, b in ((whole.identity, part2.identity), (whole.ema, part2.ema)):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
+    assert (tmp_path / "b" / "run" / "faceid_encoder" / "identity.safetensors").is_file()
+
+
+class _NaNAt:
+    """Wraps pretrain.train.diffusion_loss: the loss of the given calls (1-based) becomes NaN."""
+
+    def __init__(self, calls):
+        self.calls, self.n = calls, 0
+        self.inner = train_mod.diffusion_loss
+
+    def __call__(self, *a, **k):
+        self.n += 1
+        loss, parts = self.inner(*a, **k)
+        if self.calls(self.n):
+            loss = loss * float("nan")
+            parts = {k: v * float("nan") for k, v in parts.items()}
+        return loss, parts
+
+
+def test_nan_loss_skips_the_step(shards, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(train_mod, "diffusion_loss", _NaNAt(lambda n: n == 3))
+    result = train(_config(tmp_path, shards, max_steps=6, checkpoint_every=6))
+    assert result.skipped_steps == 1 and math.isnan(result.losses[2])
+    assert all(math.isfinite(v) for i, v in enumerate(result.losses) if i != 2)
+    state = load_checkpoint(result.checkpoint)["state"]
+    assert state["ema_updates"] == 5 and state["skipped_steps"] == 1 and state["bad_streak"] == 0
+    assert all(torch.isfinite(p).all() for p in result.identity.parameters())
+    assert "step 3 skipped" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_repeated_nan_stops_with_the_last_checkpoint_intact(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mod, "diffusion_loss", _NaNAt(lambda n: n > 4))
+    c = _config(tmp_path, shards, max_steps=20, checkpoint_every=4, max_bad_steps=3)
+    with pytest.raises(TrainingDiverged, match="3 non-finite steps in a row at step 7.*step_00000004"):
+        train(c)
+    ckpts = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in ckpts] == ["step_00000004"]
+    saved = load_checkpoint(ckpts[0])
+    assert all(torch.isfinite(v).all() for v in saved["identity"].values())
+    assert not list((tmp_path / "run" / "checkpoints").glob(".*"))  # no half-written checkpoint
+    assert not (tmp_path / "run" / "faceid_encoder").exists()
+    monkeypatch.setattr(train_mod, "diffusion_loss", _NaNAt(lambda n: False))
+    assert train(dataclasses.replace(c, max_steps=6)).step == 6  # resumes from step 4
+
+
+def test_pretrained_backbone_and_sample_grid(tmp_path):
+    """The tiny weights folder: the UViT is loaded (not random), the VAE draws the sample grid."""
+    weights = make_tiny_weights_dir(tmp_path / "weights")
+    uvit = UViTConfig.from_dict(tiny_configs()["uvit"])
+    data = tmp_path / "shards"
+    write_synthetic(data, samples=8, shard_size=4, identities=2, shapes=shapes_for(uvit), progress=False)
+    c = dataclasses.replace(_config(tmp_path, data), weights=str(weights), random_backbone=False, uvit=None,
+                            max_steps=2, sample_every=2, sample_steps=2, val_identities=2)
+    train(c)
+    grid = tmp_path / "run" / "samples" / "step_00000002.png"
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)  # 2 rows x (plain, identity), padding 2
+
+
+def test_no_vae_means_no_grid_and_clear_data_errors(shards, tmp_path, caplog):
+    c = _config(tmp_path, shards, max_steps=1, sample_every=1)
+    train(c)
+    assert "sample grids off" in (tmp_path / "run" / "train.log").read_text()
+    assert not (tmp_path / "run" / "samples").exists()
+    with pytest.raises(DataError, match="cannot feed 1 ranks x 8 workers"):
+        train(dataclasses.replace(c, num_workers=8, resume="none"))
+    with pytest.raises(DataError, match="no shards found"):
+        train(dataclasses.replace(c, shards=str(tmp_path / "nothing-*.tar"), resume="none"))
+    other = dataclasses.replace(c, uvit=dict(c.uvit, text_dim=4), resume="none", output_dir=str(tmp_path / "r2"))
+    with pytest.raises(DataError, match=r"text: shards \(77, 8\), backbone needs \(77, 4\)"):
+        train(other)
+
+
+def test_synthetic_shards_cli(tmp_path, capsys):
+    from data_prep.synthetic import main as synthetic_main
+
+    assert synthetic_main(["--out", str(tmp_path), "--samples", "10", "--shard-size", "4", "--identities", "3",
+                           "--uvit", str(TINY)]) == 0
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["samples"] for s in m["shards"]] == [4, 4, 2] and m["shapes"]["text"]["shape"] == [77, 8]
+    assert "3 shards, 10 samples" in capsys.readouterr().out
+
+
+def test_benchmark_api_on_cpu():
+    c = dataclasses.replace(PretrainConfig.from_file(TINY), batch_size=2)
+    r = benchmark(c, steps=2, warmup=1)
+    assert r["samples_per_s"] > 0 and r["steps"] == 2 and r["peak_allocated_gib"] is None
