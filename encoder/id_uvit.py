@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from encoder.identity import IdentityModule
 from models.uvit import UViT, attend
@@ -40,13 +41,21 @@ class IDConditionedUViT(nn.Module):
     passes can share one batch).
     """
 
-    def __init__(self, uvit: UViT, identity: IdentityModule, fused: bool = False):
+    def __init__(self, uvit: UViT, identity: IdentityModule, fused: bool = False,
+                 checkpoint_blocks: bool = False):
         super().__init__()
         if bad := identity.config.backbone_mismatch(uvit.config):
             raise ValueError("identity module does not fit this UViT: " + "; ".join(bad))
         self.uvit = uvit
         self.identity = identity
         self.fused = fused
+        self.checkpoint_blocks = checkpoint_blocks  # recompute block activations in the backward pass
+
+    def _run(self, fn, *args):
+        """fn(*args), under activation checkpointing when enabled and gradients are being recorded."""
+        if self.checkpoint_blocks and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     @property
     def config(self):
@@ -54,15 +63,31 @@ class IDConditionedUViT(nn.Module):
 
     def forward(self, img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0):
         if id_tokens is None:
-            return self.uvit(img, clip_img, text, t_img, t_text, data_type)
+            return self._forward_plain(img, clip_img, text, t_img, t_text, data_type)
         b = img.shape[0]
         scale = torch.as_tensor(id_scale, dtype=img.dtype, device=img.device).expand(b)
         id_tokens = id_tokens.to(img.dtype).expand(b, -1, -1)
         if self.identity.config.injection == "text_slots":
-            return self.uvit(img, clip_img, self._fill_slots(text, id_tokens, scale),
-                             t_img, t_text, data_type)
+            return self._forward_plain(img, clip_img, self._fill_slots(text, id_tokens, scale),
+                                       t_img, t_text, data_type)
         forward = self._forward_fused if self.fused else self._forward_extra_tokens
         return forward(img, clip_img, text, t_img, t_text, data_type, id_tokens, scale)
+
+    def _forward_plain(self, img, clip_img, text, t_img, t_text, data_type):
+        """The plain UViT (its own forward, or block by block when checkpointing)."""
+        u = self.uvit
+        if not (self.checkpoint_blocks and torch.is_grad_enabled()):
+            return u(img, clip_img, text, t_img, t_text, data_type)
+        _, _, h, w = img.shape
+        x = u.embed(img, clip_img, text, t_img, t_text, data_type)
+        skips = []
+        for blk in u.in_blocks:
+            x = self._run(blk, x)
+            skips.append(x)
+        x = self._run(u.mid_block, x)
+        for blk in u.out_blocks:
+            x = self._run(blk, x, skips.pop())
+        return u.heads(u.norm(x), h, w)
 
     def _fill_slots(self, text, id_tokens, scale):
         """text [B, 77, text_dim]: last K rows <- (1 - g) text + g id_tokens, g = gate x scale."""
@@ -80,14 +105,14 @@ class IDConditionedUViT(nn.Module):
         skips = []
         i = 0
         for blk in u.in_blocks:
-            x, xi = self._block(blk, x, xi, gates[i], scale)
+            x, xi = self._run(self._block, blk, x, xi, gates[i], scale)
             skips.append((x, xi))
             i += 1
-        x, xi = self._block(u.mid_block, x, xi, gates[i], scale)
+        x, xi = self._run(self._block, u.mid_block, x, xi, gates[i], scale)
         i += 1
         for blk in u.out_blocks:
             skip, skip_i = skips.pop()
-            x, xi = self._block(blk, x, xi, gates[i], scale, skip, skip_i)
+            x, xi = self._run(self._block, blk, x, xi, gates[i], scale, skip, skip_i)
             i += 1
         return u.heads(u.norm(x), h, w)
 
@@ -100,11 +125,11 @@ class IDConditionedUViT(nn.Module):
         g = rearrange(self.identity.gate.to(x.dtype), "n h -> n 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
         skips = []
         for i, blk in enumerate(u.in_blocks):
-            x = self._fused_block(blk, x, n_main, g[i])
+            x = self._run(self._fused_block, blk, x, n_main, g[i])
             skips.append(x)
-        x = self._fused_block(u.mid_block, x, n_main, g[len(u.in_blocks)])
+        x = self._run(self._fused_block, u.mid_block, x, n_main, g[len(u.in_blocks)])
         for i, blk in enumerate(u.out_blocks, start=len(u.in_blocks) + 1):
-            x = self._fused_block(blk, x, n_main, g[i], skips.pop())
+            x = self._run(self._fused_block, blk, x, n_main, g[i], skips.pop())
         return u.heads(u.norm(x[:, :n_main]), h, w)
 
     @staticmethod

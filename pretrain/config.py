@@ -33,6 +33,7 @@ class PretrainConfig:
     uvit: dict | None = None  # UViTConfig fields; None: v1, or the weights folder's model_configs.json
     backbone_dtype: str = "bfloat16"  # the frozen UViT's weights
     activation_checkpointing: bool = False  # recompute each block in the backward pass (less memory)
+    fused_identity: bool = True  # identity tokens in the main GEMM chain (same function, faster on GPUs)
     # ---- identity module (encoder.config.IdentityConfig)
     num_tokens: int = 4
     hidden_dim: int = 1024

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from encoder.config import IdentityConfig
 from encoder.id_uvit import IDConditionedUViT
@@ -64,33 +63,6 @@ def build_identity(config, uvit_config: UViTConfig) -> IdentityModule:
         return IdentityModule(want).float()
 
 
-class CheckpointedIDUViT(IDConditionedUViT):
-    """IDConditionedUViT that recomputes every block's activations in the backward pass."""
-
-    @staticmethod
-    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None):
-        return checkpoint(IDConditionedUViT._block, blk, x, xi, gate, scale, skip, skip_i, use_reentrant=False)
-
-    def forward(self, img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0):
-        if id_tokens is not None and self.identity.config.injection == "extra_tokens":
-            return super().forward(img, clip_img, text, t_img, t_text, data_type, id_tokens, id_scale)
-        if id_tokens is not None:  # text_slots: fill the slots, then the plain UViT, checkpointed
-            b = img.shape[0]
-            scale = torch.as_tensor(id_scale, dtype=img.dtype, device=img.device).expand(b)
-            text = self._fill_slots(text, id_tokens.to(img.dtype).expand(b, -1, -1), scale)
-        u = self.uvit
-        h, w = img.shape[-2:]
-        x = u.embed(img, clip_img, text, t_img, t_text, data_type)
-        skips = []
-        for blk in u.in_blocks:
-            x = checkpoint(blk, x, use_reentrant=False)
-            skips.append(x)
-        x = checkpoint(u.mid_block, x, use_reentrant=False)
-        for blk in u.out_blocks:
-            x = checkpoint(blk, x, skips.pop(), use_reentrant=False)
-        return u.heads(u.norm(x), h, w)
-
-
 class PretrainNet(nn.Module):
     """forward(z_n [B, C, h, w], clip_n [B, 1, Dc], text [B, L, Dt], t_img [B], t_text [B],
     data_type [B] long, face [B, 512], face_flip [B, 512], id_scale [B]) -> (eps_z, eps_clip).
@@ -99,10 +71,10 @@ class PretrainNet(nn.Module):
     identity.config.use_flip, re-normalised), projected to K tokens and injected.
     """
 
-    def __init__(self, uvit: UViT, identity: IdentityModule, activation_checkpointing: bool = False):
+    def __init__(self, uvit: UViT, identity: IdentityModule, activation_checkpointing: bool = False,
+                 fused: bool = False):
         super().__init__()
-        wrapper = CheckpointedIDUViT if activation_checkpointing else IDConditionedUViT
-        self.net = wrapper(uvit, identity)
+        self.net = IDConditionedUViT(uvit, identity, fused=fused, checkpoint_blocks=activation_checkpointing)
 
     @property
     def identity(self) -> IdentityModule:

@@ -171,7 +171,7 @@ def build(config: PretrainConfig, device: torch.device):
     """(backbone, identity module, PretrainNet, EMA, optimizer, scheduler) for a config, on `device`."""
     uvit = build_backbone(config, device)
     identity = build_identity(config, uvit.config).to(device)
-    net = PretrainNet(uvit, identity, config.activation_checkpointing)
+    net = PretrainNet(uvit, identity, config.activation_checkpointing, fused=config.fused_identity)
     ema = EMA(identity, config.ema_decay)
     optimizer = torch.optim.AdamW(param_groups(identity, config.weight_decay), lr=config.lr,
                                   betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
