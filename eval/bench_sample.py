@@ -172,9 +172,11 @@ def main(argv=None) -> int:
                 ["--workload", "sample_prompt", "--path", "reference"],
                 ["--workload", "sample_bench", "--path", "fast"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity"],
+                ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none"],
                 ["--workload", "sample_prompt", "--path", "fast", "--identity"]]
         for extra in runs:
-            cmd = [sys.executable, "-m", "eval.bench_sample", "--compile", args.compile,
+            extra = extra if "--compile" in extra else [*extra, "--compile", args.compile]
+            cmd = [sys.executable, "-m", "eval.bench_sample",
                    "--repeats", str(args.repeats), "--device", args.device, *extra]
             cmd += ["--tiny"] if args.tiny else []
             proc = subprocess.run(cmd, capture_output=True, text=True)

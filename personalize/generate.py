@@ -93,6 +93,7 @@ def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
     c = pipe.uvit.config
     z_shape = (c.in_chans, c.img_size, c.img_size)
     written = skipped = 0
+    per_prompt = []
     t0 = time.perf_counter()
     bar = tqdm(list(enumerate(prompts)), desc="prompts", unit="prompt", disable=not progress)
     for i, prompt in bar:
@@ -101,6 +102,7 @@ def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
             skipped += 1
             continue
         bar.set_postfix_str(prompt[:40])
+        t_prompt = time.perf_counter()
         gen = torch.Generator(device=pipe.device).manual_seed(opts.seed + i)
         text = pipe.encode_text([prompt]).repeat(opts.n_per_prompt, 1, 1)
         eps_fn = identity_guided_eps_fn(net, text, tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
@@ -110,4 +112,6 @@ def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
         for img, path in zip(pipe.to_pil(pipe.decode(z)), paths):
             save_jpeg(img, path, opts.jpeg_quality)
         written += 1
-    return {"prompts_written": written, "prompts_skipped": skipped, "seconds": time.perf_counter() - t0}
+        per_prompt.append(time.perf_counter() - t_prompt)
+    return {"prompts_written": written, "prompts_skipped": skipped, "seconds": time.perf_counter() - t0,
+            "seconds_per_prompt": per_prompt}
