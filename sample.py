@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
     module, source = load_identity_module(args.encoder, pipe.uvit.config,
                                           allow_untrained=args.allow_untrained_encoder, record=record)
-    module = module.to(device=device, dtype=dtype).eval()
+    module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
     if device.type == "cuda" and not args.no_fast:
         pipe.enable_fast_path(None if args.compile == "none" else args.compile)
     net = identity_net(pipe, module)

@@ -63,8 +63,11 @@ def identity_tokens(module: IdentityModule, record: IdentityRecord, device, dtyp
     """[1, K, token_dim]: the record's refined tokens, else the projector's tokens of its photos."""
     if record.tokens is not None:
         return record.tokens[None].to(device, dtype)
+    p = next(module.parameters())  # the module may be held in any dtype; its tokens take `dtype`
     with torch.no_grad():
-        return module.tokens_from_photos(record.embeddings.to(device), record.embeddings_flip.to(device)).to(dtype)
+        tokens = module.tokens_from_photos(record.embeddings.to(p.device, p.dtype),
+                                           record.embeddings_flip.to(p.device, p.dtype))
+    return tokens.to(device, dtype)
 
 
 def image_paths(out_dir: Path, index: int, n: int) -> list[Path]:

@@ -12,15 +12,18 @@ TMP=${TMP_ROOT:-/tmp/faceid_e2e}
 mkdir -p "$RESULTS" "$TMP"
 W=$TMP/weights; S=$TMP/shards; R=$TMP/run
 stamp() { date +%s.%N; }
+since() { $PY -c "import sys, time; print(round(time.time() - float(sys.argv[1]), 1))" "$1"; }
 
+if [ ! -f "$R/faceid_encoder/config.json" ]; then  # (a rerun on the same machine reuses these stages)
 t=$(stamp); $PY -m eval.random_weights --out "$W" --device cuda >/dev/null
-echo "random weights written in $(echo "$(stamp) - $t" | bc) s"
+echo "random weights written in $(since "$t") s"
 $PY -m data_prep.synthetic --out "$S" --samples 1024 --shard-size 128 --identities 64 | tail -2
 t=$(stamp)
 $PY -m pretrain.train --config pretrain/configs/v1.json --weights "$W" --shards "$S" --output_dir "$R" \
     --batch_size 16 --max_steps 40 --warmup_steps 10 --checkpoint_every 20 --log_every 10 \
     --sample_every 40 --sample_steps 5 --num_workers 4 2>&1 | grep -v -i warn | tail -15 | tee "$RESULTS/pretrain_run.log"
-echo "pretraining run: $(echo "$(stamp) - $t" | bc) s"
+echo "pretraining run: $(since "$t") s"
+fi
 ls "$R/faceid_encoder"
 
 # an identity record as train.py writes it (random embeddings: no face pack here)
@@ -38,7 +41,7 @@ for mode in none default; do
   t=$(stamp)
   $PY sample.py --restore_path "$TMP/record" --prompt_path "$TMP/prompts5.json" --output_path "$TMP/out_$mode" \
       --weights "$W" --encoder "$R/faceid_encoder" --compile "$mode" --quiet 2>&1 | grep -v -i warn | tee "$RESULTS/sample_compile_$mode.log"
-  echo "sample.py (compile $mode): process start to last image $(echo "$(stamp) - $t" | bc) s" | tee -a "$RESULTS/sample_compile_$mode.log"
+  echo "sample.py (compile $mode): process start to last image $(since "$t") s" | tee -a "$RESULTS/sample_compile_$mode.log"
   ls "$TMP/out_$mode" | wc -l
 done
 $PY -m eval.bench_pretrain --batch_size 16 --out "$RESULTS/pretrain_b16.json" 2>&1 | grep -v -i warn | tail -1
