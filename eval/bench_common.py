@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,8 @@ def environment(weights: str = "random") -> dict:
                                 check=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
                                     text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
+    except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (the GPU machine)
+        commit, dirty = os.environ.get("FACEID_GIT_COMMIT", "unknown"), None
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "weights": weights, "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty,
             "command": " ".join(["python"] + sys.argv)}
