@@ -107,6 +107,18 @@ class _AttributeTarget(dict):
         self.bbox = bbox
 
 
+def _session_options():
+    """ONNX Runtime options shared by the pack's sessions: worker threads sleep between runs instead
+    of spinning, so the detector's and recogniser's thread pools, which run one after the other,
+    do not compete for the cores (measured: the detector took 127 ms a photo inside the pipeline
+    against 47 ms alone on 16 cores with spinning on)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def default_providers() -> list[str]:
     """CUDA when this onnxruntime offers it (onnxruntime-gpu), else CPU."""
     import onnxruntime
@@ -176,6 +188,7 @@ class FaceAnalyzer:
             providers = default_providers()
         from insightface.model_zoo import model_zoo
 
+        options = _session_options()
         detector = recogniser = attribute = None
         found: list[str] = []
         for path in files:
@@ -183,7 +196,7 @@ class FaceAnalyzer:
                 found.append(f"{path.name} (landmarks, not used)")
                 continue
             try:
-                model = model_zoo.get_model(str(path), providers=list(providers))
+                model = model_zoo.get_model(str(path), providers=list(providers), sess_options=options)
             except Exception as e:  # a corrupt or foreign .onnx: note it, keep looking
                 logger.warning("face pack: could not load %s: %s", path, e)
                 found.append(f"{path.name} (failed to load: {type(e).__name__})")
