@@ -222,6 +222,33 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
+def tar_samples(path: str | Path, first: int = 0, stop: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of the webdataset-style samples first..stop-1 of a tar, in order.
+
+    Consecutive members sharing a key form one sample; members of samples before `first` are
+    skipped without being read. Damage raises tarfile.TarError / OSError / EOFError to the caller
+    after the samples read so far.
+    """
+    index, key, members = -1, None, {}
+    with tarfile.open(path, mode="r:") as tar:
+        for info in tar:
+            if not info.isreg():
+                continue
+            k, ext = split_member(info.name)
+            if k != key:
+                if key is not None and index >= first:
+                    yield key, members
+                index += 1
+                if stop is not None and index >= stop:
+                    return
+                key, members = k, {}
+            if index >= first:
+                f = tar.extractfile(info)
+                members[ext] = f.read() if f is not None else b""
+    if key is not None and index >= first:
+        yield key, members
+
+
 def count_tar_samples(path: Path) -> tuple[int, str | None]:
     """Number of samples (distinct consecutive keys) in a tar, reading only headers; with an error
     string when the tar is damaged (unreadable, or cut off: Python's tarfile stops silently there)."""
@@ -311,28 +338,11 @@ class TarSource:
     def _read_tar(self, t: int, first: int, stop: int) -> Iterator[RawSample]:
         """Samples first..stop-1 (local numbering) of tar t; damage yields error samples for the rest."""
         path, name = self.tars[t], self.tars[t].name
-        emitted, index = 0, -1
-        key, members = None, {}
+        emitted = 0
         try:
-            with tarfile.open(path, mode="r:") as tar:
-                for info in tar:
-                    if not info.isreg():
-                        continue
-                    k, ext = split_member(info.name)
-                    if k != key:
-                        if key is not None and index >= first:
-                            yield self._sample(name, key, members)
-                            emitted += 1
-                        index += 1
-                        if index >= stop:
-                            return
-                        key, members = k, {}
-                    if index >= first:
-                        f = tar.extractfile(info)
-                        members[ext] = f.read() if f is not None else b""
-                if key is not None and first <= index < stop:
-                    yield self._sample(name, key, members)
-                    emitted += 1
+            for key, members in tar_samples(path, first, stop):
+                yield self._sample(name, key, members)
+                emitted += 1
         except (tarfile.TarError, OSError, EOFError) as e:
             reason = f"damaged tar ({type(e).__name__})"
             for i in range(first + emitted, stop):

@@ -21,7 +21,7 @@ from .autoencoder import AutoencoderConfig, AutoencoderKL, load_autoencoder
 from .caption_decoder import CaptionDecoder, CaptionDecoderConfig, load_caption_decoder, load_encode_prefix
 from .paths import WeightsError, find_weights
 from .uvit import UViT, UViTConfig
-from .weights import load_frozen
+from .weights import as_config, load_frozen
 
 __all__ = [
     "AutoencoderConfig", "AutoencoderKL", "CaptionDecoder", "CaptionDecoderConfig", "UViT", "UViTConfig",
@@ -38,11 +38,6 @@ def load_uvit(path: str | os.PathLike | None = None, config: UViTConfig | dict |
     UViTConfig. dtype None keeps the file's dtype. Call it as the reference:
     uvit(img, clip_img, text, t_img, t_text, data_type) -> (img_out, clip_img_out, text_out).
     """
-    if config is None:
-        config = UViTConfig.v1()
-    elif isinstance(config, dict):
-        config = UViTConfig.from_dict(config)
-    elif not isinstance(config, UViTConfig):
-        raise TypeError(f"config must be None, a dict or a UViTConfig, not {type(config).__name__}")
+    config = as_config(config, UViTConfig)
     path = find_weights("uvit") if path is None else path
     return load_frozen(lambda: UViT(config), path, "UViT (uvit_v1.pth)", device=device, dtype=dtype)

@@ -289,14 +289,9 @@ def load_autoencoder(path: str | os.PathLike | None = None,
     (`loss.*`) are ignored.
     """
     from .paths import find_weights
-    from .weights import load_frozen
+    from .weights import as_config, load_frozen
 
-    if config is None:
-        config = AutoencoderConfig.v1()
-    elif isinstance(config, dict):
-        config = AutoencoderConfig.from_dict(config)
-    elif not isinstance(config, AutoencoderConfig):
-        raise TypeError(f"config must be None, a dict or an AutoencoderConfig, not {type(config).__name__}")
+    config = as_config(config, AutoencoderConfig)
     path = find_weights("autoencoder") if path is None else path
     return load_frozen(lambda: AutoencoderKL(config), path, "AutoencoderKL (autoencoder_kl.pth)",
                        device=device, dtype=dtype, ignore=(r"^loss\.",))

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .paths import WeightsError, find_weights
-from .weights import README_HINT, identify, load_frozen, load_strict, read_state_dict
+from .weights import README_HINT, as_config, identify, load_frozen, load_strict, read_state_dict
 
 WHAT = "caption decoder (caption_decoder.pth)"
 # Entries of the released file that are not part of the module.
@@ -64,16 +64,6 @@ class CaptionDecoderConfig:
         eos = min(50256, self.vocab_size - 1)
         return GPT2Config(vocab_size=self.vocab_size, n_positions=self.n_positions, n_embd=self.n_embd,
                           n_layer=self.n_layer, n_head=self.n_head, bos_token_id=eos, eos_token_id=eos)
-
-
-def _as_config(config: CaptionDecoderConfig | dict | None) -> CaptionDecoderConfig:
-    if config is None:
-        return CaptionDecoderConfig.v1()
-    if isinstance(config, dict):
-        return CaptionDecoderConfig.from_dict(config)
-    if isinstance(config, CaptionDecoderConfig):
-        return config
-    raise TypeError(f"config must be None, a dict or a CaptionDecoderConfig, not {type(config).__name__}")
 
 
 class CaptionDecoder(nn.Module):
@@ -125,7 +115,7 @@ def load_encode_prefix(path: str | os.PathLike | None = None,
     Only the `encode_prefix.*` entries are read (GPT-2 is not built). path None: looked up in the
     weights folder.
     """
-    config = _as_config(config)
+    config = as_config(config, CaptionDecoderConfig)
     path = find_weights("caption_decoder") if path is None else path
     state_dict = read_state_dict(path, WHAT)
     if not any(k.startswith("encode_prefix.") for k in state_dict):
@@ -147,7 +137,7 @@ def load_caption_decoder(path: str | os.PathLike | None = None,
                          device: torch.device | str = "cpu",
                          dtype: torch.dtype | None = None) -> CaptionDecoder:
     """The whole frozen CaptionDecoder, strictly loaded (ignoring the file's clip* and attn buffers)."""
-    config = _as_config(config)
+    config = as_config(config, CaptionDecoderConfig)
     path = find_weights("caption_decoder") if path is None else path
     model = load_frozen(lambda: CaptionDecoder(config), path, WHAT, device=device, dtype=dtype,
                         ignore=IGNORED_KEYS)

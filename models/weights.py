@@ -232,6 +232,18 @@ def load_frozen(build: Callable[[], nn.Module], path: str | os.PathLike, what: s
     return module.to(device).eval().requires_grad_(False)
 
 
+def as_config(config, cls):
+    """A module config from what a loader was given: None -> cls.v1(), a dict (reference keyword
+    names) -> cls.from_dict(dict), an instance of cls as is; anything else is a TypeError."""
+    if config is None:
+        return cls.v1()
+    if isinstance(config, dict):
+        return cls.from_dict(config)
+    if isinstance(config, cls):
+        return config
+    raise TypeError(f"config must be None, a dict or a {cls.__name__}, not {type(config).__name__}")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
 

@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.format import FORMAT_NAME, CorruptSample, decode_arrays, decode_meta
-from data_prep.sources import split_member
+from data_prep.sources import tar_samples
 
 logger = logging.getLogger(__name__)
 
@@ -85,25 +85,12 @@ def list_shards(spec: str) -> list[Path]:
 
 def read_shard(path: Path) -> Iterator[dict | object]:
     """Raw samples {"__key__", "<ext>": bytes, ...} of one tar, in order; _DAMAGED where it breaks off."""
-    key, members = None, {}
     try:
-        with tarfile.open(path, mode="r:") as tar:
-            for info in tar:
-                if not info.isreg():
-                    continue
-                k, ext = split_member(info.name)
-                if k != key:
-                    if key is not None:
-                        yield members
-                    key, members = k, {"__key__": k}
-                f = tar.extractfile(info)
-                members[ext] = f.read() if f is not None else b""
+        for key, members in tar_samples(path):
+            yield {"__key__": key, **members}
     except (tarfile.TarError, OSError, EOFError) as e:
         logger.warning("damaged shard %s: %s", path, e)
         yield _DAMAGED  # stands for the sample being read when the tar broke off
-        return
-    if key is not None:
-        yield members
 
 
 # --------------------------------------------------------------------------------------- the stream
