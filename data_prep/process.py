@@ -16,8 +16,6 @@ import hashlib
 import io
 import logging
 import os
-import struct
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
 from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
-from encoder.photos import MIN_IMAGE_SIDE, PhotoError, to_rgb_array
+from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -159,25 +157,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Encoded image bytes -> [H, W, 3] uint8 RGB, EXIF orientation applied. Raises PhotoError."""
     if not data:
         raise PhotoError("empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                try:
-                    oriented = ImageOps.exif_transpose(img) or img
-                except Exception:  # a broken EXIF block: keep the pixels as stored
-                    oriented = img
-                rgb = to_rgb_array(oriented)
-    except PhotoError:
-        raise
-    except UnidentifiedImageError as e:
-        raise PhotoError("not an image file") from e
-    except Image.DecompressionBombError as e:
-        raise PhotoError("image too large (decompression bomb guard)") from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
-        raise PhotoError("truncated or corrupt image") from e
-    return rgb
+    return decode_image(io.BytesIO(data))
 
 
 def rejection_category(reason: str) -> str:

@@ -96,6 +96,33 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def decode_image(source, path: str | os.PathLike | None = None) -> np.ndarray:
+    """A path or binary stream -> [H, W, 3] uint8 RGB, EXIF orientation applied, any colour mode.
+
+    Raises PhotoError with a short reason (naming `path` when given) for anything undecodable.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as img:
+                img.load()  # decode now: truncation and corruption surface here
+                try:
+                    oriented = ImageOps.exif_transpose(img)
+                except Exception:  # a broken EXIF block: keep the pixels as stored
+                    oriented = img
+                return to_rgb_array(oriented if oriented is not None else img)
+    except PhotoError as e:
+        raise PhotoError(e.reason, path) from e
+    except UnidentifiedImageError as e:
+        raise PhotoError("not an image file", path) from e
+    except Image.DecompressionBombError as e:
+        raise PhotoError("image too large (decompression bomb guard)", path) from e
+    except PermissionError as e:
+        raise PhotoError("cannot read file (permission denied)", path) from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
+        raise PhotoError("truncated or corrupt image", path) from e
+
+
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode one photo into [H, W, 3] uint8 RGB, as a viewer would show it.
 
@@ -113,28 +140,7 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
         raise PhotoError(f"cannot read file ({e.strerror or e})", path) from e
     if size == 0:
         raise PhotoError("empty file (0 bytes)", path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()  # decode now: truncation and corruption surface here
-                try:
-                    oriented = ImageOps.exif_transpose(img)
-                except Exception:  # a broken EXIF block: keep the pixels as stored
-                    oriented = img
-                if oriented is None:
-                    oriented = img
-                rgb = to_rgb_array(oriented)
-    except PhotoError as e:
-        raise PhotoError(e.reason, path) from e
-    except UnidentifiedImageError as e:
-        raise PhotoError("not an image file", path) from e
-    except Image.DecompressionBombError as e:
-        raise PhotoError("image too large (decompression bomb guard)", path) from e
-    except PermissionError as e:
-        raise PhotoError("cannot read file (permission denied)", path) from e
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as e:
-        raise PhotoError("truncated or corrupt image", path) from e
+    rgb = decode_image(path, path)
     h, w = rgb.shape[:2]
     if min(h, w) < MIN_IMAGE_SIDE:
         raise PhotoError(f"image too small ({w}x{h})", path)
