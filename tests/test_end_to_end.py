@@ -151,3 +151,16 @@ def test_refine_steps(setup, tmp_path):
         start = module.tokens_from_photos(rec.embeddings, rec.embeddings_flip)[0]
     assert (rec.tokens - start).abs().max() > 0
     assert "3 photos used" in p.stdout
+
+
+def test_train_under_accelerate_launch(setup, tmp_path):
+    """The competition launches train.py through accelerate with fp16 mixed precision."""
+    s = setup
+    accelerate = Path(sys.executable).with_name("accelerate")
+    proc = subprocess.run([str(accelerate), "launch", "--mixed_precision", "fp16", "--num_processes", "1",
+                           "--num_machines", "1", "--dynamo_backend", "no", "train.py", "-d", str(s["photos"]),
+                           "-o", str(tmp_path / "rec"), "--face-pack", str(s["pack"]), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 photos used, 2 skipped" in proc.stdout
+    assert IdentityRecord.load(tmp_path / "rec").embeddings.shape == (3, 512)
