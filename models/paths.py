@@ -71,3 +71,15 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
         f"{what} not found (looked for {tried}). Get it from {source} and put it there, "
         f"or set {ENV_VAR} to the folder that holds it, or pass its path explicitly. "
         f"checkpoints/README.md lists every expected file.")
+
+
+def missing_weights(names, root: str | os.PathLike | None = None) -> list[str]:
+    """The WeightsError message of every name in `names` that cannot be found (empty: all present)."""
+    missing = []
+    for name in names:
+        try:
+            find_weights(name, None, root)
+        except WeightsError as e:
+            missing.append(str(e))
+    return missing
+

@@ -8,5 +8,7 @@ bash scripts/setup.sh
 if [ ! -d "${EVAL_PROMPTS:-eval_prompts}" ] && [ -d ../shared/reference/eval_prompts ]; then
   export EVAL_PROMPTS=../shared/reference/eval_prompts
 fi
+# every weight file the workflow needs, checked before any work (one message listing all that are missing)
+.venv/bin/python -m models.check_weights uvit autoencoder caption_decoder clip_text face_pack identity
 bash scripts/train.sh
 bash scripts/sample.sh

@@ -207,3 +207,15 @@ def test_legacy_format_and_file_dtype(tmp_path, uvit_state):
     torch.save({k: v.half() for k, v in uvit_state.items()}, path, _use_new_zipfile_serialization=False)
     loaded = load_uvit(path, TINY)
     assert all(p.dtype == torch.float16 for p in loaded.parameters())
+
+
+def test_preflight_lists_every_missing_file(tmp_path, capsys):
+    from models.check_weights import main as check_weights
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "uvit_v1.pth").write_bytes(b"x")
+    assert check_weights(["uvit", "autoencoder", "face_pack", "--weights", str(tmp_path)]) == 2
+    out = capsys.readouterr().out
+    assert "autoencoder_kl.pth" in out and "antelopev2" in out and "uvit_v1.pth not found" not in out
+    assert "2 of 3 weight files are missing" in out
+    assert check_weights(["uvit", "--weights", str(tmp_path)]) == 0
