@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     import torch  # noqa: F401  (heavy imports after --help)
 
+    from encoder.identity import checkpoint_hash
     from models.pipeline import UniDiffuserT2I
     from personalize.cli import pick_device, pick_dtype
     from personalize.generate import (
         GenerateOptions,
+        find_identity_module,
         generate_prompts,
         identity_net,
         identity_tokens,
@@ -63,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     from personalize.prompts import load_prompts
     from personalize.record import IdentityRecord
 
+    # everything that can be wrong with the inputs is found before the backbone is loaded
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)
+    encoder = find_identity_module(args.encoder, allow_untrained=args.allow_untrained_encoder)
+    Path(args.output_path).mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
-    module, source = load_identity_module(args.encoder, pipe.uvit.config,
-                                          allow_untrained=args.allow_untrained_encoder, record=record)
+    module, source = load_identity_module(encoder, pipe.uvit.config, record)
     module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
     if device.type == "cuda" and not args.no_fast:
         pipe.enable_fast_path(None if args.compile == "none" else args.compile)
@@ -78,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     t_loaded = time.perf_counter()
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
                            id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)
-    summary = generate_prompts(pipe, net, tokens, prompts, args.output_path, opts, progress=not args.quiet)
+    fingerprint = {"record": record.fingerprint(), "encoder": source if encoder is None else checkpoint_hash(encoder),
+                   "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype)}
+    summary = generate_prompts(pipe, net, tokens, prompts, args.output_path, opts, progress=not args.quiet,
+                               fingerprint=fingerprint)
     changed = count_finetuned_parameters(pipe, pipe.weight_files)
     print(f"identity: {args.restore_path} ({len(record.photos)} photos, class word '{record.class_word}'), "
           f"encoder: {source}")

@@ -39,7 +39,7 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except (WeightsError, RecordError, PromptFileError, NoUsablePhotos, PhotoError, FaceRejected,
-            FileNotFoundError, ValueError) as e:
+            FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

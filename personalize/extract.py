@@ -11,8 +11,7 @@ import torch
 
 from personalize.record import IdentityRecord, PhotoInfo
 
-CLASS_WORDS = ("boy", "girl", "man", "woman")
-_CLASS_RE = re.compile(r"(boy|girl|woman|man)", re.IGNORECASE)
+_CLASS_RE = re.compile(r"(?<![a-z])(boy|girl|woman|man)(?![a-z])", re.IGNORECASE)  # boy1, girl_2, not "germany"
 
 
 class NoUsablePhotos(RuntimeError):

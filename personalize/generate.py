@@ -7,8 +7,9 @@ that skips already written prompts (resume) produces the same images as an unint
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,14 +35,13 @@ class GenerateOptions:
     jpeg_quality: int = 95
 
 
-def load_identity_module(encoder_path, uvit_config, *, allow_untrained: bool = False,
-                         record: IdentityRecord | None = None) -> tuple[IdentityModule, str]:
-    """The pretrained identity module (or, only if asked, an untrained one) and a description."""
-    from encoder.config import IdentityConfig
+def find_identity_module(encoder_path, *, allow_untrained: bool = False) -> Path | None:
+    """The pretrained identity module's folder, checked before anything heavy is loaded; None (an
+    untrained module) only when allowed explicitly."""
     from models.paths import find_weights
 
     try:
-        folder = find_weights("identity", encoder_path)
+        return find_weights("identity", encoder_path)
     except WeightsError as e:
         if not allow_untrained:
             raise WeightsError(
@@ -49,14 +49,27 @@ def load_identity_module(encoder_path, uvit_config, *, allow_untrained: bool = F
                 "(see README, 'Pretraining'), then pass --encoder <folder> or place it at "
                 "checkpoints/faceid_encoder/. For testing only, --allow-untrained-encoder runs with an "
                 "untrained module (its zero gates give plain UniDiffuser images).") from e
+        return None
+
+
+def load_identity_module(folder: Path | None, uvit_config, record: IdentityRecord | None = None
+                         ) -> tuple[IdentityModule, str]:
+    """The module in `folder` (None: an untrained one, for testing) and a description of it.
+
+    A record whose tokens were refined must be used with the module they were refined against.
+    """
+    from encoder.config import IdentityConfig
+
+    refined = record is not None and record.tokens is not None
+    if folder is None:
         return IdentityModule(IdentityConfig.for_uvit(uvit_config)), "untrained (testing only)"
-    module = IdentityModule.load(folder, uvit_config=uvit_config)
-    if record is not None and record.tokens is not None and record.encoder:
-        recorded = record.encoder.get("sha256")
-        if recorded and recorded != checkpoint_hash(folder):
-            raise WeightsError(f"the identity record was refined with encoder {recorded[:12]}..., but "
-                               f"{folder} is a different checkpoint; rerun train.py with it.")
-    return module, str(folder)
+    if refined and not record.encoder:
+        raise WeightsError("the identity record's tokens were refined against an untrained identity module; "
+                           f"rerun train.py with --encoder {folder}.")
+    if refined and record.encoder.get("sha256") != checkpoint_hash(folder):
+        raise WeightsError(f"the identity record was refined with encoder {record.encoder['sha256'][:12]}..., "
+                           f"but {folder} is a different checkpoint; rerun train.py with it.")
+    return IdentityModule.load(folder, uvit_config=uvit_config), str(folder)
 
 
 def identity_tokens(module: IdentityModule, record: IdentityRecord, device, dtype) -> torch.Tensor:
@@ -84,15 +97,37 @@ def identity_net(pipe, module: IdentityModule):
     return pipe.net_for_sampling(IDConditionedUViT(pipe.uvit, module, fused=pipe.fast))
 
 
+MANIFEST = ".generation.json"
+
+
+def resumable(out_dir: Path, fingerprint: dict) -> bool:
+    """Whether images already in out_dir were made from the same inputs and settings; records the
+    fingerprint of this run there (before any image is written)."""
+    path = out_dir / MANIFEST
+    try:
+        same = json.loads(path.read_text()) == fingerprint
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(fingerprint, indent=2)))
+    return same
+
+
 @torch.no_grad()
 def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
-                     out_dir: str | Path, opts: GenerateOptions, progress: bool = True) -> dict:
+                     out_dir: str | Path, opts: GenerateOptions, progress: bool = True,
+                     fingerprint: dict | None = None) -> dict:
     """Write n images per prompt into out_dir; returns a summary (written, skipped, seconds).
 
     net: from `identity_net(pipe, module)`; tokens [1, K, token_dim] from `identity_tokens`.
+    Images already there are kept (resume) only when `fingerprint` (what made them: record,
+    encoder, weights, prompts) and the options are those of this run.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if opts.resume:
+        run = {**(fingerprint or {}), "options": asdict(opts) | {"resume": True}, "prompts": prompts}
+        opts = replace(opts, resume=resumable(out_dir, run))
     c = pipe.uvit.config
     z_shape = (c.in_chans, c.img_size, c.img_size)
     written = skipped = 0

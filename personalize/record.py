@@ -1,28 +1,28 @@
 """The identity record that `train.py` writes and `sample.py` reads.
 
 A folder with two files:
-  identity.safetensors  embeddings [N, 512], embeddings_flip [N, 512], pooled [512],
-                        and tokens [K, token_dim] when refinement ran
-  identity.json         format/version, photos used (file, box, score, ...), photos skipped with
-                        the reason, class word and its source, the identity-module checkpoint's
-                        path and SHA-256, refinement settings and losses, the tensors file's SHA-256
-
-Each file is written to a temporary file and renamed into place, tensors first; identity.json
-carries the tensors' hash, so a reader never mixes the files of two runs, and a run killed while
-writing leaves the previous record readable.
+  identity.safetensors  embeddings [N, 512], embeddings_flip [N, 512], and tokens [K, token_dim]
+                        when refinement ran; its metadata holds the record's JSON (below). This
+                        one file is the record: written to a temporary file and renamed into place,
+                        so a run killed while writing leaves the previous record whole.
+  identity.json         the same JSON for people to read (written after): format/version, photos
+                        used (file, box, score, ...), photos skipped with the reason, class word
+                        and its source, the identity-module checkpoint's path and SHA-256,
+                        refinement settings and losses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from encoder.identity import file_sha256
 from encoder.projector import pool_embeddings
 from models.weights import atomic_write
 
@@ -64,56 +64,59 @@ class IdentityRecord:
         """[512] the normalised mean of all photos and their mirrors."""
         return pool_embeddings(self.embeddings, self.embeddings_flip)
 
+    def meta(self) -> dict:
+        """The record's JSON."""
+        return {"format": RECORD_FORMAT, "version": RECORD_VERSION,
+                "class_word": self.class_word, "class_word_source": self.class_word_source,
+                "photos": [asdict(p) for p in self.photos], "skipped": self.skipped,
+                "encoder": self.encoder, "refine": self.refine, **self.extra}
+
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"embeddings": self.embeddings.float().contiguous(),
-                   "embeddings_flip": self.embeddings_flip.float().contiguous(),
-                   "pooled": self.pooled.float().contiguous()}
+                   "embeddings_flip": self.embeddings_flip.float().contiguous()}
         if self.tokens is not None:
             tensors["tokens"] = self.tokens.detach().float().cpu().contiguous()
-        digest = {}
-
-        def write_tensors(tmp: Path) -> None:
-            save_file(tensors, str(tmp))
-            digest["sha256"] = file_sha256(tmp)
-
-        atomic_write(folder / TENSORS_FILE, write_tensors)
-        meta = {"format": RECORD_FORMAT, "version": RECORD_VERSION,
-                "class_word": self.class_word, "class_word_source": self.class_word_source,
-                "photos": [asdict(p) for p in self.photos], "skipped": self.skipped,
-                "encoder": self.encoder, "refine": self.refine, "tensors_sha256": digest["sha256"],
-                **self.extra}
-        atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        text = json.dumps(self.meta(), indent=2)
+        atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"record": text}))
+        atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
         return folder
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> IdentityRecord:
         folder = Path(folder)
-        meta_path, t_path = folder / META_FILE, folder / TENSORS_FILE
-        if not meta_path.is_file() or not t_path.is_file():
-            raise RecordError(f"{folder} holds no identity record ({META_FILE} and {TENSORS_FILE}). "
+        t_path = folder / TENSORS_FILE
+        if not t_path.is_file():
+            raise RecordError(f"{folder} holds no identity record ({TENSORS_FILE}). "
                               f"Create one with: python train.py -d <photo folder> -o {folder}")
         try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RecordError(f"{meta_path} is not valid JSON ({e}); run train.py again.") from e
+            with safe_open(str(t_path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["record"])
+                t = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        except Exception as e:  # safetensors and json raise several types for damaged files
+            raise RecordError(f"cannot read the identity record {t_path} ({type(e).__name__}: {e}); "
+                              "it is damaged or was not written by train.py. Run train.py again.") from e
         if meta.get("format") != RECORD_FORMAT or meta.get("version") != RECORD_VERSION:
-            raise RecordError(f"{meta_path} is format {meta.get('format')!r} version {meta.get('version')!r}; "
+            raise RecordError(f"{t_path} is format {meta.get('format')!r} version {meta.get('version')!r}; "
                               f"this code reads {RECORD_FORMAT!r} version {RECORD_VERSION}. Run train.py again.")
-        if meta.get("tensors_sha256") and file_sha256(t_path) != meta["tensors_sha256"]:
-            raise RecordError(f"{t_path} does not match {meta_path} (hash differs): the record was "
-                              "modified or damaged. Run train.py again.")
+        known = {"format", "version", "class_word", "class_word_source", "photos", "skipped", "encoder", "refine"}
         try:
-            t = load_file(str(t_path))
-        except Exception as e:
-            raise RecordError(f"cannot read {t_path} ({e}); run train.py again.") from e
-        known = {"format", "version", "class_word", "class_word_source", "photos", "skipped", "encoder",
-                 "refine", "tensors_sha256"}
-        return cls(embeddings=t["embeddings"], embeddings_flip=t["embeddings_flip"],
-                   photos=[PhotoInfo(**p) for p in meta["photos"]], skipped=meta.get("skipped", []),
-                   class_word=meta.get("class_word", "person"),
-                   class_word_source=meta.get("class_word_source", "default"),
-                   encoder=meta.get("encoder"), tokens=t.get("tokens"), refine=meta.get("refine"),
-                   extra={k: v for k, v in meta.items() if k not in known})
+            return cls(embeddings=t["embeddings"], embeddings_flip=t["embeddings_flip"],
+                       photos=[PhotoInfo(**p) for p in meta["photos"]], skipped=meta.get("skipped", []),
+                       class_word=meta.get("class_word", "person"),
+                       class_word_source=meta.get("class_word_source", "default"),
+                       encoder=meta.get("encoder"), tokens=t.get("tokens"), refine=meta.get("refine"),
+                       extra={k: v for k, v in meta.items() if k not in known})
+        except (KeyError, TypeError) as e:
+            raise RecordError(f"{t_path} is incomplete ({type(e).__name__}: {e}); run train.py again.") from e
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what generation depends on: the embeddings, the tokens and the encoder hash."""
+        h = hashlib.sha256()
+        for t in (self.embeddings, self.embeddings_flip, self.tokens):
+            if t is not None:
+                h.update(t.float().contiguous().numpy().tobytes())
+        h.update(json.dumps(self.encoder, sort_keys=True).encode())
+        return h.hexdigest()
 

@@ -88,10 +88,11 @@ def refine_record(record, photo_dir, analyzer, *, weights=None, encoder=None, de
     """Load the backbone and identity module, refine the record's tokens in place."""
     from models.image_clip import ImageCLIP
     from models.pipeline import UniDiffuserT2I
-    from personalize.generate import load_identity_module
+    from personalize.generate import find_identity_module, load_identity_module
 
+    folder = find_identity_module(encoder, allow_untrained=allow_untrained)
     pipe = UniDiffuserT2I.from_pretrained(weights, device=device, dtype=torch.float32)
-    module, _ = load_identity_module(encoder, pipe.uvit.config, allow_untrained=allow_untrained)
+    module, _ = load_identity_module(folder, pipe.uvit.config)
     module = module.to(device).eval().requires_grad_(False)
     net = IDConditionedUViT(pipe.uvit.requires_grad_(False), module)
     if image_clip is None:

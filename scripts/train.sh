@@ -15,6 +15,7 @@ else
 fi
 n=0
 for dir in "$TRAIN_DATA"/*/; do
+  [ -d "$dir" ] || continue  # no match: the glob stays literal
   name=$(basename "$dir")
   echo "== $name"
   "${launch[@]}" train.py -d "$dir" -o "$IDENTITIES/$name" "$@"

@@ -82,7 +82,8 @@ def test_train_then_sample(setup):
                    "--steps", "3", "--device", "cpu", "--quiet"]
     out = _run(*sample_args)
     assert out.stdout.strip().splitlines()[-1] == "finetuned parameters: 0"
-    names = sorted(p.name for p in out_dir.iterdir())
+    names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    assert (out_dir / ".generation.json").is_file()  # what made the images, for resume
     assert names == ["0-000.jpg", "0-001.jpg", "0-002.jpg", "1-000.jpg", "1-001.jpg", "1-002.jpg"]
     size = tiny_configs()["uvit"]["img_size"] * 2  # the tiny autoencoder upsamples by 2
     assert all(Image.open(out_dir / n).size == (size, size) for n in names)
@@ -93,6 +94,11 @@ def test_train_then_sample(setup):
     out = _run(*sample_args)
     assert "1 prompts generated, 1 already done" in out.stdout
     assert {n: _sha(out_dir / n) for n in names} == first
+
+    # other settings: the existing images are not reused
+    out = _run(*sample_args, "--cfg", "3")
+    assert "2 prompts generated, 0 already done" in out.stdout
+    assert _sha(out_dir / "0-000.jpg") != first["0-000.jpg"]
 
     # the identity matters: id-scale 0 gives other images for the same seed
     plain_dir = s["tmp"] / "outputs" / "plain"
