@@ -290,7 +290,10 @@ class FaceAnalyzer:
         return ("male" if int(gender) == 1 else "female"), float(age)
 
     def _faces(self, img_rgb: np.ndarray, dets: list[_Detection], n_faces: int) -> list[Face]:
-        aligned = [align_face(img_rgb, d.kps, self.crop_size) for d in dets]
+        try:
+            aligned = [align_face(img_rgb, d.kps, self.crop_size) for d in dets]
+        except ValueError as e:  # degenerate or non-finite landmarks: this photo only
+            raise FaceRejected(f"landmarks unusable for alignment ({e})") from e
         flipped = [np.ascontiguousarray(a[:, ::-1]) for a in aligned]
         emb = self._embed(aligned + flipped)
         n = len(dets)

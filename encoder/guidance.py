@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from models.guidance import combine_joint, randn, split_joint
+from models.guidance import cfg_combine, combine_joint, randn, split_joint
 
 
 def identity_guided_eps_fn(net, text: torch.Tensor, id_tokens: torch.Tensor | None, *,
@@ -38,19 +38,20 @@ def identity_guided_eps_fn(net, text: torch.Tensor, id_tokens: torch.Tensor | No
         t_img = (t_cont * n_timesteps).to(x.dtype).expand(b)
         zeros = torch.zeros(b, device=x.device, dtype=x.dtype)
         dtype_ids = torch.full((b,), data_type, device=x.device, dtype=torch.long)
-        noise_text = randn(text.shape, generator=generator, device=text.device, dtype=text.dtype)
         # (text, t_text, id_scale) of each pass
         passes = [(text, zeros, id_scale)]
         if scale:
+            noise_text = randn(text.shape, generator=generator, device=text.device, dtype=text.dtype)
             passes.append((noise_text, zeros + n_timesteps, 0.0))
         if three and scale:
             passes.append((text, zeros, 0.0))
-        outs = _run(net, z, clip, t_img, dtype_ids, passes, id_tokens, batch_passes)
+        # guidance arithmetic in the sampler's dtype (float32), whatever precision the net runs in
+        outs = [o.to(x.dtype) for o in _run(net, z, clip, t_img, dtype_ids, passes, id_tokens, batch_passes)]
         if len(outs) == 1:
             return outs[0]
         cond, uncond = outs[0], outs[1]
         if len(outs) == 2:
-            return cond + scale * (cond - uncond)
+            return cfg_combine(cond, uncond, scale)
         text_only = outs[2]
         return uncond + (1 + scale) * (text_only - uncond) + (1 + id_guidance) * (cond - text_only)
 

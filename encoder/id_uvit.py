@@ -65,7 +65,8 @@ class IDConditionedUViT(nn.Module):
         if id_tokens is None:
             return self._forward_plain(img, clip_img, text, t_img, t_text, data_type)
         b = img.shape[0]
-        scale = torch.as_tensor(id_scale, dtype=img.dtype, device=img.device).expand(b)
+        scale = (id_scale.to(img.device, img.dtype).expand(b) if torch.is_tensor(id_scale)
+                 else torch.full((b,), float(id_scale), dtype=img.dtype, device=img.device))  # no host copy
         id_tokens = id_tokens.to(img.dtype).expand(b, -1, -1)
         if self.identity.config.injection == "text_slots":
             return self._forward_plain(img, clip_img, self._fill_slots(text, id_tokens, scale),

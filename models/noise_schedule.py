@@ -64,6 +64,7 @@ class NoiseScheduleVP:
         self.log_alpha_array = 0.5 * torch.log1p(-betas).cumsum(0)  # [N], decreasing
         # Discrete view, indexed by network timestep n = 0..N (0 = clean).
         self.alphas_cumprod = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _noise_tables
 
     @classmethod
     def stable_diffusion(cls, n: int = 1000) -> NoiseScheduleVP:
@@ -107,6 +108,14 @@ class NoiseScheduleVP:
                            self.t_array.flip(0).to(lamb.device))
 
     # ---- discrete time (training) ----------------------------------------------------------
+    def _noise_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(alpha_bar_n), sqrt(1 - alpha_bar_n)) for n = 0..N, float32 on `device`, cached."""
+        key = str(device)
+        if key not in self._tables:
+            ab = self.alphas_cumprod
+            self._tables[key] = (ab.sqrt().float().to(device), (1 - ab).sqrt().float().to(device))
+        return self._tables[key]
+
     def sample_timesteps(self, batch: int, *, generator: torch.Generator | None = None,
                          device: torch.device | str | None = None) -> torch.Tensor:
         """n ~ U{1..N}, [batch] int64: the training timestep of each example."""
@@ -122,10 +131,19 @@ class NoiseScheduleVP:
         """
         if x0.shape != eps.shape:
             raise ValueError(f"x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must have the same shape")
-        n = torch.as_tensor(n, device="cpu").long() if not torch.is_tensor(n) else n.detach().cpu().long()
+        if torch.is_tensor(n) and n.device.type != "cpu":
+            # the training hot path: tables indexed on the device, no host synchronisation (the
+            # range of n is not checked here; sample_timesteps draws it in range)
+            if n.ndim != 1 or n.shape[0] != x0.shape[0]:
+                raise ValueError(f"n must have one entry per example ({x0.shape[0]}), got shape {tuple(n.shape)}")
+            sqrt_ab, sqrt_1m = self._noise_tables(n.device)
+            shape = (-1,) + (1,) * (x0.ndim - 1)
+            a, s = sqrt_ab[n].reshape(shape).to(x0.dtype), sqrt_1m[n].reshape(shape).to(x0.dtype)
+            return a * x0 + s * eps
+        n = torch.as_tensor(n, device="cpu").long() if not torch.is_tensor(n) else n.detach().long()
         if n.numel() and (int(n.min()) < 0 or int(n.max()) > self.total_N):
-            raise ValueError(f"timesteps must be integers in 0..{self.total_N} (1..{self.total_N} for "
-                             f"training), got range {int(n.min())}..{int(n.max())}")
+            raise ValueError(f"timesteps must be integers in 0..{self.total_N} (1..{self.total_N} for training), "
+                             f"got range {int(n.min())}..{int(n.max())}")
         if n.ndim > 1 or (n.ndim == 1 and n.numel() != x0.shape[0]):
             raise ValueError(f"n must be a scalar or have one entry per example ({x0.shape[0]}), "
                              f"got shape {tuple(n.shape)}")

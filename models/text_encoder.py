@@ -135,7 +135,7 @@ def load_clip_text(folder: str | os.PathLike, *, device: torch.device | str | No
             tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
             model, info = CLIPTextModel.from_pretrained(str(folder), local_files_only=True,
                                                         output_loading_info=True)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # OSError, ValueError, SafetensorError ... on damaged files
         raise WeightsError(f"could not load the CLIP text encoder from {folder}: {e}. {_GET_IT}.") from e
     bad = sorted(info.get("missing_keys", ())) + sorted(info.get("mismatched_keys", ()))
     if bad:

@@ -238,7 +238,10 @@ def as_config(config, cls):
     if config is None:
         return cls.v1()
     if isinstance(config, dict):
-        return cls.from_dict(config)
+        try:
+            return cls.from_dict(config)
+        except (TypeError, ValueError) as e:
+            raise WeightsError(f"bad {cls.__name__} in the weights folder's model_configs.json: {e}") from e
     if isinstance(config, cls):
         return config
     raise TypeError(f"config must be None, a dict or a {cls.__name__}, not {type(config).__name__}")

@@ -60,7 +60,7 @@ class PretrainConfig:
     max_steps: int = 100_000
     grad_clip: float = 1.0  # 0 = no clipping (the norm is still logged)
     ema_decay: float = 0.9999
-    mixed_precision: str = "bf16"  # accelerate: "no", "fp16" or "bf16"
+    mixed_precision: str = "bf16"  # accelerate: "no" or "bf16" (fp16 would need loss scaling)
     seed: int = 0
     # ---- run
     output_dir: str = "runs/faceid"
@@ -82,7 +82,8 @@ class PretrainConfig:
             (self.max_steps >= 1, "max_steps must be >= 1"),
             (self.lr_schedule in ("cosine", "constant"), f"lr_schedule must be cosine or constant, got "
                                                          f"{self.lr_schedule!r}"),
-            (self.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
+            (self.mixed_precision in ("no", "bf16"),
+             "mixed_precision must be no or bf16 (fp16 needs loss scaling, which this loop does not do)"),
             (self.backbone_dtype in ("float32", "bfloat16", "float16"),
              "backbone_dtype must be float32, bfloat16 or float16"),
             (self.mixed_precision != "no" or self.backbone_dtype == "float32",

@@ -156,14 +156,25 @@ def set_rng_state(state: dict, generator: torch.Generator, device: torch.device)
 
 
 def resume_path(config: PretrainConfig, run_dir: Path) -> Path | None:
-    if config.resume == "none":
-        return None
+    """The checkpoint to resume from (None: start fresh).
+
+    Starting fresh, or from an earlier checkpoint, in an output_dir that holds later checkpoints is
+    refused: the runs would mix, and keeping the last K checkpoints by step would delete the new ones.
+    """
     if config.resume == "auto":
         return latest_checkpoint(run_dir)
-    path = Path(config.resume)
-    if not path.is_dir():
-        raise FileNotFoundError(f"--resume {path}: no such checkpoint folder (use auto, none or a "
-                                f"<run>/checkpoints/step_* folder)")
+    path = None
+    if config.resume != "none":
+        path = Path(config.resume)
+        if not path.is_dir():
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint folder (use auto, none or a "
+                                    f"<run>/checkpoints/step_* folder)")
+    latest = latest_checkpoint(run_dir)
+    if latest is not None and (path is None or path.resolve() != latest.resolve()):
+        raise FileExistsError(f"{run_dir} already holds checkpoints up to {latest.name}; starting "
+                              f"{'over' if path is None else 'from ' + str(path)} there would mix two runs and "
+                              "the cleanup would delete the new checkpoints. Use a new --output_dir, or "
+                              "--resume auto to continue the existing run.")
     return path
 
 

@@ -63,6 +63,8 @@ def test_config_files_and_overrides(tmp_path):
         PretrainConfig(p_drop_id=0.6, p_drop_text=0.6)
     with pytest.raises(ValueError, match="needs backbone_dtype float32"):
         PretrainConfig(mixed_precision="no")
+    with pytest.raises(ValueError, match="fp16 needs loss scaling"):
+        PretrainConfig(mixed_precision="fp16")
 
 
 def test_cli_print_config(capsys):
@@ -171,6 +173,11 @@ def test_stop_and_resume_gives_the_same_losses(shards, tmp_path):
         for k, v in a.state_dict().items():
             torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
     assert (tmp_path / "b" / "run" / "faceid_encoder" / "identity.safetensors").is_file()
+    # starting over, or from an earlier checkpoint, where later checkpoints exist is refused
+    with pytest.raises(FileExistsError, match="already holds checkpoints up to step_00000010"):
+        train(_config(tmp_path / "b", shards, resume="none", **kw))
+    with pytest.raises(FileExistsError, match="new --output_dir"):
+        train(_config(tmp_path / "b", shards, resume=str(list_checkpoints(tmp_path / "b" / "run")[0]), **kw))
 
 
 class _NaNAt:

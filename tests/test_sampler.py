@@ -129,3 +129,16 @@ def test_float32_state_matches_float64(schedule):
     out = sample(eps_fn, x.float(), steps=30)
     assert out.dtype == torch.float32
     assert (out.double() - ref).norm() / ref.norm() < 1e-5
+
+
+def test_add_noise_on_a_device_tensor_uses_device_tables():
+    """Off the CPU, timesteps index tables on their own device (no host synchronisation); the meta
+    device stands in for CUDA here: shapes and dtypes must come out right."""
+    from models.noise_schedule import NoiseScheduleVP
+
+    sched = NoiseScheduleVP.stable_diffusion()
+    x0 = torch.zeros(3, 4, 8, 8, device="meta", dtype=torch.bfloat16)
+    out = sched.add_noise(x0, torch.zeros_like(x0), torch.tensor([1, 500, 1000], device="meta"))
+    assert out.shape == x0.shape and out.dtype == torch.bfloat16 and out.device.type == "meta"
+    a, s = sched._noise_tables(torch.device("cpu"))
+    torch.testing.assert_close(a[500].double() ** 2 + s[500].double() ** 2, torch.tensor(1.0, dtype=torch.float64))
