@@ -9,7 +9,7 @@ with the real input/output signatures (insightface's own model_zoo routing, SCRF
 ArcFaceONNX and Attribute pre-processing run unchanged) and realistic compute; the JSON says
 "weights": "stand-in (...)":
 
-* det_10g.onnx: the marker detector of tests/face_models.py (a coloured 8 x 8 cell of the detector's
+* det_10g.onnx: the marker detector of eval/standin_faces.py (a coloured 8 x 8 cell of the detector's
   input "is" a face at a known place) plus a convolutional trunk of SCRFD-10G's size (ResNet basic
   blocks, PAFPN neck, three stacked 3x3 head convs per level, score / box / landmark heads at
   strides 8, 16 and 32, 2 anchors; 10.3 G multiply-accumulates at 640 x 640 (the convention of
@@ -25,7 +25,7 @@ ArcFaceONNX and Attribute pre-processing run unchanged) and realistic compute; t
 * w600k_r50.onnx: an IResNet-50 (insightface's arcface_torch layout, 6.3 G multiply-accumulates at
   112 x 112, 43.6 M parameters, 512-d output) with random weights, exported with torch.onnx.export.
   Per photo it runs on 2 crops (the aligned face and its mirror), as FaceAnalyzer does.
-* genderage.onnx: tests/face_models.py's constant genderage model (the real one is tiny).
+* genderage.onnx: eval/standin_faces.py's constant genderage model (the real one is tiny).
 
 The photos are 1280 x 960 JPEGs (grey textured background, one marker each, faces of varied place
 and size); every photo must be used and its box must be where the marker puts it.
@@ -126,11 +126,11 @@ def _flat(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class StandInScrfd(nn.Module):
-    """tests/face_models.py's marker detector (same decoded detections), optionally with a trunk."""
+    """eval/standin_faces.py's marker detector (same decoded detections), optionally with a trunk."""
 
     def __init__(self, trunk: ScrfdTrunk | None):
         super().__init__()
-        from tests.face_models import CELL, _marker_head
+        from eval.standin_faces import CELL, _marker_head
 
         w, b = _marker_head()
         self.trunk = trunk
@@ -245,7 +245,7 @@ def _describe(module: nn.Module, dummy: torch.Tensor, path: Path) -> dict:
 
 def build_pack(folder: Path, tiny: bool, seed: int = 0) -> tuple[Path, Path, dict]:
     """(pack folder, marker-only detector file, model descriptions)."""
-    from tests.face_models import write_genderage, write_scrfd
+    from eval.standin_faces import write_genderage, write_scrfd
 
     torch.manual_seed(seed)
     pack = folder / ("stand_in_tiny" if tiny else "stand_in_buffalo_l")
@@ -266,7 +266,7 @@ def build_pack(folder: Path, tiny: bool, seed: int = 0) -> tuple[Path, Path, dic
     models = {"detector": _describe(det, det_in, det_path),
               "detector_trunk_only": {"gmacs": round(count_macs(trunk, det_in) / 1e9, 3)},
               "recogniser": _describe(rec, rec_in[:1], rec_path),
-              "genderage": {"file": ga_path.name, "note": "tests/face_models.py constant model (negligible)"}}
+              "genderage": {"file": ga_path.name, "note": "eval/standin_faces.py constant model (negligible)"}}
     return pack, baseline, models
 
 
@@ -276,7 +276,7 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> list[dict]:
     import cv2
     from PIL import Image
 
-    from tests.face_models import FACE_H, FACE_W, paint_marker
+    from eval.standin_faces import FACE_H, FACE_W, paint_marker
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -417,8 +417,8 @@ def run(n_photos: int, repeats: int, tiny: bool) -> dict:
 
     from encoder.face_analysis import FaceAnalyzer, FacePolicy, default_providers
     from encoder.photos import list_photos, load_rgb
+    from eval.standin_faces import expected_detection
     from personalize.extract import extract_identity
-    from tests.face_models import expected_detection
 
     result = {"workload": "train_identity", **environment(WEIGHTS), "tiny": tiny,
               "onnxruntime": ort.__version__, "providers_available": ort.get_available_providers(),

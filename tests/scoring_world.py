@@ -1,5 +1,5 @@
 """Test material for the eval scorer: a tiny CLIP built from a config, synthetic "people" whose faces
-the marker detector of tests/face_models.py finds, and independent reference computations.
+the marker detector of eval/standin_faces.py finds, and independent reference computations.
 
 A person is a smooth random texture; an image of the person pastes that texture around a marker
 cell (which the marker detector reports as a face box with ArcFace landmarks), so the projection
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import open_clip
 import torch
-from face_models import CELL, make_pack
 from PIL import Image
+
+from eval.standin_faces import CELL, make_pack
 
 CLIP_CFG = dict(embed_dim=32,
                 vision_cfg=dict(layers=1, width=32, patch_size=8, image_size=32, head_width=16),

@@ -1,10 +1,10 @@
 """encoder.face_analysis: pack loading through insightface, the face policy, real photos.
 
 Two set-ups:
-* a stand-in pack written by tests/face_models.py (SCRFD / ArcFace / genderage signatures), loaded
+* a stand-in pack written by eval/standin_faces.py (SCRFD / ArcFace / genderage signatures), loaded
   with FaceAnalyzer.from_pack so insightface's routing and SCRFD decoding run; its detector finds
   coloured marker cells at exactly predictable places;
-* real photos through facenet-pytorch's MTCNN (adapter in face_models.py) with the stand-in ArcFace.
+* real photos through facenet-pytorch's MTCNN (adapter in eval/standin_faces.py) with the stand-in ArcFace.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import insightface
 import numpy as np
 import pytest
 import skimage.data
-from face_models import (
+from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+from insightface.model_zoo.attribute import Attribute
+from insightface.model_zoo.scrfd import SCRFD
+from PIL import Image
+
+from encoder.align import ARCFACE_TEMPLATE_112, align_face, alignment_matrix, transform_points
+from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
+from encoder.photos import PhotoError, load_rgb
+from eval.standin_faces import (
     MTCNNDetector,
     expected_detection,
     make_pack,
@@ -27,14 +35,6 @@ from face_models import (
     write_genderage,
     write_scrfd,
 )
-from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-from insightface.model_zoo.attribute import Attribute
-from insightface.model_zoo.scrfd import SCRFD
-from PIL import Image
-
-from encoder.align import ARCFACE_TEMPLATE_112, align_face, alignment_matrix, transform_points
-from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
-from encoder.photos import PhotoError, load_rgb
 from models.paths import WeightsError
 
 IMAGES = Path(insightface.__file__).parent / "data" / "images"

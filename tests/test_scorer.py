@@ -1,6 +1,6 @@
 """eval.scorer / eval.score: the competition's preliminary-round numbers on images the test makes.
 
-Face models are ONNX files in insightface's signatures (tests/face_models.py), CLIP is a tiny
+Face models are ONNX files in insightface's signatures (eval/standin_faces.py), CLIP is a tiny
 open_clip model built from a config. Expected numbers are computed independently through
 insightface's and open_clip's own calls (tests/scoring_world.py) with the competition's arithmetic
 written out here, not through the scorer's aggregation.

@@ -1,4 +1,4 @@
-"""Test stand-ins for an insightface model pack, and a real-photo detector adapter.
+"""Stand-ins for an insightface model pack (tests and benchmarks), and a real-photo detector adapter.
 
 The ONNX files written here have the input/output signatures of the pack's models, so insightface's
 own routing (model_zoo.get_model) and decoding (SCRFD anchors, distance decoding, NMS, ArcFaceONNX
