@@ -235,6 +235,19 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+def latent_from_moments(moments: torch.Tensor, scale_factor: float = 0.18215,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """VAE moments [B, 2 * E, h, w] (mean, log-variance) -> scaled latent sample [B, E, h, w].
+
+    eps is drawn on the generator's own device (a CPU generator works for CUDA moments too).
+    """
+    mean, logvar = moments.chunk(2, dim=1)
+    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
+    gen_device = generator.device if generator is not None else mean.device
+    eps = torch.randn(mean.shape, generator=generator, device=gen_device, dtype=mean.dtype).to(mean.device)
+    return scale_factor * (mean + std * eps)
+
+
 class AutoencoderKL(nn.Module):
     """Image <-> scaled latent.
 
@@ -261,10 +274,7 @@ class AutoencoderKL(nn.Module):
 
     def sample(self, moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """[B, 2 * E, h, w] -> z [B, E, h, w] = scale_factor * (mean + exp(0.5 * clamp(logvar)) * eps)."""
-        mean, logvar = moments.chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return self.config.scale_factor * (mean + std * eps)
+        return latent_from_moments(moments, self.config.scale_factor, generator)
 
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled latent sample [B, E, H / f, W / f]."""

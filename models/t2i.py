@@ -11,10 +11,11 @@ competition's models/ layout is accepted). Exit codes: 0 done, 2 bad arguments o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
+
+from .weights import atomic_write
 
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -47,14 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def save_image(image, path: Path) -> None:
-    """Write atomically: a temporary file beside `path`, then os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        image.save(tmp, format="JPEG" if path.suffix == ".jpg" else "PNG", **({"quality": 95}
-                   if path.suffix == ".jpg" else {}))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write atomically: a temporary file beside `path`, then a rename."""
+    options = {"format": "JPEG", "quality": 95} if path.suffix == ".jpg" else {"format": "PNG"}
+    atomic_write(path, lambda tmp: image.save(tmp, **options))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from einops import rearrange
 
+from models.autoencoder import latent_from_moments
 from models.noise_schedule import NoiseScheduleVP
 
 LATENT_SCALE = 0.18215  # AutoencoderKL v1's scale factor
@@ -45,11 +46,8 @@ class LossConfig:
 
 def latents_from_moments(moments: torch.Tensor, generator: torch.Generator | None = None,
                          scale: float = LATENT_SCALE) -> torch.Tensor:
-    """VAE moments [B, 2C, h, w] (mean, log-variance) -> scaled latent sample [B, C, h, w], float32."""
-    mean, logvar = moments.float().chunk(2, dim=1)
-    std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-    e = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return scale * (mean + std * e)
+    """VAE moments [B, 2C, h, w] (stored fp16) -> scaled latent sample [B, C, h, w], float32."""
+    return latent_from_moments(moments.float(), scale, generator)
 
 
 def condition_dropout(batch: int, cfg: LossConfig, generator: torch.Generator | None,
