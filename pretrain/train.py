@@ -116,7 +116,7 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
                    grad_clip: float) -> tuple[bool, torch.Tensor, float]:
     """One optimizer step over `batches` (the micro-batches, on the device).
 
-    Returns (ok, terms [3] = global mean loss, loss_z, loss_clip, grad norm). ok is False when a loss or
+    Returns (ok, terms [3] on the CPU = global mean loss, loss_z, loss_clip, grad norm). ok is False when a loss or
     the gradient norm is not finite; then nothing is updated (identical on every rank: both numbers are
     synchronised).
     """
@@ -131,7 +131,9 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
     terms = accelerator.reduce(terms, reduction="mean")
     params = [p for p in net.parameters() if p.requires_grad]
     grad_norm = accelerator.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    grad_norm = float(grad_norm)  # the one host sync of a step
+    # the one host sync of a step: loss terms and gradient norm together, before the update
+    stats = torch.cat([terms.float(), torch.as_tensor(grad_norm, device=terms.device).float().reshape(1)]).cpu()
+    terms, grad_norm = stats[:-1], float(stats[-1])
     ok = math.isfinite(grad_norm) and bool(torch.isfinite(terms).all())
     if ok:
         optimizer.step()
@@ -295,7 +297,6 @@ def train(config: PretrainConfig) -> TrainResult:
                                                   [to_device(b, device) for b in micro], schedule, loss_cfg,
                                                   generator, config.grad_clip)
             step += 1
-            terms = terms.float().cpu()
             losses.append(float(terms[0]) if ok else math.nan)
             if ok:
                 bad_streak = 0
