@@ -28,8 +28,8 @@ def random_text_encoder(device, dtype, tiny: bool = False):
 
     from models.text_encoder import TextEncoder, write_clip_tokenizer
 
-    folder = write_clip_tokenizer(tempfile.mkdtemp(prefix="clip_tok_"))
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    with tempfile.TemporaryDirectory(prefix="clip_tok_") as folder:
+        tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(folder)), local_files_only=True)
     cfg = dict(CLIP_L_TEXT, **(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=2, projection_dim=32) if tiny else {}))
     with torch.device(device):

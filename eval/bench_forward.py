@@ -14,6 +14,7 @@ the main queries get a log-gate score bias; a different gating, timed for compar
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
         res[f"vae_decode_{'per_image' if per_image else 'batch2'}"] = {
             "ms": t.seconds * 1e3, "peak_extra_gb": (torch.cuda.max_memory_allocated() - base) / 1e9 if cuda else None}
     res.update(environment("random (tiny smoke test)" if args.tiny else "random"))
-    print(res)
+    print(json.dumps(res))
     if args.out:
         finish(res, args.out)
     return 0

@@ -181,10 +181,11 @@ def main(argv=None) -> int:
             cmd += ["--tiny"] if args.tiny else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             sys.stderr.write(proc.stderr[-3000:])
-            if proc.returncode != 0:
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines:
                 results.append({"command": " ".join(extra), "error": proc.stderr[-1500:]})
                 continue
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            results.append(json.loads(lines[-1]))
             print(json.dumps(results[-1]), flush=True)
         if args.out:
             finish(results, args.out)
