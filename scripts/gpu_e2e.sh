@@ -3,7 +3,8 @@
 #   random weights folder -> synthetic full-size shards -> pretraining run -> identity-module checkpoint
 #   -> sample.py with it on a prompt file of 5 prompts (process start to last image timed)
 #   + pretraining throughput (with and without activation checkpointing) and the sampling benchmarks.
-# Results (JSON + logs) go to $RESULTS (default eval/results/gpu_e2e).
+# Results (JSON + logs) go to $RESULTS (default eval/results/gpu_e2e); SAMPLE_COMPILE_MODES picks the
+# sample.py --compile modes to time (default "none default").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -36,7 +37,7 @@ IdentityRecord(embeddings=e, embeddings_flip=F.normalize(e + 0.05 * torch.randn_
                class_word="boy", class_word_source="folder name").save(sys.argv[1])
 PYEOF
 echo '["a boy", "a handsome boy", "a boy standing in the wild", "a boy on the beach", "a closer look of a boy"]' > "$TMP/prompts5.json"
-for mode in none default; do
+for mode in ${SAMPLE_COMPILE_MODES:-none default}; do
   rm -rf "$TMP/out_$mode"
   t=$(stamp)
   $PY sample.py --restore_path "$TMP/record" --prompt_path "$TMP/prompts5.json" --output_path "$TMP/out_$mode" \
