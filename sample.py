@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     times = summary["seconds_per_prompt"]
     detail = ""
     if len(times) > 1:
-        detail = (f" (first prompt {times[0]:.2f} s, includes compilation on the fast path; then "
+        detail = (f" (first prompt {times[0]:.2f} s, includes warm-up and any compilation; then "
                   f"{sum(times[1:]) / (len(times) - 1):.2f} s per prompt)")
     print(f"{summary['prompts_written']} prompts generated, {summary['prompts_skipped']} already done; "
           f"{args.n} images each in {args.output_path}; load {t_loaded - t_start:.1f} s, "
