@@ -118,8 +118,7 @@ class FrozenModels:
         """Everything from the weights folder (models.paths); model_configs.json there replaces v1."""
         from models import load_autoencoder
         from models.image_clip import ImageCLIP
-        from models.paths import find_weights
-        from models.pipeline import read_model_configs
+        from models.paths import find_weights, read_model_configs
         from models.text_encoder import TextEncoder
 
         device = torch.device(device)

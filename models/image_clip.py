@@ -106,8 +106,7 @@ class ImageCLIP(nn.Module):
         """From the weights folder (`ViT-B-32.pt` there or under models/; `path` wins). A
         `model_configs.json` there with a "clip_image" entry (open_clip.model.CLIP keyword
         arguments) replaces ViT-B/32's config: how the tiny test stack is loaded."""
-        from .paths import find_weights
-        from .pipeline import read_model_configs
+        from .paths import find_weights, read_model_configs
 
         return cls.from_file(find_weights("clip_image", path, root), device,
                              model_cfg=read_model_configs(root).get("clip_image"))

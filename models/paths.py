@@ -8,11 +8,13 @@ the files directly in the folder.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_VAR = "UNIDIFFUSER_WEIGHTS"
+MODEL_CONFIGS = "model_configs.json"  # optional: configs replacing v1 (tiny test stacks)
 
 # name -> (file or folder, what it is, where users get it)
 KNOWN_WEIGHTS = {
@@ -83,3 +85,19 @@ def missing_weights(names, root: str | os.PathLike | None = None) -> list[str]:
             missing.append(str(e))
     return missing
 
+
+def read_model_configs(root: str | os.PathLike | None = None) -> dict[str, dict]:
+    """{module name: config dict} from `<weights folder>/model_configs.json` (or `models/` inside it);
+    {} when there is none (the v1 configs apply)."""
+    base = weights_dir(root)
+    for path in (base / MODEL_CONFIGS, base / "models" / MODEL_CONFIGS):
+        if path.is_file():
+            try:
+                configs = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise WeightsError(f"{path} is not valid JSON ({e}); fix or delete it (without it the "
+                                   f"v1 configs are used)") from e
+            if not isinstance(configs, dict):
+                raise WeightsError(f"{path} must hold a JSON object {{module name: config}}")
+            return configs
+    return {}

@@ -20,7 +20,6 @@ run the whole stack at tiny size (tests/tiny_stack.py).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,28 +30,9 @@ from PIL import Image
 from . import dpm_solver
 from .guidance import GuidanceMode, cast_net, combine_joint, randn, split_joint, text_guided_eps_fn
 from .noise_schedule import NoiseScheduleVP
-from .paths import WeightsError, find_weights, weights_dir
-
-MODEL_CONFIGS = "model_configs.json"
+from .paths import find_weights, read_model_configs
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def read_model_configs(root: str | os.PathLike | None = None) -> dict[str, dict]:
-    """{module name: config dict} from `<weights folder>/model_configs.json` (or `models/` inside it);
-    {} when there is none (the v1 configs apply)."""
-    base = weights_dir(root)
-    for path in (base / MODEL_CONFIGS, base / "models" / MODEL_CONFIGS):
-        if path.is_file():
-            try:
-                configs = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise WeightsError(f"{path} is not valid JSON ({e}); fix or delete it (without it the "
-                                   f"v1 configs are used)") from e
-            if not isinstance(configs, dict):
-                raise WeightsError(f"{path} must hold a JSON object {{module name: config}}")
-            return configs
-    return {}
 
 
 def default_device() -> torch.device:

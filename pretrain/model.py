@@ -23,7 +23,7 @@ def backbone_config(config) -> UViTConfig:
     if config.uvit:
         return UViTConfig.from_dict(dict(config.uvit))
     if not config.random_backbone:
-        from models.pipeline import read_model_configs
+        from models.paths import read_model_configs
 
         configs = read_model_configs(config.weights)
         if "uvit" in configs:

@@ -38,8 +38,7 @@ class SampleGrid:
         if config.sample_every <= 0:
             return None
         from models import load_autoencoder
-        from models.paths import WeightsError, find_weights
-        from models.pipeline import read_model_configs
+        from models.paths import WeightsError, find_weights, read_model_configs
 
         try:
             path = find_weights("autoencoder", None, config.weights)

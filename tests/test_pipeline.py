@@ -10,8 +10,8 @@ import torch
 from tiny_stack import make_tiny_weights_dir
 
 from models import t2i
-from models.paths import WeightsError
-from models.pipeline import UniDiffuserT2I, read_model_configs
+from models.paths import WeightsError, read_model_configs
+from models.pipeline import UniDiffuserT2I
 
 REPO = Path(__file__).resolve().parent.parent
 
