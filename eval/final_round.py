@@ -36,6 +36,7 @@ import numpy as np
 
 from eval.prompt_fidelity import PromptFidelity
 from eval.scorer import FaceModel, ImageUnreadable, ScoreError, read_image
+from personalize.cli import pick_device
 
 BOUND_KEYS = {"image_reward": ("min_image_reward", "max_image_reward"),
               "clip_text": ("min_text_sim", "max_text_sim")}
@@ -319,7 +320,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
 
     from eval.atomic import write_json_atomic
     from eval.competition_faces import CompetitionFaces, find_face_pack
@@ -332,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ScoreError("pass --generated and --bounds to score, or --baseline with --make-bounds to measure bounds")
     if args.make_bounds and not args.baseline:
         raise ScoreError("--make-bounds needs --baseline (the original UniDiffuser's images)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = pick_device(args.device)
     clip = None
     if args.fidelity != "image_reward":
         try:

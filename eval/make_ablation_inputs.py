@@ -38,6 +38,7 @@ import numpy as np
 
 from eval.ablation import AXES, AblationError, make_result, result_from_score_report
 from eval.atomic import write_json_atomic
+from personalize.cli import pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Runner = Callable[[list[str]], None]
@@ -273,11 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     points = grid(args.encoders, args.id_scales, args.cfgs, args.refine_steps)
     scorer = None
     if not args.dry_run:
-        import torch
 
         from eval.scorer import CompetitionScorer
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        device = pick_device(args.device)
         scorer, _ = CompetitionScorer.from_weights(clip_path=args.clip, face_pack=args.face_pack,
                                                    weights_root=args.weights, device=device)
     files = run_grid(points, Path(args.identity), Path(args.prompts), out, Path(args.work), scorer,

@@ -19,6 +19,8 @@ import shlex
 import sys
 import time
 
+from personalize.cli import pick_device
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.score", description=__doc__,
@@ -44,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
-    import torch
 
     from eval.atomic import write_json_atomic
     from eval.competition_faces import CompetitionFaceConfig
@@ -52,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from eval.scorer import CompetitionScorer, ScoreConfig
     from eval.tables import per_prompt_table, per_task_table, summary_table
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = pick_device(args.device)
     scorer, info = CompetitionScorer.from_weights(
         clip_path=args.clip, face_pack=args.face_pack, weights_root=args.weights, device=device,
         providers=None if device.type == "cuda" else ["CPUExecutionProvider"],
