@@ -80,14 +80,8 @@ class IDConditionedUViT(nn.Module):
         if not (self.checkpoint_blocks and torch.is_grad_enabled()):
             return u(img, clip_img, text, t_img, t_text, data_type)
         _, _, h, w = img.shape
-        x = u.embed(img, clip_img, text, t_img, t_text, data_type)
-        skips = []
-        for blk in u.in_blocks:
-            x = self._run(blk, x)
-            skips.append(x)
-        x = self._run(u.mid_block, x)
-        for blk in u.out_blocks:
-            x = self._run(blk, x, skips.pop())
+        x = u.run_blocks(u.embed(img, clip_img, text, t_img, t_text, data_type),
+                         lambda i, blk, x, skip: self._run(blk, x, skip))
         return u.heads(u.norm(x), h, w)
 
     def _fill_slots(self, text, id_tokens, scale):
@@ -103,18 +97,11 @@ class IDConditionedUViT(nn.Module):
         x = u.embed(img, clip_img, text, t_img, t_text, data_type)
         xi = id_tokens + self.identity.pos.to(x.dtype)
         gates = self.identity.gate.to(x.dtype)  # [n_blocks, H]
-        skips = []
-        i = 0
-        for blk in u.in_blocks:
-            x, xi = self._run(self._block, blk, x, xi, gates[i], scale)
-            skips.append((x, xi))
-            i += 1
-        x, xi = self._run(self._block, u.mid_block, x, xi, gates[i], scale)
-        i += 1
-        for blk in u.out_blocks:
-            skip, skip_i = skips.pop()
-            x, xi = self._run(self._block, blk, x, xi, gates[i], scale, skip, skip_i)
-            i += 1
+
+        def block(i, blk, streams, skips):  # streams, skips: (main [B, L, D], identity [B, K, D])
+            return self._run(self._block, blk, *streams, gates[i], scale, *(skips or (None, None)))
+
+        x, _ = u.run_blocks((x, xi), block)
         return u.heads(u.norm(x), h, w)
 
     def _forward_fused(self, img, clip_img, text, t_img, t_text, data_type, id_tokens, scale):
@@ -124,13 +111,7 @@ class IDConditionedUViT(nn.Module):
         n_main = x.shape[1]
         x = torch.cat([x, id_tokens + self.identity.pos.to(x.dtype)], dim=1)  # [B, L + K, D]
         g = rearrange(self.identity.gate.to(x.dtype), "n h -> n 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
-        skips = []
-        for i, blk in enumerate(u.in_blocks):
-            x = self._run(self._fused_block, blk, x, n_main, g[i])
-            skips.append(x)
-        x = self._run(self._fused_block, u.mid_block, x, n_main, g[len(u.in_blocks)])
-        for i, blk in enumerate(u.out_blocks, start=len(u.in_blocks) + 1):
-            x = self._run(self._fused_block, blk, x, n_main, g[i], skips.pop())
+        x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._fused_block, blk, x, n_main, g[i], skip))
         return u.heads(u.norm(x[:, :n_main]), h, w)
 
     @staticmethod

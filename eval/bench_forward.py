@@ -62,13 +62,7 @@ def _variant_forward(net, block_fn, gate_fn):
         n = x.shape[1]
         x = torch.cat([x, id_tokens + net.identity.pos.to(x.dtype)], dim=1)
         g = gate_fn(net.identity.gate.to(torch.float32), id_scale.float())  # per block
-        skips = []
-        for i, blk in enumerate(u.in_blocks):
-            x = block_fn(blk, x, n, g[i])
-            skips.append(x)
-        x = block_fn(u.mid_block, x, n, g[len(u.in_blocks)])
-        for i, blk in enumerate(u.out_blocks, start=len(u.in_blocks) + 1):
-            x = block_fn(blk, x, n, g[i], skips.pop())
+        x = u.run_blocks(x, lambda i, blk, x, skip: block_fn(blk, x, n, g[i], skip))
         return u.heads(u.norm(x[:, :n]), h, w)
 
     return forward

@@ -190,8 +190,8 @@ class UViT(nn.Module):
             t_img [B], t_text [B], data_type [B] long)
         -> (img_out [B, C, H, W], clip_img_out [B, 1, clip_dim], text_out [B, n_text, text_dim])
 
-    The forward is split into `embed` / `run_blocks` / `heads` so that wrappers (the identity
-    module in `encoder/`) can add tokens around it without editing it.
+    The forward is split into `embed` / `run_blocks` / `norm` / `heads` so that wrappers (the
+    identity module in `encoder/`) can add tokens around it without editing it.
     """
 
     def __init__(self, config: UViTConfig):
@@ -243,16 +243,23 @@ class UViT(nn.Module):
                        self.text_embed(text), self.clip_img_embed(clip_img), self.patch_embed(img)], dim=1)
         return x + self.position_embedding(h, w)
 
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, L, D] -> [B, L, D] through in-, mid- and out-blocks and the final norm."""
+    def run_blocks(self, x, block_fn=None):
+        """[B, L, D] -> [B, L, D] through in-, mid- and out-blocks with the long skips (before `norm`).
+
+        block_fn(i, blk, x, skip) -> x replaces blk(x, skip); i numbers the blocks in order (in, mid,
+        out) and skip is None for in- and mid-blocks. Wrappers use it to run the frozen blocks their
+        own way; their x may be any value (e.g. a tuple of streams), and out-block i gets the value
+        in-block depth - 1 - i returned.
+        """
+        if block_fn is None:
+            block_fn = lambda i, blk, x, skip: blk(x, skip)  # noqa: E731
+        n_in = len(self.in_blocks)
         skips = []
-        for blk in self.in_blocks:
-            x = blk(x)
-            skips.append(x)
-        x = self.mid_block(x)
-        for blk in self.out_blocks:
-            x = blk(x, skips.pop())
-        return self.norm(x)
+        for i, blk in enumerate([*self.in_blocks, self.mid_block, *self.out_blocks]):
+            x = block_fn(i, blk, x, skips.pop() if i > n_in else None)
+            if i < n_in:
+                skips.append(x)
+        return x
 
     def heads(self, x: torch.Tensor, h: int, w: int):
         """[B, L, D] -> (img [B, C, H, W], clip_img [B, 1, clip_dim], text [B, n_text, text_dim])."""
@@ -266,4 +273,4 @@ class UViT(nn.Module):
     def forward(self, img, clip_img, text, t_img, t_text, data_type):
         _, _, h, w = img.shape
         x = self.run_blocks(self.embed(img, clip_img, text, t_img, t_text, data_type))
-        return self.heads(x, h, w)
+        return self.heads(self.norm(x), h, w)
