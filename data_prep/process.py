@@ -167,6 +167,8 @@ def rejection_category(reason: str) -> str:
         return "low_det_score"
     if reason.startswith("face too small"):
         return "face_too_small"
+    if reason.startswith("several faces"):
+        return "several_faces"
     return "no_face"
 
 
@@ -201,23 +203,15 @@ class SampleProcessor:
         if config.resolution % f:
             raise ValueError(f"resolution {config.resolution} is not divisible by the VAE's factor {f}")
         self.policy = config.face_policy()
-        faces = models.faces
-        if faces.policy != self.policy:
-            faces = FaceAnalyzer(faces.detector, faces.recogniser, faces.attribute, policy=self.policy)
-        self.faces = faces
+        # the shards need no gender/age: the pack's attribute model is left out (it ran on every photo)
+        self.faces = FaceAnalyzer(models.faces.detector, models.faces.recogniser, None, policy=self.policy)
 
     def _dominant_face(self, rgb: np.ndarray) -> Face | str:
+        """One detection pass; the face is embedded only when the photo is accepted."""
         try:
-            face = self.faces.analyze(rgb)
+            return self.faces.analyze(rgb, max_other_face=self.config.max_other_face)
         except FaceRejected as e:
             return rejection_category(e.reason)
-        if face.n_faces > 1:
-            area = float((face.box[2] - face.box[0]) * (face.box[3] - face.box[1]))
-            others = [d for d in self.faces.detect(rgb)
-                      if d.score >= self.policy.min_det_score and not np.allclose(d.box, face.box)]
-            if any(d.area > self.config.max_other_face * area for d in others):
-                return "several_faces"
-        return face
 
     def prepare(self, raw: RawSample, index: int = 0) -> Prepared | str:
         """The cropped photo with its face, or a REASONS key."""

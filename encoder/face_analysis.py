@@ -257,8 +257,8 @@ class FaceAnalyzer:
         out.sort(key=lambda d: -d.score)
         return out
 
-    def _accepted(self, img_rgb: np.ndarray) -> tuple[list[_Detection], int]:
-        """Detections passing the policy (best score first) and how many passed the score threshold."""
+    def _accepted(self, img_rgb: np.ndarray) -> tuple[list[_Detection], list[_Detection]]:
+        """(detections passing the policy, detections passing the score threshold), best score first."""
         pol = self.policy
         cands = self.detect(img_rgb)
         scored = [d for d in cands if d.score >= pol.min_det_score]
@@ -270,7 +270,7 @@ class FaceAnalyzer:
         if not sized:
             biggest = max(scored, key=lambda d: d.size)
             raise FaceRejected(f"face too small ({biggest.size:.0f} px < {pol.min_face_size})")
-        return sized, len(scored)
+        return sized, scored
 
     def _embed(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
         crops_bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_rgb]
@@ -306,24 +306,33 @@ class FaceAnalyzer:
                               gender=gender, age=age))
         return faces
 
-    def analyze(self, img_rgb: np.ndarray) -> Face:
-        """The face the policy picks (largest, or highest score). Raises FaceRejected."""
+    def analyze(self, img_rgb: np.ndarray, max_other_face: float | None = None) -> Face:
+        """The face the policy picks (largest, or highest score). Raises FaceRejected.
+
+        max_other_face: reject the photo when another detection passing the score threshold has
+        more than this fraction of the picked face's area (corpora want one dominant face); checked
+        before anything is embedded.
+        """
         img_rgb = _as_rgb(img_rgb)
-        dets, n_faces = self._accepted(img_rgb)
+        dets, scored = self._accepted(img_rgb)
         if self.policy.select == "largest":
             pick = max(dets, key=lambda d: d.area)  # max keeps the first (best score) on ties
         else:
             pick = dets[0]
-        return self._faces(img_rgb, [pick], n_faces)[0]
+        if max_other_face is not None:
+            big = max((d.area for d in scored if d is not pick), default=0.0)
+            if big > max_other_face * pick.area:
+                raise FaceRejected(f"several faces: another is {big / pick.area:.0%} of the main face's area")
+        return self._faces(img_rgb, [pick], len(scored))[0]
 
     def analyze_all(self, img_rgb: np.ndarray) -> list[Face]:
         """Every face passing the policy, highest detection score first (for scorers)."""
         img_rgb = _as_rgb(img_rgb)
         try:
-            dets, n_faces = self._accepted(img_rgb)
+            dets, scored = self._accepted(img_rgb)
         except FaceRejected:
             return []
-        return self._faces(img_rgb, dets, n_faces)
+        return self._faces(img_rgb, dets, len(scored))
 
     def analyze_file(self, path: str | os.PathLike) -> Face:
         """load_rgb + analyze. Raises PhotoError or FaceRejected."""

@@ -169,6 +169,10 @@ def test_several_faces_largest_or_first(fa):
     # the small one is dropped by a size policy, the big one stays
     only_big = _with(fa, min_face_size=100).analyze_all(img)
     assert len(only_big) == 1 and only_big[0].n_faces == 2
+    # one dominant face (corpora): the other face has 1/4 of the largest's area
+    assert fa.analyze(img, max_other_face=0.3).n_faces == 2
+    with pytest.raises(FaceRejected, match="several faces: another is 25% of the main face's area"):
+        fa.analyze(img, max_other_face=0.2)
 
 
 def test_policy_validation():
