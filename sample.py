@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="none",
                    help="torch.compile mode for the fast path (e.g. 'default'): pays off only for long prompt "
                         "files, since compiling takes about 30 s per process (default none)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on the fast path, launch the network's kernels from Python on every call instead of "
+                        "replaying one captured CUDA graph per batch shape (slower; for debugging)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     module, source = load_identity_module(encoder, pipe.uvit.config, record)
     module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
     if device.type == "cuda" and not args.no_fast:
-        pipe.enable_fast_path(None if args.compile == "none" else args.compile)
+        pipe.enable_fast_path(None if args.compile == "none" else args.compile, cuda_graphs=not args.no_cuda_graphs)
     net = identity_net(pipe, module)
     tokens = identity_tokens(module, record, device, dtype)
     t_loaded = time.perf_counter()

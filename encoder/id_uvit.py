@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from encoder.identity import IdentityModule
-from models.uvit import UViT, attend
+from models.attention import attend, attend_few, attend_lse, merge_partial
+from models.uvit import UViT
 
 
 class IDConditionedUViT(nn.Module):
@@ -116,13 +117,27 @@ class IDConditionedUViT(nn.Module):
 
     @staticmethod
     def _fused_block(blk, x, n_main, g, skip=None):
-        """x [B, L + K, D] (identity tokens last), g [B, H, 1, 1] -> [B, L + K, D]."""
+        """x [B, L + K, D] (identity tokens last), g [B, H, 1, 1] -> [B, L + K, D].
+
+        Main queries attend to the main keys in one kernel and to the K identity keys in a small
+        fused one, then add the gated identity term. Identity queries attend jointly to all keys:
+        at inference their rows ride along in the main kernel and the two partial softmaxes are
+        merged exactly through their log-sum-exps; with gradients (a fused kernel's log-sum-exp
+        has none) they take one attention call of their own.
+        """
         x = blk.fuse_skip(x, skip)
         q, k, v = blk.attn.heads(x)
-        qm, km, vm = q[:, :, :n_main], k[:, :, :n_main], v[:, :, :n_main]
-        o_main = attend(qm, km, vm) + g * _attend_few(qm, k[:, :, n_main:], v[:, :, n_main:])
-        o_id = attend(q[:, :, n_main:], k, v)
-        x = blk.norm2(x + blk.attn.merge(torch.cat([o_main, o_id], dim=2)))
+        km, vm = k[:, :, :n_main], v[:, :, :n_main]
+        o_few, lse_few = attend_few(q, k[:, :, n_main:], v[:, :, n_main:])
+        if torch.is_grad_enabled():
+            o_main, o_id = attend(q[:, :, :n_main], km, vm), attend(q[:, :, n_main:], k, v)
+            o = torch.cat([o_main + g * o_few[:, :, :n_main], o_id], dim=2)
+        else:  # in place in the attention kernel's fresh output: no concatenation pass
+            o, lse = attend_lse(q, km, vm)
+            o_id = merge_partial(o[:, :, n_main:], lse[:, :, n_main:], o_few[:, :, n_main:], lse_few[:, :, n_main:])
+            o[:, :, :n_main].add_(g * o_few[:, :, :n_main])
+            o[:, :, n_main:] = o_id
+        x = blk.norm2(x + blk.attn.merge(o))
         return blk.norm3(x + blk.mlp(x))
 
     @staticmethod
@@ -138,9 +153,3 @@ class IDConditionedUViT(nn.Module):
         xi = blk.norm2(xi + blk.attn.merge(oi))
         return blk.norm3(x + blk.mlp(x)), blk.norm3(xi + blk.mlp(xi))
 
-
-def _attend_few(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Attention over a handful of keys (the identity tokens) as plain matmuls, which the compiler
-    fuses into one small kernel; q [B, H, L, d], k/v [B, H, K, d] -> [B, H, L, d]."""
-    w = torch.softmax((q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5, dim=-1)
-    return w.to(v.dtype) @ v

@@ -22,7 +22,7 @@ from einops import rearrange
 
 from eval.bench_common import Timer, environment, finish
 from eval.bench_sample import random_identity, random_pipeline
-from models.uvit import attend
+from models.attention import attend
 
 TFLOP_PER_SAMPLE = 2.329
 

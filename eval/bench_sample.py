@@ -8,7 +8,8 @@ Paths:
   reference      fp32 weights under fp16 autocast, conditional and unconditional passes as two
                  calls, eager: the public reference code's configuration, in this project's code.
   fast           bf16 weights and activations, both passes in one batch, fused identity tokens,
-                 torch.compile.
+                 cuDNN attention, the GELU in the fc1 GEMM, CUDA-graph replay, optionally
+                 torch.compile (--compile, default "default"; "none" for eager).
 With --identity the identity tokens are on (an identity module with open gates).
 Without real weights (--weights not given) every module is full-size with random weights; speed
 and memory do not depend on the values, and the JSON says "weights": "random".
@@ -78,7 +79,7 @@ def run_batches(pipe, net, tokens, n_images: int, batch: int, steps: int, cfg: f
 
 
 def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, compile_mode: str | None,
-          repeats: int, device: torch.device, tiny: bool = False) -> dict:
+          repeats: int, device: torch.device, tiny: bool = False, cuda_graphs: bool = True) -> dict:
     fast = path == "fast"
     pipe = random_pipeline(device, torch.bfloat16 if fast else torch.float16, tiny=tiny)
     if not fast:  # reference: fp32 weights, fp16 autocast
@@ -86,7 +87,7 @@ def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, comp
         pipe.autoencoder.float()
         pipe.text_encoder.float()
     else:
-        pipe.enable_fast_path(compile_mode)
+        pipe.enable_fast_path(compile_mode, cuda_graphs=cuda_graphs)
     if identity:
         module, tokens = random_identity(pipe)
         net = identity_net(pipe, module)
@@ -111,6 +112,7 @@ def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, comp
     best = min(times)
     out = {"workload": workload, "path": path, "identity": identity, "n_images": w["n_images"],
            "batch": w["batch"], "steps": steps, "cfg": cfg, "compile_mode": compile_mode if fast else None,
+           "cuda_graphs": bool(fast and pipe.cuda_graphs),
            "seconds": best, "seconds_all": times, "s_per_image": best / w["n_images"],
            "max_reserved_gb": max_reserved_gb(device), "warmup_s": warmup_s}
     if workload == "sample_prompt":
@@ -156,7 +158,9 @@ def main(argv=None) -> int:
     p.add_argument("--identity", action="store_true", help="identity tokens on")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--cfg", type=float, default=7.0)
-    p.add_argument("--compile", default="max-autotune-no-cudagraphs", help="torch.compile mode or 'none'")
+    p.add_argument("--compile", default="default", help="torch.compile mode or 'none' (default: default)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA-graph replay")
+    p.add_argument("--with-reference", action="store_true", help="--all: the reference-path rows too")
     p.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is reported")
     p.add_argument("--check-accuracy", action="store_true")
     p.add_argument("--all", action="store_true", help="run the standard set, each in its own process")
@@ -168,12 +172,16 @@ def main(argv=None) -> int:
     if args.all:
         results = []
         runs = [["--check-accuracy"],
-                ["--workload", "sample_bench", "--path", "reference"],
-                ["--workload", "sample_prompt", "--path", "reference"],
                 ["--workload", "sample_bench", "--path", "fast"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none"],
-                ["--workload", "sample_prompt", "--path", "fast", "--identity"]]
+                ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none",
+                 "--no-cuda-graphs"],
+                ["--workload", "sample_prompt", "--path", "fast", "--identity"],
+                ["--workload", "sample_prompt", "--path", "fast", "--identity", "--compile", "none"]]
+        if args.with_reference:
+            runs[1:1] = [["--workload", "sample_bench", "--path", "reference"],
+                         ["--workload", "sample_prompt", "--path", "reference"]]
         for extra in runs:
             extra = extra if "--compile" in extra else [*extra, "--compile", args.compile]
             cmd = [sys.executable, "-m", "eval.bench_sample",
@@ -193,7 +201,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     res = check_accuracy(compile_mode, device, args.tiny) if args.check_accuracy else bench(
         args.workload, args.path, args.identity, args.steps, args.cfg, compile_mode, args.repeats, device,
-        args.tiny)
+        args.tiny, cuda_graphs=not args.no_cuda_graphs)
     res.update(environment("random (tiny smoke test)" if args.tiny else "random"))
     print(json.dumps(res))
     if args.out:

@@ -168,3 +168,24 @@ def test_fused_path_equals_two_stream_path():
         fused = IDConditionedUViT(uvit, module, fused=True)(*args, id_tokens=tok, id_scale=scale)
     for a, b in zip(ref, fused):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_path_with_gradients_equals_two_stream_path():
+    """Training takes the fused form's other branch (no log-sum-exp merge): same values and
+    the same gradients to the identity tokens."""
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    with torch.no_grad():
+        module.gate.normal_(0, 0.5)
+    args = _inputs()
+    scale = torch.tensor([1.0, 0.0])
+    outs, grads = [], []
+    for fused in (False, True):
+        tok = _tokens(module).detach().requires_grad_(True)
+        out = IDConditionedUViT(uvit, module, fused=fused)(*args, id_tokens=tok, id_scale=scale)
+        sum(o.square().sum() for o in out).backward()
+        outs.append(out)
+        grads.append(tok.grad)
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)

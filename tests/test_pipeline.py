@@ -45,6 +45,25 @@ def test_generates_images(pipe):
     assert other[0][0].tobytes() != images[0][0].tobytes()
 
 
+def test_text_features_are_encoded_once_per_prompt(pipe, monkeypatch):
+    pipe._text_cache.clear()
+    direct = pipe.text_encoder.encode(["a boy", "a girl"]).float()
+    seen = []
+    encode = pipe.text_encoder.encode
+    monkeypatch.setattr(pipe.text_encoder, "encode", lambda prompts: seen.append(list(prompts)) or encode(prompts))
+    first = pipe.encode_text(["a boy", "a girl", "a boy"])
+    again = pipe.encode_text("a girl")
+    assert seen == [["a boy", "a girl"]]  # each distinct prompt once, in one batch
+    torch.testing.assert_close(first, direct[[0, 1, 0]])
+    torch.testing.assert_close(again, direct[1:])
+    again.add_(1)  # callers get their own tensor
+    torch.testing.assert_close(pipe.encode_text("a girl"), direct[1:])
+    monkeypatch.setattr(UniDiffuserT2I, "TEXT_CACHE_SIZE", 2)
+    pipe.encode_text(["a cat"])  # over the bound: the store starts again
+    assert len(pipe._text_cache) == 1 and seen[-1] == ["a cat"]
+    pipe._text_cache.clear()
+
+
 def test_stages_and_nfe(pipe):
     calls = []
     handle = pipe.uvit.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
