@@ -26,13 +26,17 @@ class GraphedNet:
     """Wraps `fn(*args, **kwargs) -> tensors` (any nesting) with one CUDA graph per signature.
 
     max_graphs bounds how many signatures are kept (each holds its activations' memory); past it
-    the oldest graph is dropped.
+    the oldest graph is dropped. `pool` (torch.cuda.graph_pool_handle()) lets several wrapped
+    functions that run one after another on one stream share their activations' memory: the
+    sampler's network and the VAE decoder then need the larger of their peaks, not the sum. That
+    is safe here because a replay's outputs are copied out before anything else runs.
     """
 
-    def __init__(self, fn: Callable, warmup: int = 2, max_graphs: int = 4):
+    def __init__(self, fn: Callable, warmup: int = 2, max_graphs: int = 4, pool=None):
         self.fn = fn
         self.warmup = warmup
         self.max_graphs = max_graphs
+        self.pool = pool
         self._graphs: dict[tuple, tuple] = {}  # signature -> (graph, static inputs, static outputs, spec)
 
     @staticmethod
@@ -66,7 +70,7 @@ class GraphedNet:
                 self.fn(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             out = self.fn(*args, **kwargs)
         static_out, out_spec = tree_flatten(out)
         return graph, static_in, static_out, out_spec

@@ -45,7 +45,7 @@ _MODES_WITH_CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
 
 
 def _no_cuda_graphs(mode: str) -> str:
-    """The same compile mode without CUDA graphs (the VAE runs once per image: no gain, more memory)."""
+    """The same compile mode without its own CUDA graphs (the VAE's are taken with the shared pool)."""
     return {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode)
 
 
@@ -77,6 +77,7 @@ class UniDiffuserT2I:
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> [77, text_dim], see `encode_text`
         self._decode_fn = None  # ((fast, compile_mode), fn) cache of `_decoder`
         self.cuda_graphs = False
+        self._graph_pool = None  # CUDA-graph memory pool shared by the fast path's graphs
         self.uvit = uvit
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -165,17 +166,24 @@ class UniDiffuserT2I:
         net = cast_net(net, self.dtype)
         if self.fast and self.compile_mode:
             net = torch.compile(net, mode=self.compile_mode, dynamic=False)
-        if self.fast and self.cuda_graphs and self.compile_mode not in _MODES_WITH_CUDA_GRAPHS:
-            net = GraphedNet(net)
-        return net
+        return self._graphed(net) if self.compile_mode not in _MODES_WITH_CUDA_GRAPHS else net
+
+    def _graphed(self, fn):
+        """fn replayed as CUDA graphs on the fast path (one memory pool for all of them), else fn."""
+        if not (self.fast and self.cuda_graphs):
+            return fn
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        return GraphedNet(fn, pool=self._graph_pool)
 
     def _decoder(self):
-        """The VAE decode function (compiled on the fast path when a compile mode is set)."""
+        """The VAE decode function: compiled when a compile mode is set and replayed as CUDA graphs
+        on the fast path."""
         if self._decode_fn is None or self._decode_fn[0] != (self.fast, self.compile_mode):
             fn = self.autoencoder.decode
             if self.fast and self.compile_mode:
                 fn = torch.compile(fn, mode=_no_cuda_graphs(self.compile_mode), dynamic=False)
-            self._decode_fn = ((self.fast, self.compile_mode), fn)
+            self._decode_fn = ((self.fast, self.compile_mode), self._graphed(fn))
         return self._decode_fn[1]
 
     # ---- stages -------------------------------------------------------------------------------

@@ -54,3 +54,18 @@ def test_replays_equal_direct_calls_and_outputs_are_fresh():
             args = _inputs(b, "cuda", 7)
             torch.testing.assert_close(net(*args)[0], uvit(*args)[0], rtol=1e-5, atol=1e-5)
         assert len(net._graphs) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_two_graphs_sharing_a_pool_stay_exact_when_interleaved():
+    uvit = _uvit("cuda")
+    pool = torch.cuda.graph_pool_handle()
+    a = GraphedNet(uvit, pool=pool)
+    b = GraphedNet(lambda x: (x.square().cumsum(-1) + 1).sqrt(), pool=pool)
+    x = torch.randn(4, 4096, device="cuda")
+    with torch.no_grad():
+        for seed in range(3):  # a, b, a, b, ...: each replay's outputs are copied out before the next
+            args = _inputs(2, "cuda", seed)
+            got_a, got_b = a(*args), b(x + seed)
+            torch.testing.assert_close(got_a[0], uvit(*args)[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_b, ((x + seed).square().cumsum(-1) + 1).sqrt())
