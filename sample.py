@@ -49,9 +49,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class StageClock:
+    """Wall time per stage; from process start (interpreter start-up counted in the first stage)
+    when `from_process_start`, else from now."""
+
+    def __init__(self, from_process_start: bool):
+        self.stages: dict[str, float] = {}
+        self._last = time.perf_counter()
+        self._first = self._last - (_since_process_start() if from_process_start else 0.0)
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = now - (self._first if not self.stages else self._last)
+        self._last = now
+
+    def report(self) -> str:
+        total = sum(self.stages.values())
+        largest = max(self.stages, key=self.stages.get)
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.stages.items())
+        return f"{total:.1f} s ({parts}; largest: {largest})"
+
+
+def _since_process_start() -> float:
+    """Seconds since this process started (Linux /proc; 0 where unavailable)."""
+    try:
+        import os
+
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    t_start = time.perf_counter()
+    clock = StageClock(from_process_start=argv is None)  # a command line, not a call from Python
     import torch  # noqa: F401  (heavy imports after --help)
 
     from encoder.identity import checkpoint_hash
@@ -69,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from personalize.prompts import load_prompts
     from personalize.record import IdentityRecord
 
+    clock.lap("imports")
     # everything that can be wrong with the inputs is found before the backbone is loaded
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)
@@ -76,21 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.output_path).mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
+    clock.lap("inputs")
     pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
+    clock.lap("backbone weights")
     module, source = load_identity_module(encoder, pipe.uvit.config, record)
     module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
     if device.type == "cuda" and not args.no_fast:
         pipe.enable_fast_path(None if args.compile == "none" else args.compile, cuda_graphs=not args.no_cuda_graphs)
     net = identity_net(pipe, module)
     tokens = identity_tokens(module, record, device, dtype)
-    t_loaded = time.perf_counter()
+    clock.lap("identity module")
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
                            id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)
     fingerprint = {"record": record.fingerprint(), "encoder": source if encoder is None else checkpoint_hash(encoder),
                    "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype)}
     summary = generate_prompts(pipe, net, tokens, prompts, args.output_path, opts, progress=not args.quiet,
                                fingerprint=fingerprint)
+    clock.lap("sampling")
     changed = count_finetuned_parameters(pipe, pipe.weight_files)
+    clock.lap("parameter check")
     print(f"identity: {args.restore_path} ({len(record.photos)} photos, class word '{record.class_word}'), "
           f"encoder: {source}")
     times = summary["seconds_per_prompt"]
@@ -99,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         detail = (f" (first prompt {times[0]:.2f} s, includes warm-up and any compilation; then "
                   f"{sum(times[1:]) / (len(times) - 1):.2f} s per prompt)")
     print(f"{summary['prompts_written']} prompts generated, {summary['prompts_skipped']} already done; "
-          f"{args.n} images each in {args.output_path}; load {t_loaded - t_start:.1f} s, "
-          f"sampling {summary['seconds']:.1f} s{detail}")
+          f"{args.n} images each in {args.output_path}; sampling {summary['seconds']:.1f} s{detail}")
+    print(f"time: {clock.report()}")
     print(f"finetuned parameters: {changed}")
     return 0
 

@@ -82,6 +82,9 @@ def test_train_then_sample(setup):
                    "--steps", "3", "--device", "cpu", "--quiet"]
     out = _run(*sample_args)
     assert out.stdout.strip().splitlines()[-1] == "finetuned parameters: 0"
+    timing = next(line for line in out.stdout.splitlines() if line.startswith("time: "))
+    stages = ("imports", "inputs", "backbone weights", "identity module", "sampling", "parameter check")
+    assert all(f"{name} " in timing for name in stages) and "largest: " in timing, timing
     names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     assert (out_dir / ".generation.json").is_file()  # what made the images, for resume
     assert names == ["0-000.jpg", "0-001.jpg", "0-002.jpg", "1-000.jpg", "1-001.jpg", "1-002.jpg"]
