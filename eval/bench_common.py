@@ -24,16 +24,16 @@ CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, nu
 def random_text_encoder(device, dtype, tiny: bool = False):
     """CLIP-L text model with random weights + the real tokenizer (from open_clip's BPE) + a
     random encode_prefix Linear(768 -> 64); tiny widths for smoke tests."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
+    from models.clip_text import CLIPTextConfig, CLIPTextModel
+    from models.clip_tokenizer import ClipTokenizer
     from models.text_encoder import TextEncoder, write_clip_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="clip_tok_") as folder:
-        tokenizer = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(folder)), local_files_only=True)
+        tokenizer = ClipTokenizer.from_folder(write_clip_tokenizer(folder))
     cfg = dict(CLIP_L_TEXT, **(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=2, projection_dim=32) if tiny else {}))
     with torch.device(device):
-        model = CLIPTextModel(CLIPTextConfig(**cfg)).to(dtype).eval().requires_grad_(False)
+        model = CLIPTextModel(CLIPTextConfig.from_json(cfg)).to(dtype).eval().requires_grad_(False)
         prefix = torch.nn.Linear(cfg["hidden_size"], 64).to(dtype).requires_grad_(False)
     return TextEncoder(tokenizer, model, prefix)
 

@@ -1,17 +1,18 @@
 """Text path of UniDiffuser v1: CLIP ViT-L/14 text encoder + the caption decoder's encode_prefix.
 
-    prompts --CLIPTokenizer (pad to 77, truncate)--> ids [B, 77]
+    prompts --ClipTokenizer (pad to 77 with EOS, truncate)--> ids [B, 77]
             --CLIPTextModel (no attention mask; causal)--> last_hidden_state [B, 77, 768]
             --encode_prefix Linear(768 -> 64)--> UViT text input [B, 77, 64]
 
 Everything loads from local files only (a Hugging Face folder of openai/clip-vit-large-patch14 and
-`caption_decoder.pth`). `write_clip_tokenizer` builds the tokenizer files from the BPE merges that
-open_clip ships, so tokenisation works offline (tests, fresh machines).
+`caption_decoder.pth`), with this package's own tokenizer and text transformer (models/
+clip_tokenizer.py, models/clip_text.py): transformers is not imported. `write_clip_tokenizer`
+builds the tokenizer files from the BPE merges that open_clip ships, so tokenisation works offline
+(tests, fresh machines).
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
@@ -21,32 +22,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .clip_text import INDEX_FILES, WEIGHT_FILES, CLIPTextModel, load_clip_text_model
+from .clip_tokenizer import BOS, EOS, ClipTokenizer, bytes_to_unicode
 from .paths import WeightsError
 
 MAX_LENGTH = 77
-BOS, EOS = "<|startoftext|>", "<|endoftext|>"
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
-                 "pytorch_model.bin.index.json")
+_WEIGHT_FILES = WEIGHT_FILES + INDEX_FILES
 _GET_IT = ("Download openai/clip-vit-large-patch14 from the Hugging Face hub (config.json, vocab.json, "
            "merges.txt, tokenizer_config.json, model.safetensors or pytorch_model.bin) into that folder")
 
 
 # ---- tokenizer files from open_clip's BPE ---------------------------------------------------------
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte -> printable unicode character map (every byte gets a visible symbol).
-
-    Insertion order matters (it is the vocabulary order): the printable bytes first, mapped to
-    themselves, then the remaining bytes in increasing order, mapped to chr(256), chr(257), ...
-    """
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    mapping = {b: chr(b) for b in keep}
-    for b in range(256):
-        if b not in mapping:
-            mapping[b] = chr(256 + len(mapping) - len(keep))
-    return mapping
-
-
 def default_bpe_path() -> Path:
     """open_clip's copy of CLIP's BPE merges (bpe_simple_vocab_16e6.txt.gz)."""
     import open_clip
@@ -68,7 +54,7 @@ def write_clip_tokenizer(folder: str | os.PathLike, bpe_path: str | os.PathLike 
                            "(it ships bpe_simple_vocab_16e6.txt.gz) or pass bpe_path")
     lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1:49152 - 256 - 2 + 1]]
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
     folder.mkdir(parents=True, exist_ok=True)
     vocab_json = json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False)
@@ -103,54 +89,30 @@ def check_clip_text_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' load report (the vision tower's keys are expected to be unused when
-    loading the text tower from a full CLIPModel folder) and progress bars; restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def load_clip_text(folder: str | os.PathLike, *, device: torch.device | str | None = None,
-                   dtype: torch.dtype | None = None):
-    """(CLIPTokenizer, CLIPTextModel in eval mode) from a local folder, nothing fetched from the hub.
+                   dtype: torch.dtype | None = None) -> tuple[ClipTokenizer, CLIPTextModel]:
+    """(tokenizer, text model in eval mode) from a local folder, nothing fetched from the hub.
 
     The folder may hold the full CLIPModel (openai/clip-vit-large-patch14 as published): only the
     text tower is built and loaded.
     """
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     folder = check_clip_text_dir(folder)
     try:
-        with _quiet_transformers():
-            tokenizer = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model, info = CLIPTextModel.from_pretrained(str(folder), local_files_only=True,
-                                                        output_loading_info=True)
-    except Exception as e:  # OSError, ValueError, SafetensorError ... on damaged files
-        raise WeightsError(f"could not load the CLIP text encoder from {folder}: {e}. {_GET_IT}.") from e
-    bad = sorted(info.get("missing_keys", ())) + sorted(info.get("mismatched_keys", ()))
-    if bad:
-        raise WeightsError(f"CLIP text encoder weights in {folder} do not fit its config.json: "
-                           f"{len(bad)} tensors missing or of the wrong shape, e.g. {bad[:5]}. The folder "
-                           f"is incomplete or holds another model. {_GET_IT}.")
-    model.eval().requires_grad_(False)
-    return tokenizer, model.to(device=device, dtype=dtype)
+        tokenizer = ClipTokenizer.from_folder(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"could not read the CLIP tokenizer files in {folder}: {e}. {_GET_IT}.") from e
+    try:
+        model = load_clip_text_model(folder, device=device, dtype=dtype)
+    except WeightsError as e:
+        raise WeightsError(f"{e}\nThe folder {folder} is incomplete or holds another model. {_GET_IT}.") from e
+    return tokenizer, model
 
 
 class TextEncoder(nn.Module):
     """prompts -> UViT text input [B, 77, 64] (CLIP-L last hidden state through encode_prefix).
 
-    tokenizer: a CLIPTokenizer; text_model: a CLIPTextModel (width W = 768 at full size);
-    encode_prefix: Linear(W -> text_dim) from `caption_decoder.pth`.
+    tokenizer: a ClipTokenizer; text_model: a models.clip_text.CLIPTextModel (width W = 768 at full
+    size); encode_prefix: Linear(W -> text_dim) from `caption_decoder.pth`.
     """
 
     def __init__(self, tokenizer, text_model: nn.Module, encode_prefix: nn.Linear,
@@ -191,15 +153,12 @@ class TextEncoder(nn.Module):
 
     def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """prompts -> ids [B, 77] int64 (BOS, tokens, EOS, EOS-padding; truncated to 77), on self.device."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-        enc = self.tokenizer(prompts, truncation=True, max_length=self.max_length, padding="max_length",
-                             return_tensors="pt")
-        return enc["input_ids"].to(self.device)
+        return self.tokenizer(prompts, max_length=self.max_length).to(self.device)
 
     @torch.no_grad()
     def encode_clip(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """prompts -> CLIP-L last_hidden_state [B, 77, W] (no attention mask, as the reference)."""
-        return self.text_model(input_ids=self.tokenize(prompts)).last_hidden_state
+        return self.text_model(self.tokenize(prompts))
 
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
