@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .paths import WeightsError, find_weights
-from .weights import README_HINT, as_config, identify, load_frozen, load_strict, read_state_dict
+from .weights import README_HINT, as_config, build_on_meta, identify, load_frozen, load_strict, read_state_dict
 
 WHAT = "caption decoder (caption_decoder.pth)"
 # Entries of the released file that are not part of the module.
@@ -126,8 +126,7 @@ def load_encode_prefix(path: str | os.PathLike | None = None,
             f"{len(keys)} entries, such as {keys[:8]}"
             + (f"; it looks like {looks}" if looks else "")
             + f". Pass caption_decoder.pth of the UniDiffuser v1 release. {README_HINT}")
-    with torch.device("meta"):
-        holder = _EncodePrefixOnly(config)
+    holder = build_on_meta(lambda: _EncodePrefixOnly(config))
     load_strict(holder, state_dict, path, WHAT, ignore=(r"^(?!encode_prefix\.)",), dtype=dtype, device=device)
     return holder.encode_prefix.to(device).eval().requires_grad_(False)
 

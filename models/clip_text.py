@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import nn
 
 from .paths import WeightsError
-from .weights import load_strict, read_state_dict
+from .weights import build_on_meta, load_strict, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,6 @@ def load_clip_text_model(folder: str | os.PathLike, *, device: torch.device | st
     tensors, path = _read_folder_tensors(folder)
     if not any(k.startswith("text_model.") for k in tensors):  # a text tower saved on its own
         tensors = {f"text_model.{k}" if k.split(".")[0] in _TOWER else k: v for k, v in tensors.items()}
-    with torch.device("meta"):
-        model = CLIPTextModel(config)
+    model = build_on_meta(lambda: CLIPTextModel(config))
     load_strict(model, tensors, path, "CLIP text encoder", ignore=_IGNORED, dtype=dtype, device=device or "cpu")
     return model.eval().requires_grad_(False)

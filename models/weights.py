@@ -218,6 +218,30 @@ def _tensors(module: nn.Module):
     return (t for _, t in _named_tensors(module))
 
 
+class _SkipInitOnMeta(torch.overrides.TorchFunctionMode):
+    """Inside, random in-place initialisation of meta tensors is skipped (it would compute
+    nothing anyway). Building modules on the meta device otherwise routes e.g. `normal_` through
+    PyTorch's reference implementations, whose first call imports torch._dynamo: 1 to 4 s of
+    start-up for a command that never compiles."""
+
+    _SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_,
+                          torch.Tensor.exponential_, torch.Tensor.bernoulli_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        skip = func in self._SKIPPED or getattr(func, "__module__", None) == "torch.nn.init"
+        if skip and isinstance(target, torch.Tensor) and target.is_meta:
+            return target
+        return func(*args, **kwargs)
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    """build() on the meta device, random initialisation skipped: a shell for `load_strict`."""
+    with torch.device("meta"), _SkipInitOnMeta():
+        return build()
+
+
 def load_frozen(build: Callable[[], nn.Module], path: str | os.PathLike, what: str, *,
                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                 ignore: Iterable[str] = ()) -> nn.Module:
@@ -226,8 +250,7 @@ def load_frozen(build: Callable[[], nn.Module], path: str | os.PathLike, what: s
     The file is read before building so that a missing or corrupt file fails fast.
     """
     state_dict = read_state_dict(path, what)
-    with torch.device("meta"):
-        module = build()
+    module = build_on_meta(build)
     load_strict(module, state_dict, path, what, ignore=ignore, dtype=dtype, device=device)
     return module.to(device).eval().requires_grad_(False)
 

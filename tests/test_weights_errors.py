@@ -1,6 +1,7 @@
 """Bad weight files stop with a WeightsError that names the file, the keys and what to do."""
 
 import collections
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,22 @@ def test_preflight_lists_every_missing_file(tmp_path, capsys):
     assert "autoencoder_kl.pth" in out and "antelopev2" in out and "uvit_v1.pth not found" not in out
     assert "2 of 3 weight files are missing" in out
     assert check_weights(["uvit", "--weights", str(tmp_path)]) == 0
+
+
+def test_meta_build_skips_random_init_and_keeps_it_elsewhere():
+    """build_on_meta: a shell without running random init (no torch._dynamo import on the way);
+    outside it modules initialise as usual."""
+    import subprocess
+    import sys
+
+    from models.weights import build_on_meta
+
+    shell = build_on_meta(lambda: torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 2)))
+    assert all(p.is_meta for p in shell.parameters())
+    real = torch.nn.Embedding(5, 3)
+    assert not real.weight.is_meta and real.weight.std() > 0
+    code = ("import sys; from models.weights import build_on_meta; import torch; "
+            "build_on_meta(lambda: torch.nn.Embedding(50, 8)); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False"
