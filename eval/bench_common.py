@@ -73,13 +73,16 @@ def max_reserved_gb(device: torch.device) -> float | None:
 
 def environment(weights: str = "random") -> dict:
     """Device, software and provenance fields every benchmark JSON carries."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                    text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):  # a copy of the tree without .git (the GPU machine)
-        commit, dirty = os.environ.get("FACEID_GIT_COMMIT", "unknown"), None
+    if os.environ.get("FACEID_GIT_COMMIT"):  # a copy of the tree elsewhere (the GPU machine) says it
+        commit, dirty = os.environ["FACEID_GIT_COMMIT"], None
+    else:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                    check=True).stdout.strip()
+            dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
+                                        text=True).stdout.strip())
+        except (OSError, subprocess.CalledProcessError):  # no git, no .git
+            commit, dirty = "unknown", None
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "weights": weights, "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty,
             "command": " ".join(["python"] + sys.argv)}
