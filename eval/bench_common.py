@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,13 @@ def environment(weights: str = "random") -> dict:
 def finish(result, out: str | Path) -> Path:
     """Write the JSON result atomically."""
     return write_json_atomic(out, result)
+
+
+def report(result: dict, out: str | Path | None, tiny: bool = False) -> int:
+    """Add the environment fields, print the result as one JSON line, write it to `out` if given;
+    returns 0 (the exit status)."""
+    result.update(environment("random (tiny smoke test)" if tiny else "random"))
+    print(json.dumps(result))
+    if out:
+        finish(result, out)
+    return 0

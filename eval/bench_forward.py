@@ -14,13 +14,12 @@ the main queries get a log-gate score bias; a different gating, timed for compar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import torch
 from einops import rearrange
 
-from eval.bench_common import Timer, environment, finish
+from eval.bench_common import Timer, report
 from eval.bench_sample import random_identity, random_pipeline
 from models.attention import attend
 
@@ -141,11 +140,7 @@ def main(argv=None) -> int:
                 pipe.autoencoder.decode(z)
         res[f"vae_decode_{'per_image' if per_image else 'batch2'}"] = {
             "ms": t.seconds * 1e3, "peak_extra_gb": (torch.cuda.max_memory_allocated() - base) / 1e9 if cuda else None}
-    res.update(environment("random (tiny smoke test)" if args.tiny else "random"))
-    print(json.dumps(res))
-    if args.out:
-        finish(res, args.out)
-    return 0
+    return report(res, args.out, args.tiny)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import torch
 
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
-from eval.bench_common import Timer, environment, finish, max_reserved_gb, random_text_encoder, sync
+from eval.bench_common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.pipeline import UniDiffuserT2I
 from models.uvit import UViT, UViTConfig
@@ -202,11 +202,7 @@ def main(argv=None) -> int:
     res = check_accuracy(compile_mode, device, args.tiny) if args.check_accuracy else bench(
         args.workload, args.path, args.identity, args.steps, args.cfg, compile_mode, args.repeats, device,
         args.tiny, cuda_graphs=not args.no_cuda_graphs)
-    res.update(environment("random (tiny smoke test)" if args.tiny else "random"))
-    print(json.dumps(res))
-    if args.out:
-        finish(res, args.out)
-    return 0
+    return report(res, args.out, args.tiny)
 
 
 if __name__ == "__main__":
