@@ -45,7 +45,8 @@ def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     if _use_cudnn(q, k, v):
         o, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)[:2]
         return o, lse.reshape(q.shape[:-1]).float()
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+    if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
+            and torch.cuda.get_device_properties(q.device).major >= 8):  # FlashAttention-2's range
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
         return o, lse.float()
     s = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5

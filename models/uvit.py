@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from models.attention import attend
+from .attention import attend
 
 # Constructor arguments of the reference code that carry no weights and change nothing at
 # inference in v1; accepted in a config dict so reference configs load unchanged.
