@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from models.config_dict import config_from_dict
+
 FORMAT_NAME = "unidiffuser-faceid-identity"
 FORMAT_VERSION = 1
 
@@ -66,8 +68,4 @@ class IdentityConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> IdentityConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"identity config has unknown keys {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "identity")

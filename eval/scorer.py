@@ -20,7 +20,6 @@ crash (an unreadable reference, no reference with a face) this scorer goes on an
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -231,17 +230,14 @@ def parse_task(prompt_file: str | os.PathLike) -> tuple[str, str, Role]:
 
 
 def load_prompt_list(path: str | os.PathLike) -> list[str]:
-    """A JSON list of strings (the prompts exactly as written)."""
-    path = Path(path)
+    """A JSON list of non-empty strings (the prompts exactly as written), checked as sample.py
+    checks its prompt file; ScoreError naming what is wrong otherwise."""
+    from personalize.prompts import PromptFileError, load_prompts
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ScoreError(f"prompt file {path}: cannot read a JSON list of strings ({e})") from e
-    if not isinstance(data, list) or not all(isinstance(p, str) for p in data):
-        raise ScoreError(f"prompt file {path} must hold a JSON list of strings")
-    if not data:
-        raise ScoreError(f"prompt file {path} is an empty list: nothing to score")
-    return data
+        return load_prompts(path)
+    except PromptFileError as e:
+        raise ScoreError(str(e)) from e
 
 
 # ------------------------------------------------------------------------------------------ scorer

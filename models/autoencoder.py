@@ -15,7 +15,6 @@ single-head attention block in each of the encoder's and decoder's middle):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -23,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from .config_dict import config_from_dict
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,7 @@ class AutoencoderConfig:
         flat = dict(d)
         if "ddconfig" in flat:
             flat.update(flat.pop("ddconfig"))
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(flat) - names
-        if unknown:
-            raise ValueError(f"autoencoder config has unknown keys {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**flat)
+        return config_from_dict(cls, flat, "autoencoder")
 
     @property
     def downsample_factor(self) -> int:

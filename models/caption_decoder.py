@@ -13,13 +13,13 @@ when a GPT-2 is built, so importing this module stays cheap.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .config_dict import config_from_dict
 from .paths import WeightsError, find_weights
 from .weights import README_HINT, as_config, build_on_meta, identify, load_frozen, load_strict, read_state_dict
 
@@ -49,12 +49,7 @@ class CaptionDecoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CaptionDecoderConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"caption decoder config has unknown keys {sorted(unknown)}; "
-                             f"known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "caption decoder")
 
     def gpt2_config(self):
         """The transformers GPT2Config of the `gpt` submodule."""

@@ -12,7 +12,6 @@ post-LayerNorm. State-dict names and shapes are the public reference's (418 entr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .attention import attend
+from .config_dict import config_from_dict
 
 # Constructor arguments of the reference code that carry no weights and change nothing at
 # inference in v1; accepted in a config dict so reference configs load unchanged.
@@ -59,16 +59,13 @@ class UViTConfig:
     @classmethod
     def from_dict(cls, d: dict) -> UViTConfig:
         """Build from reference keyword names; unknown keys are an error, inert ones are checked."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names - _INERT_REFERENCE_KEYS
-        if unknown:
-            raise ValueError(f"UViT config has unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        config = config_from_dict(cls, d, "UViT", inert=_INERT_REFERENCE_KEYS)
         for key in ("pos_drop_rate", "drop_rate", "attn_drop_rate"):
             if d.get(key, 0.0) not in (0, 0.0, None):
                 raise ValueError(f"UViT config {key}={d[key]}: only 0 is supported (inference model)")
         if d.get("qk_scale") is not None:
             raise ValueError("UViT config qk_scale must be None (scale is 1/sqrt(head_dim))")
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config
 
     @property
     def num_patches(self) -> int:

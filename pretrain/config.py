@@ -17,6 +17,8 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.config_dict import config_from_dict
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -107,11 +109,7 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PretrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"pretraining config has unknown keys {unknown}; known keys: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d, "pretraining")
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
