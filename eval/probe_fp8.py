@@ -63,7 +63,7 @@ def rounded_gemms(net: nn.Module, plan: dict[str, str]):
     patched = []
     for name, m in net.named_modules():
         suffix = name.rsplit(".", 1)[-1]
-        if isinstance(m, nn.Linear) and "blocks" in name and suffix in plan:
+        if isinstance(m, nn.Linear) and "block" in name and suffix in plan:  # in-, mid-, out-blocks
             rnd = ROUNDINGS[plan[suffix]]
             w = rnd(m.weight.detach())
 
