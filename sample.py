@@ -5,6 +5,9 @@
 Writes 3 images per prompt as <prompt index>-<k:03>.jpg (512x512) and prints
 `finetuned parameters: N`, the number of backbone parameters that differ from the original
 weight files (0 for this method: the backbone is never changed).
+
+On CUDA it asks PyTorch's allocator for expandable segments (less memory reserved at the same
+speed) unless PYTORCH_CUDA_ALLOC_CONF is set; set it empty to keep PyTorch's default.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from encoder.identity import checkpoint_hash
     from models.pipeline import UniDiffuserT2I
-    from personalize.cli import pick_device, pick_dtype
+    from personalize.cli import pick_device, pick_dtype, prefer_expandable_segments
     from personalize.generate import (
         GenerateOptions,
         find_identity_module,
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from personalize.record import IdentityRecord
 
     clock.lap("imports")
+    prefer_expandable_segments()  # before the first CUDA allocation
     # everything that can be wrong with the inputs is found before the backbone is loaded
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)

@@ -86,6 +86,7 @@ def environment(weights: str = "random") -> dict:
             commit, dirty = "unknown", None
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
             "weights": weights, "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty,
+            "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
             "command": " ".join(["python"] + sys.argv)}
 
 

@@ -10,6 +10,8 @@ Paths:
   fast           bf16 weights and activations, both passes in one batch, fused identity tokens,
                  cuDNN attention, the GELU in the fc1 GEMM, CUDA-graph replay, optionally
                  torch.compile (--compile, default "default"; "none" for eager).
+The CUDA allocator uses expandable segments, as sample.py asks for (--allocator default: PyTorch's
+default allocator); the JSON's cuda_alloc_conf says which.
 With --identity the identity tokens are on (an identity module with open gates).
 Without real weights (--weights not given) every module is full-size with random weights; speed
 and memory do not depend on the values, and the JSON says "weights": "random".
@@ -34,6 +36,7 @@ from eval.bench_common import Timer, finish, max_reserved_gb, random_text_encode
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.pipeline import UniDiffuserT2I
 from models.uvit import UViT, UViTConfig
+from personalize.cli import prefer_expandable_segments
 from personalize.generate import identity_net
 
 PROMPT = "an elephant under the sea"
@@ -160,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--cfg", type=float, default=7.0)
     p.add_argument("--compile", default="default", help="torch.compile mode or 'none' (default: default)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="fast path without CUDA-graph replay")
+    p.add_argument("--allocator", choices=["expandable", "default"], default="expandable",
+                   help="CUDA allocator: expandable segments, as sample.py asks for (default), or PyTorch's "
+                        "default; a PYTORCH_CUDA_ALLOC_CONF you set yourself wins either way")
     p.add_argument("--with-reference", action="store_true", help="--all: the reference-path rows too")
     p.add_argument("--repeats", type=int, default=2, help="timed repetitions; the best is reported")
     p.add_argument("--check-accuracy", action="store_true")
@@ -177,6 +183,8 @@ def main(argv=None) -> int:
                 ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none",
                  "--no-cuda-graphs"],
+                ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none",
+                 "--allocator", "default"],
                 ["--workload", "sample_prompt", "--path", "fast", "--identity"],
                 ["--workload", "sample_prompt", "--path", "fast", "--identity", "--compile", "none"]]
         if args.with_reference:
@@ -187,6 +195,7 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "eval.bench_sample",
                    "--repeats", str(args.repeats), "--device", args.device, *extra]
             cmd += ["--tiny"] if args.tiny else []
+            cmd += [] if "--allocator" in extra else ["--allocator", args.allocator]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             sys.stderr.write(proc.stderr[-3000:])
             lines = proc.stdout.strip().splitlines()
@@ -198,6 +207,8 @@ def main(argv=None) -> int:
         if args.out:
             finish(results, args.out)
         return 0
+    if args.allocator == "expandable":
+        prefer_expandable_segments()  # before the first CUDA allocation
     device = torch.device(args.device)
     res = check_accuracy(compile_mode, device, args.tiny) if args.check_accuracy else bench(
         args.workload, args.path, args.identity, args.steps, args.cfg, compile_mode, args.repeats, device,

@@ -1,0 +1,31 @@
+"""personalize/cli.py: device and dtype choice, and the CUDA allocator default the CLIs ask for."""
+
+import os
+
+import pytest
+import torch
+
+from personalize.cli import ALLOC_CONF_VARS, pick_device, pick_dtype, prefer_expandable_segments
+
+
+def test_device_and_dtype_choice():
+    assert pick_device("cpu").type == "cpu"
+    assert pick_dtype("auto", torch.device("cpu")) is torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    assert pick_dtype("fp16", torch.device("cpu")) is torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        pick_dtype("int8", torch.device("cpu"))
+
+
+def test_expandable_segments_asked_for_only_when_the_user_did_not_configure_the_allocator(monkeypatch):
+    for var in ALLOC_CONF_VARS:
+        monkeypatch.delenv(var, raising=False)
+    if torch.cuda.is_initialized():
+        pytest.skip("CUDA already initialised in this process: the allocator's configuration is fixed")
+    assert prefer_expandable_segments() is True
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "")  # the user's (empty: PyTorch's default) wins
+    assert prefer_expandable_segments() is False and os.environ["PYTORCH_CUDA_ALLOC_CONF"] == ""
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")  # the newer name counts too
+    assert prefer_expandable_segments() is False and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
