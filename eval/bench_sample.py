@@ -123,6 +123,17 @@ def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, comp
     return out
 
 
+def accuracy_inputs(c: UViTConfig, device: torch.device, generator: torch.Generator, b: int = 4) -> tuple:
+    """The accuracy check's UViT inputs (fp32): four timestep pairs from noisy to nearly clean."""
+    g = generator
+    return (torch.randn(b, c.in_chans, c.img_size, c.img_size, generator=g, device=device),
+            torch.randn(b, 1, c.clip_img_dim, generator=g, device=device),
+            torch.randn(b, c.num_text_tokens, c.text_dim, generator=g, device=device),
+            torch.tensor([999.0, 500.0, 100.0, 20.0], device=device)[:b],
+            torch.tensor([0.0, 1000.0, 0.0, 1000.0], device=device)[:b],
+            torch.ones(b, dtype=torch.long, device=device))
+
+
 @torch.no_grad()
 def check_accuracy(compile_mode: str | None, device: torch.device, tiny: bool = False) -> dict:
     """One forward of the fast configuration against fp32 on the same random inputs (batch 4)."""
@@ -130,13 +141,7 @@ def check_accuracy(compile_mode: str | None, device: torch.device, tiny: bool = 
     module, _ = random_identity(pipe)
     c = pipe.uvit.config
     g = torch.Generator(device=device).manual_seed(0)
-    b = 4
-    args = (torch.randn(b, c.in_chans, c.img_size, c.img_size, generator=g, device=device),
-            torch.randn(b, 1, c.clip_img_dim, generator=g, device=device),
-            torch.randn(b, c.num_text_tokens, c.text_dim, generator=g, device=device),
-            torch.tensor([999.0, 500.0, 100.0, 20.0], device=device), torch.tensor([0.0, 1000.0, 0.0, 1000.0],
-                                                                                     device=device),
-            torch.ones(b, dtype=torch.long, device=device))
+    args = accuracy_inputs(c, device, g)
     face = torch.nn.functional.normalize(torch.randn(1, 512, generator=g, device=device), dim=-1)
     tokens = module.tokens(face)
     scale = torch.tensor([1.0, 0.0, 1.0, 0.0], device=device)

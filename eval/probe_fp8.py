@@ -15,7 +15,7 @@ faster than bf16 on an H100 is FP8, so this probe measures both sides of that tr
           quantization timed as its own kernel), summed over the 31 blocks.
 
     python -m eval.probe_fp8 --parts error --device cpu --out eval/results/fp8_error_cpu.json
-    python -m eval.probe_fp8 --parts speed --device cuda --out eval/results/fp8_speed_h100.json
+    python -m eval.probe_fp8 --parts speed,error --device cuda --out eval/results/fp8_h100.json
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 
 from eval.bench_common import report
 from eval.bench_forward import time_fn
+from eval.bench_sample import accuracy_inputs
 from models.uvit import UViT, UViTConfig
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -79,17 +80,6 @@ def rounded_gemms(net: nn.Module, plan: dict[str, str]):
             del m.forward  # back to the class's forward
 
 
-def accuracy_inputs(c: UViTConfig, device: torch.device, b: int = 4):
-    """The accuracy check's inputs (eval.bench_sample.check_accuracy), fp32."""
-    g = torch.Generator(device=device).manual_seed(0)
-    return (torch.randn(b, c.in_chans, c.img_size, c.img_size, generator=g, device=device),
-            torch.randn(b, 1, c.clip_img_dim, generator=g, device=device),
-            torch.randn(b, c.num_text_tokens, c.text_dim, generator=g, device=device),
-            torch.tensor([999.0, 500.0, 100.0, 20.0], device=device)[:b],
-            torch.tensor([0.0, 1000.0, 0.0, 1000.0], device=device)[:b],
-            torch.ones(b, dtype=torch.long, device=device))
-
-
 def default_plans() -> list[dict[str, str]]:
     every = dict.fromkeys(GEMMS, "fp8_rowwise")
     return [dict.fromkeys(GEMMS, "bf16"), every, {"fc1": "fp8_rowwise", "fc2": "fp8_rowwise"},
@@ -109,7 +99,7 @@ def probe_error(device: torch.device, tiny: bool = False, plans: Iterable[dict[s
     c = UViTConfig.tiny() if tiny else UViTConfig.v1()
     with torch.device(device):
         net = UViT(c).eval()
-    args = accuracy_inputs(c, device, batch)
+    args = accuracy_inputs(c, device, torch.Generator(device=device).manual_seed(0), batch)
     ref = net(*args)
     rows = []
     for plan in default_plans() if plans is None else plans:
