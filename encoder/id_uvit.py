@@ -28,8 +28,9 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from encoder.few_keys import gated_few_key_attention_
 from encoder.identity import IdentityModule
-from models.attention import attend, attend_few, attend_lse, merge_partial
+from models.attention import attend, attend_few, attend_lse
 from models.uvit import UViT
 
 
@@ -122,21 +123,20 @@ class IDConditionedUViT(nn.Module):
         Main queries attend to the main keys in one kernel and to the K identity keys in a small
         fused one, then add the gated identity term. Identity queries attend jointly to all keys:
         at inference their rows ride along in the main kernel and the two partial softmaxes are
-        merged exactly through their log-sum-exps; with gradients (a fused kernel's log-sum-exp
-        has none) they take one attention call of their own.
+        merged exactly through their log-sum-exps, and on CUDA the few-key attention, the gated
+        add and the merge are one Triton kernel (`encoder/few_keys.py`); with gradients (a fused
+        kernel's log-sum-exp has none) they take one attention call of their own.
         """
         x = blk.fuse_skip(x, skip)
         q, k, v = blk.attn.heads(x)
         km, vm = k[:, :, :n_main], v[:, :, :n_main]
-        o_few, lse_few = attend_few(q, k[:, :, n_main:], v[:, :, n_main:])
         if torch.is_grad_enabled():
+            o_few, _ = attend_few(q[:, :, :n_main], k[:, :, n_main:], v[:, :, n_main:])
             o_main, o_id = attend(q[:, :, :n_main], km, vm), attend(q[:, :, n_main:], k, v)
-            o = torch.cat([o_main + g * o_few[:, :, :n_main], o_id], dim=2)
+            o = torch.cat([o_main + g * o_few, o_id], dim=2)
         else:  # in place in the attention kernel's fresh output: no concatenation pass
             o, lse = attend_lse(q, km, vm)
-            o_id = merge_partial(o[:, :, n_main:], lse[:, :, n_main:], o_few[:, :, n_main:], lse_few[:, :, n_main:])
-            o[:, :, :n_main].add_(g * o_few[:, :, :n_main])
-            o[:, :, n_main:] = o_id
+            gated_few_key_attention_(o, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main)
         x = blk.norm2(x + blk.attn.merge(o))
         return blk.norm3(x + blk.mlp(x))
 

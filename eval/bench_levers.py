@@ -5,6 +5,8 @@ guidance pair), CUDA events after a warm-up:
 
   attention   SDPA at the UViT's shape (strided q/k/v views of the qkv output, as the model
               calls it) under each backend: flash (FlashAttention-2), cuDNN, memory-efficient.
+  few_keys    the identity tokens' few-key attention term of one block: torch ops against the
+              Triton kernel (encoder/few_keys.py), time and largest difference.
   mlp_gemm    fc1 + exact GELU as two kernels, against one cuBLASLt GEMM with a bias + GELU
               epilogue (tanh GELU, `torch._addmm_activation`), against the bare GEMM.
   forward     the compiled plain forward with the attention backend and the MLP form varied,
@@ -78,6 +80,47 @@ def bench_mlp_gemm(device, b: int, c, iters: int) -> dict:
     for name in ("linear_then_gelu", "addmm_gelu_epilogue"):
         out[name]["rel_l2_vs_fp32_erf"] = float((forms[name]().float() - exact).norm() / exact.norm())
     return out
+
+
+def bench_few_keys(device, b: int, c, iters: int, n_keys: int = 4) -> dict:
+    """The identity tokens' few-key term of one block (`encoder/few_keys.py`): torch ops against
+    the Triton kernel, on the model's layouts (q/k/v strided views of the qkv output, o in the
+    attention kernel's [B, L, H, d] memory)."""
+    from encoder.few_keys import gated_few_key_attention_
+
+    h, d, n_main = c.num_heads, c.head_dim, c.seq_len
+    qkv = torch.randn(b, n_main + n_keys, 3 * c.embed_dim, device=device, dtype=torch.bfloat16)
+    q, k, v = rearrange(qkv, "b l (k h d) -> k b h l d", k=3, h=h)
+    o = rearrange(torch.randn(b, n_main + n_keys, h, d, device=device, dtype=torch.bfloat16), "b l h d -> b h l d")
+    lse = torch.randn(b, h, n_main + n_keys, device=device) + 8.0
+    g = torch.randn(b, h, 1, 1, device=device, dtype=torch.bfloat16)
+    out = {}
+    results = {}
+    for name, kernel in (("torch_ops", False), ("triton_kernel", True)):
+        if kernel and not (device.type == "cuda" and _triton_available()):
+            out[name] = {"error": "needs CUDA and Triton"}
+            continue
+        work = o.clone()
+
+        def step(work=work, kernel=kernel):
+            gated_few_key_attention_(work, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main, kernel=kernel)
+
+        s = time_fn(step, (), device, iters)
+        fresh = o.clone()
+        gated_few_key_attention_(fresh, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main, kernel=kernel)
+        results[name] = fresh.float()
+        out[name] = {"ms_per_block": s * 1e3, "ms_per_forward": s * 1e3 * (c.depth + 1)}
+    if len(results) == 2:
+        diff = (results["triton_kernel"] - results["torch_ops"]).abs().max()
+        out["max_abs_diff"] = float(diff)
+        out["max_abs_value"] = float(results["torch_ops"].abs().max())
+    return out
+
+
+def _triton_available() -> bool:
+    from encoder import few_keys
+
+    return few_keys.triton is not None
 
 
 def bench_vae(pipe, device, iters: int) -> dict:
@@ -174,6 +217,9 @@ def main(argv=None) -> int:
     if "mlp_gemm" in parts:
         res["mlp_gemm"] = bench_mlp_gemm(device, b, c, args.iters * 5)
         print("mlp_gemm", res["mlp_gemm"], flush=True)
+    if "few_keys" in parts:
+        res["few_keys"] = bench_few_keys(device, b, c, args.iters * 5)
+        print("few_keys", res["few_keys"], flush=True)
     if not parts & {"forward", "profile", "eager_profile", "vae"}:
         return report(res, args.out, args.tiny)
     ref = pipe.uvit(*inputs)  # fp32 eager, the accuracy reference

@@ -155,7 +155,8 @@ def check_accuracy(compile_mode: str | None, device: torch.device, tiny: bool = 
     fast = identity_net(pipe, module)(*args, id_tokens=tokens.bfloat16(), id_scale=scale)
     names = ("img", "clip_img", "text")
     err = {n: float((f.float() - r).norm() / r.norm()) for n, f, r in zip(names, fast, ref)}
-    return {"workload": "accuracy", "compare": "fast (bf16, fused, compiled) vs fp32 eager two-stream",
+    return {"workload": "accuracy",
+            "compare": f"fast (bf16, fused, {'compiled' if compile_mode else 'eager'}) vs fp32 eager two-stream",
             "rel_l2": err, "max_rel_l2": max(err.values()), "bound": 1e-2, "compile_mode": compile_mode}
 
 
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     compile_mode = None if args.compile == "none" else args.compile
     if args.all:
         results = []
-        runs = [["--check-accuracy"],
+        runs = [["--check-accuracy"], ["--check-accuracy", "--compile", "none"],
                 ["--workload", "sample_bench", "--path", "fast"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity", "--compile", "none"],
