@@ -17,6 +17,8 @@ without gradients and outside torch.compile; everywhere else the same function r
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from models.attention import attend_few, merge_partial
@@ -49,11 +51,11 @@ def gated_few_key_attention_(o: torch.Tensor, lse: torch.Tensor, q: torch.Tensor
         return
     b, h, n, d = o.shape
     n_keys = k.shape[2]
-    gate = g.float().expand(b, h, 1, 1).reshape(b, h).contiguous()
+    gate = g.expand(b, h, 1, 1)  # read in place through its strides (0 where broadcast)
     grid = (triton.cdiv(n, BLOCK_ROWS), b * h)
     _few_keys_kernel[grid](
         o, lse, q, k, v, gate, n, n_main, h,
-        *o.stride()[:3], *lse.stride(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+        *o.stride()[:3], *lse.stride(), *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *gate.stride()[:2],
         d ** -0.5, N_KEYS=n_keys, HEAD_DIM=d, BLOCK=BLOCK_ROWS)
 
 
@@ -67,8 +69,6 @@ def _kernel_applies(o, q, k, v) -> bool:
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -77,7 +77,7 @@ if triton is not None:
     @triton.jit
     def _few_keys_kernel(o_ptr, lse_ptr, q_ptr, k_ptr, v_ptr, g_ptr, n_rows, n_main, n_heads,
                          so_b, so_h, so_l, sl_b, sl_h, sl_l, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
-                         sv_b, sv_h, sv_l, scale,
+                         sv_b, sv_h, sv_l, sg_b, sg_h, scale,
                          N_KEYS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
         """One program: BLOCK query rows of one (batch, head); the few keys one at a time with an
         online softmax in fp32, then the gated add (main rows) or the log-sum-exp merge (identity
@@ -108,7 +108,7 @@ if triton is not None:
         o_ptrs = o_ptr + b * so_b + hd * so_h + rows[:, None] * so_l + cols[None, :]
         o = tl.load(o_ptrs, mask=in_range[:, None], other=0.0).to(tl.float32)
         lse = tl.load(lse_ptr + b * sl_b + hd * sl_h + rows * sl_l, mask=in_range, other=0.0)
-        gate = tl.load(g_ptr + bh)
+        gate = tl.load(g_ptr + b * sg_b + hd * sg_h).to(tl.float32)
         w_main = tl.sigmoid(lse - lse_few)[:, None]
         out = tl.where((rows < n_main)[:, None], o + gate * o_few, w_main * o + (1.0 - w_main) * o_few)
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=in_range[:, None])
