@@ -87,3 +87,14 @@ def test_kernel_matches_the_definition_in_the_triton_interpreter():
     proc = subprocess.run([sys.executable, "-c", _INTERPRETED], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernel_on_cuda_matches_the_definition_at_the_models_shape():
+    pytest.importorskip("triton")
+    o, lse, q, k, v, g, n_main = (t.cuda() if isinstance(t, torch.Tensor) else t
+                                  for t in _case(torch.bfloat16, b=4, h=24, d=64, n_main=1105, k=4))
+    assert _kernel_applies(o, q, k, v)
+    out = o.clone()
+    gated_few_key_attention_(out, lse, q, k, v, g, n_main)
+    torch.testing.assert_close(out.double(), _by_definition(o, lse, q, k, v, g, n_main), rtol=2e-2, atol=4e-2)
