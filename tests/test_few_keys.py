@@ -90,6 +90,7 @@ def test_kernel_matches_the_definition_in_the_triton_interpreter():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@torch.no_grad()  # the kernel is for inference
 def test_kernel_on_cuda_matches_the_definition_at_the_models_shape():
     pytest.importorskip("triton")
     o, lse, q, k, v, g, n_main = (t.cuda() if isinstance(t, torch.Tensor) else t
