@@ -39,7 +39,8 @@ def gated_few_key_attention_(o: torch.Tensor, lse: torch.Tensor, q: torch.Tensor
     identity scale; rows from n_main on are the identity tokens' queries.
 
     kernel: None picks the Triton kernel where it applies (CUDA or the Triton interpreter, no
-    gradients, not compiling, last dimensions contiguous); False forces the torch ops.
+    gradients, not compiling, a power-of-two head size, last dimensions contiguous); False forces
+    the torch ops.
     """
     if kernel is None:
         kernel = _kernel_applies(o, q, k, v)
