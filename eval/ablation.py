@@ -7,7 +7,7 @@ writes the files. A result file:
      "identity": "boy1",
      "settings": {"num_tokens": 4, "injection": "extra_tokens", "id_scale": 1.0, "cfg": 7.0,
                   "refine_steps": 0, ...},
-     "scores": {"face": ..., "clip_img": ..., "text": ...},          # eval.scorer, mean of prompts
+     "scores": {"face": ..., "clip_img": ..., "text": ...},          # eval.competition_scorer, mean of prompts
      "metrics": {"detection_rate": ..., "diversity_clip": ..., "diversity_face": ...,
                  "copy_paste_gap": ...}}                             # eval.metrics
 """

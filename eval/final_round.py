@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.competition_scorer import FaceModel, ImageUnreadable, ScoreError, read_image
 from eval.prompt_fidelity import PromptFidelity
-from eval.scorer import FaceModel, ImageUnreadable, ScoreError, read_image
 from personalize.cli import pick_device
 
 BOUND_KEYS = {"image_reward": ("min_image_reward", "max_image_reward"),

@@ -131,8 +131,8 @@ def run_grid(points: Sequence[GridPoint], identity_dir: Path, prompts: Path, out
 
     scorer: a CompetitionScorer (None with dry_run). Results that exist are skipped unless force.
     """
+    from eval.competition_scorer import load_prompt_list
     from eval.metrics import task_metrics
-    from eval.scorer import load_prompt_list
 
     identity = identity_dir.name
     prompt_list = load_prompt_list(prompts)
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = None
     if not args.dry_run:
 
-        from eval.scorer import CompetitionScorer
+        from eval.competition_scorer import CompetitionScorer
 
         device = pick_device(args.device)
         scorer, _ = CompetitionScorer.from_weights(clip_path=args.clip, face_pack=args.face_pack,
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(argv: list[str] | None = None) -> int:
-    from eval.scorer import ScoreError
+    from eval.competition_scorer import ScoreError
     from models.paths import WeightsError
 
     try:

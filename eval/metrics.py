@@ -1,6 +1,6 @@
 """Identity metrics the field reports beyond the competition's numbers.
 
-All work on what the scorer already computed (eval/scorer.py keeps each image's face and CLIP
+All work on what the scorer already computed (eval/competition_scorer.py keeps each image's face and CLIP
 embeddings in memory), so they cost no extra model calls:
 
 * detection rate: the share of generated images (expected files, missing ones included) in which
@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from eval.scorer import References, ScoreReport, TaskScore
+from eval.competition_scorer import References, ScoreReport, TaskScore
 
 SIZE_EDGES = (0.0, 64.0, 128.0, 256.0, float("inf"))  # face box shorter side, pixels
 

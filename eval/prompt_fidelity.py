@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from eval.scorer import read_image
+from eval.competition_scorer import read_image
 
 logger = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from eval.atomic import write_json_atomic
     from eval.competition_faces import CompetitionFaceConfig
+    from eval.competition_scorer import CompetitionScorer, ScoreConfig
     from eval.metrics import metrics_table, report_metrics
-    from eval.scorer import CompetitionScorer, ScoreConfig
     from eval.tables import per_prompt_table, per_task_table, summary_table
 
     device = pick_device(args.device)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(argv: list[str] | None = None) -> int:
     """main() with the project's user-facing errors as one line and exit status 2."""
-    from eval.scorer import ScoreError
+    from eval.competition_scorer import ScoreError
     from models.paths import WeightsError
 
     try:

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from eval.scorer import FIVE_NUMBERS, SCORES, ScoreReport
+from eval.competition_scorer import FIVE_NUMBERS, SCORES, ScoreReport
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], floatfmt: str = ".4f") -> str:

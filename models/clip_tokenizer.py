@@ -11,7 +11,7 @@ Gives the ids of transformers' CLIPTokenizer for openai/clip-vit-large-patch14 (
 - BPE inside each piece with '</w>' on its last symbol, merges applied by rank;
 - <|startoftext|> + up to max_length - 2 tokens + <|endoftext|>, padded with <|endoftext|>.
 
-Importing transformers costs 8 s on the GPU machine (eval/time_loading.py), more than loading every
+Importing transformers costs 8 s on the GPU machine (eval/bench/time_loading.py), more than loading every
 weight file; this file lets sampling start without it.
 """
 

@@ -18,7 +18,7 @@ stamp() { date +%s.%N; }
 since() { $PY -c "import sys, time; print(round(time.time() - float(sys.argv[1]), 1))" "$1"; }
 
 if [ ! -f "$W/models/uvit_v1.pth" ]; then
-t=$(stamp); $PY -m eval.random_weights --out "$W" --device cuda >/dev/null
+t=$(stamp); $PY -m eval.bench.random_weights --out "$W" --device cuda >/dev/null
 echo "random weights written in $(since "$t") s"
 fi
 ENCODER=(--encoder "$R/faceid_encoder")
@@ -53,5 +53,5 @@ for mode in ${SAMPLE_COMPILE_MODES:-none default}; do
   ls "$TMP/out_$mode" | wc -l
 done
 [ "${SAMPLE_ONLY:-0}" = 1 ] && exit 0
-$PY -m eval.bench_pretrain --batch_size 16 --out "$RESULTS/pretrain_b16.json" 2>&1 | grep -v -i warn | tail -1
-$PY -m eval.bench_pretrain --batch_size 16 --activation_checkpointing --out "$RESULTS/pretrain_b16_ckpt.json" 2>&1 | grep -v -i warn | tail -1
+$PY -m eval.bench.pretraining --batch_size 16 --out "$RESULTS/pretrain_b16.json" 2>&1 | grep -v -i warn | tail -1
+$PY -m eval.bench.pretraining --batch_size 16 --activation_checkpointing --out "$RESULTS/pretrain_b16_ckpt.json" 2>&1 | grep -v -i warn | tail -1

@@ -1,5 +1,5 @@
 """Test material for the eval scorer: a tiny CLIP built from a config, synthetic "people" whose faces
-the marker detector of eval/standin_faces.py finds, and independent reference computations.
+the marker detector of eval/bench/standin_faces.py finds, and independent reference computations.
 
 A person is a smooth random texture; an image of the person pastes that texture around a marker
 cell (which the marker detector reports as a face box with ArcFace landmarks), so the projection
@@ -8,7 +8,7 @@ pixel has red <= green outside the markers, so nothing else is detected.
 
 The `direct_*` functions compute the competition's numbers the way its script did, with
 insightface's own detector / recogniser calls (`detect(img, max_num=1)`, `get`) and open_clip's
-model calls, independently of eval/scorer.py.
+model calls, independently of eval/competition_scorer.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import open_clip
 import torch
 from PIL import Image
 
-from eval.standin_faces import CELL, make_pack
+from eval.bench.standin_faces import CELL, make_pack
 
 CLIP_CFG = dict(embed_dim=32,
                 vision_cfg=dict(layers=1, width=32, patch_size=8, image_size=32, head_width=16),

@@ -101,7 +101,7 @@ def test_real_grid_commands_scoring_and_resume(tmp_path, capsys):
     from scoring_world import build_pack, make_image, save, tiny_image_clip
 
     from eval.competition_faces import CompetitionFaces
-    from eval.scorer import CompetitionScorer
+    from eval.competition_scorer import CompetitionScorer
 
     ident = tmp_path / "train_data" / "boy1"
     for i in range(2):

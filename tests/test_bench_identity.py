@@ -1,4 +1,4 @@
-"""Smoke test of eval/bench_identity.py: tiny stand-in models, 3 photos, one timed repetition."""
+"""Smoke test of eval/bench/identity.py: tiny stand-in models, 3 photos, one timed repetition."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_bench_identity_tiny(tmp_path):
     out = tmp_path / "tmp.json"
-    proc = subprocess.run([sys.executable, "-m", "eval.bench_identity", "--tiny", "--photos", "3", "--repeats", "1",
+    proc = subprocess.run([sys.executable, "-m", "eval.bench.identity", "--tiny", "--photos", "3", "--repeats", "1",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
     res = json.loads(out.read_text())

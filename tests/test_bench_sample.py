@@ -2,7 +2,7 @@
 
 import torch
 
-from eval.bench_sample import bench, check_accuracy
+from eval.bench.sample import bench, check_accuracy
 
 
 def test_fast_and_reference_paths_run_and_report():
@@ -23,7 +23,7 @@ def test_accuracy_check_compares_fast_with_fp32():
 def test_lever_probe_runs_and_writes_its_json(tmp_path):
     import json
 
-    from eval.bench_levers import main
+    from eval.bench.levers import main
 
     out = tmp_path / "levers.json"
     assert main(["--tiny", "--device", "cpu", "--compile", "none", "--iters", "1", "--parts",
@@ -38,7 +38,7 @@ def test_lever_probe_runs_and_writes_its_json(tmp_path):
 def test_fp8_probe_rounds_like_the_kernels_and_restores_the_model(tmp_path):
     import json
 
-    from eval.probe_fp8 import main, round_bf16, round_fp8_rowwise, rounded_gemms
+    from eval.bench.probe_fp8 import main, round_bf16, round_fp8_rowwise, rounded_gemms
     from models.uvit import UViT, UViTConfig
 
     x = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))

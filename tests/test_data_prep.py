@@ -1,7 +1,7 @@
 """data_prep: sources, per-image processing, shards + manifest, resume, and reading shards back.
 
 Real face photos (skimage's astronaut, insightface's Tom Hanks and group photo) go through
-facenet-pytorch's MTCNN with the stand-in ArcFace (eval/standin_faces.py); the frozen feature models
+facenet-pytorch's MTCNN with the stand-in ArcFace (eval/bench/standin_faces.py); the frozen feature models
 are the tiny UniDiffuser stack (tests/tiny_stack.py: 16 x 16 crops -> 8 x 8 latents). The CLI test
 loads everything from files (tiny weights folder + stand-in pack, marker photos).
 """
@@ -27,7 +27,7 @@ from data_prep.process import FrozenModels, PrepConfig, SampleProcessor, square_
 from data_prep.shards import MANIFEST, PrepError, ShardPlan, run_shards, shard_done, write_manifest
 from data_prep.sources import FolderSource, HFDiskSource, RawSample, SourceError, TarSource
 from encoder.face_analysis import FaceAnalyzer
-from eval.standin_faces import MTCNNDetector, make_pack, paint_marker
+from eval.bench.standin_faces import MTCNNDetector, make_pack, paint_marker
 from models.uvit import UViTConfig
 from pretrain.data import DataError, ShardStream, expected_shapes, list_shards, read_shard
 

@@ -1,7 +1,7 @@
 """The competition workflow end to end on the CPU: train.py then sample.py, tiny models.
 
 The UniDiffuser stack is tiny (tests/tiny_stack.py), the face pack is the ONNX stand-in of
-eval/standin_faces.py (insightface loads and decodes it), and the photos carry the stand-in
+eval/bench/standin_faces.py (insightface loads and decodes it), and the photos carry the stand-in
 detector's marker. Both commands run as subprocesses exactly as users call them.
 """
 
@@ -18,7 +18,7 @@ from PIL import Image
 
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule, checkpoint_hash
-from eval.standin_faces import make_pack, paint_marker
+from eval.bench.standin_faces import make_pack, paint_marker
 from models.uvit import UViTConfig
 from personalize.record import IdentityRecord
 from tests.tiny_stack import make_tiny_weights_dir, tiny_configs

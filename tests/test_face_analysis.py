@@ -1,10 +1,10 @@
 """encoder.face_analysis: pack loading through insightface, the face policy, real photos.
 
 Two set-ups:
-* a stand-in pack written by eval/standin_faces.py (SCRFD / ArcFace / genderage signatures), loaded
+* a stand-in pack written by eval/bench/standin_faces.py (SCRFD / ArcFace / genderage signatures), loaded
   with FaceAnalyzer.from_pack so insightface's routing and SCRFD decoding run; its detector finds
   coloured marker cells at exactly predictable places;
-* real photos through facenet-pytorch's MTCNN (adapter in eval/standin_faces.py) with the stand-in ArcFace.
+* real photos through facenet-pytorch's MTCNN (adapter in eval/bench/standin_faces.py) with the stand-in ArcFace.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from PIL import Image
 from encoder.align import ARCFACE_TEMPLATE_112, align_face, alignment_matrix, transform_points
 from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
 from encoder.photos import PhotoError, load_rgb
-from eval.standin_faces import (
+from eval.bench.standin_faces import (
     MTCNNDetector,
     expected_detection,
     make_pack,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eval.competition_scorer import ImageScore, PromptScore, References, ScoreConfig, ScoreReport, TaskScore
 from eval.metrics import (
     copy_paste,
     detection_rate,
@@ -16,7 +17,6 @@ from eval.metrics import (
     similarity_by_face_size,
     task_metrics,
 )
-from eval.scorer import ImageScore, PromptScore, References, ScoreConfig, ScoreReport, TaskScore
 
 E = np.eye(4)
 

@@ -1,6 +1,6 @@
-"""eval.scorer / eval.score: the competition's preliminary-round numbers on images the test makes.
+"""eval.competition_scorer / eval.score: the competition's preliminary-round numbers on images the test makes.
 
-Face models are ONNX files in insightface's signatures (eval/standin_faces.py), CLIP is a tiny
+Face models are ONNX files in insightface's signatures (eval/bench/standin_faces.py), CLIP is a tiny
 open_clip model built from a config. Expected numbers are computed independently through
 insightface's and open_clip's own calls (tests/scoring_world.py) with the competition's arithmetic
 written out here, not through the scorer's aggregation.
@@ -18,7 +18,7 @@ import torch
 from scoring_world import DirectModels, build_pack, make_image, save, tiny_image_clip
 
 from eval.competition_faces import CompetitionFaceConfig, CompetitionFaces, pick_face
-from eval.scorer import CompetitionScorer, References, ScoreError, parse_task
+from eval.competition_scorer import CompetitionScorer, References, ScoreError, parse_task
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # insightface face_align, reference path
 TOL = 1e-5

@@ -1,15 +1,15 @@
 """Personalisation benchmark: seconds per identity for what `train.py -d PHOTOS -o OUT` does after the
 face models are loaded (decode, detect, align, embed, genderage, write the record).
 
-    python -m eval.bench_identity --photos 10 --repeats 3 --out eval/results/identity.json
-    python -m eval.bench_identity --tiny --photos 3 --repeats 1      # smoke test of the script
+    python -m eval.bench.identity --photos 10 --repeats 3 --out eval/results/identity.json
+    python -m eval.bench.identity --tiny --photos 3 --repeats 1      # smoke test of the script
 
 No real insightface pack is available, so the script writes a stand-in pack into a temporary folder,
 with the real input/output signatures (insightface's own model_zoo routing, SCRFD decoding, NMS,
 ArcFaceONNX and Attribute pre-processing run unchanged) and realistic compute; the JSON says
 "weights": "stand-in (...)":
 
-* det_10g.onnx: the marker detector of eval/standin_faces.py (a coloured 8 x 8 cell of the detector's
+* det_10g.onnx: the marker detector of eval/bench/standin_faces.py (a coloured 8 x 8 cell of the detector's
   input "is" a face at a known place) plus a convolutional trunk of SCRFD-10G's size (ResNet basic
   blocks, PAFPN neck, three stacked 3x3 head convs per level, score / box / landmark heads at
   strides 8, 16 and 32, 2 anchors; 10.3 G multiply-accumulates at 640 x 640 (the convention of
@@ -25,7 +25,7 @@ ArcFaceONNX and Attribute pre-processing run unchanged) and realistic compute; t
 * w600k_r50.onnx: an IResNet-50 (insightface's arcface_torch layout, 6.3 G multiply-accumulates at
   112 x 112, 43.6 M parameters, 512-d output) with random weights, exported with torch.onnx.export.
   Per photo it runs on 2 crops (the aligned face and its mirror), as FaceAnalyzer does.
-* genderage.onnx: eval/standin_faces.py's constant genderage model (the real one is tiny).
+* genderage.onnx: eval/bench/standin_faces.py's constant genderage model (the real one is tiny).
 
 The photos are 1280 x 960 JPEGs (grey textured background, one marker each, faces of varied place
 and size); every photo must be used and its box must be where the marker puts it.
@@ -40,167 +40,33 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from eval.bench_common import environment, finish
+from eval.bench.common import environment, finish
+from eval.bench.standin_faces import (
+    FACE_H,
+    FACE_W,
+    NOISE_CEILING,
+    STRIDES,
+    IResNet,
+    ScrfdTrunk,
+    StandInScrfd,
+    expected_detection,
+    export_onnx,
+    paint_marker,
+    write_genderage,
+    write_scrfd,
+)
 
 WEIGHTS = "stand-in (random ONNX models of SCRFD-10G / IResNet-50 compute)"
 TARGET_S = 2.0  # per identity of 10 photos, models loaded
 DET_SIZE = 640
 PHOTO_W, PHOTO_H = 1280, 960
 PHOTO_SCALE = PHOTO_W // DET_SIZE  # original pixels per detector-input pixel
-NOISE_CEILING = 0.1  # the trunk's scores stay below this; insightface's threshold here is 0.2
-OPSET = 17
-STRIDES = (8, 16, 32)
-ANCHORS = 2
-
-
-# ------------------------------------------------------------------------------------- modules
-def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, act: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
-    if act:
-        layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
-
-
-class _BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int):
-        super().__init__()
-        self.conv1 = _conv_bn(cin, cout, 3, stride)
-        self.conv2 = _conv_bn(cout, cout, 3, 1, act=False)
-        self.down = None if stride == 1 and cin == cout else _conv_bn(cin, cout, 1, stride, act=False)
-
-    def forward(self, x):
-        return F.relu(self.conv2(self.conv1(x)) + (x if self.down is None else self.down(x)))
-
-
-class ScrfdTrunk(nn.Module):
-    """SCRFD-10G-like backbone + PAFPN + heads; returns (cls, box, kps) maps per stride 8, 16, 32."""
-
-    def __init__(self, stem: int = 56, planes=(56, 88, 88, 224), blocks=(2, 3, 2, 3), neck: int = 56,
-                 head: int = 80, stacked: int = 3):
-        super().__init__()
-        self.stem = nn.Sequential(_conv_bn(3, stem // 2, 3, 2), _conv_bn(stem // 2, stem), nn.MaxPool2d(3, 2, 1))
-        stages, cin = [], stem
-        for i, (p, n) in enumerate(zip(planes, blocks)):
-            stages.append(nn.Sequential(*[_BasicBlock(cin if j == 0 else p, p, 2 if (i > 0 and j == 0) else 1)
-                                          for j in range(n)]))
-            cin = p
-        self.stages = nn.ModuleList(stages)
-        self.lateral = nn.ModuleList([_conv_bn(c, neck, 1) for c in planes[1:]])
-        self.fpn = nn.ModuleList([_conv_bn(neck, neck) for _ in planes[1:]])
-        self.down = nn.ModuleList([_conv_bn(neck, neck, 3, 2) for _ in planes[2:]])
-        self.pafpn = nn.ModuleList([_conv_bn(neck, neck) for _ in planes[2:]])
-        self.towers = nn.ModuleList([nn.Sequential(*[_conv_bn(neck if j == 0 else head, head)
-                                                     for j in range(stacked)]) for _ in STRIDES])
-        self.cls = nn.ModuleList([nn.Conv2d(head, ANCHORS, 3, 1, 1) for _ in STRIDES])
-        self.box = nn.ModuleList([nn.Conv2d(head, 4 * ANCHORS, 3, 1, 1) for _ in STRIDES])
-        self.kps = nn.ModuleList([nn.Conv2d(head, 10 * ANCHORS, 3, 1, 1) for _ in STRIDES])
-
-    def forward(self, x):
-        x = self.stem(x)
-        feats = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i > 0:
-                feats.append(x)
-        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
-        for i in range(len(lat) - 1, 0, -1):  # top-down
-            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], scale_factor=2.0, mode="nearest")
-        outs = [conv(f) for conv, f in zip(self.fpn, lat)]
-        for i in range(len(outs) - 1):  # bottom-up (PAFPN)
-            outs[i + 1] = self.pafpn[i](outs[i + 1] + self.down[i](outs[i]))
-        return [(self.cls[i](t), self.box[i](t), self.kps[i](t))
-                for i, t in enumerate(tower(o) for tower, o in zip(self.towers, outs))]
-
-
-def _flat(t: torch.Tensor, width: int) -> torch.Tensor:
-    """[1, A * width, h, w] -> [h * w * A, width], anchor fastest (SCRFD's output layout)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, width)
-
-
-class StandInScrfd(nn.Module):
-    """eval/standin_faces.py's marker detector (same decoded detections), optionally with a trunk."""
-
-    def __init__(self, trunk: ScrfdTrunk | None):
-        super().__init__()
-        from eval.standin_faces import CELL, _marker_head
-
-        w, b = _marker_head()
-        self.trunk = trunk
-        for s in STRIDES:
-            live = s == CELL
-            self.register_buffer(f"w{s}", torch.from_numpy(w.reshape(15, 3, 1, 1) * live))
-            self.register_buffer(f"b{s}", torch.from_numpy(b * live))
-
-    def forward(self, x):
-        heads = self.trunk(x) if self.trunk is not None else None
-        scores, boxes, kpss = [], [], []
-        for i, s in enumerate(STRIDES):
-            m = F.conv2d(F.avg_pool2d(x, s, s), getattr(self, f"w{s}"), getattr(self, f"b{s}"))
-            m = m.permute(0, 2, 3, 1).unsqueeze(3)
-            m = torch.cat([m] * ANCHORS, dim=3).reshape(-1, 15)
-            score, box, kps = m[:, 0:1].clamp(0.0, 1.0), m[:, 1:5], m[:, 5:15]
-            if heads is not None:
-                cls_t, box_t, kps_t = heads[i]
-                score_t = NOISE_CEILING * torch.sigmoid(_flat(cls_t, 1))
-                live = score_t > score  # only where the marker is not a candidate (score < NOISE_CEILING)
-                score = torch.where(live, score_t, score)
-                box = torch.where(live, _flat(box_t, 4), box)
-                kps = torch.where(live, _flat(kps_t, 10), kps)
-            scores.append(score)
-            boxes.append(box)
-            kpss.append(kps)
-        return tuple(scores + boxes + kpss)
-
-
-class _IBasicBlock(nn.Module):
-    """arcface_torch's IBasicBlock: BN, conv, BN, PReLU, conv(stride), BN, + shortcut."""
-
-    def __init__(self, cin: int, planes: int, stride: int):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
-        self.conv1 = nn.Conv2d(cin, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
-        self.prelu = nn.PReLU(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
-        nn.init.constant_(self.bn3.weight, 0.2)  # keeps the random residual stream bounded
-        self.down = (None if stride == 1 and cin == planes else
-                     nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
-
-    def forward(self, x):
-        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
-        return out + (x if self.down is None else self.down(x))
-
-
-class IResNet(nn.Module):
-    """insightface's IResNet (arcface_torch/backbones/iresnet.py): [N, 3, 112, 112] -> [N, 512]."""
-
-    def __init__(self, layers=(3, 4, 14, 3), widths=(64, 128, 256, 512), emb: int = 512):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.prelu = nn.PReLU(widths[0])
-        blocks, cin = [], widths[0]
-        for n, w in zip(layers, widths):
-            for j in range(n):
-                blocks.append(_IBasicBlock(cin, w, 2 if j == 0 else 1))
-                cin = w
-        self.blocks = nn.Sequential(*blocks)
-        self.bn2 = nn.BatchNorm2d(cin)
-        self.fc = nn.Linear(cin * 7 * 7, emb)
-        self.features = nn.BatchNorm1d(emb)
-
-    def forward(self, x):
-        x = self.blocks(self.prelu(self.bn1(self.conv1(x))))
-        return self.features(self.fc(torch.flatten(self.bn2(x), 1)))
 
 
 def count_macs(module: nn.Module, x: torch.Tensor) -> int:
@@ -225,17 +91,6 @@ def count_macs(module: nn.Module, x: torch.Tensor) -> int:
 
 
 # ------------------------------------------------------------------------------------ the pack
-def _export(module: nn.Module, dummy: torch.Tensor, path: Path, input_name: str, outputs: list[str],
-            dynamic_axes: dict) -> Path:
-    module.eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (dummy,), str(path), input_names=[input_name], output_names=outputs,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True,
-                          dynamo=False)
-    return path
-
-
 def _describe(module: nn.Module, dummy: torch.Tensor, path: Path) -> dict:
     macs = count_macs(module, dummy)
     return {"file": path.name, "gmacs": round(macs / 1e9, 3), "gflops": round(2 * macs / 1e9, 3),
@@ -245,8 +100,6 @@ def _describe(module: nn.Module, dummy: torch.Tensor, path: Path) -> dict:
 
 def build_pack(folder: Path, tiny: bool, seed: int = 0) -> tuple[Path, Path, dict]:
     """(pack folder, marker-only detector file, model descriptions)."""
-    from eval.standin_faces import write_genderage, write_scrfd
-
     torch.manual_seed(seed)
     pack = folder / ("stand_in_tiny" if tiny else "stand_in_buffalo_l")
     pack.mkdir(parents=True)
@@ -255,18 +108,18 @@ def build_pack(folder: Path, tiny: bool, seed: int = 0) -> tuple[Path, Path, dic
     det = StandInScrfd(trunk).eval()
     det_in = torch.randn(1, 3, DET_SIZE, DET_SIZE)
     names = [f"{k}_{s}" for k in ("score", "bbox", "kps") for s in STRIDES]
-    det_path = _export(det, det_in, pack / "det_10g.onnx", "input.1", names,
+    det_path = export_onnx(det, det_in, pack / "det_10g.onnx", "input.1", names,
                        {"input.1": {2: "height", 3: "width"}, **{n: {0: f"n_{n}"} for n in names}})
     rec = (IResNet(layers=(1, 1, 1, 1), widths=(8, 16, 32, 64)) if tiny else IResNet()).eval()
     rec_in = torch.randn(2, 3, 112, 112)
-    rec_path = _export(rec, rec_in, pack / "w600k_r50.onnx", "input.1", ["embedding"],
+    rec_path = export_onnx(rec, rec_in, pack / "w600k_r50.onnx", "input.1", ["embedding"],
                        {"input.1": {0: "batch"}, "embedding": {0: "batch"}})
     ga_path = write_genderage(pack / "genderage.onnx")
     baseline = write_scrfd(folder / "baseline" / "det_marker_only.onnx")
     models = {"detector": _describe(det, det_in, det_path),
               "detector_trunk_only": {"gmacs": round(count_macs(trunk, det_in) / 1e9, 3)},
               "recogniser": _describe(rec, rec_in[:1], rec_path),
-              "genderage": {"file": ga_path.name, "note": "eval/standin_faces.py constant model (negligible)"}}
+              "genderage": {"file": ga_path.name, "note": "eval/bench/standin_faces.py constant model (negligible)"}}
     return pack, baseline, models
 
 
@@ -275,8 +128,6 @@ def make_photos(folder: Path, n: int, seed: int = 0) -> list[dict]:
     """n 1280 x 960 JPEGs, each with one marker (a face at a known place and size)."""
     import cv2
     from PIL import Image
-
-    from eval.standin_faces import FACE_H, FACE_W, paint_marker
 
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -417,7 +268,6 @@ def run(n_photos: int, repeats: int, tiny: bool) -> dict:
 
     from encoder.face_analysis import FaceAnalyzer, FacePolicy, default_providers
     from encoder.photos import list_photos, load_rgb
-    from eval.standin_faces import expected_detection
     from personalize.extract import extract_identity
 
     result = {"workload": "train_identity", **environment(WEIGHTS), "tiny": tiny,

@@ -6,7 +6,7 @@ activation checkpointing. MFU counts the useful work of a step through a frozen 
 UViT forwards per sample (forward + gradient to the inputs): 2 x 2.329 = 4.66 TFLOP
 (reference/anchors.md), against the measured dense bf16 rate of the GPU (798 TFLOP/s on the H100).
 
-    python -m eval.bench_pretrain --batch_size 16 --out eval/results/pretrain_h100.json
+    python -m eval.bench.pretraining --batch_size 16 --out eval/results/pretrain_h100.json
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 
-from eval.bench_common import environment, finish
+from eval.bench.common import environment, finish
 from pretrain.config import PretrainConfig, apply_overrides
 
 TFLOP_PER_SAMPLE = 2 * 2.329  # forward + input gradient through the frozen UViT at 512x512

@@ -8,7 +8,7 @@ Variants: plain UViT; identity fused (the fast path); identity two-stream (the r
 identity fused with contiguous q/k/v slices; a FlexAttention form (one kernel: the identity keys of
 the main queries get a log-gate score bias; a different gating, timed for comparison only).
 
-    python -m eval.bench_forward --out eval/results/forward_h100.json
+    python -m eval.bench.forward --out eval/results/forward_h100.json
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import sys
 import torch
 from einops import rearrange
 
-from eval.bench_common import Timer, report
-from eval.bench_sample import random_identity, random_pipeline
+from eval.bench.common import Timer, report
+from eval.bench.sample import random_identity, random_pipeline
 from models.attention import attend
 
 TFLOP_PER_SAMPLE = 2.329

@@ -14,8 +14,8 @@ faster than bf16 on an H100 is FP8, so this probe measures both sides of that tr
           `torch._scaled_mm` with row-wise scales (weights quantized once, the activation's
           quantization timed as its own kernel), summed over the 31 blocks.
 
-    python -m eval.probe_fp8 --parts error --device cpu --out eval/results/fp8_error_cpu.json
-    python -m eval.probe_fp8 --parts speed,error --device cuda --out eval/results/fp8_h100.json
+    python -m eval.bench.probe_fp8 --parts error --device cpu --out eval/results/fp8_error_cpu.json
+    python -m eval.bench.probe_fp8 --parts speed,error --device cuda --out eval/results/fp8_h100.json
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.bench_common import report
-from eval.bench_forward import time_fn
-from eval.bench_sample import accuracy_inputs
+from eval.bench.common import report
+from eval.bench.forward import time_fn
+from eval.bench.sample import accuracy_inputs
 from models.uvit import UViT, UViTConfig
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn

@@ -1,6 +1,6 @@
 """Where `UniDiffuserT2I.from_pretrained` spends its time; prints JSON (docs/performance.md).
 
-    python -m eval.time_loading --weights WEIGHTS_FOLDER [--device cuda]
+    python -m eval.bench.time_loading --weights WEIGHTS_FOLDER [--device cuda]
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ guidance pair), CUDA events after a warm-up:
   profile     GPU time of the best compiled forward by kernel family (GEMM, attention, Triton
               fused elementwise, other) and its ten largest kernels.
 
-    python -m eval.bench_levers --out eval/results/levers_h100.json
+    python -m eval.bench.levers --out eval/results/levers_h100.json
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from encoder.id_uvit import IDConditionedUViT
-from eval.bench_common import report
-from eval.bench_forward import TFLOP_PER_SAMPLE, time_fn
-from eval.bench_sample import random_identity, random_pipeline
+from eval.bench.common import report
+from eval.bench.forward import TFLOP_PER_SAMPLE, time_fn
+from eval.bench.sample import random_identity, random_pipeline
 
 
 def _backend(name: str | None):

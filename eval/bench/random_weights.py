@@ -4,7 +4,7 @@ For end-to-end runs and timings on machines without the real release (speed, mem
 loading path do not depend on the values; the images are noise). A RANDOM_WEIGHTS.txt file in the
 folder says what it is.
 
-    python -m eval.random_weights --out /tmp/random_weights [--device cuda]
+    python -m eval.bench.random_weights --out /tmp/random_weights [--device cuda]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def write_random_weights(out: str | Path, device: str | torch.device = "cpu", se
     """out/models/{uvit_v1.pth, autoencoder_kl.pth, caption_decoder.pth}, out/clip-vit-large-patch14/."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from eval.bench_common import CLIP_L_TEXT
+    from eval.bench.common import CLIP_L_TEXT
     from models.text_encoder import write_clip_tokenizer
 
     out, device = Path(out), torch.device(device)
@@ -45,7 +45,7 @@ def write_random_weights(out: str | Path, device: str | torch.device = "cpu", se
     clip_dir = out / "clip-vit-large-patch14"
     CLIPTextModel(CLIPTextConfig(**CLIP_L_TEXT)).save_pretrained(clip_dir)
     write_clip_tokenizer(clip_dir)
-    (out / "RANDOM_WEIGHTS.txt").write_text("Every weight in this folder is random (eval/random_weights.py): "
+    (out / "RANDOM_WEIGHTS.txt").write_text("Every weight in this folder is random (eval/bench/random_weights.py): "
                                             "for timings and end-to-end checks only.\n")
     return out
 

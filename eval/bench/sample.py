@@ -16,8 +16,8 @@ With --identity the identity tokens are on (an identity module with open gates).
 Without real weights (--weights not given) every module is full-size with random weights; speed
 and memory do not depend on the values, and the JSON says "weights": "random".
 
-    python -m eval.bench_sample --workload sample_bench --path fast --identity --out eval/results/x.json
-    python -m eval.bench_sample --check-accuracy     # fast forward vs fp32, relative L2 error
+    python -m eval.bench.sample --workload sample_bench --path fast --identity --out eval/results/x.json
+    python -m eval.bench.sample --check-accuracy     # fast forward vs fp32, relative L2 error
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
-from eval.bench_common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
+from eval.bench.common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.pipeline import UniDiffuserT2I
 from models.uvit import UViT, UViTConfig
@@ -198,7 +198,7 @@ def main(argv=None) -> int:
                          ["--workload", "sample_prompt", "--path", "reference"]]
         for extra in runs:
             extra = extra if "--compile" in extra else [*extra, "--compile", args.compile]
-            cmd = [sys.executable, "-m", "eval.bench_sample",
+            cmd = [sys.executable, "-m", "eval.bench.sample",
                    "--repeats", str(args.repeats), "--device", args.device, *extra]
             cmd += ["--tiny"] if args.tiny else []
             cmd += [] if "--allocator" in extra else ["--allocator", args.allocator]

@@ -1,4 +1,4 @@
-"""Stand-ins for an insightface model pack (tests and benchmarks), and a real-photo detector adapter.
+"""Stand-in face models: an insightface model pack for tests and benchmarks, and a real-photo detector adapter.
 
 The ONNX files written here have the input/output signatures of the pack's models, so insightface's
 own routing (model_zoo.get_model) and decoding (SCRFD anchors, distance decoding, NMS, ArcFaceONNX
@@ -15,25 +15,36 @@ and Attribute pre-processing) run on them unchanged:
 * an ArcFace-style recogniser (input [N, 3, 112, 112] -> [N, 512]): a fixed random linear projection
   of the 4 x 4-pooled normalised pixels. Identical crops give identical embeddings.
 * a genderage-style model (input [N, 3, 96, 96] -> [N, 3]) answering a fixed gender and age.
+
+Those are written by hand and cost next to nothing. For benchmarks, torch modules with the compute of
+the real models, exported with `export_onnx`: `StandInScrfd` (the marker detector, optionally behind
+`ScrfdTrunk`, a SCRFD-10G-shaped backbone + PAFPN + heads whose outputs never win a detection) and
+`IResNet` (insightface's arcface_torch recogniser layout, random weights).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
+import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from encoder.align import ARCFACE_TEMPLATE_112
 
-OPSET = 13
+OPSET = 13  # the hand-written models
+EXPORT_OPSET = 17  # the exported torch modules
 IR_VERSION = 8
 STRIDES = (8, 16, 32)
 NUM_ANCHORS = 2
 CELL = 8  # the marker cell of the stride-8 level
 FACE_W, FACE_H = 64.0, 80.0  # face box at f = 1 (blue 0), in detector-input pixels
 EMBED_DIM = 512
+NOISE_CEILING = 0.1  # StandInScrfd's trunk scores stay below this; insightface's threshold here is 0.2
 _BLOB_STD = 128.0  # SCRFD pre-processing: (pixel - 127.5) / 128, RGB order
 
 
@@ -202,6 +213,165 @@ def make_pack(folder: str | Path, *, detector: str | None = "det_10g.onnx",
     if genderage:
         write_genderage(folder / genderage, gender=gender, age=age)
     return folder
+
+
+# --------------------------------------------------- stand-ins with real compute (torch -> ONNX)
+def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, act: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, 3, stride)
+        self.conv2 = _conv_bn(cout, cout, 3, 1, act=False)
+        self.down = None if stride == 1 and cin == cout else _conv_bn(cin, cout, 1, stride, act=False)
+
+    def forward(self, x):
+        return F.relu(self.conv2(self.conv1(x)) + (x if self.down is None else self.down(x)))
+
+
+class ScrfdTrunk(nn.Module):
+    """SCRFD-10G-like backbone + PAFPN + heads; returns (cls, box, kps) maps per stride 8, 16, 32."""
+
+    def __init__(self, stem: int = 56, planes=(56, 88, 88, 224), blocks=(2, 3, 2, 3), neck: int = 56,
+                 head: int = 80, stacked: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(_conv_bn(3, stem // 2, 3, 2), _conv_bn(stem // 2, stem), nn.MaxPool2d(3, 2, 1))
+        stages, cin = [], stem
+        for i, (p, n) in enumerate(zip(planes, blocks)):
+            stages.append(nn.Sequential(*[_BasicBlock(cin if j == 0 else p, p, 2 if (i > 0 and j == 0) else 1)
+                                          for j in range(n)]))
+            cin = p
+        self.stages = nn.ModuleList(stages)
+        self.lateral = nn.ModuleList([_conv_bn(c, neck, 1) for c in planes[1:]])
+        self.fpn = nn.ModuleList([_conv_bn(neck, neck) for _ in planes[1:]])
+        self.down = nn.ModuleList([_conv_bn(neck, neck, 3, 2) for _ in planes[2:]])
+        self.pafpn = nn.ModuleList([_conv_bn(neck, neck) for _ in planes[2:]])
+        self.towers = nn.ModuleList([nn.Sequential(*[_conv_bn(neck if j == 0 else head, head)
+                                                     for j in range(stacked)]) for _ in STRIDES])
+        self.cls = nn.ModuleList([nn.Conv2d(head, NUM_ANCHORS, 3, 1, 1) for _ in STRIDES])
+        self.box = nn.ModuleList([nn.Conv2d(head, 4 * NUM_ANCHORS, 3, 1, 1) for _ in STRIDES])
+        self.kps = nn.ModuleList([nn.Conv2d(head, 10 * NUM_ANCHORS, 3, 1, 1) for _ in STRIDES])
+
+    def forward(self, x):
+        x = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i > 0:
+                feats.append(x)
+        lat = [conv(f) for conv, f in zip(self.lateral, feats)]
+        for i in range(len(lat) - 1, 0, -1):  # top-down
+            lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], scale_factor=2.0, mode="nearest")
+        outs = [conv(f) for conv, f in zip(self.fpn, lat)]
+        for i in range(len(outs) - 1):  # bottom-up (PAFPN)
+            outs[i + 1] = self.pafpn[i](outs[i + 1] + self.down[i](outs[i]))
+        return [(self.cls[i](t), self.box[i](t), self.kps[i](t))
+                for i, t in enumerate(tower(o) for tower, o in zip(self.towers, outs))]
+
+
+def _flat(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[1, A * width, h, w] -> [h * w * A, width], anchor fastest (SCRFD's output layout)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, width)
+
+
+class StandInScrfd(nn.Module):
+    """write_scrfd's marker detector as a torch module (same decoded detections), optionally with a trunk.
+
+    forward: input.1 [1, 3, H, W] -> 9 outputs (scores [n_s, 1], boxes [n_s, 4], landmarks [n_s, 10]
+    for each stride s). With a trunk, at every anchor the output is the trunk's (score =
+    NOISE_CEILING * sigmoid(logit), its box and landmarks) where that score beats the marker's, else
+    the marker's (a Where, so no graph optimiser can fold the trunk away). Below a detection threshold
+    above NOISE_CEILING the decoded detections are exactly the marker model's.
+    """
+
+    def __init__(self, trunk: ScrfdTrunk | None):
+        super().__init__()
+        w, b = _marker_head()
+        self.trunk = trunk
+        for s in STRIDES:
+            live = s == CELL
+            self.register_buffer(f"w{s}", torch.from_numpy(w.reshape(15, 3, 1, 1) * live))
+            self.register_buffer(f"b{s}", torch.from_numpy(b * live))
+
+    def forward(self, x):
+        heads = self.trunk(x) if self.trunk is not None else None
+        scores, boxes, kpss = [], [], []
+        for i, s in enumerate(STRIDES):
+            m = F.conv2d(F.avg_pool2d(x, s, s), getattr(self, f"w{s}"), getattr(self, f"b{s}"))
+            m = m.permute(0, 2, 3, 1).unsqueeze(3)
+            m = torch.cat([m] * NUM_ANCHORS, dim=3).reshape(-1, 15)
+            score, box, kps = m[:, 0:1].clamp(0.0, 1.0), m[:, 1:5], m[:, 5:15]
+            if heads is not None:
+                cls_t, box_t, kps_t = heads[i]
+                score_t = NOISE_CEILING * torch.sigmoid(_flat(cls_t, 1))
+                live = score_t > score  # only where the marker is not a candidate (score < NOISE_CEILING)
+                score = torch.where(live, score_t, score)
+                box = torch.where(live, _flat(box_t, 4), box)
+                kps = torch.where(live, _flat(kps_t, 10), kps)
+            scores.append(score)
+            boxes.append(box)
+            kpss.append(kps)
+        return tuple(scores + boxes + kpss)
+
+
+class _IBasicBlock(nn.Module):
+    """arcface_torch's IBasicBlock: BN, conv, BN, PReLU, conv(stride), BN, + shortcut."""
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, eps=1e-5)
+        self.conv1 = nn.Conv2d(cin, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, eps=1e-5)
+        self.prelu = nn.PReLU(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes, eps=1e-5)
+        nn.init.constant_(self.bn3.weight, 0.2)  # keeps the random residual stream bounded
+        self.down = (None if stride == 1 and cin == planes else
+                     nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)))
+
+    def forward(self, x):
+        out = self.bn3(self.conv2(self.prelu(self.bn2(self.conv1(self.bn1(x))))))
+        return out + (x if self.down is None else self.down(x))
+
+
+class IResNet(nn.Module):
+    """insightface's IResNet (arcface_torch/backbones/iresnet.py): [N, 3, 112, 112] -> [N, 512]."""
+
+    def __init__(self, layers=(3, 4, 14, 3), widths=(64, 128, 256, 512), emb: int = 512):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.prelu = nn.PReLU(widths[0])
+        blocks, cin = [], widths[0]
+        for n, w in zip(layers, widths):
+            for j in range(n):
+                blocks.append(_IBasicBlock(cin, w, 2 if j == 0 else 1))
+                cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.bn2 = nn.BatchNorm2d(cin)
+        self.fc = nn.Linear(cin * 7 * 7, emb)
+        self.features = nn.BatchNorm1d(emb)
+
+    def forward(self, x):
+        x = self.blocks(self.prelu(self.bn1(self.conv1(x))))
+        return self.features(self.fc(torch.flatten(self.bn2(x), 1)))
+
+
+def export_onnx(module: nn.Module, dummy: torch.Tensor, path: Path, input_name: str, outputs: list[str],
+                dynamic_axes: dict) -> Path:
+    """Export `module` (eval mode, constant folding, TorchScript exporter) with one input `dummy`."""
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (dummy,), str(path), input_names=[input_name], output_names=outputs,
+                          dynamic_axes=dynamic_axes, opset_version=EXPORT_OPSET, do_constant_folding=True,
+                          dynamo=False)
+    return path
 
 
 # --------------------------------------------------------------------------- real-photo detector
