@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: F401  (heavy imports after --help)
 
     from encoder.identity import checkpoint_hash
+    from models.device import pick_device, pick_dtype, prefer_expandable_segments
+    from models.execution import Execution
     from models.pipeline import UniDiffuserT2I
-    from personalize.cli import pick_device, pick_dtype, prefer_expandable_segments
     from personalize.generate import (
         GenerateOptions,
         find_identity_module,
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     module, source = load_identity_module(encoder, pipe.uvit.config, record)
     module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
     if device.type == "cuda" and not args.no_fast:
-        pipe.enable_fast_path(None if args.compile == "none" else args.compile, cuda_graphs=not args.no_cuda_graphs)
+        pipe.execution = Execution.fast_path(device, dtype, None if args.compile == "none" else args.compile,
+                                             cuda_graphs=not args.no_cuda_graphs)
     net = identity_net(pipe, module)
     tokens = identity_tokens(module, record, device, dtype)
     clock.lap("identity module")

@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from encoder.face_analysis import FaceAnalyzer, FacePolicy
     from encoder.identity import checkpoint_hash
+    from models.device import pick_device
     from models.paths import WeightsError, find_weights
-    from personalize.cli import pick_device
     from personalize.extract import extract_identity, summary_table
 
     device = pick_device(args.device)

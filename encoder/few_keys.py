@@ -10,9 +10,10 @@ keys in one attention kernel, which also returns its log-sum-exp, and then over 
 
 `gated_few_key_attention_` does all of it in place, in one pass over q and o. Written with torch
 ops it is about fifteen kernels over the [B, H, L, d] tensors a block; under torch.compile
-Inductor fuses them, but the eager path (what sample.py runs by default) paid 6.7 ms a forward
-for them on an H100, against 16.8 ms for the whole plain forward. The Triton kernel runs on CUDA,
-without gradients and outside torch.compile; everywhere else the same function runs as torch ops.
+Inductor fuses them, but on the eager path (what sample.py runs by default) they cost a large
+fraction of the whole plain forward (docs/performance.md, the few-key kernel). The Triton kernel
+runs on CUDA, without gradients and outside torch.compile; everywhere else the same function runs
+as torch ops.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import numpy as np
 
 from eval.competition_scorer import FaceModel, ImageUnreadable, ScoreError, read_image
 from eval.prompt_fidelity import PromptFidelity
-from personalize.cli import pick_device
+from models.device import pick_device
 
 BOUND_KEYS = {"image_reward": ("min_image_reward", "max_image_reward"),
               "clip_text": ("min_text_sim", "max_text_sim")}

@@ -19,7 +19,7 @@ import shlex
 import sys
 import time
 
-from personalize.cli import pick_device
+from models.device import pick_device
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,8 @@ q [B, H, Lq, d], k and v [B, H, Lk, d]; outputs [B, H, Lq, d] and lse [B, H, Lq]
 
 Kernel choice (the function is the same in every case, only the rounding differs):
 - Inference in half precision on a Hopper-or-newer GPU (no input needs a gradient): cuDNN's fused
-  attention. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it runs at 330
-  TFLOP/s against 214 for PyTorch's default choice, FlashAttention-2 (H100,
-  eval/results/levers_h100.json).
+  attention. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is faster than
+  PyTorch's default choice, FlashAttention-2 (docs/performance.md, the cuDNN attention lever).
 - Everything else (training, fp32, the CPU): PyTorch's SDPA, which picks flash, memory-efficient
   or the exact math path itself.
 """

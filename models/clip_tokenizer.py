@@ -11,8 +11,8 @@ Gives the ids of transformers' CLIPTokenizer for openai/clip-vit-large-patch14 (
 - BPE inside each piece with '</w>' on its last symbol, merges applied by rank;
 - <|startoftext|> + up to max_length - 2 tokens + <|endoftext|>, padded with <|endoftext|>.
 
-Importing transformers costs 8 s on the GPU machine (eval/bench/time_loading.py), more than loading every
-weight file; this file lets sampling start without it.
+Importing transformers costs more than loading every weight file (docs/performance.md, "sample.py,
+process start to last image"); this file lets sampling start without it.
 """
 
 from __future__ import annotations

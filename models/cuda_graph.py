@@ -1,13 +1,12 @@
 """Replay a fixed-shape network call as a CUDA graph: the GPU work without the Python per kernel.
 
-Eager PyTorch launches every kernel from Python. A UViT forward at batch 4 is about 400 kernels
-(600 with identity tokens); on the H100 their GPU time is 16.8 ms (23.5 ms with identity tokens)
-while the eager call takes 25 ms (48 ms): the GPU waits on the CPU for a third to a half of the
-time (eval/results/levers_h100.json). Capturing the call once per input signature and replaying
-it gives the GPU time back without compiling anything.
+Eager PyTorch launches every kernel from Python. A UViT forward is hundreds of small kernels, and
+in an eager call the GPU waits on the CPU for a large part of the time (docs/performance.md, the
+CUDA-graph lever). Capturing the call once per input signature and replaying it gives the GPU
+time back without compiling anything.
 
     net = GraphedNet(net)            # inference only, CUDA tensors, no randomness inside `net`
-    out = net(*args, **kwargs)       # first call of a signature: warm-up + capture (about 1 s)
+    out = net(*args, **kwargs)       # first call of a signature: warm-up + capture
 
 Tensor arguments are copied into the graph's static inputs on every call; other arguments, the
 shapes, dtypes and devices form the signature. Outputs are returned as fresh tensors (clones of

@@ -7,9 +7,11 @@ Reference behaviour (`reference/unidiffuser_v1.md`): z [B, 4, 64, 64] then image
 drawn from N(0, I), 30 steps of singlestep DPM-Solver++ (order 3) over the joint state, guidance
 scale 7 with the "true_uncond" unconditional pass, data_type 1, decode and clamp to [0, 1].
 
-Precision: module weights are held in `dtype` (float32 default on the CPU, float16 on CUDA); the
-sampler state, the text features handed to the nets and all guidance arithmetic stay float32, and
-the nets run under autocast(dtype) when dtype is not float32 (the reference runs fp16 autocast),
+Precision and execution: module weights are held in `dtype` (default `models.device.pick_dtype`:
+bfloat16 on CUDA, float32 on the CPU). How the nets and the decoder run (autocast, the fast path,
+compilation, CUDA graphs, the reference's precision) is `pipe.execution`'s, a
+`models.execution.Execution`; the default runs the nets under autocast(dtype) (none for float32).
+The sampler state, the text features handed to the nets and all guidance arithmetic stay float32,
 so any eps function built on these modules (e.g. the identity encoder's) works unchanged.
 
 A weights folder may hold `model_configs.json` ({"uvit": {...}, "autoencoder": {...},
@@ -19,39 +21,19 @@ run the whole stack at tiny size (tests/tiny_stack.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from . import dpm_solver
-from .cuda_graph import GraphedNet
-from .guidance import GuidanceMode, cast_net, combine_joint, randn, split_joint, text_guided_eps_fn
+from .device import pick_device, pick_dtype
+from .execution import Execution
+from .guidance import EpsFn, GuidanceMode, text_guided_eps_fn
 from .noise_schedule import NoiseScheduleVP
 from .paths import find_weights, read_model_configs
-
-EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# torch.compile modes that capture CUDA graphs themselves
-_MODES_WITH_CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
-
-
-def _no_cuda_graphs(mode: str) -> str:
-    """The same compile mode without CUDA graphs (see `UniDiffuserT2I._decoder`)."""
-    return {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}.get(mode, mode)
-
-
-def default_dtype(device: torch.device | str) -> torch.dtype:
-    """float16 on CUDA (the reference's autocast precision), float32 elsewhere."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+from .sampling import sample_joint
 
 
 class UniDiffuserT2I:
@@ -62,6 +44,8 @@ class UniDiffuserT2I:
     uvit: models.uvit.UViT; autoencoder: models.autoencoder.AutoencoderKL;
     text_encoder: models.text_encoder.TextEncoder; schedule: NoiseScheduleVP.
     weight_files: {"uvit" | "autoencoder" | "caption_decoder" | "clip_text": path} as loaded.
+    execution: how the nets and the decoder run (models.execution; default: autocast to dtype);
+    replace it to change that, e.g. `pipe.execution = Execution.fast_path(pipe.device, pipe.dtype)`.
     """
 
     TEXT_CACHE_SIZE = 1024
@@ -71,13 +55,8 @@ class UniDiffuserT2I:
                  weight_files: dict[str, Path] | None = None):
         self.device = torch.device(device) if device is not None else next(uvit.parameters()).device
         self.dtype = dtype or next(uvit.parameters()).dtype
-        self.fast = False  # see `enable_fast_path`
-        self.compile_mode: str | None = None
-        self._plain = None  # ((fast, compile_mode), net) cache of `_plain_net`
+        self.execution = Execution.autocast_to(self.device, self.dtype)
         self._text_cache: dict[str, torch.Tensor] = {}  # prompt -> [77, text_dim], see `encode_text`
-        self._decode_fn = None  # ((fast, compile_mode), fn) cache of `_decoder`
-        self.cuda_graphs = False
-        self._graph_pool = None  # CUDA-graph memory pool shared by the fast path's graphs
         self.uvit = uvit
         self.autoencoder = autoencoder
         self.text_encoder = text_encoder
@@ -103,8 +82,8 @@ class UniDiffuserT2I:
         from . import load_autoencoder, load_uvit
         from .text_encoder import TextEncoder
 
-        device = torch.device(device) if device is not None else default_device()
-        dtype = dtype or default_dtype(device)
+        device = torch.device(device) if device is not None else pick_device("auto")
+        dtype = dtype or pick_dtype("auto", device)
         files = {
             "uvit": find_weights("uvit", uvit_path, root),
             "autoencoder": find_weights("autoencoder", autoencoder_path, root),
@@ -137,57 +116,6 @@ class UniDiffuserT2I:
         """Side of the generated images (512 for v1)."""
         return self.uvit.config.img_size * self.autoencoder.config.downsample_factor
 
-    def autocast(self):
-        """Autocast to self.dtype on self.device (a no-op for float32 and on the fast path)."""
-        if self.dtype == torch.float32 or self.fast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def enable_fast_path(self, compile_mode: str | None = "max-autotune-no-cudagraphs",
-                         cuda_graphs: bool = True) -> UniDiffuserT2I:
-        """Run the nets purely in self.dtype (no autocast, so no fp32 upcasts around LayerNorm and
-        attention), fuse each MLP's bias + GELU into its GEMM, and compile the nets and the VAE
-        decoder with `compile_mode` (None: eager). With `cuda_graphs` (CUDA only) each net call
-        of a fixed shape is replayed as a CUDA graph (models/cuda_graph.py) unless the compile mode
-        already captures graphs itself.
-
-        Nets must then be wrapped with `net_for_sampling`, which casts their inputs to self.dtype.
-        """
-        self.fast = True
-        self.compile_mode = compile_mode
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        if self.device.type == "cuda":
-            self.uvit.use_gelu_epilogue(True)
-        return self
-
-    def net_for_sampling(self, net):
-        """`net` as eps functions should call it: inputs cast to self.dtype; on the fast path
-        compiled and replayed as CUDA graphs as `enable_fast_path` set."""
-        net = cast_net(net, self.dtype)
-        if self.fast and self.compile_mode:
-            net = torch.compile(net, mode=self.compile_mode, dynamic=False)
-        return self._graphed(net) if self.compile_mode not in _MODES_WITH_CUDA_GRAPHS else net
-
-    def _graphed(self, fn):
-        """fn replayed as CUDA graphs on the fast path, else fn. All nets share one memory pool (a
-        pipeline may sample with the plain and the identity net in turn)."""
-        if not (self.fast and self.cuda_graphs):
-            return fn
-        if self._graph_pool is None:
-            self._graph_pool = torch.cuda.graph_pool_handle()
-        return GraphedNet(fn, pool=self._graph_pool)
-
-    def _decoder(self):
-        """The VAE decode function, compiled on the fast path when a compile mode is set. It is not
-        replayed as a CUDA graph: that gave no speed (its kernels are large) and its activations
-        at 512x512 could not reuse the network graphs' memory (H100: +0.2 GB reserved)."""
-        if self._decode_fn is None or self._decode_fn[0] != (self.fast, self.compile_mode):
-            fn = self.autoencoder.decode
-            if self.fast and self.compile_mode:
-                fn = torch.compile(fn, mode=_no_cuda_graphs(self.compile_mode), dynamic=False)
-            self._decode_fn = ((self.fast, self.compile_mode), fn)
-        return self._decode_fn[1]
-
     # ---- stages -------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_text(self, prompts: str | Sequence[str]) -> torch.Tensor:
@@ -210,45 +138,18 @@ class UniDiffuserT2I:
         """Run the sampler from N(0, I) -> (z [B, C, h, w], clip [B, 1, clip_dim]), float32.
 
         eps_fn(x [B, C*h*w + clip_dim] float32, t_cont [B]) -> noise prediction of the joint state
-        (guidance.text_guided_eps_fn builds one); it runs under self.autocast(). z is drawn first,
-        then clip, from `generator` (the reference's order).
+        (guidance.text_guided_eps_fn builds one); it runs under self.execution.autocast(). z is
+        drawn first, then clip, from `generator` (the reference's order): models.sampling.sample_joint.
         """
-        z = randn((batch, *self.z_shape), generator=generator, device=self.device)
-        clip = randn((batch, 1, self.clip_dim), generator=generator, device=self.device)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps, desc="sampling", unit="step", leave=False)
-            inner = eps_fn
-
-            def eps_fn(x, t):
-                out = inner(x, t)
-                bar.update(1)
-                return out
-
-        try:
-            with self.autocast():
-                x = dpm_solver.sample(eps_fn, combine_joint(z, clip), steps=steps, schedule=self.schedule)
-        finally:
-            if bar is not None:
-                bar.close()
-        return split_joint(x, self.z_shape, self.clip_dim)
+        with self.execution.autocast():
+            return sample_joint(eps_fn, batch, z_shape=self.z_shape, clip_dim=self.clip_dim, steps=steps,
+                                schedule=self.schedule, generator=generator, device=self.device, progress=progress)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [B, C, h, w] -> images [B, 3, H, W], float32 in [0, 1].
-
-        On the fast path images are decoded one at a time: the decoder's activations at 512x512 are
-        its memory peak (0.94 GB for two images at once, 0.47 GB one by one, measured on an H100).
-        The layout stays NCHW: channels-last was slower here (27.8 against 22.4 ms an image in
-        bf16 eager; 15.8 ms compiled; eval/results/levers_h100.json).
-        """
-        z = z.to(self.device, self.dtype)
-        chunks = z.split(1) if self.fast else (z,)
-        decode = self._decoder()
-        with self.autocast():
-            x = torch.cat([decode(c).float() for c in chunks])
+        """Latents [B, C, h, w] -> images [B, 3, H, W], float32 in [0, 1] (decoded as
+        self.execution runs the decoder)."""
+        x = self.execution.decoder(self.autoencoder)(z)
         return (0.5 * (x + 1.0)).clamp(0.0, 1.0)
 
     @staticmethod
@@ -260,16 +161,10 @@ class UniDiffuserT2I:
     def eps_fn(self, text: torch.Tensor, *, scale: float | None = 7.0, mode: GuidanceMode = "true_uncond",
                generator: torch.Generator | None = None) -> EpsFn:
         """Plain text-guided eps function for `sample_latents` (the UViT as both nets, one batched call)."""
-        net = self._plain_net()
+        net = self.execution.net(self.uvit)
         empty = self.encode_text([""]) if (scale and mode == "empty_token") else None
         return text_guided_eps_fn(net, net, text, scale, z_shape=self.z_shape, clip_dim=self.clip_dim,
                                   mode=mode, empty_text=empty, generator=generator)
-
-    def _plain_net(self):
-        """The UViT as eps functions call it (built once: compiling is costly)."""
-        if self._plain is None or self._plain[0] != (self.fast, self.compile_mode):
-            self._plain = ((self.fast, self.compile_mode), self.net_for_sampling(self.uvit))
-        return self._plain[1]
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], *, n_per_prompt: int = 3, steps: int = 30,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .weights import atomic_write
 
-DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+PRECISIONS = ("reference", "auto", "float32", "float16", "bfloat16")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="unconditional pass: noise text at t_text=1000 (reference) or the empty prompt")
     p.add_argument("--device", default="auto",
                    help="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
-    p.add_argument("--dtype", choices=list(DTYPES), default="auto",
-                   help="weight / autocast precision; auto = float16 on CUDA, float32 on the CPU")
+    p.add_argument("--dtype", choices=PRECISIONS, default="reference",
+                   help="reference (default): float32 weights under float16 autocast on CUDA, float32 on the "
+                        "CPU, as the reference code; auto: bfloat16 on CUDA, float32 on the CPU "
+                        "(models/device.py); or weights and autocast in the named dtype")
     p.add_argument("--ext", choices=["png", "jpg"], default="png", help="image format (default png)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -62,17 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
+    from .device import pick_device, pick_dtype
+    from .execution import Execution
     from .paths import WeightsError
-    from .pipeline import UniDiffuserT2I, default_device
+    from .pipeline import UniDiffuserT2I
 
-    device = default_device() if args.device == "auto" else torch.device(args.device)
-    dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    device = pick_device(args.device)
+    reference = args.dtype == "reference"
+    dtype = torch.float32 if reference else pick_dtype(args.dtype, device)
     t0 = time.perf_counter()
     try:
         pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
     except WeightsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if reference:
+        pipe.execution = Execution.reference(device)
     t_loaded = time.perf_counter()
 
     out = Path(args.out)
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     n_images = len(written)
     print(f"{n_images} images ({len(args.prompt)} prompts x {args.n}, {pipe.image_size}x{pipe.image_size}) "
           f"written to {out}; {args.steps} steps, cfg {args.cfg} ({args.mode}), seed {args.seed}, "
-          f"{pipe.device} {str(pipe.dtype).removeprefix('torch.')}; load {t_loaded - t0:.1f} s, "
+          f"{pipe.device} {pipe.execution.describe()}; load {t_loaded - t0:.1f} s, "
           f"generation {t_done - t_loaded:.1f} s ({(t_done - t_loaded) / max(n_images, 1):.2f} s/image)")
     return 0
 

@@ -221,8 +221,8 @@ def _tensors(module: nn.Module):
 class _SkipInitOnMeta(torch.overrides.TorchFunctionMode):
     """Inside, random in-place initialisation of meta tensors is skipped (it would compute
     nothing anyway). Building modules on the meta device otherwise routes e.g. `normal_` through
-    PyTorch's reference implementations, whose first call imports torch._dynamo: 1 to 4 s of
-    start-up for a command that never compiles."""
+    PyTorch's reference implementations, whose first call imports torch._dynamo: seconds of
+    start-up for a command that never compiles (docs/performance.md)."""
 
     _SKIPPED = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.random_,
                           torch.Tensor.exponential_, torch.Tensor.bernoulli_})

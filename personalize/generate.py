@@ -93,8 +93,8 @@ def save_jpeg(image, path: Path, quality: int = 95) -> None:
 
 
 def identity_net(pipe, module: IdentityModule):
-    """The ID-conditioned UViT as eps functions call it (fused and compiled on the fast path)."""
-    return pipe.net_for_sampling(IDConditionedUViT(pipe.uvit, module, fused=pipe.fast))
+    """The ID-conditioned UViT as eps functions call it (fused, and as `pipe.execution` runs nets)."""
+    return pipe.execution.net(IDConditionedUViT(pipe.uvit, module, fused=pipe.execution.fast))
 
 
 MANIFEST = ".generation.json"

@@ -8,7 +8,6 @@ backbone) grids are switched off with one log line.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import torch
@@ -16,9 +15,9 @@ import torch
 from encoder.guidance import identity_guided_eps_fn
 from encoder.id_uvit import IDConditionedUViT
 from encoder.projector import pool_embeddings
-from models import dpm_solver
-from models.guidance import combine_joint, randn, split_joint
+from models.execution import Execution
 from models.noise_schedule import NoiseScheduleVP
+from models.sampling import sample_joint
 from pretrain.data import list_shards, read_validation
 
 
@@ -31,6 +30,7 @@ class SampleGrid:
         self.face, self.face_flip = val["face"].to(device), val["face_flip"].to(device)
         self.captions = val["captions"]
         self.schedule = NoiseScheduleVP.stable_diffusion()
+        self.execution = Execution.autocast_to(device, next(uvit.parameters()).dtype)  # the backbone's dtype
 
     @classmethod
     def create(cls, config, uvit, device: torch.device, shards, log: logging.Logger) -> SampleGrid | None:
@@ -58,12 +58,6 @@ class SampleGrid:
             return None
         return cls(uvit, ae, val, steps=config.sample_steps, cfg=config.sample_cfg, device=device)
 
-    def autocast(self):
-        dtype = next(self.uvit.parameters()).dtype
-        if dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
-
     @torch.no_grad()
     def __call__(self, identity) -> torch.Tensor:
         from torchvision.utils import make_grid
@@ -76,13 +70,11 @@ class SampleGrid:
         columns = []
         for id_tokens in (None, tokens):
             gen = torch.Generator(self.device).manual_seed(0)  # the same noise for both columns and every grid
-            x = combine_joint(randn((n, *z_shape), generator=gen, device=self.device),
-                              randn((n, 1, c.clip_img_dim), generator=gen, device=self.device))
             eps_fn = identity_guided_eps_fn(net, self.text, id_tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
                                             scale=self.cfg, generator=gen)
-            with self.autocast():
-                x = dpm_solver.sample(eps_fn, x, steps=self.steps, schedule=self.schedule)
-            z, _ = split_joint(x.float(), z_shape, c.clip_img_dim)
+            with self.execution.autocast():
+                z, _ = sample_joint(eps_fn, n, z_shape=z_shape, clip_dim=c.clip_img_dim, steps=self.steps,
+                                    schedule=self.schedule, generator=gen, device=self.device)
             columns.append((0.5 * (self.autoencoder.decode(z) + 1.0)).clamp(0, 1))
         images = torch.stack(columns, dim=1).flatten(0, 1)  # [n * 2, 3, H, W], row-major
         return make_grid(images.float().cpu(), nrow=2, padding=2, pad_value=1.0)

@@ -125,7 +125,6 @@ def main(argv=None) -> int:
         print(name, res["variants"][name], flush=True)
     # VAE decode peak memory, batch 2 at once vs one image at a time
     z = torch.randn(2, c.in_chans, c.img_size, c.img_size, device=device, dtype=torch.bfloat16)
-    pipe.enable_fast_path(None)
     for per_image in (False, True):
         cuda = device.type == "cuda"
         if cuda:

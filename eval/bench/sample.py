@@ -34,9 +34,10 @@ from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
 from eval.bench.common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
+from models.device import prefer_expandable_segments
+from models.execution import Execution
 from models.pipeline import UniDiffuserT2I
 from models.uvit import UViT, UViTConfig
-from personalize.cli import prefer_expandable_segments
 from personalize.generate import identity_net
 
 PROMPT = "an elephant under the sea"
@@ -76,7 +77,7 @@ def run_batches(pipe, net, tokens, n_images: int, batch: int, steps: int, cfg: f
         b = min(batch, n_images - start)
         text = pipe.encode_text([PROMPT]).expand(b, -1, -1)
         eps_fn = identity_guided_eps_fn(net, text, tokens, z_shape=pipe.z_shape, clip_dim=pipe.clip_dim,
-                                        scale=cfg, generator=gen, batch_passes=pipe.fast)
+                                        scale=cfg, generator=gen, batch_passes=pipe.execution.fast)
         z, _ = pipe.sample_latents(eps_fn, b, steps=steps, generator=gen)
         pipe.decode(z)
 
@@ -84,18 +85,16 @@ def run_batches(pipe, net, tokens, n_images: int, batch: int, steps: int, cfg: f
 def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, compile_mode: str | None,
           repeats: int, device: torch.device, tiny: bool = False, cuda_graphs: bool = True) -> dict:
     fast = path == "fast"
-    pipe = random_pipeline(device, torch.bfloat16 if fast else torch.float16, tiny=tiny)
-    if not fast:  # reference: fp32 weights, fp16 autocast
-        pipe.uvit.float()
-        pipe.autoencoder.float()
-        pipe.text_encoder.float()
-    else:
-        pipe.enable_fast_path(compile_mode, cuda_graphs=cuda_graphs)
+    pipe = random_pipeline(device, torch.bfloat16 if fast else torch.float32, tiny=tiny)
+    if fast:
+        pipe.execution = Execution.fast_path(device, torch.bfloat16, compile_mode, cuda_graphs=cuda_graphs)
+    else:  # fp32 weights, fp16 autocast
+        pipe.execution = Execution.reference(device)
     if identity:
         module, tokens = random_identity(pipe)
         net = identity_net(pipe, module)
     else:
-        net, tokens = pipe.net_for_sampling(pipe.uvit) if fast else pipe.uvit, None
+        net, tokens = pipe.execution.net(pipe.uvit), None
     if device.type == "cuda":
         # random init built fp32 tensors before the cast; real loading (load_uvit) assigns the file's
         # tensors cast on the fly and never holds them, so that peak is not part of sampling
@@ -115,7 +114,7 @@ def bench(workload: str, path: str, identity: bool, steps: int, cfg: float, comp
     best = min(times)
     out = {"workload": workload, "path": path, "identity": identity, "n_images": w["n_images"],
            "batch": w["batch"], "steps": steps, "cfg": cfg, "compile_mode": compile_mode if fast else None,
-           "cuda_graphs": bool(fast and pipe.cuda_graphs),
+           "cuda_graphs": bool(fast and pipe.execution.cuda_graphs),
            "seconds": best, "seconds_all": times, "s_per_image": best / w["n_images"],
            "max_reserved_gb": max_reserved_gb(device), "warmup_s": warmup_s}
     if workload == "sample_prompt":
@@ -151,7 +150,7 @@ def check_accuracy(compile_mode: str | None, device: torch.device, tiny: bool = 
     pipe.uvit.to(torch.bfloat16)
     module.to(torch.bfloat16)
     pipe.dtype = torch.bfloat16
-    pipe.enable_fast_path(compile_mode)
+    pipe.execution = Execution.fast_path(device, torch.bfloat16, compile_mode)
     fast = identity_net(pipe, module)(*args, id_tokens=tokens.bfloat16(), id_scale=scale)
     names = ("img", "clip_img", "text")
     err = {n: float((f.float() - r).norm() / r.norm()) for n, f, r in zip(names, fast, ref)}

@@ -1,11 +1,11 @@
-"""personalize/cli.py: device and dtype choice, and the CUDA allocator default the CLIs ask for."""
+"""models/device.py: device and dtype choice, and the CUDA allocator default the CLIs ask for."""
 
 import os
 
 import pytest
 import torch
 
-from personalize.cli import ALLOC_CONF_VARS, pick_device, pick_dtype, prefer_expandable_segments
+from models.device import ALLOC_CONF_VARS, pick_device, pick_dtype, prefer_expandable_segments
 
 
 def test_device_and_dtype_choice():
