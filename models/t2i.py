@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import run_cli
 from .weights import atomic_write
 
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
@@ -62,20 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .paths import WeightsError
+    from .paths import output_dir
     from .pipeline import UniDiffuserT2I, default_device
 
     device = default_device() if args.device == "auto" else torch.device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype]) if DTYPES[args.dtype] else None
+    out = output_dir(args.out, "--out", create=False)  # checked before loading, created after
     t0 = time.perf_counter()
-    try:
-        pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
     t_loaded = time.perf_counter()
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(args.seed)
     written = []
@@ -98,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,14 +1,11 @@
-"""Shared command-line plumbing for train.py and sample.py: device/dtype choice, clean errors."""
+"""Shared command-line plumbing for train.py and sample.py: device/dtype choice."""
 
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable
 
 import torch
 
-EXIT_USER_ERROR = 2
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the older name, and the newer
 
 
@@ -43,23 +40,3 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in table:
         raise ValueError(f"unknown dtype {name!r}; use one of {sorted(table)}")
     return table[name]
-
-
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Run main; the project's known user-facing errors print one clear line and exit 2."""
-    from encoder.face_analysis import FaceRejected
-    from encoder.photos import PhotoError
-    from models.paths import WeightsError
-    from personalize.extract import NoUsablePhotos
-    from personalize.prompts import PromptFileError
-    from personalize.record import RecordError
-
-    try:
-        return main(argv)
-    except (WeightsError, RecordError, PromptFileError, NoUsablePhotos, PhotoError, FaceRejected,
-            FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: finished outputs are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
