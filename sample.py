@@ -85,13 +85,17 @@ def _since_process_start() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.steps < 1:
+        parser.error("--n and --steps must be at least 1")
     clock = StageClock(from_process_start=argv is None)  # a command line, not a call from Python
     import torch  # noqa: F401  (heavy imports after --help)
 
     from encoder.identity import checkpoint_hash
     from models.device import pick_device, pick_dtype, prefer_expandable_segments
     from models.execution import Execution
+    from models.paths import output_dir
     from models.pipeline import UniDiffuserT2I
     from personalize.generate import (
         GenerateOptions,
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)
     encoder = find_identity_module(args.encoder, allow_untrained=args.allow_untrained_encoder)
-    Path(args.output_path).mkdir(parents=True, exist_ok=True)
+    output_dir(args.output_path, "--output_path")
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     clock.lap("inputs")
@@ -149,6 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from personalize.cli import run_cli
+    from models.errors import run_cli
 
     sys.exit(run_cli(main))

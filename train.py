@@ -40,14 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.refine_steps > 0 and args.refine_batch < 1:
+        parser.error("--refine-batch must be at least 1")
     t0 = time.perf_counter()
     from encoder.face_analysis import FaceAnalyzer, FacePolicy
     from encoder.identity import checkpoint_hash
     from models.device import pick_device
-    from models.paths import WeightsError, find_weights
+    from models.paths import WeightsError, find_weights, output_dir
     from personalize.extract import extract_identity, summary_table
 
+    output_dir(args.output, "-o", create=False)  # checked now, created only once there is a record to write
     device = pick_device(args.device)
     policy = FacePolicy(min_face_size=args.min_face_size, min_det_score=args.min_det_score)
     analyzer = FaceAnalyzer.from_pack(find_weights("face_pack", args.face_pack), policy=policy,
@@ -82,6 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from personalize.cli import run_cli
+    from models.errors import run_cli
 
     sys.exit(run_cli(main))

@@ -14,15 +14,15 @@ import logging
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 
 from data_prep.format import ARRAY_MEMBERS
 from data_prep.process import REASONS, FrozenModels, PrepConfig, SampleProcessor
-from data_prep.shards import MANIFEST, PrepError, check_settings, run_shards, write_manifest
-from data_prep.sources import FolderSource, HFDiskSource, SourceError, TarSource
-from models.paths import WeightsError
+from data_prep.shards import MANIFEST, check_settings, run_shards, write_manifest
+from data_prep.sources import FolderSource, HFDiskSource, TarSource
+from models.errors import run_cli
+from models.paths import output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,8 +126,7 @@ def run(args, models: FrozenModels | None = None) -> dict | None:
                                            dtype=getattr(torch, args.dtype), policy=prep.face_policy(),
                                            face_providers=face_providers(state.local_process_index, state.device))
     settings = settings_of(args, source, prep, models.fingerprints())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(args.out, "--out")
     check_settings(out, settings, state.is_main_process)
     state.wait_for_everyone()
     processor = SampleProcessor(models, prep, threads=args.threads)
@@ -158,18 +157,14 @@ def print_summary(manifest: dict, summary, out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.shard_size < 1 or args.batch_size < 1:
-        print("error: --shard-size and --batch-size must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        run(args)
-    except (SourceError, PrepError, WeightsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        parser.error("--shard-size and --batch-size must be at least 1")
+    run(args)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

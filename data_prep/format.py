@@ -36,7 +36,8 @@ REQUIRED = [f"{name}.npy" for name in ARRAY_MEMBERS] + ["json"]
 
 
 class CorruptSample(ValueError):
-    """A shard member is missing or cannot be decoded."""
+    """A shard member is missing or cannot be decoded. The loaders skip and count such samples: an
+    internal signal, not a UserError."""
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.format import FORMAT_NAME, FORMAT_VERSION
+from models.errors import UserError
 
 SHARD_TAR = "shard-{:06d}.tar"
 SHARD_STATS = "shard-{:06d}.json"
@@ -34,7 +35,7 @@ PREP_CONFIG = "prep_config.json"
 MANIFEST = "manifest.json"
 
 
-class PrepError(RuntimeError):
+class PrepError(UserError, RuntimeError):
     """The output folder does not match this run's settings, or similar: the message says what to do."""
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoder.photos import IMAGE_SUFFIXES
+from models.errors import UserError
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 
@@ -46,7 +47,7 @@ class RawSample:
     error: str | None = None  # a reason known before decoding ("missing image", "unreadable file")
 
 
-class SourceError(ValueError):
+class SourceError(UserError, ValueError):
     """The source itself is unusable (missing folder, unknown column, no tars): fix the command."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from encoder.align import align_face
 from encoder.photos import PhotoError, list_photos, load_rgb
+from models.errors import UserError
 from models.paths import WeightsError
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Face:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
-class FaceRejected(Exception):
+class FaceRejected(UserError):
     """The photo has no face usable under the policy; ``reason`` says why."""
 
     def __init__(self, reason: str):

@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from models.errors import UserError
+
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 MIN_IMAGE_SIDE = 16  # smaller images cannot hold a usable face
 _BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
 
 
-class PhotoError(Exception):
+class PhotoError(UserError):
     """A photo (or photo folder) that cannot be used; ``reason`` is short and human readable."""
 
     def __init__(self, reason: str, path: str | os.PathLike | None = None):

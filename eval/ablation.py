@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from models.errors import UserError
+
 FORMAT = "unidiffuser-faceid-ablation"
 VERSION = 1
 AXES = ("num_tokens", "injection", "id_scale", "cfg", "refine_steps")
@@ -34,7 +36,7 @@ SCORE_KEYS = ("face", "clip_img", "text")
 METRIC_KEYS = ("detection_rate", "diversity_clip", "diversity_face", "copy_paste_gap")
 
 
-class AblationError(ValueError):
+class AblationError(UserError, ValueError):
     """A result file is malformed, or there is nothing to show."""
 
 

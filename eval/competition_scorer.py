@@ -32,6 +32,7 @@ import torch
 from PIL import Image, ImageOps
 
 from encoder.face_analysis import Face
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,14 @@ FIVE_NUMBERS = ("reproduction_face", "reproduction_clip_img", "editing_face", "e
 SCORES = ("face", "clip_img", "text")
 
 
-class ScoreError(RuntimeError):
+class ScoreError(UserError, RuntimeError):
     """The inputs cannot be scored (missing folders, no references, bad prompt files)."""
 
 
 class ImageUnreadable(Exception):
+    """One image cannot be decoded; the scorer records it as 0 with its reason. An internal signal
+    caught where it is raised, so not a UserError."""
+
     def __init__(self, reason: str):
         self.reason = reason
         super().__init__(reason)

@@ -37,6 +37,7 @@ import numpy as np
 from eval.competition_scorer import FaceModel, ImageUnreadable, ScoreError, read_image
 from eval.prompt_fidelity import PromptFidelity
 from models.device import pick_device
+from models.errors import run_cli
 
 BOUND_KEYS = {"image_reward": ("min_image_reward", "max_image_reward"),
               "clip_text": ("min_text_sim", "max_text_sim")}
@@ -326,12 +327,16 @@ def main(argv: list[str] | None = None) -> int:
     from eval.prompt_fidelity import load_prompt_fidelity
     from eval.tables import format_table
     from models.image_clip import ImageCLIP
-    from models.paths import WeightsError, find_weights
+    from models.paths import WeightsError, find_weights, output_dir, output_file
 
     if not args.make_bounds and not (args.generated and args.bounds):
         raise ScoreError("pass --generated and --bounds to score, or --baseline with --make-bounds to measure bounds")
     if args.make_bounds and not args.baseline:
         raise ScoreError("--make-bounds needs --baseline (the original UniDiffuser's images)")
+    if args.make_bounds:
+        output_dir(args.make_bounds, "--make-bounds", create=False)
+    if args.json:
+        output_file(args.json, "--json")
     device = pick_device(args.device)
     clip = None
     if args.fidelity != "image_reward":
@@ -386,16 +391,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(argv: list[str] | None = None) -> int:
-    from eval.prompt_fidelity import ImageRewardUnavailable
-    from models.paths import WeightsError
-
-    try:
-        return main(argv)
-    except (ScoreError, WeightsError, ImageRewardUnavailable, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_cli(main))

@@ -39,6 +39,8 @@ import numpy as np
 from eval.ablation import AXES, AblationError, make_result, result_from_score_report
 from eval.atomic import write_json_atomic
 from models.device import pick_device
+from models.errors import UserError, run_cli
+from models.paths import output_dir
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 Runner = Callable[[list[str]], None]
@@ -121,7 +123,8 @@ def run_command(cmd: list[str]) -> None:
     print("$ " + shlex.join(cmd), flush=True)
     done = subprocess.run(cmd, cwd=REPO_ROOT)
     if done.returncode != 0:
-        raise RuntimeError(f"step failed with exit status {done.returncode}: {shlex.join(cmd)}")
+        raise UserError(f"step failed with exit status {done.returncode}: {shlex.join(cmd)}",
+                        hint="its own message is printed above; settings already done are kept on a rerun")
 
 
 def run_grid(points: Sequence[GridPoint], identity_dir: Path, prompts: Path, out: Path, work: Path, scorer: Any,
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    out = Path(args.out)
+    out = output_dir(args.out, "--out", create=False)
     if args.synthetic:
         files = write_synthetic(out, identities=args.identities, num_tokens=args.num_tokens,
                                 injections=args.injections, id_scales=args.id_scales, cfgs=args.cfgs,
@@ -287,16 +290,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(argv: list[str] | None = None) -> int:
-    from eval.competition_scorer import ScoreError
-    from models.paths import WeightsError
-
-    try:
-        return main(argv)
-    except (AblationError, ScoreError, WeightsError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_cli(main))

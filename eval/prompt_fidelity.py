@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from eval.competition_scorer import read_image
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class PromptFidelity(Protocol):
         ...
 
 
-class ImageRewardUnavailable(RuntimeError):
+class ImageRewardUnavailable(UserError, RuntimeError):
     """ImageReward cannot be used here; ``reason`` says why and what to do."""
 
     def __init__(self, reason: str):

@@ -20,6 +20,8 @@ import sys
 import time
 
 from models.device import pick_device
+from models.errors import run_cli
+from models.paths import output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json:
+        output_file(args.json, "--json")
     t0 = time.perf_counter()
 
     from eval.atomic import write_json_atomic
@@ -84,17 +88,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run(argv: list[str] | None = None) -> int:
-    """main() with the project's user-facing errors as one line and exit status 2."""
-    from eval.competition_scorer import ScoreError
-    from models.paths import WeightsError
-
-    try:
-        return main(argv)
-    except (ScoreError, WeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(run())
+    sys.exit(run_cli(main))

@@ -7,6 +7,7 @@ Exits 2 listing every missing file with where to get it; 0 when all are found.
 
 from __future__ import annotations
 
+from .errors import run_cli
 from .paths import ENV_VAR, KNOWN_WEIGHTS, missing_weights, weights_dir
 
 
@@ -29,4 +30,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from .errors import UserError
+
 ALLOC_CONF_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")  # the older name, and the newer
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -31,7 +33,7 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name in (None, "auto"):
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+        raise UserError(f"unknown dtype {name!r}", hint=f"use auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 

@@ -1,4 +1,5 @@
-"""Where weight files are looked for, and the error raised when they are missing or wrong.
+"""Where weight files are looked for, the error raised when they are missing or wrong, and the
+checks of the paths a command writes to.
 
 Resolution order for the weights folder: an explicit path (command-line option), then the
 environment variable ``UNIDIFFUSER_WEIGHTS``, then ``checkpoints/`` at the repository root.
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_VAR = "UNIDIFFUSER_WEIGHTS"
@@ -34,7 +37,7 @@ KNOWN_WEIGHTS = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weight file or folder is missing, unreadable or does not match the module."""
 
 
@@ -101,3 +104,33 @@ def read_model_configs(root: str | os.PathLike | None = None) -> dict[str, dict]
                 raise WeightsError(f"{path} must hold a JSON object {{module name: config}}")
             return configs
     return {}
+
+
+def output_dir(path: str | os.PathLike, what: str = "output folder", create: bool = True) -> Path:
+    """The folder a command writes into, created with its parents unless `create` is False.
+
+    Checked before any work: a UserError names the path when it cannot be a writable folder (a file
+    of that name or among its parents, no write permission).
+    """
+    path = Path(path).expanduser()
+    existing = next(p for p in (path, *path.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise UserError(f"{what} {path}: {existing} is a file, not a folder",
+                        hint="choose another path, or move that file away")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: {existing} is not writable", hint="choose a folder you can write to")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {what} {path} ({e.strerror or e})") from e
+    return path
+
+
+def output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """A file a command will write (atomically, creating its folder), checked before any work."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder", hint="give a file name, e.g. results.json")
+    output_dir(path.parent, f"{what}'s folder", create=False)
+    return path

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import run_cli
 from .weights import atomic_write
 
 PRECISIONS = ("reference", "auto", "float32", "float16", "bfloat16")
@@ -66,23 +67,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from .device import pick_device, pick_dtype
     from .execution import Execution
-    from .paths import WeightsError
+    from .paths import output_dir
     from .pipeline import UniDiffuserT2I
 
     device = pick_device(args.device)
     reference = args.dtype == "reference"
     dtype = torch.float32 if reference else pick_dtype(args.dtype, device)
+    out = output_dir(args.out, "--out", create=False)  # checked before loading, created after
     t0 = time.perf_counter()
-    try:
-        pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
-    except WeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
     if reference:
         pipe.execution = Execution.reference(device)
     t_loaded = time.perf_counter()
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(args.seed)
     written = []
@@ -105,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

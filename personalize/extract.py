@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.errors import UserError
 from personalize.record import IdentityRecord, PhotoInfo
 
 _CLASS_RE = re.compile(r"(?<![a-z])(boy|girl|woman|man)(?![a-z])", re.IGNORECASE)  # boy1, girl_2, not "germany"
 
 
-class NoUsablePhotos(RuntimeError):
+class NoUsablePhotos(UserError, RuntimeError):
     """Not one photo of the folder gave a usable face; nothing was written."""
 
 

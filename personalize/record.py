@@ -24,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from encoder.projector import pool_embeddings
+from models.errors import UserError
 from models.weights import atomic_write
 
 RECORD_FORMAT = "unidiffuser-faceid-record"
@@ -32,7 +33,7 @@ TENSORS_FILE = "identity.safetensors"
 META_FILE = "identity.json"
 
 
-class RecordError(RuntimeError):
+class RecordError(UserError, RuntimeError):
     """An identity record is missing, damaged or of another version."""
 
 

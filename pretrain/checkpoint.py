@@ -24,9 +24,19 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.errors import UserError
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(UserError, FileNotFoundError):
+    """The checkpoint to resume from is missing or incomplete."""
+
+
+class RunFolderInUse(UserError, FileExistsError):
+    """The output folder holds checkpoints of another (or a later) run."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -79,8 +89,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     needed = ["identity.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", STATE_FILE]
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:
-        raise FileNotFoundError(f"checkpoint {path} is incomplete (missing {missing}); resume from another one "
-                                f"(--resume <folder>) or start over (--resume none)")
+        raise CheckpointError(f"checkpoint {path} is incomplete (missing {missing})",
+                              hint="resume from another one (--resume <folder>) or start over (--resume none)")
     load = lambda name: torch.load(path / name, map_location="cpu", weights_only=True)  # noqa: E731
     return {"identity": load_file(str(path / "identity.safetensors")),
             "ema": load_file(str(path / "ema.safetensors")),

@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config_dict import config_from_dict
+from models.config_dict import ConfigError, config_from_dict
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class PretrainConfig:
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
-            raise ValueError("pretraining config: " + "; ".join(bad))
+            raise ConfigError("pretraining config: " + "; ".join(bad))
 
     # ------------------------------------------------------------------------------------------ io
     def to_dict(self) -> dict:
@@ -116,18 +116,25 @@ class PretrainConfig:
         """A .json, .yaml or .yml file holding a mapping of fields (missing ones keep their defaults)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist (see pretrain/configs/)")
+            raise ConfigError(f"config file {path} does not exist", hint="see pretrain/configs/")
         text = path.read_text()
         if path.suffix in (".yaml", ".yml"):
             try:
                 import yaml
             except ImportError as e:
-                raise ImportError(f"{path} is YAML: `pip install pyyaml`, or use a .json config") from e
-            d = yaml.safe_load(text) or {}
+                raise ConfigError(f"{path} is YAML, and PyYAML is not installed",
+                                  hint="`pip install pyyaml`, or use a .json config") from e
+            try:
+                d = yaml.safe_load(text) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path} is not valid YAML ({e})") from e
         else:
-            d = json.loads(text)
+            try:
+                d = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path} is not valid JSON ({e})") from e
         if not isinstance(d, dict):
-            raise ValueError(f"{path} must hold a mapping of config fields")
+            raise ConfigError(f"{path} must hold a mapping of config fields")
         return cls.from_dict(d)
 
 

@@ -39,13 +39,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data_prep.format import FORMAT_NAME, CorruptSample, decode_arrays, decode_meta
 from data_prep.sources import tar_samples
+from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 _DAMAGED = object()  # marker for an unreadable part of a tar in the raw stream
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The shards cannot be used with this configuration; the message says what to do."""
 
 

@@ -34,8 +34,9 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from encoder.identity import IdentityModule
+from models.errors import UserError, run_cli
 from models.noise_schedule import NoiseScheduleVP
-from pretrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.checkpoint import CheckpointError, RunFolderInUse, latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig, add_config_arguments, overrides_from_args
 from pretrain.data import (
     DataError,
@@ -55,8 +56,14 @@ EXPORT_DIR = "faceid_encoder"
 TERMS = ("loss", "loss_z", "loss_clip")
 
 
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive non-finite steps; the last checkpoint is left as it was."""
+class TrainingDiverged(UserError, RuntimeError):
+    """Too many consecutive non-finite steps; the last checkpoint is left as it was.
+
+    The user acts on it (resume with a lower learning rate, check the shards); exit code 3 tells it
+    apart from a bad input (docs/pretraining.md).
+    """
+
+    exit_code = 3
 
 
 @dataclass
@@ -169,14 +176,14 @@ def resume_path(config: PretrainConfig, run_dir: Path) -> Path | None:
     if config.resume != "none":
         path = Path(config.resume)
         if not path.is_dir():
-            raise FileNotFoundError(f"--resume {path}: no such checkpoint folder (use auto, none or a "
-                                    f"<run>/checkpoints/step_* folder)")
+            raise CheckpointError(f"--resume {path}: no such checkpoint folder",
+                                  hint="use auto, none or a <run>/checkpoints/step_* folder")
     latest = latest_checkpoint(run_dir)
     if latest is not None and (path is None or path.resolve() != latest.resolve()):
-        raise FileExistsError(f"{run_dir} already holds checkpoints up to {latest.name}; starting "
-                              f"{'over' if path is None else 'from ' + str(path)} there would mix two runs and "
-                              "the cleanup would delete the new checkpoints. Use a new --output_dir, or "
-                              "--resume auto to continue the existing run.")
+        raise RunFolderInUse(f"{run_dir} already holds checkpoints up to {latest.name}; starting "
+                             f"{'over' if path is None else 'from ' + str(path)} there would mix two runs and "
+                             "the cleanup would delete the new checkpoints. Use a new --output_dir, or "
+                             "--resume auto to continue the existing run.")
     return path
 
 
@@ -439,34 +446,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_config_arguments(p)
     args = p.parse_args(argv)
-    try:
-        config = PretrainConfig.from_file(args.config) if args.config else PretrainConfig()
-        config = dataclasses.replace(config, **overrides_from_args(args))
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = PretrainConfig.from_file(args.config) if args.config else PretrainConfig()
+    config = dataclasses.replace(config, **overrides_from_args(args))
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
-    from models.paths import WeightsError
+    if args.benchmark:
+        from accelerate import PartialState
 
-    try:
-        if args.benchmark:
-            from accelerate import PartialState
-
-            result = benchmark(config, steps=args.benchmark)
-            if PartialState().is_main_process:
-                print(json.dumps(result, indent=1))
-        else:
-            train(config)
-    except (DataError, WeightsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        result = benchmark(config, steps=args.benchmark)
+        if PartialState().is_main_process:
+            print(json.dumps(result, indent=1))
+    else:
+        train(config)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

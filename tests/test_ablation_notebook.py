@@ -11,6 +11,7 @@ import pytest
 
 from eval import ablation
 from eval import make_ablation_inputs as mai
+from models.errors import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "eval" / "notebooks" / "ablation.ipynb"
@@ -21,7 +22,7 @@ SMALL = ["--num-tokens", "4", "16", "--injections", "extra_tokens", "text_slots"
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ablation")
-    assert mai.run(["--synthetic", "--out", str(out)] + SMALL) == 0
+    assert mai.main(["--synthetic", "--out", str(out)] + SMALL) == 0
     return out
 
 
@@ -81,13 +82,13 @@ def test_from_json_manifest(tmp_path):
     (tmp_path / "score.json").write_text(json.dumps(report))
     settings = {"num_tokens": 8, "injection": "extra_tokens", "id_scale": 1.0, "cfg": 7.0, "refine_steps": 0}
     (tmp_path / "manifest.json").write_text(json.dumps([{"settings": settings, "score_json": "score.json"}]))
-    assert mai.run(["--from-json", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "out")]) == 0
+    assert mai.main(["--from-json", str(tmp_path / "manifest.json"), "--out", str(tmp_path / "out")]) == 0
     (r,) = ablation.load_results(tmp_path / "out")
     assert r.identity == "boy1" and r.settings == settings and r.source == "scored"
     assert r.values == {"face": 0.4, "clip_img": 0.7, "text": 0.3, "detection_rate": 0.9, "diversity_clip": 0.2,
                         "diversity_face": 0.1, "copy_paste_gap": 0.05}
     (tmp_path / "m2.json").write_text(json.dumps([{"settings": settings, "score_json": "missing.json"}]))
-    assert mai.run(["--from-json", str(tmp_path / "m2.json"), "--out", str(tmp_path / "out")]) == 2
+    assert run_cli(mai.main, ["--from-json", str(tmp_path / "m2.json"), "--out", str(tmp_path / "out")]) == 2
 
 
 def _encoder(folder: Path, k: int, injection: str) -> Path:

@@ -28,6 +28,7 @@ from data_prep.shards import MANIFEST, PrepError, ShardPlan, run_shards, shard_d
 from data_prep.sources import FolderSource, HFDiskSource, RawSample, SourceError, TarSource
 from encoder.face_analysis import FaceAnalyzer
 from eval.bench.standin_faces import MTCNNDetector, make_pack, paint_marker
+from models.errors import run_cli
 from models.uvit import UViTConfig
 from pretrain.data import DataError, ShardStream, expected_shapes, list_shards, read_shard
 
@@ -381,7 +382,8 @@ def test_cli_loads_models_from_files(weights, tmp_path, capsys):
     m = json.loads((tmp_path / "out" / MANIFEST).read_text())
     assert m["totals"]["written"] == 1 and m["totals"]["rejected"] == {"several_faces": 1, "no_face": 1}
     assert "1 of 3 items kept" in capsys.readouterr().out
-    assert main(["--source", "folder", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]) == 2
+    missing = ["--source", "folder", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o2")]
+    assert run_cli(main, missing) == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_npy_roundtrip():

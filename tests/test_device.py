@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.device import ALLOC_CONF_VARS, pick_device, pick_dtype, prefer_expandable_segments
+from models.errors import UserError
 
 
 def test_device_and_dtype_choice():
@@ -13,7 +14,7 @@ def test_device_and_dtype_choice():
     assert pick_dtype("auto", torch.device("cpu")) is torch.float32
     assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert pick_dtype("fp16", torch.device("cpu")) is torch.float16
-    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+    with pytest.raises(UserError, match="unknown dtype 'int8'"):
         pick_dtype("int8", torch.device("cpu"))
 
 

@@ -22,6 +22,7 @@ from eval.final_round import (
     normalise,
 )
 from eval.prompt_fidelity import ClipTextFidelity, ImageRewardUnavailable, find_image_reward, load_prompt_fidelity
+from models.errors import run_cli
 
 B = Bounds(face_min=0.2, face_max=0.8, fidelity_min=-0.5, fidelity_max=1.5)
 
@@ -152,14 +153,14 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
         {"id": "p", "images": [{"prompt": "a boy", "paths": [f"../data/base/{k}.jpg" for k in range(4)]}]}))
     common = ["--items", str(tmp_path / "items"), "--clip", str(clip_file), "--face-pack", str(pack),
               "--fidelity", "clip_text", "--device", "cpu"]
-    assert final_round.run(common + ["--baseline", str(tmp_path / "baseline"),
-                                     "--make-bounds", str(tmp_path / "bounds")]) == 0
+    assert final_round.main(common + ["--baseline", str(tmp_path / "baseline"),
+                                      "--make-bounds", str(tmp_path / "bounds")]) == 0
     bounds = json.loads((tmp_path / "bounds" / "p.json").read_text())
     b = bounds["images"][0]
     assert bounds["fidelity"] == "clip_text" and {"min_text_sim", "max_text_sim", "min_face_sim"} <= set(b)
     out = tmp_path / "final.json"
-    assert final_round.run(common + ["--generated", str(tmp_path / "generated"), "--bounds",
-                                     str(tmp_path / "bounds"), "--json", str(out)]) == 0
+    assert final_round.main(common + ["--generated", str(tmp_path / "generated"), "--bounds",
+                                      str(tmp_path / "bounds"), "--json", str(out)]) == 0
     printed = capsys.readouterr()
     assert "CLIP ViT-B/32 text score" in printed.out and "final = 2.5 x" in printed.out
     report = json.loads(out.read_text())
@@ -169,4 +170,5 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
                          Bounds(b["min_face_sim"], b["max_face_sim"], b["min_text_sim"], b["max_text_sim"]))
     assert cap["face_norm"] == pytest.approx(want.face_norm) and cap["counted"] == want.counted
     assert report["total"]["final"] == pytest.approx(final_total([want])["final"])
-    assert final_round.run(["--items", str(tmp_path / "items")]) == 2
+    assert run_cli(final_round.main, ["--items", str(tmp_path / "items")]) == 2
+    assert "pass --generated and --bounds" in capsys.readouterr().err

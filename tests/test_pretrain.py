@@ -18,6 +18,7 @@ from tiny_stack import make_tiny_weights_dir, tiny_configs
 import pretrain.train as train_mod
 from data_prep.synthetic import shapes_for, write_synthetic
 from encoder.identity import IdentityModule
+from models.errors import run_cli
 from models.uvit import UViTConfig
 from pretrain.checkpoint import list_checkpoints, load_checkpoint
 from pretrain.config import PretrainConfig, apply_overrides
@@ -72,7 +73,7 @@ def test_cli_print_config(capsys):
     assert json.loads(capsys.readouterr().out)["lr"] == 0.5
     with pytest.raises(SystemExit):
         main(["--config", str(TINY), "--print-config", "--lr", "fast"])
-    assert main(["--config", str(TINY), "--print-config", "--max_steps", "0"]) == 2  # rejected with a message
+    assert run_cli(main, ["--config", str(TINY), "--print-config", "--max_steps", "0"]) == 2  # rejected with a message
 
 
 # -------------------------------------------------------------------------------------- objective

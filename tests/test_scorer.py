@@ -19,6 +19,7 @@ from scoring_world import DirectModels, build_pack, make_image, save, tiny_image
 
 from eval.competition_faces import CompetitionFaceConfig, CompetitionFaces, pick_face
 from eval.competition_scorer import CompetitionScorer, References, ScoreError, parse_task
+from models.errors import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # insightface face_align, reference path
 TOL = 1e-5
@@ -257,9 +258,9 @@ def test_cli_scores_an_outputs_tree(world, tmp_path, monkeypatch, capsys):
     clip_file = tmp_path / "ViT-B-32.pt"
     clip_file.write_bytes(b"stand-in")
     out = tmp_path / "results.json"
-    rc = score.run(["--outputs", str(world.outputs), "--prompts", str(world.prompts), "--train-data",
-                    str(world.train), "--json", str(out), "--clip", str(clip_file), "--face-pack",
-                    str(world.pack), "--device", "cpu", "--tasks", "alice,bob_sim", "--quiet"])
+    rc = score.main(["--outputs", str(world.outputs), "--prompts", str(world.prompts), "--train-data",
+                     str(world.train), "--json", str(out), "--clip", str(clip_file), "--face-pack",
+                     str(world.pack), "--device", "cpu", "--tasks", "alice,bob_sim", "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "per prompt" in printed and "per identity" in printed and "identity metrics" in printed
@@ -269,6 +270,6 @@ def test_cli_scores_an_outputs_tree(world, tmp_path, monkeypatch, capsys):
     assert data["summary"]["plain"]["face"] == pytest.approx(alice.mean("face"), abs=1e-9)
     assert data["metrics"]["tasks"]["alice"]["images"] == 6 and "eval.score" in data["command"]
     # a clear error for missing weights
-    rc = score.run(["--outputs", str(world.outputs), "--prompts", str(world.prompts), "--train-data",
-                    str(world.train), "--clip", str(tmp_path / "none.pt"), "--face-pack", str(world.pack)])
+    rc = run_cli(score.main, ["--outputs", str(world.outputs), "--prompts", str(world.prompts), "--train-data",
+                              str(world.train), "--clip", str(tmp_path / "none.pt"), "--face-pack", str(world.pack)])
     assert rc == 2 and "none.pt" in capsys.readouterr().err
