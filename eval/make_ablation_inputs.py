@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from eval.ablation import AXES, AblationError, make_result, result_from_score_report
-from eval.atomic import write_json_atomic
+from models.atomic import write_json_atomic
 from personalize.cli import pick_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .weights import atomic_write
+from .atomic import atomic_write
 
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 

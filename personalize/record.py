@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from encoder.projector import pool_embeddings
-from models.weights import atomic_write
+from models.atomic import atomic_write, write_text_atomic
 
 RECORD_FORMAT = "unidiffuser-faceid-record"
 RECORD_VERSION = 1
@@ -80,7 +80,7 @@ class IdentityRecord:
             tensors["tokens"] = self.tokens.detach().float().cpu().contiguous()
         text = json.dumps(self.meta(), indent=2)
         atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"record": text}))
-        atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
+        write_text_atomic(folder / META_FILE, text)
         return folder
 
     @classmethod
