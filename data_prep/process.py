@@ -2,7 +2,7 @@
 
     RawSample --decode (EXIF, colour modes)--> RGB uint8
               --FaceAnalyzer (detect, align, ArcFace + mirrored)--> the face, or a reject reason
-              --square crop keeping the face in frame, resize--> [R, R, 3] crop, face box
+              --square crop keeping the face in frame, resize (encoder.crop)--> [R, R, 3] crop, face box
     batch of crops + captions --VAE encode_moments / CLIP-L + encode_prefix / ViT-B/32--> features
 
 A photo that is rejected is counted under one reason (REASONS); a photo that raises anything
@@ -28,6 +28,7 @@ from PIL import Image
 
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
+from encoder.crop import face_crop, square_crop
 from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
 from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
 
@@ -172,15 +173,6 @@ def rejection_category(reason: str) -> str:
     return "no_face"
 
 
-def square_crop(width: int, height: int, box: np.ndarray) -> tuple[int, int, int]:
-    """The largest square (x0, y0, side) inside the photo, centred on the face box as far as it can be."""
-    side = min(width, height)
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    x0 = int(np.clip(round(cx - side / 2), 0, width - side))
-    y0 = int(np.clip(round(cy - side / 2), 0, height - side))
-    return x0, y0, side
-
-
 @dataclass
 class Prepared:
     """A photo that passed every filter: crop [R, R, 3] uint8, face box in crop pixels, metadata."""
@@ -239,15 +231,11 @@ class SampleProcessor:
             return "face_out_of_frame"
         if min(box[2] - box[0], box[3] - box[1]) < c.min_face_fraction * side:
             return "face_small_in_crop"
-        scale = c.resolution / side
-        crop = Image.fromarray(rgb[y0:y0 + side, x0:x0 + side])
-        if side != c.resolution:
-            crop = crop.resize((c.resolution, c.resolution), Image.BICUBIC)
-        crop_box = ((box - [x0, y0, x0, y0]) * scale).clip(0, c.resolution).astype(np.float32)
+        crop, crop_box = face_crop(rgb, face.box, c.resolution)
         meta = {"identity": raw.identity, "source_key": raw.key, "det_score": round(float(face.det_score), 4),
                 "n_faces": int(face.n_faces), "face_box_px": [round(float(v), 2) for v in crop_box],
                 "crop": [x0, y0, side], "orig_size": [w, h]}
-        return Prepared(raw, index, np.asarray(crop, dtype=np.uint8), crop_box, face, meta)
+        return Prepared(raw, index, crop, crop_box, face, meta)
 
     def _prepare_safely(self, job: tuple[RawSample, int]) -> Prepared | str:
         raw, index = job

@@ -22,11 +22,11 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.format import FORMAT_NAME, FORMAT_VERSION
+from models.atomic import atomic_write, write_json_atomic
 from models.errors import UserError
 
 SHARD_TAR = "shard-{:06d}.tar"
@@ -39,22 +39,9 @@ class PrepError(UserError, RuntimeError):
     """The output folder does not match this run's settings, or similar: the message says what to do."""
 
 
-def atomic_write_bytes(path: Path, write: Callable) -> None:
-    """write(file object) into a temporary file beside `path`, fsync, rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=1, sort_keys=True).encode()))
+def write_json(path: Path, obj) -> None:
+    """The folder's JSON files (counts, settings, manifest), atomically, keys sorted."""
+    write_json_atomic(path, obj, indent=1, sort_keys=True)
 
 
 def write_shard(path: str | os.PathLike, samples) -> int:
@@ -63,14 +50,14 @@ def write_shard(path: str | os.PathLike, samples) -> int:
 
     count = 0
 
-    def write(f):
+    def write_tar(tmp: Path) -> None:
         nonlocal count
-        with wds.TarWriter(f, encoder=False, mtime=0.0) as w:
+        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0) as w:
             for s in samples:
                 w.write(s)
                 count += 1
 
-    atomic_write_bytes(Path(path), write)
+    atomic_write(path, write_tar)
     return count
 
 
@@ -112,7 +99,7 @@ def check_settings(out: Path, settings: dict, is_main: bool) -> None:
             raise PrepError(f"{out} holds shards made with other settings ({'; '.join(diff)}). Use a new "
                             f"--out folder, or delete {out} to start over.")
     elif is_main:
-        atomic_write_json(path, settings)
+        write_json(path, settings)
 
 
 @dataclass
@@ -185,7 +172,7 @@ def _write_one(source, processor, out: Path, i: int, items: tuple[int, int], bat
         reasons["unreadable"] += stop - start - n_read
     stats = {"shard": SHARD_TAR.format(i), "items": [start, stop], "input": stop - start, "written": written,
              "rejected": dict(sorted(reasons.items())), "seconds": round(time.time() - t0, 3)}
-    atomic_write_json(out / SHARD_STATS.format(i), stats)
+    write_json(out / SHARD_STATS.format(i), stats)
     return stats
 
 
@@ -208,5 +195,5 @@ def write_manifest(out: str | os.PathLike, settings: dict, shapes: dict, seconds
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": not missing, "missing": missing,
                 "totals": totals, "shards": shards, "shapes": shapes, "settings": settings,
                 "seconds": round(seconds, 1), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    atomic_write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from encoder.photos import IMAGE_SUFFIXES
+from models.atomic import write_json_atomic
 from models.errors import UserError
 
 TAR_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
@@ -307,9 +308,7 @@ class TarSource:
             if err:
                 damaged[str(path)] = err
         if cache is not None and fresh != known:
-            tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(fresh))
-            os.replace(tmp, cache)
+            write_json_atomic(cache, fresh, indent=None)
         return counts, damaged
 
     def __len__(self) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from data_prep.format import ARRAY_MEMBERS, encode_sample
-from data_prep.shards import SHARD_STATS, SHARD_TAR, atomic_write_json, write_manifest, write_shard
+from data_prep.shards import SHARD_STATS, SHARD_TAR, write_json, write_manifest, write_shard
 
 
 def shapes_for(uvit_config) -> dict[str, tuple]:
@@ -83,7 +83,7 @@ def write_synthetic(out: str | Path, *, samples: int, shard_size: int, identitie
                 yield encode_sample(f"{index:09d}", arrays, caption, meta)
 
         written = write_shard(out / SHARD_TAR.format(i), members())
-        atomic_write_json(out / SHARD_STATS.format(i), {"shard": SHARD_TAR.format(i), "items": [start, stop],
+        write_json(out / SHARD_STATS.format(i), {"shard": SHARD_TAR.format(i), "items": [start, stop],
                                                         "input": stop - start, "written": written, "rejected": {},
                                                         "seconds": 0.0})
     settings = {"source": {"kind": "synthetic", "identities": identities, "seed": seed}, "items": samples,

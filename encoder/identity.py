@@ -17,8 +17,8 @@ from torch import nn
 
 from encoder.config import FORMAT_NAME, FORMAT_VERSION, IdentityConfig
 from encoder.projector import IDProjector, pool_embeddings
+from models.atomic import atomic_write, write_json_atomic
 from models.paths import WeightsError
-from models.weights import atomic_write
 
 WEIGHTS_FILE = "identity.safetensors"
 CONFIG_FILE = "config.json"
@@ -61,7 +61,7 @@ class IdentityModule(nn.Module):
         atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                 **(extra or {})}
-        atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2)))
+        write_json_atomic(folder / CONFIG_FILE, meta)
         return folder
 
     @classmethod

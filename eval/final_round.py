@@ -322,10 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    from eval.atomic import write_json_atomic
     from eval.competition_faces import CompetitionFaces, find_face_pack
     from eval.prompt_fidelity import load_prompt_fidelity
     from eval.tables import format_table
+    from models.atomic import write_json_atomic
     from models.image_clip import ImageCLIP
     from models.paths import WeightsError, find_weights, output_dir, output_file
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from eval.ablation import AXES, AblationError, make_result, result_from_score_report
-from eval.atomic import write_json_atomic
+from models.atomic import write_json_atomic
 from models.device import pick_device
 from models.errors import UserError, run_cli
 from models.paths import output_dir

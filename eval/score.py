@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         output_file(args.json, "--json")
     t0 = time.perf_counter()
 
-    from eval.atomic import write_json_atomic
     from eval.competition_faces import CompetitionFaceConfig
     from eval.competition_scorer import CompetitionScorer, ScoreConfig
     from eval.metrics import metrics_table, report_metrics
     from eval.tables import per_prompt_table, per_task_table, summary_table
+    from models.atomic import write_json_atomic
 
     device = pick_device(args.device)
     scorer, info = CompetitionScorer.from_weights(

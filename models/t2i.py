@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import atomic_write
 from .errors import run_cli
-from .weights import atomic_write
 
 PRECISIONS = ("reference", "auto", "float32", "float16", "bfloat16")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import atomic_write
 from .paths import ENV_VAR, WeightsError
 
 README_HINT = "checkpoints/README.md lists every expected file and where to get it."
@@ -270,34 +270,8 @@ def as_config(config, cls):
     raise TypeError(f"config must be None, a dict or a {cls.__name__}, not {type(config).__name__}")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Call write(tmp) on a temporary file beside `path`, then rename it over `path`.
-
-    A reader never sees a half-written file, and a failed or killed write leaves the previous
-    file intact (the temporary file is removed on failure).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_state_dict(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
-    """Write tensors atomically (temporary file in the same folder, then os.replace).
+    """Write tensors atomically (models.atomic.atomic_write).
 
     .safetensors via safetensors (tensors made contiguous; ones sharing storage are cloned), or
     .pth / .pt / .bin via torch.save. Returns the path.

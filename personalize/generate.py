@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from encoder.guidance import identity_guided_eps_fn
 from encoder.id_uvit import IDConditionedUViT
 from encoder.identity import IdentityModule, checkpoint_hash
+from models.atomic import atomic_write, write_json_atomic
 from models.paths import WeightsError
-from models.weights import atomic_write
 from personalize.record import IdentityRecord
 
 
@@ -109,7 +109,7 @@ def resumable(out_dir: Path, fingerprint: dict) -> bool:
     except (OSError, ValueError):
         same = False
     if not same:
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(fingerprint, indent=2)))
+        write_json_atomic(path, fingerprint)
     return same
 
 

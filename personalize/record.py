@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from encoder.projector import pool_embeddings
+from models.atomic import atomic_write, write_text_atomic
 from models.errors import UserError
-from models.weights import atomic_write
 
 RECORD_FORMAT = "unidiffuser-faceid-record"
 RECORD_VERSION = 1
@@ -81,7 +81,7 @@ class IdentityRecord:
             tensors["tokens"] = self.tokens.detach().float().cpu().contiguous()
         text = json.dumps(self.meta(), indent=2)
         atomic_write(folder / TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"record": text}))
-        atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
+        write_text_atomic(folder / META_FILE, text)
         return folder
 
     @classmethod

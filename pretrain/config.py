@@ -5,21 +5,54 @@
 
 Every field is an option (`--batch_size 32` or `--batch-size 32`; booleans also as a bare flag or
 `--no-<name>`; `none` for optional fields; dicts as JSON). Defaults are the full-size run's.
+
+The objective's settings are a nested encoder.objective.LossConfig (`config.loss`), written nested
+in config files (`"loss": {"p_drop_id": 0.1, ...}`). Their flat names work everywhere a field does:
+`--p_drop_id 0.2`, a top-level `"p_drop_id"` key in a file (as files written before the nesting
+have them), PretrainConfig(p_drop_id=0.2), dataclasses.replace(config, p_drop_id=0.2) and
+config.p_drop_id.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from encoder.objective import LossConfig
 from models.config_dict import ConfigError, config_from_dict
 
+LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(LossConfig))  # their flat names
 
+
+def with_flat_loss_fields(cls):
+    """cls(p_drop_id=...), dataclasses.replace(c, p_drop_id=...) and c.p_drop_id reach c.loss's fields."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        flat = {k: kwargs.pop(k) for k in LOSS_FIELDS if k in kwargs}
+        if flat:
+            kwargs["loss"] = dataclasses.replace(kwargs.get("loss", LossConfig()), **flat)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = __init__
+    for name in LOSS_FIELDS:
+        setattr(cls, name, property(lambda self, name=name: getattr(self.loss, name), doc=f"loss.{name}"))
+    return cls
+
+
+def flat_fields(d: dict) -> dict:
+    """A config dict (nested, or flat as written before the nesting) with the loss fields at the top level."""
+    return {**{k: v for k, v in d.items() if k != "loss"}, **(d.get("loss") or {})}
+
+
+@with_flat_loss_fields
 @dataclass(frozen=True)
 class PretrainConfig:
     # ---- data (shards written by `python -m data_prep`)
@@ -41,13 +74,8 @@ class PretrainConfig:
     hidden_dim: int = 1024
     injection: str = "extra_tokens"  # or "text_slots"
     init_from: str | None = None  # start from a saved identity-module folder instead of the zero-gate init
-    # ---- objective
-    p_drop_id: float = 0.10  # identity dropped (text kept)
-    p_drop_text: float = 0.10  # text dropped: N(0, I) text with t_text = 1000 (identity kept)
-    p_drop_both: float = 0.05
-    clip_loss_weight: float = 1.0  # weight of the image-CLIP noise MSE next to the latent's
-    face_loss_weight: float = 0.0  # extra weight of latent pixels inside the face box (0 = plain MSE)
-    data_type: int = 1  # UniDiffuser v1's data-type token (1, as in sampling)
+    # ---- objective (encoder.objective.LossConfig; its fields also go flat: see `with_flat_loss_fields`)
+    loss: LossConfig = LossConfig()
     # ---- optimisation
     batch_size: int = 32  # per process and micro-step
     grad_accum: int = 1
@@ -91,9 +119,6 @@ class PretrainConfig:
             (self.mixed_precision != "no" or self.backbone_dtype == "float32",
              "mixed_precision no needs backbone_dtype float32 (a half-precision backbone runs under autocast)"),
             (self.injection in ("extra_tokens", "text_slots"), "injection must be extra_tokens or text_slots"),
-            (min(self.p_drop_id, self.p_drop_text, self.p_drop_both) >= 0
-             and self.p_drop_id + self.p_drop_text + self.p_drop_both <= 1,
-             "dropout probabilities must be >= 0 and sum to at most 1"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),
@@ -109,7 +134,10 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PretrainConfig:
-        return config_from_dict(cls, d, "pretraining")
+        """From to_dict's form, or with the loss fields flat (files written before the nesting)."""
+        rest = flat_fields(d)
+        loss = config_from_dict(LossConfig, {k: rest.pop(k) for k in LOSS_FIELDS if k in rest}, "objective")
+        return config_from_dict(cls, {**rest, "loss": loss}, "pretraining")
 
     @classmethod
     def from_file(cls, path: str | Path) -> PretrainConfig:
@@ -168,31 +196,40 @@ def _parser_for(hint) -> tuple[typing.Callable, bool]:
     return parse, False
 
 
+def config_options() -> list[tuple[str, typing.Any, typing.Any]]:
+    """(name, type hint, default) of every option: PretrainConfig's fields, LossConfig's in place of `loss`."""
+    options = []
+    for cls in (PretrainConfig, LossConfig):
+        hints = typing.get_type_hints(cls)
+        options += [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls) if f.name != "loss"]
+    return options
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One option per config field; a field not given on the command line keeps its value."""
-    hints = typing.get_type_hints(PretrainConfig)
+    """One option per config field (the loss fields flat); a field not given on the command line keeps its value."""
     group = parser.add_argument_group("config overrides (any field of pretrain.config.PretrainConfig)")
-    for f in dataclasses.fields(PretrainConfig):
-        parse, is_bool = _parser_for(hints[f.name])
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = f.default if f.default is not dataclasses.MISSING else None
+    for name, hint, default in config_options():
+        parse, is_bool = _parser_for(hint)
+        names = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        default = default if default is not dataclasses.MISSING else None
         if is_bool:
-            group.add_argument(*names, dest=f.name, type=parse, nargs="?", const=True,
+            group.add_argument(*names, dest=name, type=parse, nargs="?", const=True,
                                default=argparse.SUPPRESS, metavar="BOOL", help=f"(default {default})")
-            group.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name, action="store_const",
+            group.add_argument(f"--no-{name.replace('_', '-')}", dest=name, action="store_const",
                                const=False, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            group.add_argument(*names, dest=f.name, type=parse, default=argparse.SUPPRESS, metavar="X",
+            group.add_argument(*names, dest=name, type=parse, default=argparse.SUPPRESS, metavar="X",
                                help=f"(default {default})")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
-    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    """The config options given on the command line, by their flat names (for dataclasses.replace)."""
+    names = {name for name, _, _ in config_options()}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def apply_overrides(config: PretrainConfig, argv: list[str]) -> PretrainConfig:
-    """config with fields replaced by options like ["--lr", "1e-4", "--random_backbone"]."""
+    """config with fields replaced by options like ["--lr", "1e-4", "--random_backbone", "--p_drop_id", "0"]."""
     parser = argparse.ArgumentParser(add_help=False)
     add_config_arguments(parser)
     return dataclasses.replace(config, **overrides_from_args(parser.parse_args(argv)))

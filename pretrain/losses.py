@@ -1,76 +1,17 @@
-"""The pretraining objective: UniDiffuser's text-to-image noise MSE, conditioned on identity.
+"""The pretraining loss: encoder.objective's noise MSE on a batch of shard features.
 
-For a batch of precomputed features:
-
-    z0   = 0.18215 * (mean + std * e)               a latent drawn from the stored VAE moments
-    n    ~ U{1..1000}                               one timestep for the image and its CLIP token
-    z_n  = sqrt(ab_n) z0 + sqrt(1 - ab_n) eps_z     clip_n likewise with eps_c
-    text = clean text features, t_text = 0          or, when the text is dropped, N(0, I) with
-                                                    t_text = 1000 (UniDiffuser's unconditional form)
-    id   = identity tokens of the conditioning face, id_scale 1 (0 when the identity is dropped)
-
-    loss = mean_w (eps_z_pred - eps_z)^2 + clip_loss_weight * mean (eps_c_pred - eps_c)^2
-
-with w = 1 + face_loss_weight inside the face box and 1 elsewhere (a weighted mean per sample).
-Condition dropout, per sample and exclusive: identity only p_drop_id, text only p_drop_text, both
-p_drop_both. Every random number comes from the one `generator`, so a step is reproducible.
+The objective itself (noise, timesteps, condition dropout, face weighting) lives in
+encoder/objective.py, shared with refinement; this module feeds it the shard stream's batches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from einops import rearrange
 
-from models.autoencoder import latent_from_moments
+from encoder.objective import LossConfig, condition_dropout, face_weights, noise_prediction_loss
 from models.noise_schedule import NoiseScheduleVP
 
-LATENT_SCALE = 0.18215  # AutoencoderKL v1's scale factor
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    p_drop_id: float = 0.10
-    p_drop_text: float = 0.10
-    p_drop_both: float = 0.05
-    clip_loss_weight: float = 1.0
-    face_loss_weight: float = 0.0
-    data_type: int = 1
-    n_timesteps: int = 1000
-
-    @classmethod
-    def from_config(cls, c) -> LossConfig:
-        return cls(c.p_drop_id, c.p_drop_text, c.p_drop_both, c.clip_loss_weight, c.face_loss_weight, c.data_type)
-
-
-def latents_from_moments(moments: torch.Tensor, generator: torch.Generator | None = None,
-                         scale: float = LATENT_SCALE) -> torch.Tensor:
-    """VAE moments [B, 2C, h, w] (stored fp16) -> scaled latent sample [B, C, h, w], float32."""
-    return latent_from_moments(moments.float(), scale, generator)
-
-
-def condition_dropout(batch: int, cfg: LossConfig, generator: torch.Generator | None,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(drop_id [B] bool, drop_text [B] bool): both with p_drop_both, identity only with p_drop_id,
-    text only with p_drop_text, nothing dropped otherwise."""
-    u = torch.rand(batch, generator=generator, device=device)
-    both = u < cfg.p_drop_both
-    id_only = (u >= cfg.p_drop_both) & (u < cfg.p_drop_both + cfg.p_drop_id)
-    text_only = (u >= cfg.p_drop_both + cfg.p_drop_id) & (u < cfg.p_drop_both + cfg.p_drop_id + cfg.p_drop_text)
-    return both | id_only, both | text_only
-
-
-def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tensor:
-    """Per-pixel loss weights [B, 1, h, w]: 1 + extra where the pixel centre lies in the box [B, 4]
-    (x1, y1, x2, y2 in latent pixels), else 1."""
-    ys = torch.arange(h, device=box.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=box.device, dtype=torch.float32) + 0.5
-    b = box.float()
-    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] <= b[:, 3:4])  # [B, h]
-    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] <= b[:, 2:3])  # [B, w]
-    inside = rearrange(inside_y, "b h -> b 1 h 1") & rearrange(inside_x, "b w -> b 1 1 w")
-    return 1.0 + extra * inside.float()
+__all__ = ["LossConfig", "condition_dropout", "diffusion_loss", "face_weights"]
 
 
 def diffusion_loss(net, batch: dict, schedule: NoiseScheduleVP, cfg: LossConfig,
@@ -79,33 +20,13 @@ def diffusion_loss(net, batch: dict, schedule: NoiseScheduleVP, cfg: LossConfig,
 
     net(z_n, clip_n, text, t_img, t_text, data_type, face, face_flip, id_scale) -> (eps_z, eps_clip):
     pretrain.model.PretrainNet. batch: moments [B, 2C, h, w], text [B, L, Dt], clip [B, Dc],
-    face / face_flip [B, 512], box [B, 4], on the net's device.
+    face / face_flip [B, 512] (the conditioning photo's ArcFace embeddings), box [B, 4], on the
+    net's device.
     """
-    moments, text, clip = batch["moments"], batch["text"].float(), batch["clip"].float()
-    b, device = moments.shape[0], moments.device
-    n = schedule.sample_timesteps(b, generator=generator, device=device)
-    z0 = latents_from_moments(moments, generator)
-    clip0 = rearrange(clip, "b d -> b 1 d")
-    eps_z = torch.randn(z0.shape, generator=generator, device=device)
-    eps_c = torch.randn(clip0.shape, generator=generator, device=device)
-    z_n, clip_n = schedule.add_noise(z0, eps_z, n), schedule.add_noise(clip0, eps_c, n)
+    face, face_flip = batch["face"].float(), batch["face_flip"].float()
 
-    drop_id, drop_text = condition_dropout(b, cfg, generator, device)
-    noise_text = torch.randn(text.shape, generator=generator, device=device)
-    text = torch.where(rearrange(drop_text, "b -> b 1 1"), noise_text, text)
-    t_text = drop_text.float() * cfg.n_timesteps
-    id_scale = (~drop_id).float()
-    data_type = torch.full((b,), cfg.data_type, dtype=torch.long, device=device)
+    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
+        return net(z_n, clip_n, text, t_img, t_text, data_type, face, face_flip, id_scale)
 
-    pred_z, pred_c = net(z_n, clip_n, text, n.float(), t_text, data_type, batch["face"].float(),
-                         batch["face_flip"].float(), id_scale)
-    err_z = (pred_z.float() - eps_z) ** 2
-    if cfg.face_loss_weight:
-        w = face_weights(batch["box"], err_z.shape[-2], err_z.shape[-1], cfg.face_loss_weight)
-        w = w.expand_as(err_z)
-        loss_z = ((err_z * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))).mean()
-    else:
-        loss_z = err_z.mean()
-    loss_clip = ((pred_c.float() - eps_c) ** 2).mean()
-    loss = loss_z + cfg.clip_loss_weight * loss_clip
-    return loss, {"loss": loss.detach(), "loss_z": loss_z.detach(), "loss_clip": loss_clip.detach()}
+    return noise_prediction_loss(predict, batch["moments"], batch["clip"], batch["text"], schedule, cfg, generator,
+                                 box=batch["box"])

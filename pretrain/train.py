@@ -4,14 +4,15 @@
     accelerate launch --num_processes 8 -m pretrain.train --config pretrain/configs/v1.json ...
     python -m pretrain.train --config pretrain/configs/v1.json --random_backbone --benchmark 20
 
-One step: `grad_accum` batches from the shard stream -> for each, UniDiffuser's noise MSE through the
-frozen bf16 UViT with the identity tokens injected (pretrain.losses) and backward (DDP averages the
-identity module's gradients; the backbone has none) -> clip -> if the loss and the gradient norm are
-finite on every rank: AdamW step, LR schedule step, EMA update; otherwise the step is skipped with a
-log line, and `max_bad_steps` skipped steps in a row stop the run (the last checkpoint stays as it
-was). Every `checkpoint_every` steps an atomic checkpoint; every `sample_every` a sample grid; at
-`max_steps` the EMA module is exported with IdentityModule.save to <output_dir>/faceid_encoder/,
-the folder sample.py loads.
+One step: `grad_accum` batches from the shard stream -> for each, UniDiffuser's noise MSE
+(encoder.objective, fed by pretrain.losses) through the frozen bf16 UViT with the identity tokens
+injected, and backward (DDP averages the identity module's gradients; the backbone has none) -> clip
+-> if the loss and the gradient norm are finite on every rank: AdamW step, LR schedule step, EMA
+update; otherwise the step is skipped with a log line, and `max_bad_steps` skipped steps in a row
+stop the run (the last checkpoint stays as it was). Every `checkpoint_every` steps an atomic
+checkpoint (pretrain.checkpoint, which also resumes); every `log_every` a report (pretrain.logs);
+every `sample_every` a sample grid; at `max_steps` the EMA module is exported with
+IdentityModule.save to <output_dir>/faceid_encoder/, the folder sample.py loads.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from encoder.identity import IdentityModule
+from encoder.objective import TERMS, LossConfig
+from models.atomic import atomic_write, write_json_atomic
 from models.errors import UserError, run_cli
 from models.noise_schedule import NoiseScheduleVP
-from pretrain.checkpoint import CheckpointError, RunFolderInUse, latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.checkpoint import Progress, restore, resume_path, save_progress
 from pretrain.config import PretrainConfig, add_config_arguments, overrides_from_args
 from pretrain.data import (
     DataError,
@@ -48,12 +49,12 @@ from pretrain.data import (
     too_few_shards,
 )
 from pretrain.ema import EMA
-from pretrain.losses import LossConfig, diffusion_loss
+from pretrain.logs import LogWindow, make_logger, write_scalars
+from pretrain.losses import diffusion_loss
 from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
 from pretrain.validation import SampleGrid
 
 EXPORT_DIR = "faceid_encoder"
-TERMS = ("loss", "loss_z", "loss_clip")
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -96,24 +97,6 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_logger(run_dir: Path, is_main: bool) -> logging.Logger:
-    """'pretrain' logger: INFO to stderr and <run>/train.log on the main process, warnings elsewhere."""
-    log = logging.getLogger("pretrain.train")
-    log.propagate = False
-    for h in list(log.handlers):  # a previous run in this process
-        h.close()
-        log.removeHandler(h)
-    log.setLevel(logging.INFO if is_main else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if is_main:
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    for h in handlers:
-        h.setFormatter(fmt)
-        log.addHandler(h)
-    return log
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -150,43 +133,6 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
     return ok, terms, grad_norm
 
 
-def rng_state(generator: torch.Generator, device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, generator: torch.Generator, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def resume_path(config: PretrainConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to resume from (None: start fresh).
-
-    Starting fresh, or from an earlier checkpoint, in an output_dir that holds later checkpoints is
-    refused: the runs would mix, and keeping the last K checkpoints by step would delete the new ones.
-    """
-    if config.resume == "auto":
-        return latest_checkpoint(run_dir)
-    path = None
-    if config.resume != "none":
-        path = Path(config.resume)
-        if not path.is_dir():
-            raise CheckpointError(f"--resume {path}: no such checkpoint folder",
-                                  hint="use auto, none or a <run>/checkpoints/step_* folder")
-    latest = latest_checkpoint(run_dir)
-    if latest is not None and (path is None or path.resolve() != latest.resolve()):
-        raise RunFolderInUse(f"{run_dir} already holds checkpoints up to {latest.name}; starting "
-                             f"{'over' if path is None else 'from ' + str(path)} there would mix two runs and "
-                             "the cleanup would delete the new checkpoints. Use a new --output_dir, or "
-                             "--resume auto to continue the existing run.")
-    return path
-
-
 def build(config: PretrainConfig, device: torch.device):
     """(backbone, identity module, PretrainNet, EMA, optimizer, scheduler) for a config, on `device`."""
     uvit = build_backbone(config, device)
@@ -215,134 +161,73 @@ def train(config: PretrainConfig) -> TrainResult:
     if message := too_few_shards(len(shards), world, workers):
         raise DataError(message)
 
-    # ---- model, optimizer, step randomness
+    # ---- model, optimizer, step randomness, and where the run stands (a checkpoint, if any)
     uvit, identity, net, ema, optimizer, scheduler = build(config, device)
     generator = torch.Generator(device).manual_seed(config.seed * 100_003 + rank)
-    n_train = sum(p.numel() for p in identity.parameters())
     log.info("backbone %s UViT (%s, %.0f M params, frozen); identity module %.2f M params (%s, K=%d); "
              "%d process(es) on %s", "random" if config.random_backbone else "pretrained", config.backbone_dtype,
-             sum(p.numel() for p in uvit.parameters()) / 1e6, n_train / 1e6, config.injection, config.num_tokens,
-             world, device)
-
-    # ---- resume
-    step, bad_streak, skipped_total, positions = 0, 0, 0, None
-    ckpt = resume_path(config, run_dir)
-    if ckpt is not None:
-        saved = load_checkpoint(ckpt)
-        state = saved["state"]
-        identity.load_state_dict(saved["identity"])
-        ema.load_state_dict({"shadow": saved["ema"], "updates": state["ema_updates"]})
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        step, bad_streak, skipped_total = state["step"], state["bad_streak"], state["skipped_steps"]
-        if state["world_size"] == world and len(saved["rng"]) == world:
-            set_rng_state(saved["rng"][rank], generator, device)
-            if state["data"][rank]["num_workers"] == max(config.num_workers, 1):
-                positions = dict(state["data"][rank])
-                positions["workers"] = {int(k): v for k, v in positions["workers"].items()}  # JSON keys
-        if positions is None:
-            log.warning("resuming %s with another number of processes or data workers: the data stream "
-                        "restarts from its beginning (not an exact resume)", ckpt)
-        changed = {k: (v, getattr(config, k)) for k, v in state["config"].items()
-                   if k not in ("resume", "stop_at_step") and getattr(config, k, v) != v}
-        if changed:
-            log.warning("config differs from the checkpoint's: %s", changed)
-        log.info("resumed from %s at step %d", ckpt, step)
+             sum(p.numel() for p in uvit.parameters()) / 1e6, sum(p.numel() for p in identity.parameters()) / 1e6,
+             config.injection, config.num_tokens, world, device)
+    progress, last_ckpt = Progress.start(workers), resume_path(config.resume, run_dir)
+    if last_ckpt is not None:
+        progress = restore(last_ckpt, config, identity=identity, ema=ema, optimizer=optimizer, scheduler=scheduler,
+                           generator=generator, device=device, rank=rank, world=world, log=log)
     net, optimizer = accelerator.prepare(net, optimizer)
 
     # ---- the data stream, from the resumed position
-    data_state = positions or {"workers": {}, "next_worker": 0, "num_workers": workers}
     stream = ShardStream(shards, batch_size=config.batch_size, shapes=expected_shapes(uvit.config), rank=rank,
                          world=world, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
                          shards_per_group=config.shards_per_group, pair_identities=config.pair_identities,
-                         reservoir_size=config.reservoir_size, start=data_state["workers"])
+                         reservoir_size=config.reservoir_size, start=progress.data["workers"])
     batches = make_loader(stream, config.num_workers, pin_memory=device.type == "cuda",
-                          first_worker=data_state["next_worker"])
+                          first_worker=progress.data["next_worker"])
     log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes",
              len(shards), config.shards, config.num_workers, config.batch_size, config.grad_accum, world)
 
-    # ---- logging
+    # ---- reports: TensorBoard, sample grids, the resolved config (main process)
     writer = grid = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+        writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step or None)
         grid = SampleGrid.create(config, uvit, device, shards, log)
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=1))
+        write_json_atomic(run_dir / "config.json", config.to_dict(), indent=1)
 
-    schedule, loss_cfg = NoiseScheduleVP.stable_diffusion(), LossConfig.from_config(config)
+    schedule = NoiseScheduleVP.stable_diffusion()
     stop = min(config.max_steps, config.stop_at_step or config.max_steps)
     samples_per_step = config.batch_size * config.grad_accum * world
     losses: list[float] = []
-    last_ckpt = ckpt
-    bar = tqdm(total=config.max_steps, initial=step, unit="step", dynamic_ncols=True, disable=not is_main,
+    window, t_start, start_step = LogWindow(progress.step), time.time(), progress.step
+    bar = tqdm(total=config.max_steps, initial=progress.step, unit="step", dynamic_ncols=True, disable=not is_main,
                desc="pretrain")
-    window = {"t": time.time(), "from": step, "steps": 0, "terms": torch.zeros(len(TERMS)), "grad": 0.0}
-
-    def checkpoint_now() -> Path | None:
-        rng = gather_object([rng_state(generator, device)])
-        data = gather_object([data_state])
-        path = None
-        if is_main:
-            state = {"bad_streak": bad_streak, "skipped_steps": skipped_total, "world_size": world,
-                     "data": data, "config": config.to_dict(), "samples_seen": step * samples_per_step}
-            path = save_checkpoint(run_dir, step, identity=accelerator.unwrap_model(net).identity, ema=ema,
-                                   optimizer=optimizer, scheduler=scheduler, rng=rng, state=state,
-                                   keep=config.keep_checkpoints)
-            log.info("checkpoint %s", path)
-        accelerator.wait_for_everyone()
-        return path
-
-    t_start, start_step = time.time(), step
     try:
-        while step < stop:
+        while progress.step < stop:
             micro = [next(batches) for _ in range(config.grad_accum)]
             for b in micro:
-                data_state["workers"][b["state"]["worker"]] = b["state"]
-                data_state["next_worker"] = (b["state"]["worker"] + 1) % workers
+                progress.took(b["state"])
             ok, terms, grad_norm = optimizer_step(accelerator, net, optimizer, scheduler, ema,
-                                                  [to_device(b, device) for b in micro], schedule, loss_cfg,
+                                                  [to_device(b, device) for b in micro], schedule, config.loss,
                                                   generator, config.grad_clip)
-            step += 1
+            progress.step += 1
+            step = progress.step
             losses.append(float(terms[0]) if ok else math.nan)
             if ok:
-                bad_streak = 0
-                window["steps"] += 1
-                window["terms"] += terms
-                window["grad"] += grad_norm
+                progress.bad_streak = 0
+                window.add(terms, grad_norm)
             else:
-                bad_streak += 1
-                skipped_total += 1
-                log.warning("step %d skipped: non-finite loss %s or gradient norm %s (%d in a row, limit %d)",
-                            step, [round(float(t), 4) for t in terms], grad_norm, bad_streak, config.max_bad_steps)
-                if bad_streak >= config.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{bad_streak} non-finite steps in a row at step {step}: stopping. The last good "
-                        f"checkpoint is {last_ckpt or '(none written yet)'}; resume from it with a lower --lr "
-                        f"or check the shards for NaN features.")
+                count_skipped_step(progress, terms, grad_norm, config.max_bad_steps, last_ckpt, log)
             bar.update(1)
             if step % config.log_every == 0 or step == stop:
-                dt = time.time() - window["t"]
-                n = max(window["steps"], 1)
-                rate = (step - window["from"]) * samples_per_step / max(dt, 1e-9)
-                mean = window["terms"] / n
-                bar.set_postfix(loss=f"{mean[0]:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                                rate=f"{rate:.1f}/s", refresh=False)
+                means, grad, rate = window.close(step, samples_per_step)
+                lr = scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}/s", refresh=False)
                 if writer is not None:
-                    for k, v in zip(TERMS, mean.tolist(), strict=True):
-                        writer.add_scalar(f"loss/{k}", v, step)
-                    writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                    writer.add_scalar("train/grad_norm", window["grad"] / n, step)
-                    writer.add_scalar("train/samples_per_s", rate, step)
-                    writer.add_scalar("train/skipped_steps", skipped_total, step)
-                    st = list(data_state["workers"].values())
-                    seen = max(sum(s["samples"] for s in st), 1)
-                    writer.add_scalar("data/paired_fraction", sum(s["paired"] for s in st) / seen, step)
-                    writer.add_scalar("data/corrupt_samples", sum(s["corrupt"] for s in st), step)
-                window = {"t": time.time(), "steps": 0, "terms": torch.zeros(len(TERMS)), "grad": 0.0,
-                          "from": step}
+                    write_scalars(writer, step, means, grad, rate, lr, progress.skipped_steps, progress.data)
             if step % config.checkpoint_every == 0 or step == stop:
-                last_ckpt = checkpoint_now() or last_ckpt
+                last_ckpt = save_progress(accelerator, run_dir, progress, config,
+                                          identity=accelerator.unwrap_model(net).identity, ema=ema,
+                                          optimizer=optimizer, scheduler=scheduler, generator=generator,
+                                          log=log) or last_ckpt
             if grid is not None and config.sample_every and step % config.sample_every == 0:
                 image = grid(ema.shadow)
                 writer.add_image("samples", image, step)
@@ -353,32 +238,43 @@ def train(config: PretrainConfig) -> TrainResult:
         if writer is not None:
             writer.flush()
 
-    export = None
+    step, export = progress.step, None
     if step >= config.max_steps and is_main:
         export = ema.shadow.save(run_dir / EXPORT_DIR, extra={"pretraining": {
             "step": step, "samples_seen": step * samples_per_step, "shards": config.shards,
             "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay}})
     accelerator.wait_for_everyone()
     if is_main:
-        dt = time.time() - t_start
-        ran = step - start_step
+        dt, ran = time.time() - t_start, step - start_step
         log.info("done: step %d of %d; this call ran %d steps in %.1f s (%.1f samples/s); %d steps skipped; "
                  "last loss %.4f; %s", step, config.max_steps, ran, dt, ran * samples_per_step / max(dt, 1e-9),
-                 skipped_total, next((v for v in reversed(losses) if math.isfinite(v)), math.nan),
+                 progress.skipped_steps, next((v for v in reversed(losses) if math.isfinite(v)), math.nan),
                  f"EMA module exported to {export}" if export else f"checkpoint {last_ckpt}")
     return TrainResult(step, losses, accelerator.unwrap_model(net).identity, ema.shadow, export,
-                       skipped_total, last_ckpt)
+                       progress.skipped_steps, last_ckpt)
+
+
+def count_skipped_step(progress: Progress, terms: torch.Tensor, grad_norm: float, max_bad_steps: int,
+                       last_ckpt: Path | None, log: logging.Logger) -> None:
+    """A step skipped for a non-finite loss or gradient: counted and logged; TrainingDiverged after
+    max_bad_steps in a row."""
+    progress.bad_streak += 1
+    progress.skipped_steps += 1
+    log.warning("step %d skipped: non-finite loss %s or gradient norm %s (%d in a row, limit %d)", progress.step,
+                [round(float(t), 4) for t in terms], grad_norm, progress.bad_streak, max_bad_steps)
+    if progress.bad_streak >= max_bad_steps:
+        raise TrainingDiverged(
+            f"{progress.bad_streak} non-finite steps in a row at step {progress.step}: stopping. The last good "
+            f"checkpoint is {last_ckpt or '(none written yet)'}; resume from it with a lower --lr or check the "
+            f"shards for NaN features.")
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """[3, H, W] in [0, 1] -> PNG at path, atomically."""
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 # ------------------------------------------------------------------------------------ benchmark
@@ -408,11 +304,11 @@ def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3) -> di
     net, optimizer = accelerator.prepare(net, optimizer)
     batches = [synthetic_batch(uvit.config, config.batch_size, device, seed=i) for i in range(config.grad_accum)]
     generator = torch.Generator(device).manual_seed(config.seed)
-    schedule, loss_cfg = NoiseScheduleVP.stable_diffusion(), LossConfig.from_config(config)
+    schedule = NoiseScheduleVP.stable_diffusion()
 
     def run(n: int) -> None:
         for _ in range(n):
-            optimizer_step(accelerator, net, optimizer, scheduler, ema, batches, schedule, loss_cfg, generator,
+            optimizer_step(accelerator, net, optimizer, scheduler, ema, batches, schedule, config.loss, generator,
                            config.grad_clip)
 
     cuda = device.type == "cuda"

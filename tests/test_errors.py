@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval.competition_scorer import ImageUnreadable, ScoreError
 
 from data_prep.format import CorruptSample
 from data_prep.shards import PrepError
@@ -16,6 +15,7 @@ from data_prep.sources import SourceError
 from encoder.face_analysis import FaceRejected
 from encoder.photos import PhotoError
 from eval.ablation import AblationError
+from eval.competition_scorer import ImageUnreadable, ScoreError
 from eval.prompt_fidelity import ImageRewardUnavailable
 from models.config_dict import ConfigError
 from models.errors import UserError, run_cli

@@ -172,7 +172,7 @@ def test_references_jpg_and_jpeg_only(world):
 
 
 def test_report_json_is_complete(world, tmp_path):
-    from eval.atomic import write_json_atomic
+    from models.atomic import write_json_atomic
 
     path = write_json_atomic(tmp_path / "r.json", world.report.to_json())
     data = json.loads(path.read_text())

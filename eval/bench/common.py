@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from eval.atomic import write_json_atomic
+from models.atomic import write_json_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 
