@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(pure bf16, both guidance passes in one batch, fused identity tokens)")
     p.add_argument("--compile", default="none",
                    help="torch.compile mode for the fast path (e.g. 'default'): pays off only for long prompt "
-                        "files, since compiling takes about 30 s per process (default none)")
+                        "files, since compiling costs time at every process start (docs/performance.md; default none)")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on the fast path, launch the network's kernels from Python on every call instead of "
                         "replaying one captured CUDA graph per batch shape (slower; for debugging)")

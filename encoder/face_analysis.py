@@ -111,8 +111,7 @@ class _AttributeTarget(dict):
 def _session_options():
     """ONNX Runtime options shared by the pack's sessions: worker threads sleep between runs instead
     of spinning, so the detector's and recogniser's thread pools, which run one after the other,
-    do not compete for the cores (measured: the detector took 127 ms a photo inside the pipeline
-    against 47 ms alone on 16 cores with spinning on)."""
+    do not compete for the cores (docs/performance.md, "Face analysis threads")."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
