@@ -2,6 +2,7 @@
 
     python -m data_prep --source folder --input photos/ --out shards/ --weights checkpoints/
     accelerate launch --num_processes 8 -m data_prep --source wds --input 'laion-face/{00000..00999}.tar' ...
+    python -m data_prep cluster --shards shards/ --threshold 0.5   # identity labels by face clustering
 
 Every rank takes its share of the shards (rank r: shards r, r + n, ...); a rerun skips finished
 shards. See docs/pretraining.md for the shard format and the manifest.
@@ -96,7 +97,8 @@ def feature_shapes(models: FrozenModels, prep: PrepConfig) -> dict:
     side = prep.resolution // models.downsample
     z = models.autoencoder.config.embed_dim
     shapes = {"moments": [2 * z, side, side], "text": [models.text_encoder.max_length, models.text_encoder.text_dim],
-              "clip": [models.image_clip.embed_dim], "arcface": [512], "arcface_flip": [512], "box": [4]}
+              "clip": [models.image_clip.embed_dim], "arcface": [512], "arcface_flip": [512], "arcface_aug": [512],
+              "box": [4]}
     return {k: {"shape": v, "dtype": str(ARRAY_MEMBERS[k].__name__)} for k, v in shapes.items()}
 
 
@@ -157,6 +159,11 @@ def print_summary(manifest: dict, summary, out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cluster"]:
+        from data_prep.cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -8,6 +8,9 @@ Members of sample `<key>` (shapes at full size; h = w = resolution / 8):
     <key>.clip.npy          float32 [512]       ViT-B/32 image embedding of the crop (not normalised)
     <key>.arcface.npy       float32 [512]       ArcFace embedding (L2-normalised) of the aligned face
     <key>.arcface_flip.npy  float32 [512]       same for the mirrored aligned face
+    <key>.arcface_aug.npy   float32 [512]       same for an augmented view of the aligned face
+                                                (data_prep.augment; format version 2 on, readers
+                                                of older shards fall back to arcface)
     <key>.box.npy           float32 [4]         face box x1, y1, x2, y2 in latent pixels (0..w)
     <key>.txt               utf-8               the caption
     <key>.json              utf-8 JSON          identity (or null), source key, detection score, number
@@ -27,10 +30,10 @@ import re
 import numpy as np
 
 FORMAT_NAME = "unidiffuser-faceid-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: arcface_aug
 ARRAY_MEMBERS = {  # name -> dtype
     "moments": np.float16, "text": np.float16, "clip": np.float32, "arcface": np.float32,
-    "arcface_flip": np.float32, "box": np.float32,
+    "arcface_flip": np.float32, "arcface_aug": np.float32, "box": np.float32,
 }
 REQUIRED = [f"{name}.npy" for name in ARRAY_MEMBERS] + ["json"]
 

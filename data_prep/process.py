@@ -3,6 +3,7 @@
     RawSample --decode (EXIF, colour modes)--> RGB uint8
               --FaceAnalyzer (detect, align, ArcFace + mirrored)--> the face, or a reject reason
               --square crop keeping the face in frame, resize (encoder.crop)--> [R, R, 3] crop, face box
+              --ArcFace of an augmented view of the aligned face (data_prep.augment)--> arcface_aug
     batch of crops + captions --VAE encode_moments / CLIP-L + encode_prefix / ViT-B/32--> features
 
 A photo that is rejected is counted under one reason (REASONS); a photo that raises anything
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_prep.augment import FaceAugment, augment_face, key_generator
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
 from encoder.crop import face_crop, square_crop
@@ -63,6 +65,7 @@ class PrepConfig:
     det_size: int = 640  # detector input side
     save_jpg: bool = False  # also store the crop as <key>.jpg
     jpeg_quality: int = 90
+    face_aug: FaceAugment = FaceAugment()  # the augmented view behind arcface_aug
 
     def face_policy(self) -> FacePolicy:
         return FacePolicy(min_face_size=self.min_face_size, min_det_score=self.min_det_score,
@@ -183,6 +186,7 @@ class Prepared:
     box: np.ndarray  # float32 [4] in crop pixels
     face: Face
     meta: dict
+    aug_embedding: np.ndarray  # float32 [512]: ArcFace of an augmented view of the aligned face
 
 
 class SampleProcessor:
@@ -235,7 +239,9 @@ class SampleProcessor:
         meta = {"identity": raw.identity, "source_key": raw.key, "det_score": round(float(face.det_score), 4),
                 "n_faces": int(face.n_faces), "face_box_px": [round(float(v), 2) for v in crop_box],
                 "crop": [x0, y0, side], "orig_size": [w, h]}
-        return Prepared(raw, index, crop, crop_box, face, meta)
+        view = augment_face(face.aligned, key_generator(safe_key(raw.key, index)), c.face_aug)
+        aug_embedding = self.faces.embed_aligned([view])[0]
+        return Prepared(raw, index, crop, crop_box, face, meta, aug_embedding)
 
     def _prepare_safely(self, job: tuple[RawSample, int]) -> Prepared | str:
         raw, index = job
@@ -263,7 +269,8 @@ class SampleProcessor:
         samples = []
         for i, p in enumerate(batch):
             arrays = {"moments": moments[i], "text": text[i], "clip": clip[i], "arcface": p.face.embedding,
-                      "arcface_flip": p.face.embedding_flip, "box": p.box * latent_box_scale}
+                      "arcface_flip": p.face.embedding_flip, "arcface_aug": p.aug_embedding,
+                      "box": p.box * latent_box_scale}
             jpg = None
             if c.save_jpg:
                 buf = io.BytesIO()

@@ -272,6 +272,11 @@ class FaceAnalyzer:
             raise FaceRejected(f"face too small ({biggest.size:.0f} px < {pol.min_face_size})")
         return sized, scored
 
+    def embed_aligned(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
+        """Aligned crops [S, S, 3] uint8 RGB (S = the recogniser's input side) -> [N, D] L2-normalised
+        embeddings. Raises FaceRejected when the recogniser returns an invalid embedding."""
+        return self._embed(crops_rgb)
+
     def _embed(self, crops_rgb: list[np.ndarray]) -> np.ndarray:
         crops_bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops_rgb]
         if self._batch_one:

@@ -6,15 +6,23 @@ Each (rank, DataLoader worker) owns a disjoint share of the shards and loops ove
              -> groups of `shards_per_group` shards, one after the other; within a group:
                 the shards read round-robin -> shuffle buffer -> identity pairing -> decode -> batches
 
-Identity pairing. When a sample has an identity label, the face that conditions it is another photo
-of the same person seen earlier in the group (a per-identity reservoir of `reservoir_size` faces),
-not its own; the first photo of a person in a group conditions on itself. Corpora sorted by person
-(a folder source with --identity-from-folder) pair best.
+Conditioning. The face that conditions a sample is, in this order of preference:
+  paired     another photo of the same person. With an identity label in the sample's metadata: one
+             seen earlier in the group (a per-identity reservoir of `reservoir_size` faces), so
+             corpora sorted by person (a folder source with --identity-from-folder) pair best.
+             Without one, when the shard folder was clustered (`python -m data_prep cluster`,
+             data_prep.cluster.IdentityClusters): another face of the sample's cluster, from the
+             whole corpus.
+  augmented  the embedding of an augmented view of its own face (member arcface_aug, see
+             data_prep.augment): a person's first photo in a group, faces in no cluster.
+  self       its own embedding, only for shards written before arcface_aug existed.
+Each worker counts the three (`conditioning_fractions` turns the counts into fractions).
 
 Exact resume. Everything random inside a group comes from a generator seeded by (seed, epoch, rank,
 worker, group), and the shuffle buffer and reservoir start empty at every group. So a worker's
 position is just (epoch, group, items of the group already emitted): on resume it replays the group
-up to that item (reading headers and the small ArcFace members only) and goes on. Each batch carries
+up to that item (reading headers and the small ArcFace members only) and goes on; cluster mates are
+drawn from the same generator, so they replay too. Each batch carries
 its worker's position; the training loop keeps the positions of the batches it consumed and the
 worker whose batch comes next (`ordered`) restores the interleaving of the workers.
 
@@ -37,6 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from data_prep.cluster import IdentityClusters
 from data_prep.format import FORMAT_NAME, CorruptSample, decode_arrays, decode_meta
 from data_prep.sources import tar_samples
 from models.errors import UserError
@@ -44,6 +53,7 @@ from models.errors import UserError
 logger = logging.getLogger(__name__)
 
 _DAMAGED = object()  # marker for an unreadable part of a tar in the raw stream
+CONDITIONING = ("paired", "augmented", "self")  # what a sample can be conditioned on (module docstring)
 
 
 class DataError(UserError, ValueError):
@@ -85,10 +95,11 @@ def list_shards(spec: str) -> list[Path]:
 
 
 def read_shard(path: Path) -> Iterator[dict | object]:
-    """Raw samples {"__key__", "<ext>": bytes, ...} of one tar, in order; _DAMAGED where it breaks off."""
+    """Raw samples {"__key__", "__url__" (the tar's path), "<ext>": bytes, ...} of one tar, in order;
+    _DAMAGED where it breaks off."""
     try:
         for key, members in tar_samples(path):
-            yield {"__key__": key, **members}
+            yield {"__key__": key, "__url__": str(path), **members}
     except (tarfile.TarError, OSError, EOFError) as e:
         logger.warning("damaged shard %s: %s", path, e)
         yield _DAMAGED  # stands for the sample being read when the tar broke off
@@ -127,14 +138,16 @@ class ShardStream(IterableDataset):
 
     Batch: moments float16 [B, 2C, h, w], text float16 [B, L, Dt], clip float32 [B, Dc],
     face / face_flip float32 [B, 512] (the conditioning photo's ArcFace embeddings), box float32
-    [B, 4] (latent pixels), paired bool [B], keys list[str], state dict (worker position and counters).
+    [B, 4] (latent pixels), paired / augmented bool [B] (how the face was chosen; neither = self),
+    keys list[str], state dict (worker position and counters).
     shapes: expected array shapes {"moments": (2C, h, w), "text": (L, Dt), "clip": (Dc,)}; a sample
-    that differs counts as corrupt.
+    that differs counts as corrupt. clusters: {shard folder as str: IdentityClusters} (load_clusters).
     """
 
     def __init__(self, shards: list[Path], *, batch_size: int, shapes: dict[str, tuple], rank: int = 0,
                  world: int = 1, seed: int = 0, shuffle_buffer: int = 1000, shards_per_group: int = 4,
-                 pair_identities: bool = True, reservoir_size: int = 8, start: dict[int, dict] | None = None):
+                 pair_identities: bool = True, reservoir_size: int = 8, start: dict[int, dict] | None = None,
+                 clusters: dict[str, IdentityClusters] | None = None):
         super().__init__()
         self.shards = [Path(s) for s in shards]
         self.batch_size, self.shapes = batch_size, {k: tuple(v) for k, v in shapes.items()}
@@ -142,6 +155,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.shards_per_group = max(1, shuffle_buffer), max(1, shards_per_group)
         self.pair_identities, self.reservoir_size = pair_identities, max(1, reservoir_size)
         self.start = {int(k): dict(v) for k, v in (start or {}).items()}
+        self.clusters = clusters or {}
 
     def groups(self, epoch: int, worker: int, workers: int) -> list[list[Path]]:
         """This worker's shard groups in `epoch`."""
@@ -153,7 +167,8 @@ class ShardStream(IterableDataset):
         return [mine[i:i + g] for i in range(0, len(mine), g)]
 
     def _paired(self, raws: Iterator, rng: np.random.Generator) -> Iterator:
-        """raw -> (raw, face, face_flip, paired) or None (corrupt); the identity reservoir."""
+        """raw -> (raw, face, face_flip, how) or None (corrupt); how in CONDITIONING. The identity
+        reservoir, cluster mates, augmented views."""
         bank: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         seen: dict[str, int] = {}
         for raw in raws:
@@ -167,12 +182,12 @@ class ShardStream(IterableDataset):
                 yield None
                 continue
             ident = meta.get("identity") if self.pair_identities else None
-            face, paired = own, False
+            face, how = own, "self"
             if ident is not None:
                 ident = str(ident)
                 refs = bank.setdefault(ident, [])
                 if refs:
-                    face, paired = refs[int(rng.integers(len(refs)))], True
+                    face, how = refs[int(rng.integers(len(refs)))], "paired"
                 seen[ident] = n = seen.get(ident, 0) + 1
                 if len(refs) < self.reservoir_size:
                     refs.append(own)
@@ -180,7 +195,17 @@ class ShardStream(IterableDataset):
                     j = int(rng.integers(n))
                     if j < self.reservoir_size:
                         refs[j] = own
-            yield raw, face[0], face[1], paired
+            elif self.pair_identities and (clusters := self.clusters.get(str(Path(raw["__url__"]).parent))):
+                if (mate := clusters.mate(raw["__key__"], rng)) is not None:
+                    face, how = mate, "paired"
+            if how == "self" and "arcface_aug.npy" in raw:
+                try:
+                    aug = decode_arrays(raw, ("arcface_aug",))["arcface_aug"]
+                except CorruptSample:
+                    yield None
+                    continue
+                face, how = (aug, aug), "augmented"  # one view: it stands for the mirrored one too
+            yield raw, face[0], face[1], how
 
     def group_items(self, shards: list[Path], rng: np.random.Generator) -> Iterator:
         raws = _interleave([read_shard(p) for p in shards])
@@ -189,19 +214,20 @@ class ShardStream(IterableDataset):
     def _decode(self, item) -> dict | None:
         if item is None:
             return None
-        raw, face, face_flip, paired = item
+        raw, face, face_flip, how = item
         try:
             arrays = decode_arrays(raw, ("moments", "text", "clip", "box"))
         except CorruptSample:
             return None
         if any(arrays[k].shape != shape for k, shape in self.shapes.items()) or arrays["box"].shape != (4,):
             return None
-        return {**arrays, "face": face, "face_flip": face_flip, "paired": paired, "key": raw["__key__"]}
+        return {**arrays, "face": face, "face_flip": face_flip, "how": how, "key": raw["__key__"]}
 
     def _collate(self, samples: list[dict], state: dict) -> dict:
         batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
                  for k in ("moments", "text", "clip", "face", "face_flip", "box")}
-        batch["paired"] = torch.tensor([s["paired"] for s in samples])
+        batch["paired"] = torch.tensor([s["how"] == "paired" for s in samples])
+        batch["augmented"] = torch.tensor([s["how"] == "augmented" for s in samples])
         batch["keys"] = [s["key"] for s in samples]
         batch["state"] = dict(state)
         return batch
@@ -209,7 +235,8 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        st = {"worker": worker, "epoch": 0, "group": 0, "offset": 0, "samples": 0, "corrupt": 0, "paired": 0}
+        st = {"worker": worker, "epoch": 0, "group": 0, "offset": 0, "samples": 0, "corrupt": 0,
+              **dict.fromkeys(CONDITIONING, 0)}
         st.update(self.start.get(worker, {}))
         st["worker"] = worker
         resumed_epoch = self.start.get(worker, {}).get("epoch")  # may legitimately end without a sample
@@ -228,7 +255,7 @@ class ShardStream(IterableDataset):
                         st["corrupt"] += 1
                         continue
                     st["samples"] += 1
-                    st["paired"] += int(sample["paired"])
+                    st[sample["how"]] += 1
                     batch.append(sample)
                     if len(batch) == self.batch_size:
                         yield self._collate(batch, st)
@@ -241,6 +268,28 @@ class ShardStream(IterableDataset):
                                 f"backbone); check them with webdataset or rerun data_prep")
             st["epoch"] += 1
             st["group"] = 0
+
+
+def conditioning_fractions(states) -> dict[str, float]:
+    """Workers' states (batch["state"]) -> {"paired", "augmented", "self"}: fraction of their samples
+    conditioned on a real pair, on an augmented view, on their own embedding (0 before any sample)."""
+    states = list(states)
+    seen = max(sum(s["samples"] for s in states), 1)
+    return {how: sum(s.get(how, 0) for s in states) / seen for how in CONDITIONING}
+
+
+def load_clusters(shards: list[Path]) -> dict[str, IdentityClusters]:
+    """{shard folder: IdentityClusters} for every folder of `shards` that `python -m data_prep cluster`
+    labelled; DataError when a folder's clusters were made for other shards."""
+    out = {}
+    for folder in sorted({str(p.parent) for p in shards}):
+        try:
+            clusters = IdentityClusters.of_folder(folder)
+        except ValueError as e:
+            raise DataError(str(e)) from e
+        if clusters is not None:
+            out[folder] = clusters
+    return out
 
 
 def too_few_shards(shards: int, world: int, workers: int) -> str | None:
@@ -316,7 +365,7 @@ def read_validation(shards: list[Path], n: int, uvit_config) -> dict | None:
                 arcface = decode_arrays(raw, ("arcface", "arcface_flip"))
             except CorruptSample:
                 continue
-            sample = stream._decode((raw, arcface["arcface"], arcface["arcface_flip"], False))
+            sample = stream._decode((raw, arcface["arcface"], arcface["arcface_flip"], "self"))
             if sample is None:
                 continue
             sample["caption"] = raw.get("txt", b"").decode("utf-8", errors="replace")

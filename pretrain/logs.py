@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from encoder.objective import TERMS
+from pretrain.data import conditioning_fractions
 
 
 def make_logger(run_dir: Path, is_main: bool) -> logging.Logger:
@@ -71,6 +72,6 @@ def write_scalars(writer, step: int, means: torch.Tensor, grad_norm: float, rate
     writer.add_scalar("train/samples_per_s", rate, step)
     writer.add_scalar("train/skipped_steps", skipped_steps, step)
     states = list(data_positions["workers"].values())
-    seen = max(sum(s["samples"] for s in states), 1)
-    writer.add_scalar("data/paired_fraction", sum(s["paired"] for s in states) / seen, step)
+    for how, fraction in conditioning_fractions(states).items():  # paired, augmented, self
+        writer.add_scalar(f"data/{how}_fraction", fraction, step)
     writer.add_scalar("data/corrupt_samples", sum(s["corrupt"] for s in states), step)

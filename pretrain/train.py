@@ -43,8 +43,10 @@ from pretrain.data import (
     DataError,
     ShardStream,
     check_shards,
+    conditioning_fractions,
     expected_shapes,
     list_shards,
+    load_clusters,
     make_loader,
     too_few_shards,
 )
@@ -178,7 +180,11 @@ def train(config: PretrainConfig) -> TrainResult:
     stream = ShardStream(shards, batch_size=config.batch_size, shapes=expected_shapes(uvit.config), rank=rank,
                          world=world, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
                          shards_per_group=config.shards_per_group, pair_identities=config.pair_identities,
-                         reservoir_size=config.reservoir_size, start=progress.data["workers"])
+                         reservoir_size=config.reservoir_size, start=progress.data["workers"],
+                         clusters=load_clusters(shards) if config.pair_identities else None)
+    for folder, clusters in stream.clusters.items():
+        log.info("identity clusters of %s: %d faces in %d clusters (threshold %s)", folder, len(clusters),
+                 clusters.report["clusters"], clusters.report["config"]["threshold"])
     batches = make_loader(stream, config.num_workers, pin_memory=device.type == "cuda",
                           first_worker=progress.data["next_worker"])
     log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes",
@@ -250,6 +256,10 @@ def train(config: PretrainConfig) -> TrainResult:
                  "last loss %.4f; %s", step, config.max_steps, ran, dt, ran * samples_per_step / max(dt, 1e-9),
                  progress.skipped_steps, next((v for v in reversed(losses) if math.isfinite(v)), math.nan),
                  f"EMA module exported to {export}" if export else f"checkpoint {last_ckpt}")
+        fractions = conditioning_fractions(progress.data["workers"].values())
+        log.info("conditioning (rank 0): %.1f %% real pairs, %.1f %% augmented views, %.1f %% own embedding%s",
+                 *(100 * fractions[k] for k in ("paired", "augmented", "self")),
+                 " (shards without arcface_aug: rerun data_prep)" if fractions["self"] else "")
     return TrainResult(step, losses, accelerator.unwrap_model(net).identity, ema.shadow, export,
                        progress.skipped_steps, last_ckpt)
 
