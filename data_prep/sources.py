@@ -24,7 +24,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from encoder.photos import IMAGE_SUFFIXES
 from models.atomic import write_json_atomic
@@ -75,6 +75,7 @@ class FolderSource:
                 raise SourceError(f"captions file {self.jsonl} does not exist")
             self.entries = self.jsonl.read_text(encoding="utf-8").splitlines()
             self.entries = [line for line in self.entries if line.strip()]
+            self._check_jsonl_paths()
         else:
             files = [p for p in self.root.rglob("*")
                      if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
@@ -107,11 +108,29 @@ class FolderSource:
         image, error = _read_bytes(path)
         return RawSample(rel, image, caption, self._folder_identity(rel), error)
 
+    def _check_jsonl_paths(self) -> None:
+        """SourceError when a line's file is absolute or climbs out of the folder with `..`: the captions
+        file would make data_prep read files outside the image folder."""
+        outside = []
+        for index, line in enumerate(self.entries):
+            try:
+                rel = _jsonl_file(json.loads(line))
+            except (json.JSONDecodeError, StopIteration, TypeError):
+                continue  # a bad line; read() reports it as an item error
+            if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).anchor or ".." in Path(rel).parts:
+                outside.append(f"line {index + 1}: {rel!r}")
+        if outside:
+            raise SourceError(f"{self.jsonl}: {len(outside)} \"file\" entr{'y' if len(outside) == 1 else 'ies'} "
+                              f"outside the image folder {self.root} ({'; '.join(outside[:3])}"
+                              f"{', ...' if len(outside) > 3 else ''})",
+                              hint="give paths relative to the image folder, without .. (move or link the "
+                                   "images into it, or pass the folder that holds them all)")
+
     def _from_jsonl(self, index: int, line: str) -> RawSample:
         key = f"line{index + 1}"
         try:
             entry = json.loads(line)
-            rel = next(entry[k] for k in ("file", "image", "path") if k in entry)
+            rel = _jsonl_file(entry)
         except (json.JSONDecodeError, StopIteration, TypeError):
             return RawSample(key, None, None, None, "bad jsonl line (needs a \"file\" field)")
         caption = entry.get("caption", entry.get("text"))
@@ -126,6 +145,15 @@ class FolderSource:
                 yield self._from_jsonl(i, self.entries[i])
             else:
                 yield self._from_txt(self.entries[i])
+
+
+def _jsonl_file(entry) -> str:
+    """The image path of a captions-JSONL entry (its "file", "image" or "path" field); StopIteration when
+    it has none, TypeError when it is not a string."""
+    rel = next(entry[k] for k in ("file", "image", "path") if k in entry)
+    if not isinstance(rel, str):
+        raise TypeError(f"the image path must be a string, got {rel!r}")
+    return rel
 
 
 # --------------------------------------------------------------------------------- HF datasets disk

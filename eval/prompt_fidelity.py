@@ -12,7 +12,6 @@ competition's measure and its bounds are the ``*_text_sim`` ones.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,10 +23,11 @@ import torch
 from eval.competition_scorer import read_image
 from models.errors import UserError
 
-logger = logging.getLogger(__name__)
-
 IMAGE_REWARD_DIR = "ImageReward"
 IMAGE_REWARD_FILES = ("ImageReward.pt", "med_config.json")
+# Entries an ImageReward checkpoint may hold or lack and still be ImageReward v1.0: BERT's position ids,
+# a constant buffer (0..511) that some transformers versions keep out of the state dict.
+IMAGE_REWARD_TOLERATED = ("blip.text_encoder.embeddings.position_ids",)
 
 
 class PromptFidelity(Protocol):
@@ -82,14 +82,16 @@ class ImageRewardFidelity:
         try:
             model = _ImageRewardModel(med_config=str(med_config), device=str(device))
             state = torch.load(weights, map_location="cpu", weights_only=True)
-            missing, _ = model.load_state_dict(state, strict=False)
+            missing, unexpected = model.load_state_dict(state, strict=False)  # shapes are still checked
         except Exception as e:  # tokenizer not cached, damaged file, incompatible package version
             raise ImageRewardUnavailable(f"could not build ImageReward from {folder}: {type(e).__name__}: {e}") from e
-        if len(missing) > len(model.state_dict()) // 2:
-            raise ImageRewardUnavailable(f"{weights} lacks {len(missing)} of the model's weights (e.g. "
-                                         f"{missing[:3]}): not an ImageReward v1.0 checkpoint")
-        if missing:
-            logger.warning("ImageReward: %d weights not in %s (e.g. %s)", len(missing), weights, missing[:3])
+        missing = [k for k in missing if k not in IMAGE_REWARD_TOLERATED]
+        unexpected = [k for k in unexpected if k not in IMAGE_REWARD_TOLERATED]
+        if missing or unexpected:
+            raise ImageRewardUnavailable(
+                f"{weights} is not an ImageReward v1.0 checkpoint for this image-reward package: "
+                f"{len(missing)} of the model's {len(model.state_dict())} weights missing (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unknown entries (e.g. {unexpected[:3]}). Get THUDM/ImageReward's ImageReward.pt")
         return cls(model.to(device).eval())
 
     @torch.no_grad()

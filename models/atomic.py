@@ -3,6 +3,7 @@
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))   any writer that takes a path
     write_text_atomic(path, text)
     write_json_atomic(path, data)                                  NaN -> null, numpy scalars, paths
+    fsync_dir(folder)                                              after renaming something into it
 
 A reader never sees a half-written file, and a failed or killed write leaves the previous file
 intact. The temporary file is named `.<name>.<random>.tmp`, so `.<name>.*.tmp` finds leftovers of a
@@ -40,6 +41,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries to disk, so that a rename into it survives a crash. A no-op where
+    folders cannot be opened or synced (Windows, some network filesystems)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -3,14 +3,19 @@
 `embed_images` gives the projected 512-d image embedding, NOT normalised (UniDiffuser's image-CLIP
 token [B, 1, 512] is this vector); `embed_texts` gives the projected text embedding (for the
 competition's image-text score, which normalises both). Weights come from a local file only:
-OpenAI's TorchScript archive (`ViT-B-32.pt`), or a state dict (.pt/.bin/.pth/.safetensors, e.g.
-open_clip's 'openai' file). OpenAI's models use QuickGELU, which open_clip only switches on for its
+OpenAI's TorchScript archive (`ViT-B-32.pt`, whose weights are read as data, without running the
+archive's code), or a state dict (.pt/.bin/.pth/.safetensors, e.g. open_clip's 'openai' file, read
+with weights_only). OpenAI's models use QuickGELU, which open_clip only switches on for its
 own 'openai' tag, so a local file needs `force_quick_gelu=True` (done here).
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
+import io
 import os
+import pickle
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -37,14 +42,132 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in zf.namelist())
 
 
-def _torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Parameters of an OpenAI TorchScript CLIP archive, without its non-weight attributes."""
+# ------------------------------------------------------------------- TorchScript archives, read as data
+# A TorchScript archive runs its code/ when torch.jit.load builds the module. Its weights are plain
+# records, though: data.pkl pickles the module tree (objects of TorchScript classes holding their
+# attributes), and each tensor's bytes are the record data/<key>. They are read here with an unpickler
+# that builds nothing but placeholders, tensors and ordered dicts, so a file cannot run code on load.
+OPENAI_VIT_B_32_SHA256 = "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                   "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
+
+class ArchiveRefused(pickle.UnpicklingError):
+    """The archive's data.pkl asks for something a weights file has no need of (it could run code)."""
+
+
+class _ScriptObject:
+    """What a TorchScript object of data.pkl becomes: its attributes, nothing of its class."""
+
+    def __setstate__(self, state) -> None:
+        self.attributes = state
+
+
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, requires_grad=False, hooks=None,
+                    metadata=None) -> torch.Tensor:
+    return storage.as_strided(tuple(size), tuple(stride), offset)
+
+
+def _same(value, *_):
+    return value
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """data.pkl of a TorchScript archive -> its object tree; tensors read from the archive's data/ records."""
+
+    _ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+                ("torch._utils", "_rebuild_parameter"): _same,
+                ("collections", "OrderedDict"): collections.OrderedDict,
+                ("torch.jit._pickle", "build_intlist"): _same, ("torch.jit._pickle", "build_doublelist"): _same,
+                ("torch.jit._pickle", "build_boollist"): _same, ("torch.jit._pickle", "build_tensorlist"): _same,
+                ("torch.jit._pickle", "restore_type_tag"): _same}
+
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data))
+        self.zf, self.prefix, self.storages = zf, prefix, {}
+
+    def find_class(self, module: str, name: str):
+        if module.startswith("__torch__.") or module == "__torch__":
+            return _ScriptObject
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        raise ArchiveRefused(f"{module}.{name}")
+
+    def persistent_load(self, pid) -> torch.Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
+            raise ArchiveRefused(f"persistent id {pid!r}")
+        _, dtype, key, _location, numel = pid
+        if key not in self.storages:
+            raw = bytearray(self.zf.read(f"{self.prefix}data/{key}"))
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            if flat.numel() < numel:
+                raise ValueError(f"tensor record data/{key} holds {flat.numel()} of {numel} values")
+            self.storages[key] = flat
+        return self.storages[key]
+
+
+def _torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor attribute of a TorchScript archive's module tree by dotted name (weights, and
+    attributes such as attention masks), read without running the archive. ArchiveRefused for an
+    archive that asks for anything else; OSError, ValueError, KeyError, RuntimeError, EOFError or
+    pickle.UnpicklingError for a damaged one."""
+    with zipfile.ZipFile(path) as zf:
+        names = [n for n in zf.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(names) != 1:
+            raise ValueError("no data.pkl at the top of the archive")
+        prefix = names[0][: -len("data.pkl")]
+        if f"{prefix}byteorder" in zf.namelist() and zf.read(f"{prefix}byteorder").strip() != b"little":
+            raise ValueError("a big-endian archive")
+        root = _WeightsUnpickler(zf.read(names[0]), zf, prefix).load()
+    tensors: dict[str, torch.Tensor] = {}
+    todo, seen = [("", root)], set()
+    while todo:
+        prefix, obj = todo.pop()
+        attributes = getattr(obj, "attributes", None) if isinstance(obj, _ScriptObject) else None
+        if not isinstance(attributes, dict) or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for name, value in attributes.items():
+            if isinstance(value, torch.Tensor):
+                tensors[prefix + name] = value
+            elif isinstance(value, _ScriptObject):
+                todo.append((f"{prefix}{name}.", value))
+    return tensors
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_torchscript_weights(model: nn.Module, path: Path) -> None:
+    """The weights of a TorchScript CLIP archive into `model`, strictly: each of the model's weights must
+    be there with its shape; the archive's other tensors (attention masks, input_resolution, ...) are
+    no weights and are left out."""
+    tensors, weights = _read_torchscript_tensors(path), model.state_dict()
+    model.load_state_dict({k: v for k, v in tensors.items() if k in weights})
+
+
+def _read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """_torchscript_tensors; for an archive it refuses, torch.jit.load only when the file is OpenAI's
+    release (its SHA-256 checked first), else WeightsError."""
+    try:
+        return _torchscript_tensors(path)
+    except ArchiveRefused as e:
+        if _sha256(path) != OPENAI_VIT_B_32_SHA256:
+            raise WeightsError(f"{path} is a TorchScript archive that asks to run code ({e}) and is not OpenAI's "
+                               f"ViT-B-32.pt (SHA-256 {OPENAI_VIT_B_32_SHA256[:12]}...): not loaded. "
+                               f"{_GET_IT}.") from e
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, the files are not
-        sd = torch.jit.load(str(path), map_location="cpu").state_dict()
-    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
-        sd.pop(key, None)
-    return sd
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
 
 
 class ImageCLIP(nn.Module):
@@ -85,17 +208,20 @@ class ImageCLIP(nn.Module):
                 model = open_clip.model.CLIP(**{"quick_gelu": quick_gelu, **model_cfg})
                 preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
                 if torchscript:
-                    model.load_state_dict(_torchscript_state_dict(path))
+                    _load_torchscript_weights(model, path)
                 else:
                     open_clip.load_checkpoint(model, str(path))
             elif torchscript:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=None, force_quick_gelu=quick_gelu)
-                model.load_state_dict(_torchscript_state_dict(path))
+                _load_torchscript_weights(model, path)
             else:
                 model, _, preprocess = open_clip.create_model_and_transforms(
                     model_name, pretrained=str(path), force_quick_gelu=quick_gelu)
-        except (RuntimeError, KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        except WeightsError:
+            raise
+        except (RuntimeError, KeyError, ValueError, OSError, zipfile.BadZipFile, pickle.UnpicklingError,
+                EOFError) as e:
             raise WeightsError(f"could not load image CLIP weights {path} into open_clip {model_name}: {e}. "
                                f"{_GET_IT}.") from e
         return cls(model, preprocess).to(device)

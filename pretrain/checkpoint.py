@@ -9,12 +9,17 @@
         trainer_state.json      step, data positions per rank, counters, config (written last)
 
 A checkpoint is assembled in `.step_<n>.tmp` (each file written with models.atomic, so it is on
-disk) and renamed into place, so a folder named `step_<n>` is always complete; a crash mid-save
-leaves only the temporary folder (removed by the next save). Only the main process writes (the
-other ranks' RNG states and data positions are gathered to it).
+disk) and renamed into place, then the folder's entries are synced, so a folder named `step_<n>` is
+always complete; a crash mid-save leaves only the temporary folder (removed by the next save). A
+checkpoint of the same step saved again (a stop step that is also a checkpoint step) replaces the
+old one only once it is in place: the old folder is renamed aside to `.step_<n>.old`, the new one
+renamed in, then the old one deleted; a crash between the two renames leaves the aside folder,
+which counts as the checkpoint of that step until a save replaces it. Only the main process writes
+(the other ranks' RNG states and data positions are gathered to it).
 
 Training calls `save_progress` (gather, write, keep the last K) and, to resume, `resume_path` (which
-checkpoint) and `restore` (weights, optimizer, RNG, data positions back in place).
+checkpoint), `check_same_model` (the run's model shape is the config's) and `restore` (weights,
+optimizer, RNG, data positions back in place).
 """
 
 from __future__ import annotations
@@ -24,19 +29,22 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.atomic import atomic_write, write_json_atomic
+from models.atomic import atomic_write, fsync_dir, write_json_atomic
 from models.errors import UserError
 from pretrain.config import PretrainConfig, flat_fields
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_ASIDE_DIR = re.compile(r"^\.step_(\d{8})\.old$")  # a checkpoint being replaced by one of the same step
+MODEL_SHAPE_FIELDS = ("injection", "num_tokens", "hidden_dim", "uvit")  # a run's weights only fit these
 
 
 class CheckpointError(UserError, FileNotFoundError):
@@ -47,12 +55,19 @@ class RunFolderInUse(UserError, FileExistsError):
     """The output folder holds checkpoints of another (or a later) run."""
 
 
+class ModelShapeChanged(UserError, ValueError):
+    """The config asks for another model shape than the checkpoint to resume from was trained with."""
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, *, identity: torch.nn.Module, ema, optimizer,
                     scheduler, rng: list[dict], state: dict, keep: int) -> Path:
     """Write checkpoint `step` under run_dir/checkpoints atomically, then delete all but the last `keep`."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / f"step_{step:08d}", root / f".step_{step:08d}.tmp"
+    final, tmp, aside = (root / f"step_{step:08d}", root / f".step_{step:08d}.tmp", root / f".step_{step:08d}.old")
+    for old in root.glob(".step_*.old"):  # left by a crash after its replacement was renamed in
+        if (root / old.name[1:-len(".old")]).is_dir():
+            shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     cpu = lambda sd: {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}  # noqa: E731
@@ -63,21 +78,30 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, identity: torch.nn
                       ("rng.pt", rng)):
         atomic_write(tmp / name, lambda p, obj=obj: torch.save(obj, p))
     write_json_atomic(tmp / STATE_FILE, {**state, "step": step, "ema_updates": ema.updates}, indent=1)
-    if final.exists():  # the same step saved again (e.g. a stop step that is also a checkpoint step)
-        shutil.rmtree(final)
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again: the old folder goes only once the new one is in place
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(final, aside)
     os.replace(tmp, final)
+    fsync_dir(root)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first: the step_* folders, and a .step_*.old one where a
+    crash left no step_* folder of its step."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    found: dict[int, Path] = {}
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name) or _ASIDE_DIR.match(p.name)
+        if m and (p / STATE_FILE).is_file() and (int(m.group(1)) not in found or _STEP_DIR.match(p.name)):
+            found[int(m.group(1))] = p
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -161,6 +185,35 @@ def resume_path(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
+def check_same_model(path: Path, config: PretrainConfig) -> None:
+    """ModelShapeChanged when `config` differs from the config checkpoint `path` was trained with in a
+    model-shape field (MODEL_SHAPE_FIELDS): its weights would not load. Reads only trainer_state.json;
+    an unreadable one is left to load_checkpoint to report."""
+    try:
+        saved = flat_fields(json.loads((Path(path) / STATE_FILE).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    now = json.loads(json.dumps(config.to_dict()))  # the JSON form the saved one has
+    changed = [k for k in MODEL_SHAPE_FIELDS if k in saved and saved[k] != now[k]]
+    if not changed:
+        return
+    run = Path(path).parent.parent
+    what = "; ".join(f"{k}: run {json.dumps(saved[k])}, config {json.dumps(now[k])}" for k in changed)
+    keep = " ".join(f"--{k} {_cli_value(saved[k])}" for k in changed)
+    raise ModelShapeChanged(
+        f"the run in {run} has another model shape than this config ({what}); its checkpoint "
+        f"{Path(path).name} cannot be resumed with it",
+        hint=f"to start a new run with this shape, give a new --output_dir; to continue this run, drop the "
+             f"change (or pass {keep})")
+
+
+def _cli_value(v) -> str:
+    """A config value as a command-line option takes it."""
+    if isinstance(v, dict):
+        return "'" + json.dumps(v) + "'"
+    return "none" if v is None else str(v)
+
+
 def restore(path: Path, config: PretrainConfig, *, identity: torch.nn.Module, ema, optimizer, scheduler,
             generator: torch.Generator, device: torch.device, rank: int, world: int,
             log: logging.Logger) -> Progress:
@@ -193,6 +246,13 @@ def restore(path: Path, config: PretrainConfig, *, identity: torch.nn.Module, em
                if k not in ("resume", "stop_at_step") and now.get(k, v) != v}
     if changed:
         log.warning("config differs from the checkpoint's: %s", changed)
+    if scheduler.last_epoch != progress.step:  # a checkpoint from before skipped steps moved the schedule
+        log.warning("LR schedule at step %d, step counter at %d: the schedule follows the step counter from "
+                    "here", scheduler.last_epoch, progress.step)
+        scheduler.last_epoch = progress.step - 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # stepping before this process's first optimizer step
+            scheduler.step()
     log.info("resumed from %s at step %d", path, progress.step)
     return progress
 

@@ -27,7 +27,9 @@ its worker's position; the training loop keeps the positions of the batches it c
 worker whose batch comes next (`ordered`) restores the interleaving of the workers.
 
 Corrupt members (a member that is missing or does not decode, a damaged tar) skip their sample,
-are counted per worker (`corrupt`) and never stop training.
+are counted per worker (`corrupt`) and never stop training. A damaged shard (cut off, or ending
+before the sample count data_prep recorded for it) is also named, with the samples lost, in the
+`damaged` list of the worker's next batch, which the training loop logs.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ import glob
 import json
 import logging
 import os
+import signal
 import tarfile
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +56,6 @@ from models.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-_DAMAGED = object()  # marker for an unreadable part of a tar in the raw stream
 CONDITIONING = ("paired", "augmented", "self")  # what a sample can be conditioned on (module docstring)
 
 
@@ -94,15 +97,64 @@ def list_shards(spec: str) -> list[Path]:
     return paths
 
 
-def read_shard(path: Path) -> Iterator[dict | object]:
-    """Raw samples {"__key__", "__url__" (the tar's path), "<ext>": bytes, ...} of one tar, in order;
-    _DAMAGED where it breaks off."""
+def recorded_counts(shards: list[Path]) -> dict[Path, int]:
+    """Samples per shard as data_prep recorded them: its folder's manifest.json, else the shard's own
+    counts file (shard-<i>.json beside the tar). Shards with no record are left out."""
+    counts: dict[Path, int] = {}
+    for folder in sorted({p.parent for p in shards}):
+        manifest = _json_or_none(folder / "manifest.json")
+        if isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME:
+            counts.update({folder / s["name"]: int(s["samples"]) for s in manifest.get("shards", [])})
+    for p in shards:
+        stats = _json_or_none(p.with_suffix(".json")) if p not in counts else None
+        if isinstance(stats, dict) and stats.get("shard") == p.name and "written" in stats:
+            counts[p] = int(stats["written"])
+    return counts
+
+
+def _json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """Where a shard breaks off, in the raw stream: `read` samples came out whole before it, `lost`
+    of the samples recorded for the shard did not (None when no count was recorded)."""
+
+    path: Path
+    read: int
+    lost: int | None
+    reason: str
+
+    @property
+    def message(self) -> str:
+        lost = (f"{self.lost} sample(s) lost" if self.lost is not None
+                else "the rest of it lost (no data_prep count beside it says how many)")
+        stats = self.path.with_suffix(".json")
+        redo = (f"delete {stats.name} beside it and rerun data_prep with the same --out to rewrite it"
+                if stats.is_file() else "rewrite it with data_prep, or remove it")
+        return (f"damaged shard {self.path.name} ({self.path}): {self.reason} after {self.read} whole "
+                f"sample(s), {lost}; training goes on without them. To fix: {redo}")
+
+
+def read_shard(path: Path, recorded: int | None = None) -> Iterator[dict | Damaged]:
+    """Raw samples {"__key__", "__url__" (the tar's path), "<ext>": bytes, ...} of one tar, in order; a
+    Damaged item where it breaks off, or at its end when it holds fewer samples than the `recorded`
+    count (a tar cut off at a member boundary reads as a shorter tar)."""
+    read = 0
     try:
         for key, members in tar_samples(path):
             yield {"__key__": key, "__url__": str(path), **members}
+            read += 1
     except (tarfile.TarError, OSError, EOFError) as e:
-        logger.warning("damaged shard %s: %s", path, e)
-        yield _DAMAGED  # stands for the sample being read when the tar broke off
+        lost = None if recorded is None else max(recorded - read, 0)
+        yield Damaged(Path(path), read, lost, f"unreadable ({type(e).__name__}: {e})")
+        return
+    if recorded is not None and read < recorded:
+        yield Damaged(Path(path), read, recorded - read, f"it ends early ({recorded} samples recorded)")
 
 
 # --------------------------------------------------------------------------------------- the stream
@@ -139,7 +191,8 @@ class ShardStream(IterableDataset):
     Batch: moments float16 [B, 2C, h, w], text float16 [B, L, Dt], clip float32 [B, Dc],
     face / face_flip float32 [B, 512] (the conditioning photo's ArcFace embeddings), box float32
     [B, 4] (latent pixels), paired / augmented bool [B] (how the face was chosen; neither = self),
-    keys list[str], state dict (worker position and counters).
+    keys list[str], state dict (worker position and counters), damaged list[str] (a message per damaged
+    shard met since the worker's previous batch; each shard is named once per worker).
     shapes: expected array shapes {"moments": (2C, h, w), "text": (L, Dt), "clip": (Dc,)}; a sample
     that differs counts as corrupt. clusters: {shard folder as str: IdentityClusters} (load_clusters).
     """
@@ -156,6 +209,7 @@ class ShardStream(IterableDataset):
         self.pair_identities, self.reservoir_size = pair_identities, max(1, reservoir_size)
         self.start = {int(k): dict(v) for k, v in (start or {}).items()}
         self.clusters = clusters or {}
+        self.recorded = recorded_counts(self.shards)
 
     def groups(self, epoch: int, worker: int, workers: int) -> list[list[Path]]:
         """This worker's shard groups in `epoch`."""
@@ -167,13 +221,13 @@ class ShardStream(IterableDataset):
         return [mine[i:i + g] for i in range(0, len(mine), g)]
 
     def _paired(self, raws: Iterator, rng: np.random.Generator) -> Iterator:
-        """raw -> (raw, face, face_flip, how) or None (corrupt); how in CONDITIONING. The identity
-        reservoir, cluster mates, augmented views."""
+        """raw -> (raw, face, face_flip, how), None (corrupt) or Damaged (passed on); how in
+        CONDITIONING. The identity reservoir, cluster mates, augmented views."""
         bank: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
         seen: dict[str, int] = {}
         for raw in raws:
-            if raw is _DAMAGED:
-                yield None
+            if isinstance(raw, Damaged):
+                yield raw
                 continue
             try:
                 meta = decode_meta(raw)
@@ -208,11 +262,11 @@ class ShardStream(IterableDataset):
             yield raw, face[0], face[1], how
 
     def group_items(self, shards: list[Path], rng: np.random.Generator) -> Iterator:
-        raws = _interleave([read_shard(p) for p in shards])
+        raws = _interleave([read_shard(p, self.recorded.get(p)) for p in shards])
         return self._paired(_shuffled(raws, self.shuffle_buffer, rng), rng)
 
     def _decode(self, item) -> dict | None:
-        if item is None:
+        if item is None or isinstance(item, Damaged):
             return None
         raw, face, face_flip, how = item
         try:
@@ -223,13 +277,14 @@ class ShardStream(IterableDataset):
             return None
         return {**arrays, "face": face, "face_flip": face_flip, "how": how, "key": raw["__key__"]}
 
-    def _collate(self, samples: list[dict], state: dict) -> dict:
+    def _collate(self, samples: list[dict], state: dict, damaged: list[str] | None = None) -> dict:
         batch = {k: torch.from_numpy(np.stack([s[k] for s in samples]))
                  for k in ("moments", "text", "clip", "face", "face_flip", "box")}
         batch["paired"] = torch.tensor([s["how"] == "paired" for s in samples])
         batch["augmented"] = torch.tensor([s["how"] == "augmented" for s in samples])
         batch["keys"] = [s["key"] for s in samples]
         batch["state"] = dict(state)
+        batch["damaged"] = list(damaged or [])
         return batch
 
     def __iter__(self) -> Iterator[dict]:
@@ -241,6 +296,8 @@ class ShardStream(IterableDataset):
         st["worker"] = worker
         resumed_epoch = self.start.get(worker, {}).get("epoch")  # may legitimately end without a sample
         batch: list[dict] = []
+        damaged: list[str] = []  # messages not sent with a batch yet
+        told: set[str] = set()  # each damaged shard is named once per worker
         while True:
             groups = self.groups(st["epoch"], worker, workers)
             samples_before = st["samples"]
@@ -253,13 +310,16 @@ class ShardStream(IterableDataset):
                     sample = self._decode(item)
                     if sample is None:
                         st["corrupt"] += 1
+                        if isinstance(item, Damaged) and item.message not in told:
+                            told.add(item.message)
+                            damaged.append(item.message)
                         continue
                     st["samples"] += 1
                     st[sample["how"]] += 1
                     batch.append(sample)
                     if len(batch) == self.batch_size:
-                        yield self._collate(batch, st)
-                        batch = []
+                        yield self._collate(batch, st, damaged)
+                        batch, damaged = [], []
                 st["group"] += 1
                 st["offset"] = 0
             if st["samples"] == samples_before and st["epoch"] != resumed_epoch:
@@ -315,11 +375,18 @@ def ordered(batches: Iterator[dict], workers: int, first: int = 0) -> Iterator[d
             want = (want + 1) % workers
 
 
+def _ignore_ctrl_c(worker: int) -> None:
+    """DataLoader worker init: Ctrl-C is the training loop's (it stops after the step, with a
+    checkpoint); a worker that died of it would fail the batches the loop still takes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(stream: ShardStream, num_workers: int, *, pin_memory: bool = False,
                 first_worker: int = 0) -> Iterator[dict]:
     """The stream through a DataLoader (batches are built in the workers), in resume order."""
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
+                        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None,
+                        worker_init_fn=_ignore_ctrl_c if num_workers > 0 else None)
     return ordered(iter(loader), max(num_workers, 1), first_worker)
 
 
@@ -335,7 +402,7 @@ def check_shards(shards: list[Path], uvit_config) -> None:
     want = expected_shapes(uvit_config)
     for path in shards[:8]:
         for raw in read_shard(path):
-            if raw is _DAMAGED:
+            if isinstance(raw, Damaged):
                 break
             try:
                 arrays = decode_arrays(raw, tuple(want))
@@ -358,7 +425,7 @@ def read_validation(shards: list[Path], n: int, uvit_config) -> dict | None:
     picked, spare, idents = [], [], set()
     for path in shards[:64]:
         for raw in read_shard(path):
-            if raw is _DAMAGED:
+            if isinstance(raw, Damaged):
                 break
             try:
                 meta = decode_meta(raw)

@@ -7,12 +7,18 @@
 One step: `grad_accum` batches from the shard stream -> for each, UniDiffuser's noise MSE
 (encoder.objective, fed by pretrain.losses) through the frozen bf16 UViT with the identity tokens
 injected, and backward (DDP averages the identity module's gradients; the backbone has none) -> clip
--> if the loss and the gradient norm are finite on every rank: AdamW step, LR schedule step, EMA
-update; otherwise the step is skipped with a log line, and `max_bad_steps` skipped steps in a row
-stop the run (the last checkpoint stays as it was). Every `checkpoint_every` steps an atomic
-checkpoint (pretrain.checkpoint, which also resumes); every `log_every` a report (pretrain.logs);
-every `sample_every` a sample grid; at `max_steps` the EMA module is exported with
-IdentityModule.save to <output_dir>/faceid_encoder/, the folder sample.py loads.
+-> if the loss and the gradient norm are finite on every rank: AdamW step and EMA update; otherwise
+the step is skipped with a log line, and `max_bad_steps` skipped steps in a row stop the run (the
+last checkpoint stays as it was) -> LR schedule step (skipped steps included: the learning rate is a
+function of the step counter). Every `checkpoint_every` steps an atomic checkpoint
+(pretrain.checkpoint, which also resumes); every `log_every` a report (pretrain.logs) and the damaged
+shards met since the last one; every `sample_every` a sample grid; at `max_steps` the EMA module is
+exported with IdentityModule.save to <output_dir>/faceid_encoder/, the folder sample.py loads.
+
+Ctrl-C (SIGINT) stops the run after the step in progress with a checkpoint at that step, then
+raises KeyboardInterrupt (the CLI exits 130 with one line); rerunning the command resumes exactly.
+A third Ctrl-C stops at once, keeping the last checkpoint. Resuming a run with another model shape
+(num_tokens, hidden_dim, injection, uvit) is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -23,8 +29,13 @@ import dataclasses
 import json
 import logging
 import math
+import os
+import signal
 import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +48,7 @@ from encoder.objective import TERMS, LossConfig
 from models.atomic import atomic_write, write_json_atomic
 from models.errors import UserError, run_cli
 from models.noise_schedule import NoiseScheduleVP
-from pretrain.checkpoint import Progress, restore, resume_path, save_progress
+from pretrain.checkpoint import Progress, check_same_model, restore, resume_path, save_progress
 from pretrain.config import PretrainConfig, add_config_arguments, overrides_from_args
 from pretrain.data import (
     DataError,
@@ -105,12 +116,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA, batches: list[dict],
                    schedule: NoiseScheduleVP, loss_cfg: LossConfig, generator: torch.Generator,
-                   grad_clip: float) -> tuple[bool, torch.Tensor, float]:
+                   grad_clip: float, stop_requested: Callable[[], bool] | None = None
+                   ) -> tuple[bool, torch.Tensor, float, bool]:
     """One optimizer step over `batches` (the micro-batches, on the device).
 
-    Returns (ok, terms [3] on the CPU = global mean loss, loss_z, loss_clip, grad norm). ok is False when a loss or
-    the gradient norm is not finite; then nothing is updated (identical on every rank: both numbers are
-    synchronised).
+    Returns (ok, terms [3] on the CPU = global mean loss, loss_z, loss_clip, grad norm, stop). ok is False
+    when a loss or the gradient norm is not finite; then the weights are not updated (identical on every
+    rank: both numbers are synchronised). The LR schedule steps either way. stop: whether
+    `stop_requested()` was true on any rank (read with the loss terms, no extra synchronisation).
     """
     terms = torch.zeros(len(TERMS), device=accelerator.device)
     for i, batch in enumerate(batches):
@@ -120,19 +133,22 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
                 loss, parts = diffusion_loss(net, batch, schedule, loss_cfg, generator)
             accelerator.backward(loss / len(batches))
         terms += torch.stack([parts[k] for k in TERMS]) / len(batches)
-    terms = accelerator.reduce(terms, reduction="mean")
+    stop = float(stop_requested is not None and stop_requested())
+    terms = accelerator.reduce(torch.cat([terms, terms.new_tensor([stop])]), reduction="mean")
     params = [p for p in net.parameters() if p.requires_grad]
     grad_norm = accelerator.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
-    # the one host sync of a step: loss terms and gradient norm together, before the update
+    # the one host sync of a step: loss terms, stop flag and gradient norm together, before the update
     stats = torch.cat([terms.float(), torch.as_tensor(grad_norm, device=terms.device).float().reshape(1)]).cpu()
-    terms, grad_norm = stats[:-1], float(stats[-1])
+    terms, stop, grad_norm = stats[:-2], bool(stats[-2] > 0), float(stats[-1])
     ok = math.isfinite(grad_norm) and bool(torch.isfinite(terms).all())
     if ok:
         optimizer.step()
-        scheduler.step()
         ema.update(accelerator.unwrap_model(net).identity)
+    with warnings.catch_warnings():  # a skipped first step steps the schedule before any optimizer step
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return ok, terms, grad_norm
+    return ok, terms, grad_norm, stop
 
 
 def build(config: PretrainConfig, device: torch.device):
@@ -163,14 +179,19 @@ def train(config: PretrainConfig) -> TrainResult:
     if message := too_few_shards(len(shards), world, workers):
         raise DataError(message)
 
-    # ---- model, optimizer, step randomness, and where the run stands (a checkpoint, if any)
+    # ---- where the run stands (a checkpoint, if any): another model shape fails before anything is built
+    last_ckpt = resume_path(config.resume, run_dir)
+    if last_ckpt is not None:
+        check_same_model(last_ckpt, config)
+
+    # ---- model, optimizer, step randomness, and the checkpoint's state
     uvit, identity, net, ema, optimizer, scheduler = build(config, device)
     generator = torch.Generator(device).manual_seed(config.seed * 100_003 + rank)
     log.info("backbone %s UViT (%s, %.0f M params, frozen); identity module %.2f M params (%s, K=%d); "
              "%d process(es) on %s", "random" if config.random_backbone else "pretrained", config.backbone_dtype,
              sum(p.numel() for p in uvit.parameters()) / 1e6, sum(p.numel() for p in identity.parameters()) / 1e6,
              config.injection, config.num_tokens, world, device)
-    progress, last_ckpt = Progress.start(workers), resume_path(config.resume, run_dir)
+    progress = Progress.start(workers)
     if last_ckpt is not None:
         progress = restore(last_ckpt, config, identity=identity, ema=ema, optimizer=optimizer, scheduler=scheduler,
                            generator=generator, device=device, rank=rank, world=world, log=log)
@@ -206,43 +227,56 @@ def train(config: PretrainConfig) -> TrainResult:
     window, t_start, start_step = LogWindow(progress.step), time.time(), progress.step
     bar = tqdm(total=config.max_steps, initial=progress.step, unit="step", dynamic_ncols=True, disable=not is_main,
                desc="pretrain")
-    try:
-        while progress.step < stop:
-            micro = [next(batches) for _ in range(config.grad_accum)]
-            for b in micro:
-                progress.took(b["state"])
-            ok, terms, grad_norm = optimizer_step(accelerator, net, optimizer, scheduler, ema,
-                                                  [to_device(b, device) for b in micro], schedule, config.loss,
-                                                  generator, config.grad_clip)
-            progress.step += 1
-            step = progress.step
-            losses.append(float(terms[0]) if ok else math.nan)
-            if ok:
-                progress.bad_streak = 0
-                window.add(terms, grad_norm)
-            else:
-                count_skipped_step(progress, terms, grad_norm, config.max_bad_steps, last_ckpt, log)
-            bar.update(1)
-            if step % config.log_every == 0 or step == stop:
-                means, grad, rate = window.close(step, samples_per_step)
-                lr = scheduler.get_last_lr()[0]
-                bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}/s", refresh=False)
-                if writer is not None:
-                    write_scalars(writer, step, means, grad, rate, lr, progress.skipped_steps, progress.data)
-            if step % config.checkpoint_every == 0 or step == stop:
-                last_ckpt = save_progress(accelerator, run_dir, progress, config,
-                                          identity=accelerator.unwrap_model(net).identity, ema=ema,
-                                          optimizer=optimizer, scheduler=scheduler, generator=generator,
-                                          log=log) or last_ckpt
-            if grid is not None and config.sample_every and step % config.sample_every == 0:
-                image = grid(ema.shadow)
-                writer.add_image("samples", image, step)
-                save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
-    finally:
-        bar.close()
-        batches.close()
-        if writer is not None:
-            writer.flush()
+    damaged: list[str] = []  # damaged shards this rank met since the last report
+    reported: set[str] = set()
+    interrupted = False
+    with StopOnCtrlC() as ctrl_c:
+        try:
+            while progress.step < stop and not interrupted:
+                micro = [next(batches) for _ in range(config.grad_accum)]
+                for b in micro:
+                    progress.took(b["state"])
+                    damaged += b["damaged"]
+                ok, terms, grad_norm, interrupted = optimizer_step(
+                    accelerator, net, optimizer, scheduler, ema, [to_device(b, device) for b in micro], schedule,
+                    config.loss, generator, config.grad_clip, stop_requested=ctrl_c.requested)
+                progress.step += 1
+                step = progress.step
+                losses.append(float(terms[0]) if ok else math.nan)
+                if ok:
+                    progress.bad_streak = 0
+                    window.add(terms, grad_norm)
+                else:
+                    count_skipped_step(progress, terms, grad_norm, config.max_bad_steps, last_ckpt, log)
+                bar.update(1)
+                last = step == stop or interrupted
+                if step % config.log_every == 0 or last:
+                    means, grad, rate = window.close(step, samples_per_step)
+                    lr = scheduler.get_last_lr()[0]
+                    bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}/s", refresh=False)
+                    if writer is not None:
+                        write_scalars(writer, step, means, grad, rate, lr, progress.skipped_steps, progress.data)
+                    report_damaged(accelerator, damaged, reported, log)
+                if step % config.checkpoint_every == 0 or last:
+                    last_ckpt = save_progress(accelerator, run_dir, progress, config,
+                                              identity=accelerator.unwrap_model(net).identity, ema=ema,
+                                              optimizer=optimizer, scheduler=scheduler, generator=generator,
+                                              log=log) or last_ckpt
+                if grid is not None and config.sample_every and step % config.sample_every == 0:
+                    image = grid(ema.shadow)
+                    writer.add_image("samples", image, step)
+                    save_png(image, run_dir / "samples" / f"step_{step:08d}.png")
+        finally:
+            bar.close()
+            batches.close()
+            if writer is not None:
+                writer.flush()
+    if reported:
+        log.warning("%d damaged shard(s) met (named above); their lost samples were skipped", len(reported))
+    if interrupted and progress.step < stop:
+        log.info("interrupted at step %d: checkpoint %s written; rerun the same command to resume", progress.step,
+                 last_ckpt)
+        raise KeyboardInterrupt
 
     step, export = progress.step, None
     if step >= config.max_steps and is_main:
@@ -262,6 +296,48 @@ def train(config: PretrainConfig) -> TrainResult:
                  " (shards without arcface_aug: rerun data_prep)" if fractions["self"] else "")
     return TrainResult(step, losses, accelerator.unwrap_model(net).identity, ema.shadow, export,
                        progress.skipped_steps, last_ckpt)
+
+
+def report_damaged(accelerator: Accelerator, damaged: list[str], reported: set[str], log: logging.Logger) -> None:
+    """Log (main process) the damaged-shard messages of every rank not logged before, then empty `damaged`.
+    A collective: every rank calls it at the same step."""
+    from accelerate.utils import gather_object
+
+    for message in gather_object(list(damaged)):
+        if message not in reported and accelerator.is_main_process:
+            reported.add(message)
+            log.warning("%s", message)
+    damaged.clear()
+
+
+class StopOnCtrlC:
+    """Within `with StopOnCtrlC() as c:` (in the main thread), Ctrl-C makes c.requested() true instead of
+    raising KeyboardInterrupt, so that training stops between steps, with a checkpoint; the third press
+    raises it (stop at once, without one). In another thread Ctrl-C keeps its usual effect."""
+
+    def __init__(self):
+        self.presses, self._previous = 0, None
+
+    def requested(self) -> bool:
+        return self.presses > 0
+
+    def _on_sigint(self, signum, frame) -> None:
+        self.presses += 1
+        if self.presses >= 3:
+            raise KeyboardInterrupt
+        more = "twice more" if self.presses == 1 else "once more"
+        os.write(2, f"\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C {more}: stop now, without "
+                    f"one)\n".encode())
+
+    def __enter__(self) -> StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def count_skipped_step(progress: Progress, terms: torch.Tensor, grad_norm: float, max_bad_steps: int,

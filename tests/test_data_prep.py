@@ -30,7 +30,7 @@ from encoder.face_analysis import FaceAnalyzer
 from eval.bench.standin_faces import MTCNNDetector, make_pack, paint_marker
 from models.errors import run_cli
 from models.uvit import UViTConfig
-from pretrain.data import DataError, ShardStream, expected_shapes, list_shards, read_shard
+from pretrain.data import Damaged, DataError, ShardStream, expected_shapes, list_shards, read_shard
 
 IMAGES = Path(insightface.__file__).parent / "data" / "images"
 UVIT = UViTConfig.from_dict(tiny_configs()["uvit"])  # 8 x 8 latents, text [77, 8], clip [16]
@@ -282,6 +282,27 @@ def test_corrupt_members_are_skipped_and_counted(shards, tmp_path):
     assert next(it)["state"]["corrupt"] == 3
 
 
+def test_shard_cut_between_members_reads_as_damaged_with_the_samples_lost(tmp_path):
+    """A tar cut off at a member boundary reads as a shorter, valid tar: only the recorded count tells."""
+    from data_prep.synthetic import shapes_for, write_synthetic
+
+    write_synthetic(tmp_path, samples=6, shard_size=6, identities=2, shapes=shapes_for(UVIT), progress=False)
+    tar = tmp_path / "shard-000000.tar"
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    tar.write_bytes(tar.read_bytes()[: members[len(members) // 2].offset])  # before sample 3's first header
+    stream = ShardStream([tar], batch_size=1, shapes=expected_shapes(UVIT), shuffle_buffer=1)
+    assert stream.recorded == {tar: 6}  # from the manifest
+    *samples, damaged = read_shard(tar, stream.recorded[tar])
+    assert len(samples) == 3 and isinstance(damaged, Damaged) and (damaged.read, damaged.lost) == (3, 3)
+    assert "shard-000000.tar" in damaged.message and "3 sample(s) lost" in damaged.message
+    assert list(read_shard(tar))[-1] == samples[-1]  # without a count nothing can tell
+    it = iter(stream)
+    batches = [next(it) for _ in range(6)]  # two passes: named once
+    assert [b["damaged"] for b in batches].count([damaged.message]) == 1
+    assert sum(len(b["damaged"]) for b in batches) == 1
+
+
 def test_samples_of_other_shapes_count_as_corrupt(shards):
     paths = list_shards(str(shards))
     wrong = ShardStream(paths, batch_size=1, shapes=dict(expected_shapes(UVIT), text=(77, 64)), shuffle_buffer=1)
@@ -302,6 +323,16 @@ def test_folder_source_jsonl_and_errors(photos, tmp_path):
     assert raws[0].caption == "c1" and raws[0].image and raws[1].error and raws[2].error
     with pytest.raises(SourceError, match="does not exist"):
         FolderSource(tmp_path / "nope")
+    secret = tmp_path / "secret.png"  # beside the image folder, not in it
+    shutil.copy(photos / "eileen" / "astronaut.png", secret)
+    for bad in (str(secret), "../secret.png", "eileen/../../secret.png", "C:\\images\\a.png"):
+        jsonl.write_text(json.dumps({"file": "eileen/astronaut.png"}) + "\n" + json.dumps({"file": bad}) + "\n")
+        with pytest.raises(SourceError, match=r"1 \"file\" entry outside the image folder .*line 2: ") as e:
+            FolderSource(photos, captions_jsonl=jsonl)
+        assert "relative to the image folder" in e.value.hint
+    jsonl.write_text(json.dumps({"file": "eileen/./astronaut.png"}) + "\n" + json.dumps({"file": 5}) + "\n")
+    raws = list(FolderSource(photos, captions_jsonl=jsonl).read(0, 2))
+    assert raws[0].image and raws[1].error  # a non-string path is a bad line, not a crash
     txt = FolderSource(photos)
     assert len(txt) == 12 and list(txt.read(0, 1))[0].identity is None
 

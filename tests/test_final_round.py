@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scoring_world import build_pack, make_image, save, tiny_image_clip
 
@@ -126,6 +127,49 @@ def test_image_reward_unavailable_reasons_and_fallback(tmp_path):
     e = clip.embed_images([Image.open(img)])[0].double()
     t = clip.embed_texts(["a boy"])[0].double()
     assert score == pytest.approx(max(0.0, float(e @ t / e.norm() / t.norm())), abs=1e-6)
+
+
+class _FakeImageReward(torch.nn.Module):
+    """Stands for image-reward's ImageReward: a text encoder with BERT's position ids, and a head."""
+
+    def __init__(self, med_config: str, device: str):
+        super().__init__()
+        self.blip = torch.nn.Module()
+        self.blip.text_encoder = torch.nn.Module()
+        self.blip.text_encoder.embeddings = torch.nn.Linear(3, 3)
+        self.blip.text_encoder.embeddings.register_buffer("position_ids", torch.arange(4)[None])
+        self.mlp = torch.nn.Linear(3, 1)
+
+    def score(self, prompt: str, path: str) -> float:
+        return float(self.mlp.bias)
+
+
+def test_image_reward_checkpoint_is_loaded_strictly(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    package = types.ModuleType("ImageReward")
+    package.ImageReward = types.ModuleType("ImageReward.ImageReward")
+    package.ImageReward.ImageReward = _FakeImageReward
+    monkeypatch.setitem(sys.modules, "ImageReward", package)
+    monkeypatch.setitem(sys.modules, "ImageReward.ImageReward", package.ImageReward)
+    folder = tmp_path / "ImageReward"
+    folder.mkdir()
+    (folder / "med_config.json").write_text("{}")
+    full = {k: torch.full_like(v, 0.5) for k, v in _FakeImageReward("", "cpu").state_dict().items()}
+
+    def load(state):
+        torch.save(state, folder / "ImageReward.pt")
+        return load_prompt_fidelity("image_reward", image_reward=folder)
+
+    fid, note = load(full)
+    assert note is None and fid("a boy", ["x.png"]) == [0.5]
+    del full["blip.text_encoder.embeddings.position_ids"]  # the one known difference is tolerated
+    assert load(full)[0]("a boy", ["x.png"]) == [0.5]
+    with pytest.raises(ImageRewardUnavailable, match=r"1 of the model's 5 weights missing \(e.g. \['mlp.bias'\]\)"):
+        load({k: v for k, v in full.items() if k != "mlp.bias"})  # one weight of five missing: refused
+    with pytest.raises(ImageRewardUnavailable, match=r"1 unknown entries \(e.g. \['mlp2.weight'\]\)"):
+        load({**full, "mlp2.weight": torch.zeros(1)})
 
 
 def test_cli_end_to_end(tmp_path, monkeypatch, capsys):

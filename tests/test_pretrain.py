@@ -9,6 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import signal
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from data_prep.synthetic import shapes_for, write_synthetic
 from encoder.identity import IdentityModule
 from models.errors import run_cli
 from models.uvit import UViTConfig
-from pretrain.checkpoint import list_checkpoints, load_checkpoint
+from pretrain.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig, apply_overrides
 from pretrain.data import DataError
 from pretrain.losses import LossConfig, condition_dropout, diffusion_loss, face_weights
@@ -206,6 +209,14 @@ def test_nan_loss_skips_the_step(shards, tmp_path, monkeypatch, caplog):
     assert state["ema_updates"] == 5 and state["skipped_steps"] == 1 and state["bad_streak"] == 0
     assert all(torch.isfinite(p).all() for p in result.identity.parameters())
     assert "step 3 skipped" in (tmp_path / "run" / "train.log").read_text()
+    assert load_checkpoint(result.checkpoint)["scheduler"]["last_epoch"] == 6  # the schedule follows the step
+    # a checkpoint whose schedule lags its step (written before this rule) is brought in line on resume
+    sched = result.checkpoint / "scheduler.pt"
+    torch.save(dict(torch.load(sched, weights_only=True), last_epoch=5), sched)
+    monkeypatch.setattr(train_mod, "diffusion_loss", _NaNAt(lambda n: False))
+    result = train(_config(tmp_path, shards, max_steps=7, checkpoint_every=6))
+    assert load_checkpoint(result.checkpoint)["scheduler"]["last_epoch"] == 7
+    assert "LR schedule at step 5, step counter at 6" in (tmp_path / "run" / "train.log").read_text()
 
 
 def test_repeated_nan_stops_with_the_last_checkpoint_intact(shards, tmp_path, monkeypatch):
@@ -266,3 +277,127 @@ def test_benchmark_api_on_cpu():
     c = dataclasses.replace(PretrainConfig.from_file(TINY), batch_size=2)
     r = benchmark(c, steps=2, warmup=1)
     assert r["samples_per_s"] > 0 and r["steps"] == 2 and r["peak_allocated_gib"] is None
+
+
+# ----------------------------------------------------------------------- interruptions and damage
+def _cut_inside_a_member(tar: Path) -> int:
+    """Truncate a shard in the middle of a member of its middle sample; returns the samples whole before it."""
+    with tarfile.open(tar) as t:
+        members = t.getmembers()
+    mid = len(members) // 2
+    keys = [m.name.split(".")[0] for m in members]
+    tar.write_bytes(tar.read_bytes()[: members[mid].offset_data + members[mid].size // 2])
+    return len(set(keys[:mid]) - {keys[mid]})
+
+
+def test_damaged_shard_is_named_with_the_samples_lost(tmp_path, capsys):
+    data = tmp_path / "shards"
+    write_synthetic(data, samples=24, shard_size=12, identities=6, shapes=shapes_for(UVIT), progress=False)
+    whole = _cut_inside_a_member(data / "shard-000001.tar")
+    c = _config(tmp_path, data, max_steps=8, checkpoint_every=100, log_every=3)
+    train(c)
+    log = (tmp_path / "run" / "train.log").read_text()
+    lost = f"damaged shard shard-000001.tar ({data / 'shard-000001.tar'}): unreadable"
+    assert log.count(lost) == 1  # named once, though every pass meets it
+    assert f"after {whole} whole sample(s), {12 - whole} sample(s) lost" in log
+    assert "delete shard-000001.json" in log and "1 damaged shard(s) met" in log
+    assert lost in capsys.readouterr().err
+
+
+def test_rerun_with_another_model_shape_is_refused_before_loading(shards, tmp_path, monkeypatch, capsys):
+    train(_config(tmp_path, shards, max_steps=4, stop_at_step=2))
+    monkeypatch.setattr(train_mod, "build", lambda *a, **k: pytest.fail("built a model for a refused run"))
+    argv = ["--config", str(TINY), "--shards", str(shards), "--output_dir", str(tmp_path / "run"),
+            "--weights", str(tmp_path / "no_weights"), "--max_steps", "4", "--num_tokens", "8"]
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err
+    assert "num_tokens: run 4, config 8" in err and "step_00000002" in err
+    assert "hint: to start a new run with this shape, give a new --output_dir" in err and "--num_tokens 4" in err
+    assert "Traceback" not in err
+
+
+class _CtrlCAt:
+    """Wraps pretrain.train.diffusion_loss: sends this process SIGINT during the given call (1-based)."""
+
+    def __init__(self, call):
+        self.call, self.n = call, 0
+        self.inner = train_mod.diffusion_loss
+
+    def __call__(self, *a, **k):
+        self.n += 1
+        if self.n == self.call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.inner(*a, **k)
+
+
+def test_ctrl_c_checkpoints_exits_130_and_resumes_exactly(shards, tmp_path, monkeypatch, capsys):
+    kw = dict(max_steps=8, checkpoint_every=3, p_drop_id=0.3, p_drop_text=0.3, p_drop_both=0.1)
+    whole = train(_config(tmp_path / "a", shards, **kw))
+    monkeypatch.setattr(train_mod, "diffusion_loss", _CtrlCAt(5))
+    argv = ["--config", str(TINY), "--shards", str(shards), "--output_dir", str(tmp_path / "b" / "run"),
+            "--weights", str(tmp_path / "b" / "no_weights"), "--max_steps", "8", "--checkpoint_every", "3",
+            "--p_drop_id", "0.3", "--p_drop_text", "0.3", "--p_drop_both", "0.1"]
+    assert run_cli(main, argv) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted: ")
+    assert [p.name for p in list_checkpoints(tmp_path / "b" / "run")] == ["step_00000003", "step_00000005"]
+    assert "interrupted at step 5" in (tmp_path / "b" / "run" / "train.log").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    monkeypatch.setattr(train_mod, "diffusion_loss", _CtrlCAt(0))
+    rest = train(_config(tmp_path / "b", shards, **kw))
+    assert rest.losses == whole.losses[5:]
+    for a, b in ((whole.identity, rest.identity), (whole.ema, rest.ema)):
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)
+
+
+def _save(run: Path, step: int, value: float, keep: int = 3) -> Path:
+    from pretrain.ema import EMA
+
+    identity = torch.nn.Linear(2, 2)
+    torch.nn.init.constant_(identity.weight, value)
+    optimizer = torch.optim.AdamW(identity.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return save_checkpoint(run, step, identity=identity, ema=EMA(identity, 0.9), optimizer=optimizer,
+                           scheduler=scheduler, rng=[], state={"config": {}}, keep=keep)
+
+
+def test_checkpoint_of_the_same_step_replaces_the_old_one_only_once_in_place(tmp_path, monkeypatch):
+    _save(tmp_path, 4, 1.0)
+    real_replace, events = os.replace, []
+
+    def replace(src, dst):
+        events.append(("rename", Path(src).name, Path(dst).name))
+        if Path(src).name == ".step_00000004.tmp":
+            raise OSError("disk gone")  # a crash between moving the old one aside and the new one in
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        _save(tmp_path, 4, 2.0)
+    survivor = latest_checkpoint(tmp_path)  # the old checkpoint of step 4 is still there, aside
+    assert survivor is not None and survivor.name == ".step_00000004.old"
+    assert load_checkpoint(survivor)["identity"]["weight"].eq(1.0).all()
+    monkeypatch.setattr(os, "replace", real_replace)
+
+    real_fsync, synced = os.fsync, []
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def logged_replace(src, dst):
+        synced.append(("rename", Path(src).name, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    final = _save(tmp_path, 4, 3.0)
+    assert load_checkpoint(final)["identity"]["weight"].eq(3.0).all()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
+    assert not list((tmp_path / "checkpoints").glob(".step_*"))  # aside and temporary folders gone
+    moved_in = synced.index(("rename", ".step_00000004.tmp", "step_00000004"))
+    assert str((tmp_path / "checkpoints").resolve()) in synced[moved_in + 1:]  # the folder synced after the rename
+    _save(tmp_path, 4, 4.0)  # with the same step in place: aside, in, old one deleted
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
+    assert load_checkpoint(list_checkpoints(tmp_path)[0])["identity"]["weight"].eq(4.0).all()
