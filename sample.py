@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from models.errors import number
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,12 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt_path", required=True, help='JSON list of prompts, e.g. ["a boy", "a boy at sea"]')
     p.add_argument("--output_path", required=True, help="folder for the images (created if missing)")
     p.add_argument("--seed", type=int, default=42, help="base seed; prompt i uses seed + i (default 42)")
-    p.add_argument("--steps", type=int, default=30, help="DPM-Solver++ steps (default 30)")
-    p.add_argument("--cfg", type=float, default=7.0, help="text guidance scale, reference form (default 7)")
-    p.add_argument("--id-scale", type=float, default=1.0, help="identity strength (0 = plain UniDiffuser)")
-    p.add_argument("--id-guidance", type=float, default=None,
-                   help="separate identity guidance scale (adds a third network pass); default: same as --cfg")
-    p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
+    p.add_argument("--steps", type=number(int, 1, 1000), default=30, help="DPM-Solver++ steps, 1 to 1000 (default 30)")
+    p.add_argument("--cfg", type=number(float, 0, 100), default=7.0,
+                   help="text guidance scale, reference form, 0 to 100 (default 7)")
+    p.add_argument("--id-scale", type=number(float, 0, 10), default=1.0,
+                   help="identity strength, 0 to 10 (0 = plain UniDiffuser; default 1)")
+    p.add_argument("--id-guidance", type=number(float, 0, 100), default=None,
+                   help="separate identity guidance scale, 0 to 100 (adds a third network pass); "
+                        "default: same as --cfg")
+    p.add_argument("--n", type=number(int, 1), default=3, help="images per prompt, at least 1 (default 3)")
     p.add_argument("--encoder", default=None,
                    help="identity-module checkpoint folder (default: checkpoints/faceid_encoder)")
     p.add_argument("--weights", default=None,
@@ -86,9 +91,7 @@ def _since_process_start() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.n < 1 or args.steps < 1:
-        parser.error("--n and --steps must be at least 1")
+    args = parser.parse_args(argv)  # numbers checked while parsing (models.errors.number)
     clock = StageClock(from_process_start=argv is None)  # a command line, not a call from Python
     import torch  # noqa: F401  (heavy imports after --help)
 

@@ -15,6 +15,8 @@ import argparse
 import sys
 import time
 
+from models.errors import number
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default=None,
                    help="identity-module checkpoint folder (default: checkpoints/faceid_encoder, if present)")
     p.add_argument("--weights", default=None, help="UniDiffuser weights folder (needed for --refine-steps)")
-    p.add_argument("--min-face-size", type=int, default=32, help="smallest face side in pixels (default 32)")
-    p.add_argument("--min-det-score", type=float, default=0.5, help="lowest detection score (default 0.5)")
-    p.add_argument("--refine-steps", type=int, default=0,
+    p.add_argument("--min-face-size", type=number(int, 1), default=32, help="smallest face side in pixels (default 32)")
+    p.add_argument("--min-det-score", type=number(float, 0, 1), default=0.5,
+                   help="lowest detection score, 0 to 1 (default 0.5)")
+    p.add_argument("--refine-steps", type=number(int, 0), default=0,
                    help="steps of identity-token refinement on the photos (default 0: none)")
-    p.add_argument("--refine-lr", type=float, default=1e-3, help="refinement learning rate (default 1e-3)")
-    p.add_argument("--refine-batch", type=int, default=4, help="refinement batch size (default 4)")
+    p.add_argument("--refine-lr", type=number(float, 0, 1), default=1e-3,
+                   help="refinement learning rate (default 1e-3)")
+    p.add_argument("--refine-batch", type=number(int, 1), default=4, help="refinement batch size (default 4)")
     p.add_argument("--seed", type=int, default=0, help="refinement seed (default 0)")
     p.add_argument("--allow-untrained-encoder", action="store_true",
                    help="testing only: refine against an untrained identity module when none is found")
@@ -41,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.refine_steps > 0 and args.refine_batch < 1:
-        parser.error("--refine-batch must be at least 1")
+    args = parser.parse_args(argv)  # numbers checked while parsing (models.errors.number)
     t0 = time.perf_counter()
     from encoder.face_analysis import FaceAnalyzer, FacePolicy
     from encoder.identity import checkpoint_hash

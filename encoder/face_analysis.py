@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from encoder.align import align_face
-from encoder.photos import PhotoError, list_photos, load_rgb
+from encoder.photos import PhotoError, load_rgb, scan_folder
 from models.errors import UserError
 from models.paths import WeightsError
 
@@ -344,9 +344,13 @@ class FaceAnalyzer:
         return self.analyze(load_rgb(path))
 
     def analyze_folder(self, folder: str | os.PathLike, progress: bool = False) -> FolderResult:
-        """Every photo in `folder`: the usable faces, and the skipped photos with their reasons."""
-        photos = list_photos(folder)
+        """Every photo in `folder`: the usable faces, and every other entry of the folder (files that
+        are not photos, photos without a usable face) with its reason."""
+        photos, not_photos = scan_folder(folder)
         result = FolderResult()
+        for path, reason in not_photos:
+            logger.info("skipping %s: %s", path.name, reason)
+            result.skipped.append((path, reason))
         iterator: Any = photos
         if progress:
             try:
@@ -368,6 +372,7 @@ class FaceAnalyzer:
                 note = f"{face.n_faces} faces detected, {which} was used"
                 logger.warning("%s: %s", path.name, note)
                 result.notes.append((path, note))
+        result.skipped.sort(key=lambda item: item[0].name)  # in the folder's order, whatever the reason
         return result
 
 

@@ -1,8 +1,11 @@
 """Reading a person's photos: which files count as photos, and decoding one into RGB uint8.
 
-Every way a photo can fail is turned into :class:`PhotoError` with a short ``reason`` that the
-callers record next to the file ("not an image file", "truncated or corrupt image", ...), so one bad
-file never stops a folder from being processed.
+A photo is any file Pillow can read (by suffix, or by content for other names). Every way a photo
+can fail is turned into :class:`PhotoError` with a short ``reason`` that the callers record next
+to the file ("not an image file", "truncated or corrupt image", ...), so one bad file never stops a
+folder from being processed; `scan_folder` gives the same kind of reason for every other entry of
+the folder (hidden files, sub-folders, broken links, files of other kinds), so nothing in a photo
+folder is left out silently.
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.errors import UserError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+def _readable_suffixes() -> frozenset[str]:
+    """Every file suffix of an image format that Pillow can open (.jpg, .png, .gif, .tiff, ...)."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+IMAGE_SUFFIXES = _readable_suffixes()
 MIN_IMAGE_SIDE = 16  # smaller images cannot hold a usable face
 _BACKGROUND = (255, 255, 255)  # transparent pixels are shown over white
 
@@ -31,24 +41,57 @@ class PhotoError(UserError):
         super().__init__(f"{self.path}: {reason}" if self.path is not None else reason)
 
 
-def is_image_file(path: str | os.PathLike) -> bool:
-    """True for a visible file whose suffix is one of IMAGE_SUFFIXES (any case)."""
-    p = Path(path)
-    return p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+def _not_a_photo(p: Path) -> str | None:
+    """Why the folder entry `p` is not a candidate photo, or None when it is one."""
+    if p.name.startswith("."):
+        return "hidden file"
+    if p.is_symlink() and not p.exists():
+        return f"broken link (its target {os.readlink(p)} does not exist)"
+    if p.is_dir():
+        return "a folder (photos in sub-folders are not used)"
+    if not p.is_file():
+        return "not a regular file"
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:  # another name: Pillow decides from the first bytes
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(p):
+                return None
+    except PermissionError:
+        return "cannot read file (permission denied)"
+    except Exception:  # noqa: BLE001 - whatever Pillow cannot identify is not a photo
+        return "not an image file"
 
 
-def list_photos(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly inside `folder`, sorted by name; hidden files and sub-folders ignored."""
+def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(candidate photos, [(entry, reason)] for every other entry) directly inside `folder`, by name.
+
+    A candidate has an image suffix (IMAGE_SUFFIXES) or content Pillow identifies; whether it
+    decodes is load_rgb's to say. Raises PhotoError when `folder` is missing, a file or unreadable.
+    """
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise PhotoError("photo folder not found", folder)
     if not folder.is_dir():
         raise PhotoError("not a folder (expected a folder of photos)", folder)
     try:
-        entries = list(folder.iterdir())
+        entries = sorted(folder.iterdir())
     except OSError as e:
         raise PhotoError(f"cannot read folder ({e.strerror or e})", folder) from e
-    return sorted(p for p in entries if is_image_file(p))
+    photos, skipped = [], []
+    for p in entries:
+        reason = _not_a_photo(p)
+        if reason is None:
+            photos.append(p)
+        else:
+            skipped.append((p, reason))
+    return photos, skipped
+
+
+def list_photos(folder: str | os.PathLike) -> list[Path]:
+    """The candidate photos directly inside `folder`, sorted by name (scan_folder without the rest)."""
+    return scan_folder(folder)[0]
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:

@@ -112,7 +112,7 @@ def load_encode_prefix(path: str | os.PathLike | None = None,
     """
     config = as_config(config, CaptionDecoderConfig)
     path = find_weights("caption_decoder") if path is None else path
-    state_dict = read_state_dict(path, WHAT)
+    state_dict = read_state_dict(path, WHAT, meta=torch.device(device).type == "meta")  # meta: a cheap check
     if not any(k.startswith("encode_prefix.") for k in state_dict):
         keys = list(state_dict)
         looks = identify(keys)

@@ -1,31 +1,145 @@
-"""Check, before any work, that every weight file a workflow needs is present.
+"""Check, before any work, that every weight file a workflow needs is present and looks whole.
 
     python -m models.check_weights [--weights DIR] [NAME ...]      (names: models.paths.KNOWN_WEIGHTS)
 
-Exits 2 listing every missing file with where to get it; 0 when all are found.
+Only what costs no tensor data is read, so a broken multi-gigabyte download is caught in seconds:
+every file must be non-empty, not a Git LFS pointer and not a text file (a saved error page); the
+backbone's modules (UViT, autoencoder, the caption decoder's encode_prefix, the CLIP text encoder)
+are checked by their own loaders on the meta device: the archive or safetensors header is read
+(a truncated download fails here) and every tensor name and shape is compared with the module, so a
+pickled object or another module's file is named as such. The image CLIP file must be a readable
+archive (a TorchScript archive, or a state dict that looks like CLIP), the face pack a folder of
+ONNX files, the identity module a folder with a readable config.json and safetensors header.
+
+Prints one line per name (ok, missing or bad, with what is wrong and what to do); exits 2 if any
+file is missing or bad, 0 when all look usable.
 """
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
 from .errors import run_cli
-from .paths import ENV_VAR, KNOWN_WEIGHTS, missing_weights, weights_dir
+from .paths import ENV_VAR, KNOWN_WEIGHTS, WeightsError, find_weights, read_model_configs, weights_dir
+from .weights import README_HINT, check_weight_file, identify, read_state_dict
+
+
+def _module_check(name: str, path: Path, root) -> str:
+    """The backbone module `name` loaded on the meta device from `path` (names and shapes checked)."""
+    from . import load_autoencoder, load_encode_prefix, load_uvit
+    from .text_encoder import load_clip_text
+
+    configs = read_model_configs(root)
+    if name == "clip_text":
+        _, module = load_clip_text(path, device="meta")
+    else:
+        load = {"uvit": load_uvit, "autoencoder": load_autoencoder, "caption_decoder": load_encode_prefix}[name]
+        module = load(path, configs.get(name), device="meta")
+    part = "encode_prefix: " if name == "caption_decoder" else ""  # the only part of it that is read
+    return f"{part}{len(module.state_dict())} tensors, names and shapes match"
+
+
+def _check_clip_image(path: Path, what: str) -> str:
+    head = check_weight_file(path, what)
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError) as e:
+            raise WeightsError(f"{what}: {path} is a damaged zip archive ({e}); it is probably truncated (an "
+                               f"interrupted download or copy): download it again. {README_HINT}") from e
+        if any(n.endswith("constants.pkl") for n in names):
+            return f"TorchScript archive readable ({len(names)} entries)"
+    state_dict = read_state_dict(path, what, meta=True)
+    looks = identify(state_dict)
+    if looks is None or "CLIP model (ViT-B-32.pt)" not in looks:
+        raise WeightsError(f"{what}: {path} does not look like a CLIP ViT-B/32 state dict (it looks like "
+                           f"{looks or 'nothing known'}; {len(state_dict)} entries). {README_HINT}")
+    return f"CLIP state dict, {len(state_dict)} tensors readable"
+
+
+def _check_folder(name: str, path: Path, what: str) -> str:
+    if not path.is_dir():
+        raise WeightsError(f"{what}: {path} is a file, but a folder is expected here (unpack it if it is an "
+                           f"archive). {README_HINT}")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise WeightsError(f"{what}: {path} is an empty folder. {README_HINT}")
+    if name == "face_pack":
+        models = [p for p in files if p.suffix == ".onnx"]
+        if not models:
+            raise WeightsError(f"{what}: {path} holds no .onnx model files. {README_HINT}")
+        for p in models:
+            check_weight_file(p, what)
+        return f"{len(models)} ONNX files"
+    if name == "identity":
+        config = path / "config.json"
+        try:
+            if not isinstance(json.loads(config.read_text()), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise WeightsError(f"{what}: {config} is missing or unreadable ({e}). {README_HINT}") from e
+        tensors = [p for p in files if p.suffix == ".safetensors"]
+        if not tensors:
+            raise WeightsError(f"{what}: {path} holds no .safetensors file. {README_HINT}")
+        n = sum(len(read_state_dict(p, what, meta=True)) for p in tensors)
+        return f"config.json and {n} tensors readable"
+    return f"{len(files)} files"
+
+
+def check(name: str, root=None) -> tuple[Path, str]:
+    """(path, what was verified) of weight `name`; WeightsError when it is missing, damaged or wrong."""
+    path = find_weights(name, None, root)
+    what = KNOWN_WEIGHTS[name][1]
+    if name in ("uvit", "autoencoder", "caption_decoder", "clip_text"):
+        return path, _module_check(name, path, root)
+    if name == "clip_image":
+        return path, _check_clip_image(path, what)
+    return path, _check_folder(name, path, what)
+
+
+def _summary(e: WeightsError) -> str:
+    """The first line of a (possibly long) error, with its 'looks like' verdict when it has one."""
+    lines = str(e).splitlines()
+    looks = [line.strip() for line in lines[1:] if "looks like" in line]
+    return " ".join([lines[0], *looks[:1]])
 
 
 def main(argv=None) -> int:
-    """Print what is missing; exit 2 if anything is."""
+    """Print what is missing or damaged; exit 2 if anything is."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m models.check_weights", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m models.check_weights", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", default=list(KNOWN_WEIGHTS), help=f"any of {sorted(KNOWN_WEIGHTS)}")
     p.add_argument("--weights", default=None, help=f"weights folder (default ${ENV_VAR} or checkpoints/)")
     args = p.parse_args(argv)
-    missing = missing_weights(args.names, args.weights)
-    for message in missing:
-        print(f"missing: {message}")
-    if missing:
-        print(f"{len(missing)} of {len(args.names)} weight files are missing; see checkpoints/README.md")
+    unknown = [n for n in args.names if n not in KNOWN_WEIGHTS]
+    if unknown:
+        p.error(f"unknown weight name(s) {unknown}; choose from {sorted(KNOWN_WEIGHTS)}")
+    missing = bad = 0
+    for name in args.names:
+        try:
+            find_weights(name, None, args.weights)
+        except WeightsError as e:
+            missing += 1
+            print(f"missing  {name}: {e}")
+            continue
+        try:
+            path, verified = check(name, args.weights)
+        except WeightsError as e:
+            bad += 1
+            print(f"bad      {name}: {_summary(e)}")
+            continue
+        print(f"ok       {name}: {path} ({verified})")
+    n = len(args.names)
+    if missing or bad:
+        print(f"{missing + bad} of {n} weight files are missing or unusable ({missing} missing, {bad} bad); "
+              "see checkpoints/README.md")
         return 2
-    print(f"all {len(args.names)} weight files found under {weights_dir(args.weights)}")
+    print(f"all {n} weight files found and readable under {weights_dir(args.weights)}")
     return 0
 
 

@@ -163,11 +163,11 @@ _IGNORED = (r"^vision_model\.", r"^visual_projection\.", r"^text_projection\.", 
             r"position_ids$")
 
 
-def _read_folder_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """All tensors of the folder's weights (one file, or the shards an index names)."""
+def _read_folder_tensors(folder: Path, meta: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of the folder's weights (one file, or the shards an index names); meta: shapes only."""
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
-            return read_state_dict(folder / name, "CLIP text encoder"), folder / name
+            return read_state_dict(folder / name, "CLIP text encoder", meta=meta), folder / name
     for name in INDEX_FILES:
         if (folder / name).is_file():
             index = json.loads((folder / name).read_text())
@@ -176,7 +176,7 @@ def _read_folder_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
                 raise WeightsError(f"CLIP text encoder index {folder / name} names no weight files")
             tensors: dict[str, torch.Tensor] = {}
             for shard in shards:
-                tensors.update(read_state_dict(folder / shard, "CLIP text encoder shard"))
+                tensors.update(read_state_dict(folder / shard, "CLIP text encoder shard", meta=meta))
             return tensors, folder / name
     raise WeightsError(f"CLIP text encoder folder {folder} has no weights ({' or '.join(WEIGHT_FILES)})")
 
@@ -184,13 +184,13 @@ def _read_folder_tensors(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 def load_clip_text_model(folder: str | os.PathLike, *, device: torch.device | str | None = None,
                          dtype: torch.dtype | None = None) -> CLIPTextModel:
     """The text tower of a Hugging Face CLIP folder, frozen (eval, no grad); every key and shape
-    checked (WeightsError naming them otherwise)."""
+    checked (WeightsError naming them otherwise). device "meta": that check alone, no tensor data read."""
     folder = Path(folder)
     try:
         config = CLIPTextConfig.from_json(json.loads((folder / "config.json").read_text()))
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise WeightsError(f"CLIP text encoder config {folder / 'config.json'} is unreadable: {e}") from e
-    tensors, path = _read_folder_tensors(folder)
+    tensors, path = _read_folder_tensors(folder, meta=device is not None and torch.device(device).type == "meta")
     if not any(k.startswith("text_model.") for k in tensors):  # a text tower saved on its own
         tensors = {f"text_model.{k}" if k.split(".")[0] in _TOWER else k: v for k, v in tensors.items()}
     model = build_on_meta(lambda: CLIPTextModel(config))

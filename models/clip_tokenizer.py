@@ -9,7 +9,8 @@ Gives the ids of transformers' CLIPTokenizer for openai/clip-vit-large-patch14 (
 - pieces: CLIP's pattern ('s 't 're 've 'm 'll 'd, letter runs, single digits, runs of other
   non-space characters), each piece's UTF-8 bytes mapped to printable symbols;
 - BPE inside each piece with '</w>' on its last symbol, merges applied by rank;
-- <|startoftext|> + up to max_length - 2 tokens + <|endoftext|>, padded with <|endoftext|>.
+- <|startoftext|> + up to max_length - 2 tokens + <|endoftext|>, padded with <|endoftext|>;
+  `dropped(text)` is the part of a text cut by that limit (decoded), for warnings.
 
 Importing transformers costs more than loading every weight file (docs/performance.md, "sample.py,
 process start to last image"); this file lets sampling start without it.
@@ -61,6 +62,8 @@ class ClipTokenizer:
         self.bos_id, self.eos_id = vocab[BOS], vocab[EOS]
         self.pad_id = self.eos_id
         self._byte_symbol = bytes_to_unicode()
+        self._symbol_byte = {c: b for b, c in self._byte_symbol.items()}
+        self._token = {i: t for t, i in vocab.items()}
         self._bpe = lru_cache(maxsize=65536)(self._bpe_uncached)
 
     @classmethod
@@ -114,6 +117,20 @@ class ClipTokenizer:
             for piece in _PIECES.findall(part):
                 ids.extend(self._bpe("".join(self._byte_symbol[b] for b in piece.encode("utf-8"))))
         return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids (without BOS/EOS) -> text, as the tokenizer saw it (lower case, spaces between words)."""
+        symbols = "".join(self._token[i] for i in ids)
+        words = []
+        for word in symbols.split("</w>"):
+            data = bytes(self._symbol_byte[c] for c in word if c in self._symbol_byte)
+            words.append(data.decode("utf-8", errors="replace"))
+        return " ".join(w for w in words if w)
+
+    def dropped(self, text: str, max_length: int = 77) -> str:
+        """The end of `text` that `__call__` cuts off to fit max_length - 2 tokens ("" when it fits)."""
+        ids = self.encode(text)
+        return self.decode(ids[max_length - 2:]) if len(ids) > max_length - 2 else ""
 
     def __call__(self, prompts: str | Sequence[str], max_length: int = 77) -> torch.Tensor:
         """prompts -> ids [B, max_length] int64: BOS, tokens (truncated), EOS, EOS padding."""

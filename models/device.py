@@ -1,7 +1,9 @@
 """The one device and dtype rule of every command, and the CUDA allocator setting they ask for.
 
     device = pick_device("auto")            # cuda when available, else cpu
+    device = pick_device("cuda")            # DeviceError (a UserError) naming the devices here if none
     dtype = pick_dtype("auto", device)      # bfloat16 on CUDA, float32 on the CPU
+    require_gpu("python -m eval.bench.levers")   # GPU-only tools: one clear line on a machine without one
 
 "auto" is the fast path's precision: it samples in bfloat16 on CUDA. The reference code's
 precision (float32 weights under float16 autocast) is not an "auto" rule but an explicit mode,
@@ -21,11 +23,55 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
 
 
+class DeviceError(UserError):
+    """A device that does not exist here (a misspelt name, CUDA without a GPU, a GPU index too high)."""
+
+
+def available_devices() -> list[str]:
+    """The devices this machine offers PyTorch: cpu, then cuda:0, cuda:1, ..., then mps if present."""
+    devices = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def pick_device(name: str | None) -> torch.device:
-    """None or "auto": cuda when available, else cpu; any other name as torch.device reads it."""
+    """None or "auto": cuda when available, else cpu; else cpu, cuda, cuda:N or mps, checked to exist.
+
+    Never falls back silently: a device that is not here raises DeviceError naming the ones that are.
+    """
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    here = available_devices()
+    hint = f"devices here: {', '.join(here)}; pass one of them, or auto"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"unknown device {name!r}", hint=hint) from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU on this machine",
+                              hint=hint)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} asked for, but this machine has {torch.cuda.device_count()} "
+                              "CUDA GPU(s)", hint=hint)
+        return device
+    if device.type == "mps" and "mps" in here:
+        return device
+    raise DeviceError(f"device {name!r} is not available here", hint=hint)
+
+
+def require_gpu(tool: str) -> torch.device:
+    """torch.device("cuda") for a tool that only makes sense on a GPU; a UserError naming `tool` when
+    PyTorch sees none (before any CUDA call could end in a traceback)."""
+    if not torch.cuda.is_available():
+        raise DeviceError(f"{tool} needs a CUDA GPU, and PyTorch sees none on this machine "
+                          f"(devices here: {', '.join(available_devices())})",
+                          hint="run it on a machine with an NVIDIA GPU and a CUDA build of PyTorch")
+    return torch.device("cuda")
 
 
 def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:

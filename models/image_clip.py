@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from .paths import WeightsError
+from .weights import check_weight_file
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -200,10 +201,11 @@ class ImageCLIP(nn.Module):
         import open_clip
 
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise WeightsError(f"image CLIP weights {path} not found. {_GET_IT}.")
-        torchscript = _is_torchscript(path)
+        check_weight_file(path, "image CLIP weights")  # a folder, an empty file, a Git LFS pointer, text
         try:
+            torchscript = _is_torchscript(path)
             if model_cfg is not None:
                 model = open_clip.model.CLIP(**{"quick_gelu": quick_gelu, **model_cfg})
                 preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
@@ -220,10 +222,12 @@ class ImageCLIP(nn.Module):
                     model_name, pretrained=str(path), force_quick_gelu=quick_gelu)
         except WeightsError:
             raise
-        except (RuntimeError, KeyError, ValueError, OSError, zipfile.BadZipFile, pickle.UnpicklingError,
-                EOFError) as e:
-            raise WeightsError(f"could not load image CLIP weights {path} into open_clip {model_name}: {e}. "
-                               f"{_GET_IT}.") from e
+        except (RuntimeError, KeyError, ValueError, OSError, EOFError, AssertionError, pickle.UnpicklingError,
+                zipfile.BadZipFile) as e:  # what torch.load and open_clip raise for damaged or other files
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # its first sentence
+            raise WeightsError(f"could not load image CLIP weights {path} into open_clip {model_name} "
+                               f"({type(e).__name__}: {detail}); the file is damaged (an interrupted download?) "
+                               f"or another model's. {_GET_IT}.") from e
         return cls(model, preprocess).to(device)
 
     @classmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import UserError
@@ -119,6 +120,13 @@ def output_dir(path: str | os.PathLike, what: str = "output folder", create: boo
                         hint="choose another path, or move that file away")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path}: {existing} is not writable", hint="choose a folder you can write to")
+    try:  # permissions do not tell all (root, read-only or virtual file systems): write a probe file
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot write in {existing} ({e.strerror or e})",
+                        hint="choose a folder you can write to") from e
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ run the whole stack at tiny size (tests/tiny_stack.py).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from .guidance import EpsFn, GuidanceMode, text_guided_eps_fn
 from .noise_schedule import NoiseScheduleVP
 from .paths import find_weights, read_model_configs
 from .sampling import sample_joint
+
+logger = logging.getLogger(__name__)
 
 
 class UniDiffuserT2I:
@@ -122,10 +125,15 @@ class UniDiffuserT2I:
         """prompts -> UViT text input [B, 77, text_dim], float32 on self.device.
 
         Each prompt is encoded once: the encoder is deterministic, so repeated prompts (a batch
-        loop over one prompt, a resumed run) reuse the stored features.
+        loop over one prompt, a resumed run) reuse the stored features. A prompt longer than the
+        text context is cut, as the reference does, with a warning naming what was dropped.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if new := list(dict.fromkeys(p for p in prompts if p not in self._text_cache)):
+            for p in new:
+                if cut := self.text_encoder.dropped(p):
+                    logger.warning("prompt %r is longer than the text encoder's %d-token context; its end was "
+                                   "dropped: %r", p, self.text_encoder.max_length, cut)
             if len(self._text_cache) + len(new) > self.TEXT_CACHE_SIZE:
                 self._text_cache.clear()
             self._text_cache.update(zip(new, self.text_encoder.encode(new).float()))

@@ -155,6 +155,10 @@ class TextEncoder(nn.Module):
         """prompts -> ids [B, 77] int64 (BOS, tokens, EOS, EOS-padding; truncated to 77), on self.device."""
         return self.tokenizer(prompts, max_length=self.max_length).to(self.device)
 
+    def dropped(self, prompt: str) -> str:
+        """The end of `prompt` that does not fit the text context and is cut off ("" when it fits)."""
+        return self.tokenizer.dropped(prompt, max_length=self.max_length)
+
     @torch.no_grad()
     def encode_clip(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """prompts -> CLIP-L last_hidden_state [B, 77, W] (no attention mask, as the reference)."""

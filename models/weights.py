@@ -2,6 +2,10 @@
 
 - `read_state_dict(path, what)`: .pth / .pt / .bin / .ckpt via `torch.load(weights_only=True)`
   (memory-mapped when the file allows it), or .safetensors; never an arbitrary pickle.
+  `meta=True` gives the names, shapes and dtypes only (tensors on the meta device, no data read):
+  what `python -m models.check_weights` and the loaders' `device="meta"` check cheaply.
+- `check_weight_file(path, what)`: what needs no parsing (exists, a file, not empty, not a Git LFS
+  pointer, not a text file such as a saved error page).
 - `load_strict(module, state_dict, path, what)`: all differences (missing, unexpected, wrong shape)
   reported at once, with a guess of what the file really is.
 - `load_frozen(build, path, what)`: build on the meta device, assign the file's tensors, freeze.
@@ -60,14 +64,17 @@ def _unreadable(path: Path, what: str, why: str) -> WeightsError:
         f"copy) or not a weight file at all; download it again. {README_HINT}")
 
 
-def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
-    """Tensors of a weight file as {name: tensor} on the CPU, in the file's dtype.
+def _looks_like_text(head: bytes) -> bool:
+    """True when a file's first bytes are printable UTF-8 text (no weight format starts like that)."""
+    if not head or b"\0" in head:
+        return False
+    text = head.decode("utf-8", errors="ignore")  # a character cut at the end is dropped
+    return len(text) >= len(head) - 3 and all(c.isprintable() or c in "\r\n\t" for c in text)
 
-    safetensors content (or a .safetensors name) is read with safetensors; anything else with
-    torch.load(weights_only=True), memory-mapped for zip-format files. A top-level
-    {"state_dict": ...} or {"model": ...} that is the whole content is unwrapped; a `module.` prefix
-    carried by every key is stripped.
-    """
+
+def check_weight_file(path: str | os.PathLike, what: str = "weights") -> bytes:
+    """The first 512 bytes of a weight file, after every check that needs no parsing: it exists, is a
+    file, is not empty, is not a Git LFS pointer and not a text file. WeightsError otherwise."""
     path = Path(path).expanduser()
     if not path.exists():
         raise WeightsError(
@@ -75,15 +82,55 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
             f"(checkpoints/ at the repository root or ${ENV_VAR}; the competition's models/ layout works "
             f"as is). {README_HINT}")
     if path.is_dir():
-        raise WeightsError(f"{what}: {path} is a folder, but a weight file (.pth or .safetensors) is "
-                           f"expected here. {README_HINT}")
+        raise WeightsError(f"{what}: {path} is a folder, but a weight file is expected here. {README_HINT}")
     if path.stat().st_size == 0:
-        raise _unreadable(path, what, "the file is empty")
-    with open(path, "rb") as f:
-        head = f.read(32)
+        raise _unreadable(path, what, "the file is empty (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise WeightsError(f"{what}: cannot read {path} ({e.strerror or e}). {README_HINT}") from e
     if head.startswith(b"version https://git-lfs"):
         raise WeightsError(f"{what}: {path} is a Git LFS pointer, not the weights: fetch the real file "
                            f"(git lfs pull, or download it directly). {README_HINT}")
+    if _looks_like_text(head):
+        first = head.decode("utf-8", errors="replace").strip().splitlines()[0][:60]
+        raise WeightsError(f"{what}: {path} is a text file, not a weight file (it begins {first!r}); a download "
+                           f"that saved an error page or a placeholder looks like this: download it again. "
+                           f"{README_HINT}")
+    return head
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_on_meta(path: Path) -> dict[str, torch.Tensor]:
+    """Names, shapes and dtypes of a safetensors file from its header (which must cover the file)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        out = {}
+        for k in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            piece = f.get_slice(k)
+            dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.uint8)  # FP8 and others: shape only
+            out[k] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
+        return out
+
+
+def read_state_dict(path: str | os.PathLike, what: str = "weights", *,
+                    meta: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a weight file as {name: tensor} on the CPU, in the file's dtype.
+
+    safetensors content (or a .safetensors name) is read with safetensors; anything else with
+    torch.load(weights_only=True), memory-mapped for zip-format files. A top-level
+    {"state_dict": ...} or {"model": ...} that is the whole content is unwrapped; a `module.` prefix
+    carried by every key is stripped. meta: tensors on the meta device (names, shapes, dtypes; the
+    archive's structure is read, its tensor data is not).
+    """
+    path = Path(path).expanduser()
+    head = check_weight_file(path, what)
 
     # The content decides the format where it is recognisable (a .pth may hold safetensors and vice versa).
     safetensors_like = head[8:10] == b'{"' or (path.suffix == ".safetensors" and not head.startswith(b"PK"))
@@ -91,12 +138,12 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
         from safetensors.torch import load_file
 
         try:
-            obj = load_file(str(path), device="cpu")
+            obj = _safetensors_on_meta(path) if meta else load_file(str(path), device="cpu")
         except Exception as e:  # SafetensorError, OSError, ... on bad bytes
             raise _unreadable(path, what, f"not a valid safetensors file ({e})") from e
     else:
         try:
-            obj = _torch_load(path)
+            obj = _torch_load(path, "meta" if meta else "cpu")
         except Exception as e:  # KeyError, RuntimeError, EOFError, UnpicklingError, ... on bad bytes
             text = str(e)
             objects = "Unsupported global" in text or "Can only build" in text
@@ -116,14 +163,14 @@ def read_state_dict(path: str | os.PathLike, what: str = "weights") -> dict[str,
     return _as_state_dict(obj, path, what)
 
 
-def _torch_load(path: Path):
+def _torch_load(path: Path, map_location: str = "cpu"):
     """torch.load(weights_only=True), memory-mapped when the file is a zip archive that allows it."""
     if zipfile.is_zipfile(path):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
         except RuntimeError:  # some archives cannot be memory-mapped: read them normally
             pass
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _first_line(e: BaseException) -> str:
@@ -203,7 +250,7 @@ def load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], path: st
     on_meta = any(t.is_meta for t in _tensors(module))
     module.load_state_dict(sd, strict=True, assign=on_meta)
     still_meta = [n for n, t in _named_tensors(module) if t.is_meta]
-    if still_meta:
+    if still_meta and not (device is not None and torch.device(device).type == "meta"):  # meta: a check only
         raise RuntimeError(f"{type(module).__name__} has tensors outside its state dict left on the meta "
                            f"device after loading: {still_meta[:MAX_LISTED]}")
     return module
@@ -247,9 +294,10 @@ def load_frozen(build: Callable[[], nn.Module], path: str | os.PathLike, what: s
                 ignore: Iterable[str] = ()) -> nn.Module:
     """Read `path`, build the module on the meta device, assign the tensors, freeze (eval, no grad).
 
-    The file is read before building so that a missing or corrupt file fails fast.
+    The file is read before building so that a missing or corrupt file fails fast. device "meta":
+    the file's structure, names and shapes are checked without reading its tensor data.
     """
-    state_dict = read_state_dict(path, what)
+    state_dict = read_state_dict(path, what, meta=torch.device(device).type == "meta")
     module = build_on_meta(build)
     load_strict(module, state_dict, path, what, ignore=ignore, dtype=dtype, device=device)
     return module.to(device).eval().requires_grad_(False)

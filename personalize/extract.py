@@ -39,7 +39,8 @@ def extract_identity(photo_dir: str | Path, analyzer, *, progress: bool = True) 
     if not result.faces:
         detail = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in skipped) or "the folder has no images"
         raise NoUsablePhotos(f"no usable face photo in {photo_dir} ({detail}). Nothing was written. "
-                             "Use clear, front-facing photos of one person (jpg/jpeg/png).")
+                             "Use clear, front-facing photos of one person (jpg, png, webp, gif or any format "
+                             "Pillow reads).")
     photos = [PhotoInfo(file=str(p), box=[float(v) for v in f.box], det_score=float(f.det_score),
                         n_faces=int(f.n_faces), gender=f.gender,
                         age=None if f.age is None else float(f.age)) for p, f in result.faces]

@@ -1,4 +1,4 @@
-"""Prompt files: a JSON list of non-empty strings."""
+"""Prompt files: a JSON list of non-empty strings, UTF-8 (with or without a byte-order mark)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def load_prompts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise PromptFileError(f"prompt file {path} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some Windows editors write one) is skipped
     except UnicodeDecodeError as e:
         raise PromptFileError(f"{path} is not UTF-8 text (byte {e.start})") from e
     try:

@@ -6,10 +6,13 @@
 # Results (JSON + logs) go to $RESULTS (default eval/results/gpu_e2e); SAMPLE_COMPILE_MODES picks the
 # sample.py --compile modes to time (default "none default"). SAMPLE_ONLY=1 skips the pretraining
 # stages and benchmarks: sample.py then runs with an untrained identity module (zero gates; the
-# same computation and speed).
+# same computation and speed). PY picks the interpreter (default .venv/bin/python, else python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
+# the project's .venv like every other script; python3 where there is none (the GPU host's own environment)
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
 RESULTS=${RESULTS:-eval/results/gpu_e2e}
 TMP=${TMP_ROOT:-/tmp/faceid_e2e}
 mkdir -p "$RESULTS" "$TMP"

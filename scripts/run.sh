@@ -8,7 +8,11 @@ bash scripts/setup.sh
 if [ ! -d "${EVAL_PROMPTS:-eval_prompts}" ] && [ -d ../shared/reference/eval_prompts ]; then
   export EVAL_PROMPTS=../shared/reference/eval_prompts
 fi
-# every weight file the workflow needs, checked before any work (one message listing all that are missing)
+# every weight file the workflow needs, checked before any work (one line for each missing or damaged file)
 .venv/bin/python -m models.check_weights uvit autoencoder caption_decoder clip_text face_pack identity
-bash scripts/train.sh
-bash scripts/sample.sh
+# an identity that fails does not stop the others: sampling still runs for every one that worked
+status=0
+bash scripts/train.sh || status=$?
+[ "$status" -le 1 ] || exit "$status"  # 2: nothing to personalise; 130: interrupted
+bash scripts/sample.sh || exit $?
+exit "$status"

@@ -30,3 +30,21 @@ def test_expandable_segments_asked_for_only_when_the_user_did_not_configure_the_
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:128")  # the newer name counts too
     assert prefer_expandable_segments() is False and "PYTORCH_CUDA_ALLOC_CONF" not in os.environ
+
+
+def test_a_device_that_is_not_here_is_refused_naming_the_ones_that_are():
+    from models.device import DeviceError, available_devices, require_gpu
+
+    here = available_devices()
+    assert here[0] == "cpu" and all(d == "mps" or d.startswith("cuda:") for d in here[1:])
+    with pytest.raises(DeviceError, match="unknown device 'garbage'") as e:
+        pick_device("garbage")
+    assert isinstance(e.value, UserError) and e.value.hint.startswith("devices here: cpu")
+    with pytest.raises(DeviceError, match="'cuda:99'"):
+        pick_device("cuda:99")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+            pick_device("cuda")
+        with pytest.raises(DeviceError, match="tool X needs a CUDA GPU"):
+            require_gpu("tool X")
+        assert pick_device("auto").type == "cpu"

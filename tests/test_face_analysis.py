@@ -212,7 +212,7 @@ def test_analyze_folder(fa, tmp_path, caplog):
         res = fa.analyze_folder(tmp_path)
     assert [p.name for p, _ in res.faces] == ["a.png", "b.PNG"]
     assert [(p.name, r) for p, r in res.skipped] == [
-        ("c_noface.jpg", "no face detected"), ("d_text.jpg", "not an image file"),
+        (".hidden.png", "hidden file"), ("c_noface.jpg", "no face detected"), ("d_text.jpg", "not an image file"),
         ("e_dot.png", "image too small (1x1)")]
     assert [p.name for p, _ in res.notes] == ["b.PNG"] and "2 faces" in res.notes[0][1]
     assert any("b.PNG" in r.message and "largest" in r.message for r in caplog.records)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder.photos import IMAGE_SUFFIXES, PhotoError, list_photos, load_rgb
+from encoder.photos import IMAGE_SUFFIXES, PhotoError, list_photos, load_rgb, scan_folder
 
 
 def _pattern(h: int = 48, w: int = 64, seed: int = 0) -> np.ndarray:
@@ -24,8 +24,9 @@ def _save_with_orientation(arr: np.ndarray, path, orientation: int, **kw):
 
 
 # ------------------------------------------------------------------------------------ listing
-def test_image_suffixes():
-    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp"} == set(IMAGE_SUFFIXES)
+def test_image_suffixes_are_every_format_pillow_reads():
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"} <= IMAGE_SUFFIXES
+    assert ".pdf" not in IMAGE_SUFFIXES  # Pillow writes PDFs but does not read them
 
 
 def test_list_photos_filters_and_sorts(tmp_path):
@@ -37,7 +38,39 @@ def test_list_photos_filters_and_sorts(tmp_path):
     (tmp_path / "sub.jpg").mkdir()  # a folder with an image-like name
     (tmp_path / "sub.jpg" / "inner.jpg").write_bytes(b"x")
     names = [p.name for p in list_photos(tmp_path)]
-    assert names == sorted(["a.JPG", "b.jpeg", "c.png", "d.WebP", "e.bmp"])
+    assert names == sorted(["a.JPG", "b.jpeg", "c.png", "d.WebP", "e.bmp", "raw.gif"])
+
+
+def test_scan_folder_gives_a_reason_for_every_entry_not_used(tmp_path):
+    """Nothing in a photo folder is dropped silently: each entry is a candidate or has a reason."""
+    img = Image.fromarray(_pattern())
+    img.save(tmp_path / "a.jpg")
+    img.save(tmp_path / "no_suffix", format="PNG")  # recognised by its content
+    img.save(tmp_path / "scan.TIFF")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "more").mkdir()
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (tmp_path / "linked.jpg").symlink_to(tmp_path / "a.jpg")
+    photos, skipped = scan_folder(tmp_path)
+    assert [p.name for p in photos] == ["a.jpg", "linked.jpg", "no_suffix", "scan.TIFF"]
+    reasons = {p.name: r for p, r in skipped}
+    assert reasons == {".DS_Store": "hidden file", "more": "a folder (photos in sub-folders are not used)",
+                       "gone.jpg": f"broken link (its target {tmp_path / 'deleted.jpg'} does not exist)",
+                       "notes.txt": "not an image file"}
+    assert len(photos) + len(skipped) == len(list(tmp_path.iterdir()))
+
+
+def test_gif_photos_are_read(tmp_path):
+    """A GIF (one frame or animated) is a photo like any other: its first frame, in RGB."""
+    a = _pattern(40, 50)
+    Image.fromarray(a).save(tmp_path / "still.gif")
+    frames = [Image.fromarray(_pattern(40, 50, seed=s)).convert("P") for s in (1, 2)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:])
+    still = load_rgb(tmp_path / "still.gif")
+    assert still.shape == (40, 50, 3) and still.dtype == np.uint8
+    assert np.abs(still.astype(int) - a).mean() < 40  # a palette of 256 colours: close, not equal
+    np.testing.assert_array_equal(load_rgb(tmp_path / "moving.gif"), np.asarray(frames[0].convert("RGB")))
 
 
 def test_list_photos_empty_and_missing(tmp_path):

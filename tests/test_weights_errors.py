@@ -1,6 +1,8 @@
 """Bad weight files stop with a WeightsError that names the file, the keys and what to do."""
 
 import collections
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -218,8 +220,84 @@ def test_preflight_lists_every_missing_file(tmp_path, capsys):
     assert check_weights(["uvit", "autoencoder", "face_pack", "--weights", str(tmp_path)]) == 2
     out = capsys.readouterr().out
     assert "autoencoder_kl.pth" in out and "antelopev2" in out and "uvit_v1.pth not found" not in out
-    assert "2 of 3 weight files are missing" in out
+    assert "3 of 3 weight files are missing or unusable (2 missing, 1 bad)" in out  # a 1-byte uvit_v1.pth
+    save_state_dict(UViT(TINY).state_dict(), tmp_path / "models" / "uvit_v1.pth")
+    (tmp_path / "model_configs.json").write_text(json.dumps({"uvit": dataclasses.asdict(TINY)}))
     assert check_weights(["uvit", "--weights", str(tmp_path)]) == 0
+    assert "ok       uvit:" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from tiny_stack import make_tiny_weights_dir
+
+    return make_tiny_weights_dir(tmp_path_factory.mktemp("check_weights"))
+
+
+def test_check_weights_passes_the_tiny_stack(tiny_weights, capsys):
+    from models.check_weights import main as check_weights
+
+    names = ["uvit", "autoencoder", "caption_decoder", "clip_text", "clip_image"]
+    assert check_weights([*names, "--weights", str(tiny_weights)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"ok       {n}: " in out for n in names) and "names and shapes match" in out
+
+
+def _broken_uvit(kind: str, good: Path, other: Path, target: Path) -> None:
+    if kind == "zero-byte":
+        target.touch()
+    elif kind == "truncated":
+        target.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    elif kind == "lfs-pointer":
+        target.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 3821\n")
+    elif kind == "text":
+        target.write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>\n")
+    elif kind == "pickle":
+        torch.save(torch.nn.Linear(2, 2), target)  # a whole pickled module, not a state dict
+    elif kind == "directory":
+        target.mkdir()
+    elif kind == "wrong-module":
+        target.write_bytes(other.read_bytes())
+
+
+@pytest.mark.parametrize("kind,words", [
+    ("zero-byte", "the file is empty"), ("truncated", "damaged PyTorch zip archive"),
+    ("lfs-pointer", "is a Git LFS pointer"), ("text", "is a text file, not a weight file (it begins '<!DOCTYPE"),
+    ("pickle", "holds Python objects other than tensors"), ("directory", "is a folder, but a weight file"),
+    ("wrong-module", "looks like the AutoencoderKL (autoencoder_kl.pth), not the UniDiffuser UViT"),
+])
+def test_check_weights_names_what_is_wrong_with_a_file(kind, words, tiny_weights, tmp_path, capsys):
+    """The check-first step catches a broken download before any work: one line saying what is wrong."""
+    from models.check_weights import main as check_weights
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "model_configs.json").write_bytes((tiny_weights / "model_configs.json").read_bytes())
+    models = tiny_weights / "models"
+    _broken_uvit(kind, models / "uvit_v1.pth", models / "autoencoder_kl.pth", tmp_path / "models" / "uvit_v1.pth")
+    assert check_weights(["uvit", "--weights", str(tmp_path)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("bad      uvit: ") and words in lines[0] and str(tmp_path) in lines[0]
+    assert lines[1].startswith("1 of 1 weight files are missing or unusable") and len(lines) == 2
+
+
+def test_check_weights_on_folders_and_the_image_clip(tiny_weights, tmp_path, capsys):
+    from models.check_weights import main as check_weights
+
+    root = tmp_path / "w"
+    (root / "antelopev2").mkdir(parents=True)
+    (root / "antelopev2" / "det_10g.onnx").write_bytes(b"")
+    (root / "faceid_encoder").mkdir()
+    (root / "faceid_encoder" / "config.json").write_text("{}")
+    (root / "faceid_encoder" / "identity.safetensors").write_bytes(b"\x10\0\0\0\0\0\0\0{\"a\": 1")
+    clip = (tiny_weights / "models" / "ViT-B-32.pt").read_bytes()
+    (root / "ViT-B-32.pt").write_bytes(clip[: len(clip) // 2])
+    assert check_weights(["face_pack", "identity", "clip_image", "--weights", str(root)]) == 2
+    out = capsys.readouterr().out
+    assert "bad      face_pack: " in out and "det_10g.onnx: the file is empty" in out
+    assert "bad      identity: " in out and "not a valid safetensors file" in out
+    assert "bad      clip_image: " in out and "damaged" in out
+    (root / "ViT-B-32.pt").write_bytes(clip)
+    assert check_weights(["clip_image", "--weights", str(root)]) == 0
 
 
 def test_meta_build_skips_random_init_and_keeps_it_elsewhere():

@@ -22,6 +22,8 @@ from einops import rearrange
 from eval.bench.common import Timer, report
 from eval.bench.sample import random_identity, random_pipeline
 from models.attention import attend
+from models.device import pick_device
+from models.errors import run_cli
 
 TFLOP_PER_SAMPLE = 2.329
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--compile", default="default", help="torch.compile mode or 'none'")
     p.add_argument("--tiny", action="store_true", help="tiny modules: a smoke test of the script")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = pick_device(args.device)  # a GPU benchmark: no GPU is one line, before any work
     pipe = random_pipeline(device, torch.bfloat16, tiny=args.tiny)
     module, tokens = random_identity(pipe)
     from encoder.id_uvit import IDConditionedUViT
@@ -143,4 +145,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

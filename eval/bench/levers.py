@@ -33,6 +33,8 @@ from encoder.id_uvit import IDConditionedUViT
 from eval.bench.common import report
 from eval.bench.forward import TFLOP_PER_SAMPLE, time_fn
 from eval.bench.sample import random_identity, random_pipeline
+from models.device import pick_device
+from models.errors import run_cli
 
 
 def _backend(name: str | None):
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny modules: a smoke test of the script")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = pick_device(args.device)  # a GPU benchmark: no GPU is one line, before any work
     parts = set(args.parts.split(","))
     b = args.batch
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -283,4 +285,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -16,6 +16,8 @@ import dataclasses
 import sys
 
 from eval.bench.common import environment, finish
+from models.device import require_gpu
+from models.errors import run_cli
 from pretrain.config import PretrainConfig, apply_overrides
 
 TFLOP_PER_SAMPLE = 2 * 2.329  # forward + input gradient through the frozen UViT at 512x512
@@ -33,6 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--out", default=None)
     args, overrides = p.parse_known_args(argv)
+    require_gpu("python -m eval.bench.pretraining")  # it measures GPU throughput (bf16 on the CPU: a dtype error)
     from pretrain.train import benchmark
 
     config = apply_overrides(PretrainConfig.from_file(args.config), overrides)
@@ -56,4 +59,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

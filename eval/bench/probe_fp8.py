@@ -32,6 +32,8 @@ from torch import nn
 from eval.bench.common import report
 from eval.bench.forward import time_fn
 from eval.bench.sample import accuracy_inputs
+from models.device import pick_device
+from models.errors import UserError, run_cli
 from models.uvit import UViT, UViTConfig
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -132,11 +134,16 @@ def _fp8_linear(x8, w8, sx, sw, bias) -> torch.Tensor:
     return torch._scaled_mm(x8, w8.t(), sx, sw.t(), bias=bias, out_dtype=torch.bfloat16)
 
 
+def _speed_needs_cuda(device: torch.device) -> None:
+    if device.type != "cuda":
+        raise UserError("--parts speed needs a CUDA device (FP8 GEMMs run on sm89 and newer)",
+                        hint="run it on a GPU machine with --device cuda, or ask for --parts error only")
+
+
 @torch.no_grad()
 def probe_speed(device: torch.device, b: int = 4, iters: int = 50) -> dict:
     """bf16 against FP8 row-wise GEMMs at the forward's shapes; ms per forward, summed."""
-    if device.type != "cuda":
-        raise SystemExit("--parts speed needs a CUDA device (FP8 GEMMs run on sm89 and newer)")
+    _speed_needs_cuda(device)
     c = UViTConfig.v1()
     quantize = torch.compile(_quantize_rowwise, dynamic=False)
     rows, totals = [], {"bf16_ms": 0.0, "fp8_gemm_ms": 0.0, "fp8_quantize_ms": 0.0}
@@ -170,10 +177,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None)
     p.add_argument("--tiny", action="store_true", help="tiny modules: a smoke test of the script")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
     parts = set(args.parts.split(","))
     if unknown := parts - {"error", "speed"}:
         p.error(f"unknown part(s) {sorted(unknown)}; choose from error, speed")
+    device = pick_device(args.device)  # before any work: a missing GPU is one line
+    if "speed" in parts:
+        _speed_needs_cuda(device)  # before the error part's minutes of work
     res: dict = {"workload": "fp8_probe", "bound": 1e-2}
     if "error" in parts:
         res["error"] = probe_error(device, args.tiny, batch=args.batch)
@@ -183,4 +192,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -34,7 +34,8 @@ from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
 from eval.bench.common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
-from models.device import prefer_expandable_segments
+from models.device import pick_device, prefer_expandable_segments
+from models.errors import run_cli
 from models.execution import Execution
 from models.pipeline import UniDiffuserT2I
 from models.uvit import UViT, UViTConfig
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda", help="cuda (default); cpu only for smoke tests")
     p.add_argument("--tiny", action="store_true", help="tiny modules: a smoke test of the script, not a benchmark")
     args = p.parse_args(argv)
+    device = pick_device(args.device)  # a GPU benchmark: no GPU is one line, before any work
     compile_mode = None if args.compile == "none" else args.compile
     if args.all:
         results = []
@@ -214,7 +216,6 @@ def main(argv=None) -> int:
         return 0
     if args.allocator == "expandable":
         prefer_expandable_segments()  # before the first CUDA allocation
-    device = torch.device(args.device)
     res = check_accuracy(compile_mode, device, args.tiny) if args.check_accuracy else bench(
         args.workload, args.path, args.identity, args.steps, args.cfg, compile_mode, args.repeats, device,
         args.tiny, cuda_graphs=not args.no_cuda_graphs)
@@ -222,4 +223,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))
