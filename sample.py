@@ -6,6 +6,10 @@ Writes 3 images per prompt as <prompt index>-<k:03>.jpg (512x512) and prints
 `finetuned parameters: N`, the number of backbone parameters that differ from the original
 weight files (0 for this method: the backbone is never changed).
 
+The record's embeddings must come from the face model the identity module was pretrained with
+(their `face_model` blocks, personalize.face_model): a mismatch stops before any work, naming both
+models and the pack to rerun train.py with; --allow-face-model-mismatch goes on (experiments only).
+
 On CUDA it asks PyTorch's allocator for expandable segments (less memory reserved at the same
 speed) unless PYTORCH_CUDA_ALLOC_CONF is set; set it empty to keep PyTorch's default.
 """
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="UniDiffuser weights folder (default: $UNIDIFFUSER_WEIGHTS or checkpoints/)")
     p.add_argument("--allow-untrained-encoder", action="store_true",
                    help="testing only: run with an untrained identity module when none is found")
+    p.add_argument("--allow-face-model-mismatch", action="store_true",
+                   help="experiments only: use a record whose embeddings come from another face model than the "
+                        "identity module's (refused otherwise)")
     p.add_argument("--no-resume", action="store_true", help="regenerate prompts whose images exist")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)")
@@ -100,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.execution import Execution
     from models.paths import output_dir
     from models.pipeline import UniDiffuserT2I
+    from personalize.face_model import check_record, module_face_model
     from personalize.generate import (
         GenerateOptions,
         find_identity_module,
@@ -118,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)
     encoder = find_identity_module(args.encoder, allow_untrained=args.allow_untrained_encoder)
+    for warning in check_record(module_face_model(encoder), record.face_model, encoder=encoder,
+                                record_dir=args.restore_path, allow=args.allow_face_model_mismatch):
+        print(f"warning: {warning}", file=sys.stderr)
     output_dir(args.output_path, "--output_path")
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)

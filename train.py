@@ -4,9 +4,12 @@
     accelerate launch --mixed_precision fp16 --num_processes 1 train.py -d PHOTOS -o OUT
 
 Writes an identity record into OUT (identity.safetensors + identity.json): per-photo ArcFace
-embeddings and their mean, the photos used and skipped (with reasons), the class word and the
-identity-module checkpoint's hash. `--refine-steps N` then tunes the identity tokens for N steps
-of the denoising loss on the photos (backbone frozen). sample.py reads OUT.
+embeddings and their mean, the photos used and skipped (with reasons), the class word, the
+identity-module checkpoint's hash and the face model of the embeddings. The face pack is the one
+the identity module was pretrained with (its `face_model`), unless --face-pack names one; a pack
+whose recogniser differs from the module's is refused (--allow-face-model-mismatch for
+experiments). `--refine-steps N` then tunes the identity tokens for N steps of the denoising loss on
+the photos (backbone frozen). sample.py reads OUT.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--data", required=True, help="folder of photos of one person (3 to 10 is typical)")
     p.add_argument("-o", "--output", required=True, help="folder for the identity record")
     p.add_argument("--face-pack", default=None,
-                   help="insightface pack folder (antelopev2 or buffalo_l; default: found under checkpoints/)")
+                   help="insightface pack folder (default: the pack the identity module was pretrained with, "
+                        "from the weights folder; for a module that records none, antelopev2 or buffalo_l)")
+    p.add_argument("--allow-face-model-mismatch", action="store_true",
+                   help="experiments only: use a face pack whose recogniser differs from the identity module's")
     p.add_argument("--encoder", default=None,
                    help="identity-module checkpoint folder (default: checkpoints/faceid_encoder, if present)")
-    p.add_argument("--weights", default=None, help="UniDiffuser weights folder (needed for --refine-steps)")
+    p.add_argument("--weights", default=None,
+                   help="weights folder: the face pack is looked for there; UniDiffuser for --refine-steps "
+                        "(default: $UNIDIFFUSER_WEIGHTS or checkpoints/)")
     p.add_argument("--min-face-size", type=number(int, 1), default=32, help="smallest face side in pixels (default 32)")
     p.add_argument("--min-det-score", type=number(float, 0, 1), default=0.5,
                    help="lowest detection score, 0 to 1 (default 0.5)")
@@ -47,27 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # numbers checked while parsing (models.errors.number)
     t0 = time.perf_counter()
-    from encoder.face_analysis import FaceAnalyzer, FacePolicy
+    from encoder.face_analysis import FaceAnalyzer, FacePolicy, face_model_block
     from encoder.identity import checkpoint_hash
     from models.device import pick_device
     from models.paths import WeightsError, find_weights, output_dir
     from personalize.extract import extract_identity, summary_table
+    from personalize.face_model import check_pack, module_face_model, pick_face_pack
 
     output_dir(args.output, "-o", create=False)  # checked now, created only once there is a record to write
     device = pick_device(args.device)
-    policy = FacePolicy(min_face_size=args.min_face_size, min_det_score=args.min_det_score)
-    analyzer = FaceAnalyzer.from_pack(find_weights("face_pack", args.face_pack), policy=policy,
-                                      providers=None if device.type == "cuda" else ["CPUExecutionProvider"])
-    t_loaded = time.perf_counter()
-    record = extract_identity(args.data, analyzer, progress=not args.quiet)
-    t_extracted = time.perf_counter()
     try:
         enc = find_weights("identity", args.encoder)
-        record.encoder = {"path": str(enc), "sha256": checkpoint_hash(enc)}
     except WeightsError:
         if args.encoder:  # asked for one explicitly: that it is missing is an error
             raise
-        record.encoder = None
+        enc = None
+    module_block = module_face_model(enc)
+    pack_dir, why = pick_face_pack(args.face_pack, module_block, enc, root=args.weights)
+    print(f"face pack: {pack_dir} ({why})")
+    policy = FacePolicy(min_face_size=args.min_face_size, min_det_score=args.min_det_score)
+    analyzer = FaceAnalyzer.from_pack(pack_dir, policy=policy,
+                                      providers=None if device.type == "cuda" else ["CPUExecutionProvider"])
+    pack_block = face_model_block(analyzer)
+    for warning in check_pack(module_block, pack_block, encoder=enc, pack_dir=pack_dir,
+                              allow=args.allow_face_model_mismatch):
+        print(f"warning: {warning}", file=sys.stderr)
+    t_loaded = time.perf_counter()
+    record = extract_identity(args.data, analyzer, progress=not args.quiet)
+    t_extracted = time.perf_counter()
+    record.encoder = None if enc is None else {"path": str(enc), "sha256": checkpoint_hash(enc)}
+    record.face_model = pack_block
     if args.refine_steps > 0:
         from personalize.refine import RefineOptions, refine_record
 

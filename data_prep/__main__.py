@@ -22,6 +22,7 @@ from data_prep.format import ARRAY_MEMBERS
 from data_prep.process import REASONS, FrozenModels, PrepConfig, SampleProcessor
 from data_prep.shards import MANIFEST, check_settings, run_shards, write_manifest
 from data_prep.sources import FolderSource, HFDiskSource, TarSource
+from encoder.face_analysis import describe_face_model
 from models.errors import run_cli
 from models.paths import output_dir
 
@@ -139,7 +140,8 @@ def run(args, models: FrozenModels | None = None) -> dict | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    manifest = write_manifest(out, settings, feature_shapes(models, prep), time.time() - t0)
+    manifest = write_manifest(out, settings, feature_shapes(models, prep), time.time() - t0,
+                              face_model=models.face_model)
     print_summary(manifest, summary, out)
     return manifest
 
@@ -149,6 +151,7 @@ def print_summary(manifest: dict, summary, out) -> None:
     rate = summary.input / summary.seconds if summary.seconds > 0 else 0.0
     print(f"\n{out}/{MANIFEST}: {len(manifest['shards'])} shards, {t['written']} of {t['input']} items kept "
           f"({t['written'] / max(t['input'], 1):.1%})")
+    print(f"face model: {describe_face_model(manifest['face_model'])}")
     print(f"this run (main rank): {len(summary.done)} shards written, {len(summary.skipped)} already done, "
           f"{summary.input} items in {summary.seconds:.1f} s ({rate:.1f} items/s)")
     for reason, n in sorted(t["rejected"].items(), key=lambda kv: -kv[1]):

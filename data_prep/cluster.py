@@ -258,7 +258,7 @@ class IdentityClusters:
     """A shard folder's identity_clusters/, memory-mapped (shared by every reader of the machine).
 
     mate(key, rng) -> (arcface [512], arcface_flip [512]) float32 of another face of the key's
-    cluster, or None when the key is in no cluster.
+    cluster, or None when the key is in no cluster; label_of(key) -> its cluster, or None.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -286,10 +286,19 @@ class IdentityClusters:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def mate(self, key: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+    def _row(self, key: str) -> int | None:
         k = key.encode("utf-8")
         i = int(np.searchsorted(self.keys, k))
-        if i >= len(self.keys) or self.keys[i] != k:
+        return i if i < len(self.keys) and self.keys[i] == k else None
+
+    def label_of(self, key: str) -> int | None:
+        """The key's cluster, None when it is in none."""
+        i = self._row(key)
+        return None if i is None else int(self.label[i])
+
+    def mate(self, key: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray] | None:
+        i = self._row(key)
+        if i is None:
             return None
         c = int(self.label[i])
         lo, hi = int(self.start[c]), int(self.start[c + 1])

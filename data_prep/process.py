@@ -13,6 +13,7 @@ injected (`FrozenModels`), so tests run the whole path with tiny models.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import logging
@@ -31,8 +32,9 @@ from data_prep.augment import FaceAugment, augment_face, key_generator
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
 from encoder.crop import face_crop, square_crop
-from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected
+from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, face_model_block
 from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
+from models.paths import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +88,10 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _face_model_fingerprint(model: Any) -> str:
     path = getattr(model, "model_file", None)
     if path and Path(path).is_file():
-        return _file_sha256(path)
+        return file_sha256(path)
     return f"{type(model).__module__}.{type(model).__name__}"
 
 
@@ -139,15 +133,21 @@ class FrozenModels:
             image_clip = image_clip.to(dtype=dtype)
         return cls(faces, autoencoder, text_encoder, image_clip, device)
 
+    @functools.cached_property
+    def face_model(self) -> dict:
+        """The face pack's `face_model` block (encoder.face_analysis.face_model_block), for the manifest."""
+        return face_model_block(self.faces)
+
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 of every model (state dicts; the face models' .onnx files)."""
+        recogniser = self.face_model["recognition_sha256"] or self.face_model["recognition_file"]
         return {
             "autoencoder": module_fingerprint(self.autoencoder),
             "text_encoder": module_fingerprint(self.text_encoder.text_model) + "+"
             + module_fingerprint(self.text_encoder.encode_prefix)[:16],
             "image_clip": module_fingerprint(self.image_clip.model),
             "face_detector": _face_model_fingerprint(self.faces.detector),
-            "face_recogniser": _face_model_fingerprint(self.faces.recogniser),
+            "face_recogniser": recogniser,
         }
 
     @property

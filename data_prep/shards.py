@@ -176,8 +176,13 @@ def _write_one(source, processor, out: Path, i: int, items: tuple[int, int], bat
     return stats
 
 
-def write_manifest(out: str | os.PathLike, settings: dict, shapes: dict, seconds: float) -> dict:
-    """Collect every shard's counts into manifest.json (main process, after all ranks finished)."""
+def write_manifest(out: str | os.PathLike, settings: dict, shapes: dict, seconds: float,
+                   face_model: dict | None = None) -> dict:
+    """Collect every shard's counts into manifest.json (main process, after all ranks finished).
+
+    face_model: the face pack's block (encoder.face_analysis.face_model_block), which pretraining
+    checks and carries into the identity module; None for shards of no real face model (synthetic).
+    """
     out = Path(out)
     plan = ShardPlan(settings["items"], settings["shard_size"])
     shards, missing = [], []
@@ -193,7 +198,7 @@ def write_manifest(out: str | os.PathLike, settings: dict, shapes: dict, seconds
         totals["rejected"].update(stats["rejected"])
     totals["rejected"] = dict(sorted(totals["rejected"].items()))
     manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "complete": not missing, "missing": missing,
-                "totals": totals, "shards": shards, "shapes": shapes, "settings": settings,
+                "totals": totals, "shards": shards, "shapes": shapes, "settings": settings, "face_model": face_model,
                 "seconds": round(seconds, 1), "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     write_json(out / MANIFEST, manifest)
     return manifest

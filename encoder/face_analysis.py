@@ -4,10 +4,23 @@ The product loads an insightface model pack (antelopev2 or buffalo_l: a SCRFD de
 recogniser and optionally the genderage model) with insightface's own loading code, then applies a
 policy: minimum face size and detection score, which face to keep when a photo holds several.
 Public images are RGB; insightface's models take BGR, the conversion happens here.
+
+The face model. Embeddings of different recognisers (antelopev2's glintr100, buffalo_l's w600k_r50)
+live in unrelated spaces, so every embedding store carries a `face_model` block (`face_model_block`):
+
+    {"pack": "antelopev2", "recognition_file": "glintr100.onnx", "recognition_sha256": "...",
+     "embedding_size": 512, "alignment": {"template": [[x, y] x 5], "size": 112}, "crop": CROP_RULE}
+
+data_prep writes it into the shard manifest, pretraining into the exported identity module, train.py
+into the identity record; `face_model_mismatch` compares two of them (the recogniser's bytes, the
+embedding size, the alignment and the crop rule: a renamed pack folder is no mismatch). A pack
+folder may hold a `pack.json` ({"name": ..., anything else}): its name replaces the folder's, the
+rest is kept under "pack_json"; nothing requires it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,10 +31,10 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from encoder.align import align_face
+from encoder.align import align_face, arcface_template
 from encoder.photos import PhotoError, load_rgb, scan_folder
 from models.errors import UserError
-from models.paths import WeightsError
+from models.paths import WeightsError, file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +43,9 @@ logger = logging.getLogger(__name__)
 CANDIDATE_FLOOR = 0.2
 # Pack members that are 2D/3D landmark regressors: never needed here, so never loaded.
 LANDMARK_FILES = frozenset({"1k3d68.onnx", "2d106det.onnx"})
+PACK_FILE = "pack.json"  # optional policy file of a pack folder
+# How the recogniser's input is cut from a photo (encoder.align.align_face); a new rule gets a new name.
+CROP_RULE = "5-point similarity (Umeyama) onto the template, bilinear, black border; mirrored crop too"
 PACK_HINT = ("Get insightface's antelopev2 or buffalo_l model pack (antelopev2.zip / buffalo_l.zip), "
              "unzip it and put the folder under checkpoints/ (e.g. checkpoints/antelopev2/*.onnx), "
              "or pass the folder's path.")
@@ -157,7 +173,8 @@ class FaceAnalyzer:
     """
 
     def __init__(self, detector: Any, recogniser: Any, attribute: Any = None, *,
-                 policy: FacePolicy = FacePolicy()):
+                 policy: FacePolicy = FacePolicy(), pack_dir: str | os.PathLike | None = None):
+        self.pack_dir = None if pack_dir is None else Path(pack_dir)  # the pack folder it was loaded from
         self.detector = detector
         self.recogniser = recogniser
         self.attribute = attribute
@@ -222,7 +239,7 @@ class FaceAnalyzer:
             raise WeightsError(f"the face detector in {pack_dir} does not predict the 5 landmarks needed "
                                f"for alignment. {PACK_HINT}")
         logger.info("face pack %s: %s", pack_dir, ", ".join(found))
-        return cls(detector, recogniser, attribute, policy=policy)
+        return cls(detector, recogniser, attribute, policy=policy, pack_dir=pack_dir)
 
     # ---------------------------------------------------------------------------------- analysis
     def detect(self, img_rgb: np.ndarray) -> list[_Detection]:
@@ -374,6 +391,68 @@ class FaceAnalyzer:
                 result.notes.append((path, note))
         result.skipped.sort(key=lambda item: item[0].name)  # in the folder's order, whatever the reason
         return result
+
+
+# ------------------------------------------------------------------------------------ face model
+class FaceModelMismatch(UserError):
+    """Embeddings of one face model meet a module or record of another (see the module docstring)."""
+
+
+def read_pack_json(pack_dir: str | os.PathLike | None) -> dict:
+    """A pack folder's optional pack.json ({} when there is none). WeightsError when it is not a JSON object."""
+    path = None if pack_dir is None else Path(pack_dir) / PACK_FILE
+    if path is None or not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path} is not valid JSON ({e}); fix or delete it (it is optional)") from e
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} must hold a JSON object; fix or delete it (it is optional)")
+    return data
+
+
+def face_model_block(analyzer: FaceAnalyzer) -> dict:
+    """The `face_model` block of a loaded pack (module docstring): what its embeddings depend on."""
+    rec = analyzer.recogniser
+    model_file = getattr(rec, "model_file", None)
+    has_file = bool(model_file) and Path(model_file).is_file()
+    out_shape = getattr(rec, "output_shape", None)
+    size = out_shape[-1] if out_shape and isinstance(out_shape[-1], (int, np.integer)) else None
+    extra = read_pack_json(analyzer.pack_dir)
+    name = extra.pop("name", None) or (analyzer.pack_dir.name if analyzer.pack_dir is not None else None)
+    template = [[round(float(v), 4) for v in xy] for xy in arcface_template(analyzer.crop_size)]
+    block = {"pack": name,
+             "recognition_file": Path(model_file).name if has_file else f"{type(rec).__module__}.{type(rec).__name__}",
+             "recognition_sha256": file_sha256(model_file) if has_file else None,
+             "embedding_size": None if size is None else int(size),
+             "alignment": {"template": template, "size": analyzer.crop_size},
+             "crop": CROP_RULE}
+    if extra:
+        block["pack_json"] = extra
+    return block
+
+
+# what makes embeddings comparable, and how a difference is named
+MATCHED_KEYS = {"recognition_sha256": "another recognition model", "embedding_size": "another embedding size",
+                "alignment": "another alignment template", "crop": "another crop rule"}
+
+
+def face_model_mismatch(a: dict, b: dict) -> list[str]:
+    """How two face_model blocks differ in what makes embeddings comparable ([] when they agree), e.g.
+    ["another recognition model"]. A key missing (or null) in either block is not compared."""
+    return [what for k, what in MATCHED_KEYS.items()
+            if a.get(k) is not None and b.get(k) is not None and a[k] != b[k]]
+
+
+def describe_face_model(block: dict | None) -> str:
+    """One line for messages: 'antelopev2 (glintr100.onnx, sha256 1a2b3c4d5e6f..., 512-d)'."""
+    if not block:
+        return "an unrecorded face model"
+    sha = block.get("recognition_sha256")
+    parts = [block.get("recognition_file"), f"sha256 {sha[:12]}..." if sha else None,
+             f"{block['embedding_size']}-d" if block.get("embedding_size") else None]
+    return f"{block.get('pack') or 'an unnamed pack'} ({', '.join(p for p in parts if p)})"
 
 
 def _as_rgb(img: np.ndarray) -> np.ndarray:

@@ -6,7 +6,6 @@ and `config.json` (format name, version, config); see `save` / `load`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 from encoder.config import FORMAT_NAME, FORMAT_VERSION, IdentityConfig
 from encoder.projector import IDProjector, pool_embeddings
 from models.atomic import atomic_write, write_json_atomic
-from models.paths import WeightsError
+from models.paths import WeightsError, file_sha256
 
 WEIGHTS_FILE = "identity.safetensors"
 CONFIG_FILE = "config.json"
@@ -75,10 +74,7 @@ class IdentityModule(nn.Module):
                 raise WeightsError(
                     f"identity module: {p} is missing. An identity-module checkpoint is a folder with "
                     f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by pretraining (scripts/pretrain.sh).")
-        try:
-            meta = json.loads(cfg_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise WeightsError(f"identity module: {cfg_path} is not valid JSON ({e}).") from e
+        meta = read_metadata(folder)
         if meta.get("format") != FORMAT_NAME:
             raise WeightsError(f"identity module: {cfg_path} is not an identity-module config "
                                f"(format {meta.get('format')!r}, expected {FORMAT_NAME!r}).")
@@ -115,12 +111,20 @@ class IdentityModule(nn.Module):
         return module
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def read_metadata(folder: str | os.PathLike) -> dict:
+    """A saved module's config.json: format, version, config, and what pretraining added (`pretraining`,
+    `identity_diagnostic`, `face_model`; modules exported before these lack them)."""
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise WeightsError(f"identity module: {path} is missing. An identity-module checkpoint is a folder with "
+                           f"{CONFIG_FILE} and {WEIGHTS_FILE}, written by pretraining (scripts/pretrain.sh).")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"identity module: {path} is not valid JSON ({e}).") from e
+    if not isinstance(meta, dict):
+        raise WeightsError(f"identity module: {path} is not an identity-module config (not a JSON object).")
+    return meta
 
 
 def checkpoint_hash(folder: str | os.PathLike) -> str:

@@ -79,12 +79,14 @@ def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tenso
 def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch.Tensor, text: torch.Tensor,
                           schedule: NoiseScheduleVP, cfg: LossConfig, generator: torch.Generator | None = None, *,
                           box: torch.Tensor | None = None, latent_scale: float = LATENT_SCALE,
-                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                          per_sample: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One batch's loss (a 0-d float32 tensor) and its terms {"loss", "loss_z", "loss_clip"} (detached).
 
     moments [B, 2C, h, w] (VAE mean and log-variance), clip [B, Dc] (image-CLIP embedding of the
     same image), text [B, L, Dt] (its caption's text features), box [B, 4] (the face in latent
     pixels; needed when cfg.face_loss_weight > 0), all on one device; predict: see `Predictor`.
+    per_sample: the loss and its terms per sample, [B] each, instead of their batch means (the
+    pretraining identity diagnostic's paired differences).
     """
     text, clip = text.float(), clip.float()
     b, device = moments.shape[0], moments.device
@@ -108,9 +110,11 @@ def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch
         if box is None:
             raise ValueError("face_loss_weight > 0 needs the face boxes")
         w = face_weights(box, err_z.shape[-2], err_z.shape[-1], cfg.face_loss_weight).expand_as(err_z)
-        loss_z = ((err_z * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))).mean()
+        loss_z = (err_z * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))  # [B]
+        loss_z = loss_z if per_sample else loss_z.mean()
     else:
-        loss_z = err_z.mean()
-    loss_clip = ((pred_c.float() - eps_c) ** 2).mean()
+        loss_z = err_z.mean(dim=(1, 2, 3)) if per_sample else err_z.mean()
+    err_c = (pred_c.float() - eps_c) ** 2
+    loss_clip = err_c.mean(dim=(1, 2)) if per_sample else err_c.mean()
     loss = loss_z + cfg.clip_loss_weight * loss_clip
     return loss, {"loss": loss.detach(), "loss_z": loss_z.detach(), "loss_clip": loss_clip.detach()}

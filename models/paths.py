@@ -9,6 +9,7 @@ the files directly in the folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -18,6 +19,7 @@ from .errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_VAR = "UNIDIFFUSER_WEIGHTS"
+FACE_PACKS = ("antelopev2", "buffalo_l")  # insightface packs looked for, in this order, when none is named
 MODEL_CONFIGS = "model_configs.json"  # optional: configs replacing v1 (tiny test stacks)
 
 # name -> (file or folder, what it is, where users get it)
@@ -57,7 +59,7 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
     """Path of a known weight file/folder; `path` wins when given. Raises WeightsError if absent.
 
     Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout); for the face
-    pack also `buffalo_l`, and `<root>/models/<pack>`.
+    pack every name of FACE_PACKS, in order (`find_face_pack` looks for a named one).
     """
     filename, what, source = KNOWN_WEIGHTS[name]
     if path:
@@ -67,7 +69,7 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
                                "(checkpoints/README.md lists every expected file).")
         return p
     base = weights_dir(root)
-    names = [filename] + (["buffalo_l"] if name == "face_pack" else [])
+    names = list(FACE_PACKS) if name == "face_pack" else [filename]
     candidates = [base / sub / n for n in names for sub in ("", "models")]
     for c in candidates:
         if c.exists():
@@ -77,6 +79,33 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
         f"{what} not found (looked for {tried}). Get it from {source} and put it there, "
         f"or set {ENV_VAR} to the folder that holds it, or pass its path explicitly. "
         f"checkpoints/README.md lists every expected file.")
+
+
+def find_face_pack(pack: str | None = None, path: str | os.PathLike | None = None,
+                   root: str | os.PathLike | None = None) -> Path:
+    """The insightface pack folder: `path` when given; else the pack named `pack` (the one an identity
+    module was pretrained with) in `<root>/<pack>` or `<root>/models/<pack>`; else the first of
+    FACE_PACKS found (see find_weights). Raises WeightsError naming the pack to install."""
+    if path or not pack:
+        return find_weights("face_pack", path, root)
+    base = weights_dir(root)
+    candidates = [base / pack, base / "models" / pack]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise WeightsError(
+        f"the insightface face pack {pack!r} is not installed (looked for {', '.join(map(str, candidates))}). "
+        f"Get {pack}.zip from insightface's model packs, unzip it to {candidates[0]}/, or pass its folder "
+        f"with --face-pack. checkpoints/README.md lists every expected file.")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def missing_weights(names, root: str | os.PathLike | None = None) -> list[str]:

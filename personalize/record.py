@@ -7,8 +7,9 @@ A folder with two files:
                         so a run killed while writing leaves the previous record whole.
   identity.json         the same JSON for people to read (written after): format/version, photos
                         used (file, box, score, ...), photos skipped with the reason, class word
-                        and its source, the identity-module checkpoint's path and SHA-256,
-                        refinement settings and losses.
+                        and its source, the identity-module checkpoint's path and SHA-256, the
+                        face model the embeddings come from (`face_model`, see
+                        encoder.face_analysis), refinement settings and losses.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class IdentityRecord:
     class_word: str = "person"
     class_word_source: str = "default"
     encoder: dict | None = None  # {"path": ..., "sha256": ...}
+    face_model: dict | None = None  # encoder.face_analysis.face_model_block of the pack that embedded the photos
     tokens: torch.Tensor | None = None  # [K, token_dim] refined identity tokens
     refine: dict | None = None
     extra: dict = field(default_factory=dict)
@@ -70,7 +72,7 @@ class IdentityRecord:
         return {"format": RECORD_FORMAT, "version": RECORD_VERSION,
                 "class_word": self.class_word, "class_word_source": self.class_word_source,
                 "photos": [asdict(p) for p in self.photos], "skipped": self.skipped,
-                "encoder": self.encoder, "refine": self.refine, **self.extra}
+                "encoder": self.encoder, "face_model": self.face_model, "refine": self.refine, **self.extra}
 
     def save(self, folder: str | os.PathLike) -> Path:
         folder = Path(folder)
@@ -101,13 +103,15 @@ class IdentityRecord:
         if meta.get("format") != RECORD_FORMAT or meta.get("version") != RECORD_VERSION:
             raise RecordError(f"{t_path} is format {meta.get('format')!r} version {meta.get('version')!r}; "
                               f"this code reads {RECORD_FORMAT!r} version {RECORD_VERSION}. Run train.py again.")
-        known = {"format", "version", "class_word", "class_word_source", "photos", "skipped", "encoder", "refine"}
+        known = {"format", "version", "class_word", "class_word_source", "photos", "skipped", "encoder", "face_model",
+                 "refine"}
         try:
             return cls(embeddings=t["embeddings"], embeddings_flip=t["embeddings_flip"],
                        photos=[PhotoInfo(**p) for p in meta["photos"]], skipped=meta.get("skipped", []),
                        class_word=meta.get("class_word", "person"),
                        class_word_source=meta.get("class_word_source", "default"),
-                       encoder=meta.get("encoder"), tokens=t.get("tokens"), refine=meta.get("refine"),
+                       encoder=meta.get("encoder"), face_model=meta.get("face_model"), tokens=t.get("tokens"),
+                       refine=meta.get("refine"),
                        extra={k: v for k, v in meta.items() if k not in known})
         except (KeyError, TypeError) as e:
             raise RecordError(f"{t_path} is incomplete ({type(e).__name__}: {e}); run train.py again.") from e

@@ -103,8 +103,12 @@ class PretrainConfig:
     sample_every: int = 5000  # sample grid of the validation identities (0 = never)
     sample_steps: int = 20
     sample_cfg: float = 7.0
-    val_shards: str | None = None  # default: the first shards of `shards`
-    val_identities: int = 4
+    # ---- validation (pretrain.validation.split_shards): grids and the identity diagnostic read held-out shards
+    val_shards: str | None = None  # validation shards (left out of training); default: val_holdout_shards
+    val_holdout_shards: int = 1  # the last N shards of `shards` are held out for validation (0: none)
+    val_identities: int = 4  # sample grid rows
+    val_every: int = 1000  # identity diagnostic (pretrain.diagnostic) every N steps and at the last (0 = never)
+    val_samples: int = 256  # held-out samples of the identity diagnostic
 
     def __post_init__(self):
         checks = [
@@ -123,6 +127,8 @@ class PretrainConfig:
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),
             (self.resume in ("auto", "none") or bool(self.resume), "resume must be auto, none or a folder"),
+            (self.val_holdout_shards >= 0, "val_holdout_shards must be >= 0"),
+            (self.val_every <= 0 or self.val_samples >= 2, "val_samples must be >= 2 (a standard error needs two)"),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:

@@ -52,6 +52,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from data_prep.cluster import IdentityClusters
 from data_prep.format import FORMAT_NAME, CorruptSample, decode_arrays, decode_meta
 from data_prep.sources import tar_samples
+from encoder.face_analysis import describe_face_model, face_model_mismatch
 from models.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -95,6 +96,32 @@ def list_shards(spec: str) -> list[Path]:
         raise DataError(f"no shards found for {spec!r}: give a data_prep output folder, a glob or a brace "
                         "pattern of .tar files (write shards with `python -m data_prep`)")
     return paths
+
+
+def shards_face_model(shards: list[Path]) -> dict | None:
+    """The face model the shards' embeddings come from: the `face_model` block of their folders'
+    manifests (encoder.face_analysis), None when no folder records one (synthetic shards, or shards
+    written before the block existed: a warning). DataError when two folders record different ones."""
+    blocks: list[tuple[str, dict]] = []
+    unrecorded: list[str] = []
+    for folder in sorted({p.parent for p in shards}):
+        manifest = folder / "manifest.json"
+        block = json.loads(manifest.read_text()).get("face_model") if manifest.is_file() else None
+        if block is None:
+            unrecorded.append(str(folder))
+        else:
+            blocks.append((str(folder), block))
+    for folder, block in blocks[1:]:
+        if diff := face_model_mismatch(blocks[0][1], block):
+            raise DataError(f"the shards mix face models: {blocks[0][0]} holds embeddings of "
+                            f"{describe_face_model(blocks[0][1])}, {folder} of {describe_face_model(block)} "
+                            f"({'; '.join(diff)}); embeddings of different recognisers live in unrelated spaces",
+                            hint="pretrain on shards of one face pack (rerun data_prep with the same --face-pack)")
+    if unrecorded:
+        logger.warning("%s: no face_model in the manifest (synthetic shards, or written before data_prep recorded "
+                       "it): the exported module cannot say which face model it was trained for",
+                       ", ".join(unrecorded))
+    return blocks[0][1] if blocks else None
 
 
 def recorded_counts(shards: list[Path]) -> dict[Path, int]:
@@ -418,29 +445,34 @@ def check_shards(shards: list[Path], uvit_config) -> None:
     raise DataError(f"no readable sample in the first {min(len(shards), 8)} shards (e.g. {shards[0]})")
 
 
+def readable_samples(shards: list[Path], max_shards: int = 64) -> Iterator[dict]:
+    """Raw samples of the first `max_shards` shards, in order; a damaged tar is read up to where it
+    breaks off (the validation readers)."""
+    for path in shards[:max_shards]:
+        for raw in read_shard(path):
+            if isinstance(raw, Damaged):
+                break
+            yield raw
+
+
 def read_validation(shards: list[Path], n: int, uvit_config) -> dict | None:
     """The first n readable samples (distinct identities first when labelled), collated; None if none."""
     stream = ShardStream(shards, batch_size=n, shapes=expected_shapes(uvit_config), shuffle_buffer=1,
                          pair_identities=False)
     picked, spare, idents = [], [], set()
-    for path in shards[:64]:
-        for raw in read_shard(path):
-            if isinstance(raw, Damaged):
-                break
-            try:
-                meta = decode_meta(raw)
-                arcface = decode_arrays(raw, ("arcface", "arcface_flip"))
-            except CorruptSample:
-                continue
-            sample = stream._decode((raw, arcface["arcface"], arcface["arcface_flip"], "self"))
-            if sample is None:
-                continue
-            sample["caption"] = raw.get("txt", b"").decode("utf-8", errors="replace")
-            ident = meta.get("identity")
-            (spare if ident is not None and ident in idents else picked).append(sample)
-            idents.add(ident)
-            if len(picked) >= n:
-                break
+    for raw in readable_samples(shards):
+        try:
+            meta = decode_meta(raw)
+            arcface = decode_arrays(raw, ("arcface", "arcface_flip"))
+        except CorruptSample:
+            continue
+        sample = stream._decode((raw, arcface["arcface"], arcface["arcface_flip"], "self"))
+        if sample is None:
+            continue
+        sample["caption"] = raw.get("txt", b"").decode("utf-8", errors="replace")
+        ident = meta.get("identity")
+        (spare if ident is not None and ident in idents else picked).append(sample)
+        idents.add(ident)
         if len(picked) >= n:
             break
     picked = (picked + spare)[:n]

@@ -1,12 +1,16 @@
-"""What pretraining reports: the text log, and running means over the steps since the last report.
+"""What pretraining reports: the text log, running means over the steps since the last report, and
+the run's JSON log.
 
     window = LogWindow(step)
     window.add(terms, grad_norm)            every step that updated the weights
     means, grad, rate = window.close(step, samples_per_step)   every log_every steps; a new window starts
+    jlog = JsonLog(run_dir / "log.json", step)   the records up to `step` (a resumed run drops later ones)
+    jlog.add("train", step, {...})          every report, and "identity" for every identity diagnostic
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -15,6 +19,7 @@ from pathlib import Path
 import torch
 
 from encoder.objective import TERMS
+from models.atomic import write_json_atomic
 from pretrain.data import conditioning_fractions
 
 
@@ -63,15 +68,49 @@ class LogWindow:
 
 
 def write_scalars(writer, step: int, means: torch.Tensor, grad_norm: float, rate: float, lr: float,
-                  skipped_steps: int, data_positions: dict) -> None:
-    """One report to TensorBoard: loss/*, train/*, and data/* from the data workers' positions."""
-    for k, v in zip(TERMS, means.tolist(), strict=True):
-        writer.add_scalar(f"loss/{k}", v, step)
-    writer.add_scalar("train/lr", lr, step)
-    writer.add_scalar("train/grad_norm", grad_norm, step)
-    writer.add_scalar("train/samples_per_s", rate, step)
-    writer.add_scalar("train/skipped_steps", skipped_steps, step)
+                  skipped_steps: int, data_positions: dict) -> dict[str, float]:
+    """One report to TensorBoard: loss/*, train/*, and data/* from the data workers' positions.
+    Returns the scalars by their TensorBoard tags."""
+    scalars = {f"loss/{k}": v for k, v in zip(TERMS, means.tolist(), strict=True)}
+    scalars.update({"train/lr": lr, "train/grad_norm": grad_norm, "train/samples_per_s": rate,
+                    "train/skipped_steps": skipped_steps})
     states = list(data_positions["workers"].values())
     for how, fraction in conditioning_fractions(states).items():  # paired, augmented, self
-        writer.add_scalar(f"data/{how}_fraction", fraction, step)
-    writer.add_scalar("data/corrupt_samples", sum(s["corrupt"] for s in states), step)
+        scalars[f"data/{how}_fraction"] = fraction
+    scalars["data/corrupt_samples"] = sum(s["corrupt"] for s in states)
+    for tag, v in scalars.items():
+        writer.add_scalar(tag, v, step)
+    return scalars
+
+
+def write_identity_scalars(writer, step: int, result: dict) -> None:
+    """An identity diagnostic (pretrain.diagnostic) to TensorBoard: identity/*."""
+    for k in ("id_gain", "id_gain_se", "generic_gain", "generic_gain_se", "loss_right", "loss_other", "loss_none"):
+        writer.add_scalar(f"identity/{k}", result[k], step)
+
+
+class JsonLog:
+    """<run>/log.json: {"records": [{"kind", "step", ...values}, ...]}, rewritten atomically at every add.
+
+    Opened at `step`, it keeps the records up to that step only: a run resumed from a checkpoint
+    drops what the interrupted run logged after it (as TensorBoard's purge_step does).
+    """
+
+    def __init__(self, path: Path, step: int = 0):
+        self.path = Path(path)
+        self.records: list[dict] = []
+        if self.path.is_file():
+            try:
+                self.records = [r for r in json.loads(self.path.read_text())["records"] if r["step"] <= step]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.records = []  # unreadable: started afresh (it is a log, not state)
+
+    def add(self, kind: str, step: int, values: dict) -> None:
+        """Append a record (non-finite numbers are written as null) and rewrite the file."""
+        self.records.append({"kind": kind, "step": step, **values})
+        write_json_atomic(self.path, {"records": self.records}, indent=None)
+
+    def last(self, kind: str) -> dict | None:
+        """The latest record of `kind` (without "kind"), or None."""
+        found = next((r for r in reversed(self.records) if r["kind"] == kind), None)
+        return None if found is None else {k: v for k, v in found.items() if k != "kind"}

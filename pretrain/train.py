@@ -12,8 +12,11 @@ the step is skipped with a log line, and `max_bad_steps` skipped steps in a row 
 last checkpoint stays as it was) -> LR schedule step (skipped steps included: the learning rate is a
 function of the step counter). Every `checkpoint_every` steps an atomic checkpoint
 (pretrain.checkpoint, which also resumes); every `log_every` a report (pretrain.logs) and the damaged
-shards met since the last one; every `sample_every` a sample grid; at `max_steps` the EMA module is
-exported with IdentityModule.save to <output_dir>/faceid_encoder/, the folder sample.py loads.
+shards met since the last one; every `val_every` (and at the last step) the identity diagnostic of
+the EMA module on held-out samples (pretrain.diagnostic: id_gain, generic_gain); every
+`sample_every` a sample grid; at `max_steps` the EMA module is exported with IdentityModule.save to
+<output_dir>/faceid_encoder/, the folder sample.py loads, its config.json carrying the last identity
+diagnostic.
 
 Ctrl-C (SIGINT) stops the run after the step in progress with a checkpoint at that step, then
 raises KeyboardInterrupt (the CLI exits 130 with one line); rerunning the command resumes exactly.
@@ -43,6 +46,7 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from encoder.face_analysis import describe_face_model
 from encoder.identity import IdentityModule
 from encoder.objective import TERMS, LossConfig
 from models.atomic import atomic_write, write_json_atomic
@@ -59,13 +63,15 @@ from pretrain.data import (
     list_shards,
     load_clusters,
     make_loader,
+    shards_face_model,
     too_few_shards,
 )
+from pretrain.diagnostic import IdentityDiagnostic, verdict
 from pretrain.ema import EMA
-from pretrain.logs import LogWindow, make_logger, write_scalars
+from pretrain.logs import JsonLog, LogWindow, make_logger, write_identity_scalars, write_scalars
 from pretrain.losses import diffusion_loss
 from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
-from pretrain.validation import SampleGrid
+from pretrain.validation import SampleGrid, split_shards
 
 EXPORT_DIR = "faceid_encoder"
 
@@ -173,8 +179,9 @@ def train(config: PretrainConfig) -> TrainResult:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
 
     # ---- data first: wrong shards fail before the backbone is built
-    shards = list_shards(config.shards)
+    shards, val_shards, held_out = split_shards(list_shards(config.shards), config)
     check_shards(shards, backbone_config(config))
+    face_model = shards_face_model(sorted(set(shards) | set(val_shards)))
     workers = max(config.num_workers, 1)
     if message := too_few_shards(len(shards), world, workers):
         raise DataError(message)
@@ -208,16 +215,21 @@ def train(config: PretrainConfig) -> TrainResult:
                  clusters.report["clusters"], clusters.report["config"]["threshold"])
     batches = make_loader(stream, config.num_workers, pin_memory=device.type == "cuda",
                           first_worker=progress.data["next_worker"])
-    log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes",
-             len(shards), config.shards, config.num_workers, config.batch_size, config.grad_accum, world)
+    log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes; "
+             "face model: %s", len(shards), config.shards, config.num_workers, config.batch_size, config.grad_accum,
+             world, describe_face_model(face_model))
 
     # ---- reports: TensorBoard, sample grids, the resolved config (main process)
-    writer = grid = None
+    writer = grid = diagnostic = jlog = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(run_dir / "tb"), purge_step=progress.step or None)
-        grid = SampleGrid.create(config, uvit, device, shards, log)
+        jlog = JsonLog(run_dir / "log.json", progress.step)
+        log.info("validation: %d shard(s)%s", len(val_shards), " held out of training" if held_out else
+                 ", the training shards themselves (val_holdout_shards 0): not held out")
+        grid = SampleGrid.create(config, uvit, device, val_shards, log)
+        diagnostic = IdentityDiagnostic.create(config, uvit.config, val_shards, device, log)
         write_json_atomic(run_dir / "config.json", config.to_dict(), indent=1)
 
     schedule = NoiseScheduleVP.stable_diffusion()
@@ -255,8 +267,12 @@ def train(config: PretrainConfig) -> TrainResult:
                     lr = scheduler.get_last_lr()[0]
                     bar.set_postfix(loss=f"{means[0]:.4f}", lr=f"{lr:.2e}", rate=f"{rate:.1f}/s", refresh=False)
                     if writer is not None:
-                        write_scalars(writer, step, means, grad, rate, lr, progress.skipped_steps, progress.data)
+                        scalars = write_scalars(writer, step, means, grad, rate, lr, progress.skipped_steps,
+                                                progress.data)
+                        jlog.add("train", step, scalars)
                     report_damaged(accelerator, damaged, reported, log)
+                if diagnostic is not None and (step % config.val_every == 0 or last):
+                    validate_identity(diagnostic, uvit, ema.shadow, accelerator, step, writer, jlog, log)
                 if step % config.checkpoint_every == 0 or last:
                     last_ckpt = save_progress(accelerator, run_dir, progress, config,
                                               identity=accelerator.unwrap_model(net).identity, ema=ema,
@@ -282,7 +298,8 @@ def train(config: PretrainConfig) -> TrainResult:
     if step >= config.max_steps and is_main:
         export = ema.shadow.save(run_dir / EXPORT_DIR, extra={"pretraining": {
             "step": step, "samples_seen": step * samples_per_step, "shards": config.shards,
-            "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay}})
+            "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay},
+            "identity_diagnostic": jlog.last("identity"), "face_model": face_model})
     accelerator.wait_for_everyone()
     if is_main:
         dt, ran = time.time() - t_start, step - start_step
@@ -338,6 +355,19 @@ class StopOnCtrlC:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
+
+
+def validate_identity(diagnostic: IdentityDiagnostic, uvit, identity, accelerator: Accelerator, step: int,
+                      writer, jlog: JsonLog, log: logging.Logger) -> dict:
+    """Run the identity diagnostic on `identity` (the EMA module) and report it: TensorBoard identity/*,
+    the JSON log (kind "identity"), a log line."""
+    result = diagnostic(uvit, identity, accelerator.autocast)
+    write_identity_scalars(writer, step, result)
+    jlog.add("identity", step, result)
+    log.info("identity diagnostic at step %d (EMA, %d held-out samples, %d real pairs): id_gain %.5f +- %.5f, "
+             "generic_gain %.5f +- %.5f; %s", step, result["samples"], result["real_pairs"], result["id_gain"],
+             result["id_gain_se"], result["generic_gain"], result["generic_gain_se"], verdict(result))
+    return result
 
 
 def count_skipped_step(progress: Progress, terms: torch.Tensor, grad_norm: float, max_bad_steps: int,

@@ -1,14 +1,21 @@
-"""Sample grids of fixed validation identities during pretraining.
+"""Validation during pretraining: which shards are held out, and sample grids of fixed identities.
 
-One row per validation sample (its own caption's text features, its own face): the image without
-identity and the image with the EMA identity module, from the same noise, so the grid shows what the
-module adds. Needs the VAE to decode; when its weights are not available (or do not fit the
-backbone) grids are switched off with one log line.
+The validation split (`split_shards`): `val_shards` when given (any of them also listed in `shards`
+is left out of training), else the last `val_holdout_shards` shards of `shards` (in the order of
+the manifest, or of the sorted file names), which training never reads. With neither, validation
+reads the training shards (the tiny test config does, its corpora having a single shard). Sample
+grids and the identity diagnostic (pretrain.diagnostic) read the validation shards from the start.
+
+Sample grids: one row per validation sample (its own caption's text features, its own face): the
+image without identity and the image with the EMA identity module, from the same noise, so the grid
+shows what the module adds. Needs the VAE to decode; when its weights are not available (or do not
+fit the backbone) grids are switched off with one log line.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -18,7 +25,27 @@ from encoder.projector import pool_embeddings
 from models.execution import Execution
 from models.noise_schedule import NoiseScheduleVP
 from models.sampling import sample_joint
-from pretrain.data import list_shards, read_validation
+from pretrain.data import DataError, list_shards, read_validation
+
+
+def split_shards(shards: list[Path], config) -> tuple[list[Path], list[Path], bool]:
+    """(training shards, validation shards, whether the validation shards are held out of training)."""
+    if config.val_shards:
+        val = list_shards(config.val_shards)
+        held = {p.resolve() for p in val}
+        train = [p for p in shards if p.resolve() not in held]
+        if not train:
+            raise DataError(f"every shard of {config.shards!r} is also a validation shard ({config.val_shards!r}); "
+                            "nothing is left to train on", hint="give --val_shards other shards than --shards")
+        return train, val, True
+    k = config.val_holdout_shards
+    if k <= 0:
+        return shards, shards, False
+    if len(shards) <= k:
+        raise DataError(f"{len(shards)} shard(s) in {config.shards!r}: holding out {k} for validation leaves none "
+                        "to train on", hint="write more, smaller shards (data_prep --shard-size), or pass "
+                        "--val_holdout_shards 0 (validation then reads training shards)")
+    return shards[:-k], shards[-k:], True
 
 
 class SampleGrid:
@@ -33,8 +60,10 @@ class SampleGrid:
         self.execution = Execution.autocast_to(device, next(uvit.parameters()).dtype)  # the backbone's dtype
 
     @classmethod
-    def create(cls, config, uvit, device: torch.device, shards, log: logging.Logger) -> SampleGrid | None:
-        """The grid maker, or None (with a log line saying why) when grids cannot be made."""
+    def create(cls, config, uvit, device: torch.device, val_shards: list[Path], log: logging.Logger
+               ) -> SampleGrid | None:
+        """The grid maker for the validation shards, or None (with a log line saying why) when grids
+        cannot be made."""
         if config.sample_every <= 0:
             return None
         from models import load_autoencoder
@@ -51,8 +80,7 @@ class SampleGrid:
             log.info("sample grids off: the VAE's %d latent channels do not fit the backbone's %d",
                      ae.config.embed_dim, uvit.config.in_chans)
             return None
-        val = read_validation(list_shards(config.val_shards) if config.val_shards else shards,
-                              config.val_identities, uvit.config)
+        val = read_validation(val_shards, config.val_identities, uvit.config)
         if val is None:
             log.info("sample grids off: no readable validation sample")
             return None

@@ -37,7 +37,7 @@ class _OneFace:
         return Face(box=self.box, kps=np.zeros((5, 2), np.float32), det_score=0.9, embedding=emb,
                     embedding_flip=emb, aligned=np.zeros((112, 112, 3), np.uint8), n_faces=1)
 
-    def embed_aligned(self, crops):
+    def embed_aligned(self, crops):  # the augmented view's embedding (data_prep.augment)
         return np.ones((len(crops), 512), np.float32) / np.sqrt(512)
 
 
