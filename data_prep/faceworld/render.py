@@ -642,7 +642,7 @@ class FaceWorld:
         sun = torch.from_numpy((codes["glasses"] == 2).astype(np.float32)).to(self.device)[idx].view(-1, 1, 1)
         gx = fx.abs() - edx
         gy = fy - ey - 0.01
-        rx, ry = 1.25 * ew + 0.05, (0.75 * ew + 0.05) * (1.0 + 0.05 * sun)
+        rx, ry = 1.3 * ew + 0.07, (0.8 * ew + 0.06) * (1.0 + 0.05 * sun)
         lens = ellipse_d(gx, gy, rx, ry)
         ft = 0.05
         rim = soft(lens.abs() - ft, aa)
@@ -659,29 +659,30 @@ class FaceWorld:
 
     def _hat(self, img, idx, name, hx, hy, t, col, aa):
         """Draw a hat of kind `name` on items idx (head frame hx, hy of those items); returns coverage."""
-        g = {k: t[k][idx] for k in ("face_w", "face_h", "hair_vol_top")}
+        g = {k: t[k][idx] for k in ("face_w", "face_h", "hair_vol_top", "hair_vol_side")}
         aa = aa[idx]
         c = col["hat"][idx]
         fw, fh = g["face_w"], g["face_h"]
         brim = -0.62 * fh
-        top = -fh - 0.6 * g["hair_vol_top"].clamp(max=0.25)
+        top = -fh - 0.6 * g["hair_vol_top"].clamp(max=0.3)
+        wide = fw + 0.7 * g["hair_vol_side"].clamp(max=0.3) + 0.06  # a soft hat covers the hair under it
         sub = img[idx]
         if name == "cap":
-            crown = soft(torch.maximum(ellipse_d(hx, hy - brim, 1.06 * fw, brim - top + 0.08), hy - brim), aa)
-            visor = soft(torch.maximum(ellipse_d(hx, hy - brim, 1.1 * fw, 0.2), brim - hy), aa)
-            button = soft(ellipse_d(hx, hy - top + 0.06, 0.08, 0.06), aa)
-            seam = soft(hx.abs() - 0.02, aa) * crown
+            crown = soft(torch.maximum(ellipse_d(hx, hy - brim, wide, brim - top + 0.14), hy - brim), aa)
+            visor = soft(torch.maximum(ellipse_d(hx, hy - brim - 0.02, 1.04 * wide, 0.27), brim - hy), aa)
+            button = soft(ellipse_d(hx, hy - top + 0.1, 0.09, 0.07), aa)
+            seams = soft((hx.abs() - 0.38 * wide).abs() - 0.02, aa) * crown
             paint(sub, crown, c)
-            paint(sub, seam * 0.5, c * 0.6)
+            paint(sub, seams * 0.5, c * 0.6)
             paint(sub, visor, c * 0.7)
             paint(sub, button, c * 0.8)
             cover = torch.maximum(crown, visor)
         elif name == "beanie":
-            dome = ellipse_d(hx, hy - brim - 0.05, 1.1 * fw, brim - top + 0.25)
-            dome = soft(torch.maximum(dome, hy - brim - 0.08), aa)
-            cuff = soft((hy - brim + 0.05).abs() - 0.13, aa) * dome
+            dome = ellipse_d(hx, hy - brim - 0.05, wide + 0.02, brim - top + 0.32)
+            dome = soft(torch.maximum(dome, hy - brim - 0.1), aa)
+            cuff = soft((hy - brim + 0.06).abs() - 0.15, aa) * dome
             ribs = (tri(hx * 9.0) > 0.5).float() * cuff
-            pom = soft(ellipse_d(hx, hy - (top - 0.22), 0.22, 0.2), aa)
+            pom = soft(ellipse_d(hx, hy - (top - 0.3), 0.24, 0.22), aa)
             paint(sub, dome, c)
             paint(sub, cuff, c * 0.82)
             paint(sub, ribs * 0.5, c * 0.6)
@@ -689,14 +690,14 @@ class FaceWorld:
             cover = torch.maximum(dome, pom)
         elif name == "cowboy hat":
             crown_top = brim - 0.95 - 0.1 * tri(hx * 1.2 + 0.5)
-            crown = soft(torch.maximum(hx.abs() - 0.8 * fw + (hy - brim) * 0.15, crown_top - hy), aa)
+            crown = soft(torch.maximum(hx.abs() - 0.8 * wide + (hy - brim) * 0.15, crown_top - hy), aa)
             crown = crown * soft(hy - brim, aa)
             band = soft((hy - brim + 0.16).abs() - 0.07, aa) * crown
-            wide = soft(ellipse_d(hx, hy - brim + 0.02, 2.0 * fw, 0.24), aa)
+            rim = soft(ellipse_d(hx, hy - brim + 0.02, 2.0 * fw, 0.24), aa)
             paint(sub, crown, c)
             paint(sub, band, c * 0.4)
-            paint(sub, wide, c * 0.85)
-            cover = torch.maximum(crown, wide)
+            paint(sub, rim, c * 0.85)
+            cover = torch.maximum(crown, rim)
         elif name == "top hat":
             cyl = soft(torch.maximum(hx.abs() - 0.78 * fw, torch.maximum(brim - 1.5 - hy, hy - brim)), aa)
             band = soft(torch.maximum(hx.abs() - 0.78 * fw, (hy - brim + 0.25).abs() - 0.11), aa)
