@@ -7,11 +7,12 @@
     batch.captions, batch.class_words, batch.attributes, batch.boxes [B, 4], batch.landmarks [B, 5, 2]
 
 How a batch is drawn (all per pixel, every item in one pass, analytic shapes with soft edges):
-background scene -> hair behind the head -> neck and clothes -> ears -> face outline -> moles and
-freckles -> nose -> facial hair -> mouth -> eyes -> brows -> hair in front -> glasses -> hat ->
-light (a directional + ambient shading of the person on a head-shaped normal field, the scene's
-light colour) -> white balance and exposure -> style (photo grain; painting: posterised colours,
-brush strokes, canvas; sketch: pencil lines, hatching and a pale wash on paper) -> uint8.
+background scene -> hair behind the head -> neck and clothes -> face outline -> on a window around
+each face: ears (behind the face), moles, freckles, blush, nose, facial hair, mouth, eyes, brows,
+glasses -> hair in front -> hat -> light (a directional + ambient shading of the person on a
+head-shaped normal field, the scene's light colour) -> white balance and exposure -> style (photo
+grain; painting: softened, posterised colours, brush strokes, canvas; sketch: pencil lines, hatching
+and a pale wash on paper) -> uint8.
 Pose is a map of the pixel grid, not a resampling of pixels: each pixel is taken back through the
 head's position, scale and roll into the head frame, and through yaw and pitch on an ellipsoid into
 the face frame, where the features are evaluated (geometry.py).
@@ -343,7 +344,7 @@ class FaceWorld:
         if hatted is not None:  # no hair above a hat's brim
             hair_a[hatted] *= soft(t["hat_brim"][hatted] - hy[hatted], aa[hatted])
         hair_tex = 0.8 + 0.35 * nz["streak"]
-        curly = self._subset(p["hair_style"] == HAIR_STYLES.index("afro"))
+        curly = self._subset(hair["curl"] > 0)
         if curly is not None:
             hair_tex[curly] += 0.3 * (nz["fine"][curly] - 0.5)
         hair_rgb = col["hair"] * hair_tex.unsqueeze(1)
