@@ -73,10 +73,15 @@ class ImageCLIP(nn.Module):
                   model_name: str = "ViT-B-32", model_cfg: dict | None = None,
                   quick_gelu: bool = True) -> ImageCLIP:
         """Load local weights into open_clip's `model_name` (or a CLIP built from `model_cfg`,
-        open_clip.model.CLIP keyword arguments, for tests). Nothing is downloaded."""
+        open_clip.model.CLIP keyword arguments, for tests). A world-CLIP folder (models.world_clip)
+        loads as the identity world's image-text model. Nothing is downloaded."""
         import open_clip
 
         path = Path(path).expanduser()
+        from .world_clip import is_world_clip_dir, load_world_image_clip
+
+        if is_world_clip_dir(path):  # the identity world's image-text model
+            return load_world_image_clip(path, device)
         if not path.is_file():
             raise WeightsError(f"image CLIP weights {path} not found. {_GET_IT}.")
         torchscript = _is_torchscript(path)
