@@ -58,11 +58,13 @@ class ImageCLIP(nn.Module):
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
                  mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
         super().__init__()
-        import open_clip
-
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-32")
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        self.tokenizer = tokenizer
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)

@@ -9,7 +9,8 @@ Towers:
   tokenizer, models.tokenizers.WordTokenizer) -> hidden [B, L, W] -> `encode_prefix` Linear(W -> 32)
   = the UViT's text features [B, L, 32]. Pooled at the first <eos> (the causal transformer has read
   the whole caption there) and projected (text_projection [32, E] + bias) -> the text embedding.
-- image: open_clip's VisionTransformer (class-token pooling, projection to E) -> the image embedding.
+- image: a small ViT with open_clip's VisionTransformer layout (`VisionTower`: class-token pooling,
+  projection to E) -> the image embedding.
 Both embeddings come out with norm sqrt(E) (unit RMS per dimension: the scale the UViT's CLIP-image
 channel wants under the diffusion noise schedule); similarities use their cosine.
 
@@ -33,11 +34,14 @@ import dataclasses
 import json
 import math
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
 from torch import nn
 
 from .clip_text import CLIPTextConfig, CLIPTextModel
@@ -83,6 +87,63 @@ class WorldCLIPConfig:
                               num_attention_heads=self.text_heads, max_position_embeddings=self.context_length)
 
 
+class VisionBlock(nn.Module):
+    """Pre-LayerNorm block, open_clip's ResidualAttentionBlock names: x + attn(ln_1(x)), then + mlp(ln_2(x)).
+    [B, L, W] -> [B, L, W]."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = nn.Module()
+        self.attn.in_proj_weight = nn.Parameter(torch.randn(3 * width, width) * width**-0.5)
+        self.attn.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.attn.out_proj = nn.Linear(width, width)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict(c_fc=nn.Linear(width, 4 * width), gelu=nn.GELU(),
+                                             c_proj=nn.Linear(4 * width, width)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(self.ln_1(x), self.attn.in_proj_weight, self.attn.in_proj_bias)
+        q, k, v = rearrange(y, "b l (k h d) -> k b h l d", k=3, h=self.heads)
+        o = rearrange(F.scaled_dot_product_attention(q, k, v), "b h l d -> b l (h d)")
+        x = x + self.attn.out_proj(o)
+        return x + self.mlp(self.ln_2(x))
+
+
+class VisionTower(nn.Module):
+    """A ViT with open_clip's VisionTransformer state-dict names and function (class-token pooling, pre
+    and post LayerNorm, GELU, a bias-free patch conv, projection `proj` [W, E]), written here so that
+    loading the world does not import open_clip (tests/test_world_models.py compares the two).
+
+    forward(pixels [B, 3, S, S]) -> [B, E]
+    """
+
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image size {image_size} is not divisible by patch size {patch_size}")
+        self.image_size = (image_size, image_size)
+        grid = image_size // patch_size
+        scale = width**-0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList([VisionBlock(width, heads) for _ in range(layers)])
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = rearrange(self.conv1(pixels), "b w h v -> b (h v) w")
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
+        for block in self.transformer.resblocks:
+            x = block(x)
+        return self.ln_post(x[:, 0]) @ self.proj.to(x.dtype)
+
+
 class WorldCLIPModel(nn.Module):
     """Image tower + text tower + prefix + projection (see the module docstring).
 
@@ -93,12 +154,9 @@ class WorldCLIPModel(nn.Module):
 
     def __init__(self, config: WorldCLIPConfig):
         super().__init__()
-        from open_clip.transformer import VisionTransformer
-
         c = self.config = config
-        self.visual = VisionTransformer(image_size=c.image_size, patch_size=c.patch_size, width=c.vision_width,
-                                        layers=c.vision_layers, heads=c.vision_heads, mlp_ratio=4.0,
-                                        output_dim=c.embed_dim)
+        self.visual = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_layers, c.vision_heads,
+                                  c.embed_dim)
         self.text_tower = CLIPTextModel(c.text_config())
         self.encode_prefix = nn.Linear(c.text_width, c.text_dim)
         self.text_projection = nn.Parameter(torch.randn(c.text_dim, c.embed_dim) / math.sqrt(c.text_dim))
@@ -197,12 +255,25 @@ def load_world_text_encoder(folder: str | os.PathLike, *, device: torch.device |
     return TextEncoder(tokenizer, model.text_tower, model.encode_prefix, max_length=tokenizer.context_length)
 
 
+def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
+    """PIL image (any mode) -> [3, size, size] float32 in [-1, 1]: shortest side resized to `size`
+    (bicubic), centre crop (open_clip's inference transform with the world's mean and std)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        image = image.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
+    return rearrange(x, "h w c -> c h w").float().div(127.5).sub(1.0)
+
+
 def load_world_image_clip(folder: str | os.PathLike, device: torch.device | str | None = None):
     """models.image_clip.ImageCLIP over the world-CLIP (embed_images / embed_texts as for ViT-B/32)."""
-    import open_clip
-
     from .image_clip import ImageCLIP
 
     tokenizer, model = load_world_clip(folder, device="cpu", dtype=torch.float32)
-    preprocess = open_clip.image_transform(model.config.image_size, is_train=False, mean=MEAN, std=STD)
-    return ImageCLIP(model, preprocess, tokenizer, mean=MEAN, std=STD).to(device)
+    size = model.config.image_size
+    return ImageCLIP(model, lambda image: preprocess_image(image, size), tokenizer, mean=MEAN, std=STD).to(device)
