@@ -182,11 +182,13 @@ class ImageCLIP(nn.Module):
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
                  mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
         super().__init__()
-        import open_clip
-
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-32")
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        self.tokenizer = tokenizer
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -197,13 +199,18 @@ class ImageCLIP(nn.Module):
                   model_name: str = "ViT-B-32", model_cfg: dict | None = None,
                   quick_gelu: bool = True) -> ImageCLIP:
         """Load local weights into open_clip's `model_name` (or a CLIP built from `model_cfg`,
-        open_clip.model.CLIP keyword arguments, for tests). Nothing is downloaded."""
-        import open_clip
-
+        open_clip.model.CLIP keyword arguments, for tests). A world-CLIP folder (models.world_clip)
+        loads as the identity world's image-text model. Nothing is downloaded."""
         path = Path(path).expanduser()
+        from .world_clip import is_world_clip_dir, load_world_image_clip
+
+        if is_world_clip_dir(path):  # the identity world's image-text model
+            return load_world_image_clip(path, device)
         if not path.exists():
             raise WeightsError(f"image CLIP weights {path} not found. {_GET_IT}.")
         check_weight_file(path, "image CLIP weights")  # a folder, an empty file, a Git LFS pointer, text
+        import open_clip
+
         try:
             torchscript = _is_torchscript(path)
             if model_cfg is not None:

@@ -39,6 +39,17 @@ KNOWN_WEIGHTS = {
                  "this project's pretraining run (scripts/pretrain.sh)"),
 }
 
+# Other names a part may have: insightface's other pack, and the identity world's folder (checkpoints/world:
+# pixel space instead of the autoencoder, the world-CLIP folder for the text encoder, its prefix and the
+# image CLIP, the world's face pack). A .pth / .pt file may also be a .safetensors file of the same stem.
+ALTERNATIVES = {
+    "autoencoder": ("pixel_space.safetensors",),
+    "caption_decoder": ("world_clip/model.safetensors",),
+    "clip_text": ("world_clip",),
+    "clip_image": ("world_clip",),
+    "face_pack": ("faces",),
+}
+
 
 class WeightsError(UserError, RuntimeError):
     """A weight file or folder is missing, unreadable or does not match the module."""
@@ -58,8 +69,10 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None) -> Path:
     """Path of a known weight file/folder; `path` wins when given. Raises WeightsError if absent.
 
-    Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout); for the face
-    pack every name of FACE_PACKS, in order (`find_face_pack` looks for a named one).
+    Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout), for each name
+    the part may have: its file, the same stem as .safetensors where the file is .pth / .pt, then
+    ALTERNATIVES (the identity world's files); for the face pack every name of FACE_PACKS, in order,
+    then the world's `faces` (`find_face_pack` looks for a named one).
     """
     filename, what, source = KNOWN_WEIGHTS[name]
     if path:
@@ -70,6 +83,9 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
         return p
     base = weights_dir(root)
     names = list(FACE_PACKS) if name == "face_pack" else [filename]
+    if Path(filename).suffix in (".pth", ".pt"):
+        names.append(str(Path(filename).with_suffix(".safetensors")))
+    names += ALTERNATIVES.get(name, ())
     candidates = [base / sub / n for n in names for sub in ("", "models")]
     for c in candidates:
         if c.exists():
