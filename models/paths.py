@@ -53,7 +53,7 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
     """Path of a known weight file/folder; `path` wins when given. Raises WeightsError if absent.
 
     Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout); for the face
-    pack also `buffalo_l`, and `<root>/models/<pack>`.
+    pack also `buffalo_l` and `faces` (a face-world weights folder's pack), and `<root>/models/<pack>`.
     """
     filename, what, source = KNOWN_WEIGHTS[name]
     if path:
@@ -63,7 +63,7 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
                                "(checkpoints/README.md lists every expected file).")
         return p
     base = weights_dir(root)
-    names = [filename] + (["buffalo_l"] if name == "face_pack" else [])
+    names = [filename] + (["buffalo_l", "faces"] if name == "face_pack" else [])
     candidates = [base / sub / n for n in names for sub in ("", "models")]
     for c in candidates:
         if c.exists():
