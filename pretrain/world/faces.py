@@ -50,7 +50,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from encoder.align import ARCFACE_TEMPLATE_112, arcface_template
-from encoder.face_analysis import PACK_JSON
+from encoder.face_analysis import PACK_JSON, file_sha256
 from models.config_dict import config_from_dict
 from models.weights import atomic_write
 from pretrain.world.common import LRSchedule, Stage, StageOptions, as_json_config
@@ -199,7 +199,7 @@ class DetectorConfig:
     widths: tuple[int, int, int, int] = (24, 48, 64, 64)  # stride 4, 8, 16, 32
     depths: tuple[int, int, int, int] = (1, 2, 1, 1)
     neck: int = 48
-    head: int = 48
+    head: int = 64
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
@@ -409,14 +409,6 @@ def export_detector(net: Detector, path: str | os.PathLike, fp16: bool = True) -
                    outputs, axes, fp16)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def face_model_block(pack_dir: str | os.PathLike, name: str, recogniser_file: str = RECOGNISER_FILE) -> dict:
     """The `face_model` block of pack.json: what the embeddings of this pack are and how crops are made."""
     return {
@@ -488,7 +480,7 @@ def render_scenes(world, n: int, gen: torch.Generator) -> torch.Tensor:
         sel = (scene == k).nonzero().flatten()
         if len(sel):
             img[sel] = PAINTERS[name](world.X, world.Y, u[sel], {c: v[sel] for c, v in nz.items()}, 2.0 / size)
-    # blobs: ellipses of skin-like or random colours, some with dark dots (no face layout)
+    # blobs: ellipses of skin-like or random colours (a head-sized patch of skin is not yet a face)
     X, Y = world.X, world.Y
     for _ in range(3):
         cx, cy = rand(n, 1, 1) * 1.6 - 0.8, rand(n, 1, 1) * 1.6 - 0.8
@@ -522,7 +514,7 @@ class RecogniserTrainConfig:
     scale: float = 32.0
     margin: float = 0.5
     margin_warmup: float = 0.15  # fraction of the steps over which the margin grows from 0
-    kps_jitter: float = 0.5  # landmark noise (pixels of the 64 px render), per point and per face
+    kps_jitter: float = 0.7  # landmark noise (pixels of the 64 px render), per point and per face: the detector's
     flip: float = 0.5
     blur: float = 0.2  # probability of a half-resolution round trip
     noise: float = 3.0  # largest pixel-noise standard deviation (0..255)
@@ -539,7 +531,7 @@ class RecogniserTrainConfig:
 class DetectorTrainConfig:
     net: DetectorConfig = DetectorConfig()
     batch: int = 256
-    steps: int = 4_000
+    steps: int = 6_000
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 300
@@ -584,6 +576,15 @@ def _init_seed(seed: int, stage: str) -> int:
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def _on_device(net: nn.Module, device: torch.device) -> nn.Module:
+    """The net on `device`; on CUDA channels-last, with cuDNN picking its fastest kernels (fixed shapes)."""
+    net = net.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
 def _step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
@@ -661,9 +662,7 @@ class RecogniserStage(Stage):
         self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
         self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
-        self.net = Recogniser(cfg.net).to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = _on_device(Recogniser(cfg.net), self.device)
         self.head = ArcFaceHead(cfg.classes, cfg.net.embed_dim, cfg.scale).to(self.device)
         self.opt = torch.optim.AdamW(_param_groups([self.net], cfg.weight_decay, no_decay=[self.head]), lr=cfg.lr)
         self.world = _world(opts.seed, self.device)
@@ -822,9 +821,7 @@ class DetectorStage(Stage):
         self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
         self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
-        self.net = Detector(cfg.net).to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = _on_device(Detector(cfg.net), self.device)
         self.opt = torch.optim.AdamW(_param_groups([self.net], cfg.weight_decay), lr=cfg.lr)
         self.world = _world(opts.seed, self.device)
         self.renders = _Prefetcher(lambda k: detector_renders(self.world, cfg, _step_rng(opts.seed, self.name, k), k),
