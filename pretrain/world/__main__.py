@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder (exports)")
     t.add_argument("--minutes", type=float, default=None, help="stop and save after this many minutes")
     t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
+    t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     log_every = args.log_every or (1 if args.tiny else 50)
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
-                        max_steps=args.steps, seed=args.seed, log_every=log_every)
+                        max_steps=args.steps,
+                        total_steps=args.total_steps, seed=args.seed, log_every=log_every)
     run_stage(stage_class(args.stage)(opts))
     return 0
 

@@ -31,11 +31,14 @@ import os
 import shutil
 import time
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -53,8 +56,9 @@ class StageOptions:
 
     out: runs folder (the stage's checkpoint goes to out/<stage>/); world: the world weights folder
     exports go to; minutes: wall-clock budget of this call (None: until the total); max_steps: at
-    most this many steps this call (None: no limit); tiny: tiny configs and a few steps (CPU tests);
-    seed: the world seed every step's randomness derives from.
+    most this many steps this call (None: no limit); total_steps: replaces the stage's step budget (its
+    LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
+    few steps (CPU tests); seed: the world seed every step's randomness derives from.
     """
 
     out: Path
@@ -63,6 +67,7 @@ class StageOptions:
     tiny: bool = False
     minutes: float | None = None
     max_steps: int | None = None
+    total_steps: int | None = None
     seed: int = 0
     log_every: int = 50
     save_minutes: float = 4.0
@@ -123,8 +128,9 @@ class Stage(ABC):
         pass
 
     @abstractmethod
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
-        """One optimizer step; returns the numbers to log (e.g. {"loss": ...})."""
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
+        """One optimizer step; returns the numbers to log (e.g. {"loss": ...}; 0-d tensors are read only
+        on the steps that log, so a step need not wait for the device)."""
 
     @abstractmethod
     def export(self, world: Path) -> list[Path]:
@@ -157,6 +163,67 @@ def step_generator(seed: int, stage: str, step: int, device: torch.device | str 
     """The generator of step `step` of `stage` (on `device`), seeded from (seed, stage, step) alone."""
     digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (ndim >= 2), none on biases, norms, scalars."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ---- training renders ---------------------------------------------------------------------------------
+@dataclass
+class WorldBatch:
+    """pixels: [B, 3, S, S] float32 in [-1, 1] on the training device; captions: B strings;
+    renders: the renderer's RenderBatch (identities, attributes, boxes, landmarks, uint8 images)."""
+
+    pixels: torch.Tensor
+    captions: list[str]
+    renders: object
+
+
+class WorldData:
+    """Training renders of a stage: step k's batch is drawn from (seed, stage, k) alone (identities
+    uniform over the train split, render indices uniform), rendered on the training device, and the
+    next step's batch is prepared in a background thread while this one trains."""
+
+    def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64):
+        from data_prep.faceworld.render import FaceWorld
+
+        self.seed, self.stage, self.batch_size, self.device = seed, stage, batch_size, device
+        self.world = FaceWorld(seed, size, device, chunk=batch_size)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, Future] = {}
+
+    def make(self, step: int, stream: str = "train", batch_size: int | None = None) -> WorldBatch:
+        from data_prep.faceworld.attributes import split_range
+
+        digest = hashlib.sha256(f"{self.seed}/{self.stage}/{stream}/{step}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        lo, hi = split_range("train")
+        n = batch_size or self.batch_size
+        renders = self.world.render(rng.integers(lo, hi, n), rng.integers(0, 2**31, n))
+        pixels = rearrange(renders.images, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+        return WorldBatch(pixels, list(renders.captions), renders)
+
+    def get(self, step: int) -> WorldBatch:
+        """Step `step`'s batch (prepared ahead when the previous step asked for step - 1)."""
+        pending = self._pending.pop(step, None)
+        for stale in list(self._pending):
+            self._pending.pop(stale).cancel()
+        batch = pending.result() if pending is not None else self.make(step)
+        self._pending[step + 1] = self._pool.submit(self.make, step + 1)
+        return batch
+
+    def captions(self, n: int, stream: str = "stats") -> list[str]:
+        """Captions of n training renders of their own stream (not the training batches)."""
+        out: list[str] = []
+        k = 0
+        while len(out) < n:
+            out += self.make(k, stream, min(self.batch_size, n - len(out))).captions
+            k += 1
+        return out
 
 
 # ---- checkpoint files ---------------------------------------------------------------------------------
@@ -278,8 +345,8 @@ def load_checkpoint(stage: Stage, folder: Path) -> dict:
 
 
 # ---- the loop -----------------------------------------------------------------------------------------
-def _log(stage: Stage, step: int, logs: dict[str, float], rate: float, elapsed: float) -> None:
-    terms = " ".join(f"{k} {v:.4g}" for k, v in logs.items())
+def _log(stage: Stage, step: int, logs: dict[str, float | torch.Tensor], rate: float, elapsed: float) -> None:
+    terms = " ".join(f"{k} {float(v):.4g}" for k, v in logs.items())
     print(f"[{stage.name}] step {step}/{stage.total_steps} {terms} | {rate:.0f} samples/s | {elapsed / 60:.1f} min",
           flush=True)
 
