@@ -292,7 +292,7 @@ def attribute_accuracy(classifier: AttributeClassifier, world, identities: np.nd
 class AttributeTrainConfig:
     """Training of the classifier (the tiny one: a few CPU steps for tests)."""
 
-    total_steps: int = 6000
+    total_steps: int = 8000
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
