@@ -50,27 +50,57 @@ def test_held_out_prompts_state_exactly_their_pair():
 
 
 def _tiny_world(root: Path) -> Path:
+    """A world folder with random tiny weights of every part (backbone, pixel space, world-CLIP, face packs,
+    attribute classifier), in the layout the stages export."""
     from tiny_world import make_tiny_world
 
+    from pretrain.world import faces as F
     from pretrain.world.attributes import EXPORT_DIR, AttributeClassifier, AttributeNet, AttributeNetConfig
 
     make_tiny_world(root)
-    torch.manual_seed(0)
-    AttributeClassifier(AttributeNet(AttributeNetConfig.tiny())).save(root / EXPORT_DIR)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AttributeClassifier(AttributeNet(AttributeNetConfig.tiny())).save(root / EXPORT_DIR)
+        F.export_recogniser(F.Recogniser(F.TINY_CONDITIONING.net).eval(), root / F.PACK_DIR / F.RECOGNISER_FILE)
+        F.export_detector(F.Detector(F.TINY_DETECTOR.net).eval(), root / F.PACK_DIR / F.DETECTOR_FILE)
+        F.write_pack_json(root / F.PACK_DIR, "faceworld")
+        F.export_recogniser(F.Recogniser(F.TINY_EVALUATION.net).eval(), root / F.EVAL_PACK_DIR / F.RECOGNISER_FILE)
+        F.write_pack_json(root / F.EVAL_PACK_DIR, "faceworld-eval")
     return root
 
 
-def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys):
+def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypatch):
+    from test_world_faces import TruthDetector
+
     from data_prep.faceworld.attributes import ATTRIBUTES
+    from encoder.face_analysis import FaceAnalyzer
+    from pretrain.world import faces as F
     from pretrain.world.__main__ import main
     from pretrain.world.attributes import CLASS_WORD, vocabularies
+    from pretrain.world.evaluate import EvalConfig
 
     world = _tiny_world(tmp_path / "world")
+    # the random detector finds no faces: the renderer's true landmarks stand in for it (real recognisers)
+    tiny = EvalConfig.tiny()
+    photos, _, landmarks = F.render_test_photos(3, tiny.identities, tiny.renders)
+    real = F.load_world_analyzer
+
+    def analyzer(world_dir, recogniser="conditioning", providers=None):
+        pack = real(world_dir, recogniser, providers)
+        return FaceAnalyzer(TruthDetector(photos, landmarks), pack.recogniser, policy=pack.policy)
+
+    monkeypatch.setattr(F, "load_world_analyzer", analyzer)
     out = tmp_path / "results" / "world_foundation.json"
-    argv = ["evaluate", "--world", str(world), "--seed", "3", "--out", str(out), "--tiny",
-            "--only", "attributes,text_to_image,frechet,sizes"]
+    argv = ["evaluate", "--world", str(world), "--seed", "3", "--out", str(out), "--tiny"]
     assert main(argv) == 0
     data = json.loads(out.read_text())
+    assert set(data["tar_at_far_1e-3"]) == {"conditioning", "evaluation"}
+    assert all(0.0 <= v <= 1.0 for v in data["tar_at_far_1e-3"].values())
+    assert 0.0 <= data["colour_histogram_tar_at_far_1e-3"] <= 1.0
+    pairs = tiny.identities * tiny.renders * (tiny.renders - 1) // 2
+    for report in data["verification"].values():
+        assert report["detected"] == 1.0 and report["identities"] == tiny.identities
+        assert report["recogniser"]["same"]["pairs"] == pairs and report["recogniser"]["different"]["pairs"] > 0
     assert data["renderer_seed"] == 3 and data["test_identities"]["split"] == "test"
     assert "pretrain.world evaluate" in data["commands"]["evaluate"] and "--seed 3" in data["commands"]["evaluate"]
     assert data["git_commit"]
