@@ -344,10 +344,8 @@ class AttributeStage(Stage):
         with self.autocast():
             logits = self.net(x)
         loss, parts = head_loss(logits, y, self.train_config.label_smoothing)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return {"loss": loss.detach(), "lr": lr, **{f"loss_{k}": v for k, v in parts.items()}}
+        norm = self.optimize(self.opt, loss, self.net.parameters(), max_norm=5.0)
+        return {"loss": loss.detach(), "lr": lr, "grad_norm": norm, **{f"loss_{k}": v for k, v in parts.items()}}
 
     def export_paths(self, world: Path) -> list[Path]:
         return [world / EXPORT_DIR / CONFIG_FILE, world / EXPORT_DIR / WEIGHTS_FILE]
