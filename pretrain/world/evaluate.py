@@ -144,7 +144,12 @@ def evaluate_faces(world_dir: Path, seed: int, cfg: EvalConfig, device: torch.de
     reports = {}
     for name in ("conditioning", "evaluation"):
         analyzer = load_world_analyzer(world_dir, name, providers=providers)
-        reports[name] = evaluate_recogniser(analyzer, photos, labels, landmarks, far=FAR)
+        try:
+            reports[name] = evaluate_recogniser(analyzer, photos, labels, landmarks, far=FAR)
+        except ValueError as e:  # no face found in any photo (an untrained detector): nothing verifies
+            print(f"[evaluate] {name} recogniser: {e}; its TAR is 0", flush=True)
+            failed = {"tar": 0.0, "error": str(e)}
+            reports[name] = {"recogniser": failed, "colour_histogram": failed, "detected": 0.0}
     return {"tar_at_far_1e-3": {k: r["recogniser"]["tar"] for k, r in reports.items()},
             "colour_histogram_tar_at_far_1e-3": reports["conditioning"]["colour_histogram"]["tar"],
             "verification": reports,
