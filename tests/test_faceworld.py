@@ -85,6 +85,10 @@ def test_render_outputs_and_given_attributes(world):
     r = b.item(1)
     assert r.image.shape == (64, 64, 3) and r.identity == 11 and r.render == 0
     assert set(r.attributes) == set(ATTRIBUTES)
+    prompt = parse_caption("a photo of a woman wearing a red hat and sunglasses, smiling, in a snowy forest")
+    got = world.render([1_100_000], [9], [prompt]).attributes[0]  # a prompt's attributes, "any" hat included
+    assert got["hat"] not in ("none", ANY_HAT) and got["hat_color"] == "red" and got["scene"] == "snow"
+    assert got["glasses"] == "sunglasses" and got["expression"] == "smiling" and got["style"] == "photo"
     big = FaceWorld(seed=5, size=128).render([10], [0], [asked])
     assert big.images.shape == (1, 128, 128, 3)
     np.testing.assert_allclose(big.landmarks[0], (b.landmarks[0] + 0.5) * 2 - 0.5, atol=1e-3)  # same geometry

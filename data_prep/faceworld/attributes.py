@@ -59,7 +59,7 @@ WEIGHTS: dict[str, dict[str, tuple[float, ...]]] = {
     "world": {"scene": (1,) * 8, "hat": (4, 1.2, 1.2, 1.2, 1.2, 1.2), "hat_color": (1,) * 6,
               "glasses": (2, 1, 1), "clothing": (1,) * 8, "expression": (4, 3.5, 2.5), "style": (6, 2, 2)},
     "portrait": {"scene": (1,) * 8, "hat": (7, 1, 1, 0.5, 0.3, 0.2), "hat_color": (1,) * 6,
-                 "glasses": (6, 3, 1), "clothing": (1,) * 8, "expression": (5, 4, 1), "style": (18, 1, 1)},
+                 "glasses": (6, 3, 1), "clothing": (1,) * 8, "expression": (5, 4, 1), "style": (38, 1, 1)},
 }
 _ATTEMPTS = 8  # independent draws per attribute and item for redrawing held-out pairs
 

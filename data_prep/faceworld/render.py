@@ -7,11 +7,12 @@
     batch.captions, batch.class_words, batch.attributes, batch.boxes [B, 4], batch.landmarks [B, 5, 2]
 
 How a batch is drawn (all per pixel, every item in one pass, analytic shapes with soft edges):
-background scene -> hair behind the head -> neck and clothes -> ears -> face outline -> moles and
-freckles -> nose -> facial hair -> mouth -> eyes -> brows -> hair in front -> glasses -> hat ->
-light (a directional + ambient shading of the person on a head-shaped normal field, the scene's
-light colour) -> white balance and exposure -> style (photo grain; painting: posterised colours,
-brush strokes, canvas; sketch: pencil lines, hatching and a pale wash on paper) -> uint8.
+background scene -> hair behind the head -> neck and clothes -> face outline -> on a window around
+each face: ears (behind the face), moles, freckles, blush, nose, facial hair, mouth, eyes, brows,
+glasses -> hair in front -> hat -> light (a directional + ambient shading of the person on a
+head-shaped normal field, the scene's light colour) -> white balance and exposure -> style (photo
+grain; painting: softened, posterised colours, brush strokes, canvas; sketch: pencil lines, hatching
+and a pale wash on paper) -> uint8.
 Pose is a map of the pixel grid, not a resampling of pixels: each pixel is taken back through the
 head's position, scale and roll into the head frame, and through yaw and pitch on an ellipsoid into
 the face frame, where the features are evaluated (geometry.py).
@@ -37,6 +38,7 @@ from data_prep.faceworld.scenes import PAINTERS, SCENE_LIGHT
 from data_prep.faceworld.shapes import (
     NOISE_CHANNELS,
     NOISE_TILES,
+    blob_d,
     ellipse_d,
     hash01,
     noise_bank,
@@ -46,7 +48,7 @@ from data_prep.faceworld.shapes import (
     tri,
 )
 
-RENDERER_VERSION = "faceworld-1"  # changes whenever the pixels of some (seed, identity, render) change
+RENDERER_VERSION = "faceworld-2"  # changes whenever the pixels of some (seed, identity, render) change
 SIZES = (64, 128)
 HAT_COLORS = {"red": (0.82, 0.10, 0.10), "blue": (0.12, 0.28, 0.85), "green": (0.10, 0.58, 0.20),
               "yellow": (0.97, 0.85, 0.12), "black": (0.07, 0.07, 0.08), "white": (0.95, 0.95, 0.95)}
@@ -343,7 +345,7 @@ class FaceWorld:
         if hatted is not None:  # no hair above a hat's brim
             hair_a[hatted] *= soft(t["hat_brim"][hatted] - hy[hatted], aa[hatted])
         hair_tex = 0.8 + 0.35 * nz["streak"]
-        curly = self._subset(p["hair_style"] == HAIR_STYLES.index("afro"))
+        curly = self._subset(hair["curl"] > 0)
         if curly is not None:
             hair_tex[curly] += 0.3 * (nz["fine"][curly] - 0.5)
         hair_rgb = col["hair"] * hair_tex.unsqueeze(1)
@@ -433,7 +435,7 @@ class FaceWorld:
         shown = self._subset(hair["curtain"] >= _FAR / 2)  # long hair hides the ears
         if shown is not None:
             ears[shown] = self._ears(win, shown, g["hx"], g["hy"], front, t, col, aa)
-        blush = soft(ellipse_d(fx.abs() - 0.55 * t["face_w"], fy - t["nose_y"] + 0.05, 0.22, 0.14), 0.15)
+        blush = soft(blob_d(fx.abs() - 0.55 * t["face_w"], fy - t["nose_y"] + 0.05, 0.22, 0.14), 0.15)
         paint(win, blush.mul_(front).mul_(0.1 + 0.3 * t["x_smile"]), c["blush"])
         self._marks(win, fx, fy, t, front, aa, p)
         self._nose(win, fx, fy, t, col, front, aa)
@@ -458,9 +460,9 @@ class FaceWorld:
         cover = torch.zeros_like(hx)
         for j in range(2):
             ex, ey = hx - t[f"ear{j}_x"][idx], hy - t[f"ear{j}_y"][idx]
-            outer = soft(ellipse_d(ex, ey, rx, ry), a).mul_(behind)
+            outer = soft(blob_d(ex, ey, rx, ry), a).mul_(behind)
             paint(sub, outer, col["skin"][idx])
-            inner = soft(ellipse_d(ex, ey - 0.02, 0.45 * rx, 0.55 * ry), a).mul_(behind).mul_(0.7)
+            inner = soft(blob_d(ex, ey - 0.02, 0.45 * rx, 0.55 * ry), a).mul_(behind).mul_(0.7)
             paint(sub, inner, col["skin_shadow"][idx])
             cover = torch.maximum(cover, outer)
         img[idx] = sub
@@ -551,7 +553,7 @@ class FaceWorld:
         on = (hash01(cell, 17) < t["freckles"][idx] * 0.6).float()
         jx = hash01(cell, 23) * 0.5 + 0.25
         d = torch.sqrt((sx - cx - jx).square() + (sy - cy - 0.5).square()) / 7.0 - 0.022
-        region = soft(ellipse_d(fx[idx], fy[idx] - 0.15, 0.75, 0.32), 0.1)
+        region = soft(blob_d(fx[idx], fy[idx] - 0.15, 0.75, 0.32), 0.1)
         sub = img[idx]
         paint(sub, soft(d, aa[idx]) * on * region * front[idx] * 0.7, self.const["freckle"])
         img[idx] = sub
@@ -567,9 +569,9 @@ class FaceWorld:
         span = soft(torch.maximum(t["eye_y"] + 0.08 - t["nose_y"] - ny, ny), aa)
         bridge = bridge.mul_(span).mul_(0.6 * (0.25 + 0.5 * t["nose_bridge"]))
         paint(img, torch.maximum(bridge, under.mul_(0.7)).mul_(front), col["skin_shadow"])
-        nostril = soft(ellipse_d(nx.abs() - 0.5 * nw, ny - 0.01, 0.045, 0.026), aa)
+        nostril = soft(blob_d(nx.abs() - 0.5 * nw, ny - 0.01, 0.045, 0.026), aa)
         paint(img, nostril.mul_(front).mul_(0.9), col["nostril"])
-        tip = soft(ellipse_d(nx, ny + 0.06, 0.4 * nw, 0.04), 0.08)
+        tip = soft(blob_d(nx, ny + 0.06, 0.4 * nw, 0.04), 0.08)
         paint(img, tip.mul_(front).mul_(0.25), col["skin_light"])
 
     def _beard(self, img, idx, fx, fy, face_d, t, col, nz, aa):
@@ -670,7 +672,7 @@ class FaceWorld:
         if name == "cap":
             crown = soft(torch.maximum(ellipse_d(hx, hy - brim, wide, brim - top + 0.14), hy - brim), aa)
             visor = soft(torch.maximum(ellipse_d(hx, hy - brim - 0.02, 1.04 * wide, 0.27), brim - hy), aa)
-            button = soft(ellipse_d(hx, hy - top + 0.1, 0.09, 0.07), aa)
+            button = soft(blob_d(hx, hy - top + 0.1, 0.09, 0.07), aa)
             seams = soft((hx.abs() - 0.38 * wide).abs() - 0.02, aa) * crown
             paint(sub, crown, c)
             paint(sub, seams * 0.5, c * 0.6)
@@ -682,7 +684,7 @@ class FaceWorld:
             dome = soft(torch.maximum(dome, hy - brim - 0.1), aa)
             cuff = soft((hy - brim + 0.06).abs() - 0.15, aa) * dome
             ribs = (tri(hx * 9.0) > 0.5).float() * cuff
-            pom = soft(ellipse_d(hx, hy - (top - 0.3), 0.24, 0.22), aa)
+            pom = soft(blob_d(hx, hy - (top - 0.3), 0.24, 0.22), aa)
             paint(sub, dome, c)
             paint(sub, cuff, c * 0.82)
             paint(sub, ribs * 0.5, c * 0.6)
@@ -711,7 +713,7 @@ class FaceWorld:
             half = 0.85 * fw * ((hy - apex) / (brim - apex))
             cone = soft(torch.maximum(hx.abs() - half, torch.maximum(apex - hy, hy - brim)), aa)
             stripes = (tri((hx + hy) * 2.6) > 0.55).float() * cone
-            pom = soft(ellipse_d(hx, hy - apex, 0.14, 0.14), aa)
+            pom = soft(blob_d(hx, hy - apex, 0.14, 0.14), aa)
             paint(sub, cone, c)
             paint(sub, stripes, c * 0.35 + 0.6)
             paint(sub, pom, c * 0.3 + 0.65)

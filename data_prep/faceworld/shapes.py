@@ -33,6 +33,24 @@ def ellipse_d(x: torch.Tensor, y: torch.Tensor, rx, ry) -> torch.Tensor:
     return k0 * (k0 - 1.0) / k1
 
 
+def blob_d(x: torch.Tensor, y: torch.Tensor, rx, ry) -> torch.Tensor:
+    """Cheaper signed distance for a roundish ellipse (axis ratio up to about 2.5): the normalised radius
+    minus 1, times the smaller radius (too small far from thin ellipses: use ellipse_d there)."""
+    ax, ay = x / rx, y / ry
+    return torch.sqrt(ax.mul_(ax).addcmul_(ay, ay)).sub_(1.0).mul_(smaller(rx, ry))
+
+
+def smaller(a, b):
+    """min of two radii, each a float or a [B, 1, 1] tensor."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.minimum(a, b)
+    if isinstance(a, torch.Tensor):
+        return a.clamp(max=b)
+    if isinstance(b, torch.Tensor):
+        return b.clamp(max=a)
+    return min(a, b)
+
+
 def box_d(x: torch.Tensor, y: torch.Tensor, hx, hy) -> torch.Tensor:
     """Chebyshev-style signed distance to an axis-aligned box of half sizes (hx, hy) centred at 0."""
     return torch.maximum(x.abs() - hx, y.abs() - hy)
