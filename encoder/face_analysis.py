@@ -103,17 +103,21 @@ def pack_policy(pack_dir: str | os.PathLike, policy: FacePolicy = FacePolicy()) 
         raise WeightsError(f"{Path(pack_dir) / PACK_JSON}: {e}") from e
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _check_face_model(pack_dir: Path, face_model: dict, recogniser: Any) -> None:
     """The recogniser file must be the one pack.json's face_model block names, with its SHA-256."""
     name, digest = face_model.get("recognition_file"), face_model.get("recognition_sha256")
     path = Path(getattr(recogniser, "model_file", "") or "")
     if not name or not digest or path.name != name or not path.is_file():
         return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    if h.hexdigest() != digest:
+    if file_sha256(path) != digest:
         raise WeightsError(f"{path} does not match the SHA-256 in {pack_dir / PACK_JSON} ({digest[:12]}...); "
                            f"the recogniser was replaced without updating pack.json")
 

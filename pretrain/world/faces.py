@@ -37,8 +37,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -50,10 +49,10 @@ from einops import rearrange, repeat
 from torch import nn
 
 from encoder.align import ARCFACE_TEMPLATE_112, arcface_template
-from encoder.face_analysis import PACK_JSON
+from encoder.face_analysis import PACK_JSON, file_sha256
 from models.config_dict import config_from_dict
 from models.weights import atomic_write
-from pretrain.world.common import LRSchedule, Stage, StageOptions, as_json_config
+from pretrain.world.common import LRSchedule, Stage, StageOptions, WorldData, as_json_config, param_groups
 
 CROP = 112  # the recognisers' input side (insightface routes square inputs >= 112, multiples of 16)
 EMBED_DIM = 512
@@ -63,6 +62,7 @@ NUM_ANCHORS = 2  # SCRFD's anchors per position (both carry the same prediction 
 DET_MEAN, DET_STD = 127.5, 128.0  # SCRFD's input normalisation (insightface): (pixel - 127.5) / 128, RGB
 REC_MEAN, REC_STD = 127.5, 127.5  # ArcFaceONNX's input normalisation: (pixel - 127.5) / 127.5, RGB
 EXPORT_OPSET = 17
+MAX_GRAD_NORM = 5.0  # gradient-norm clipping (AdamW barely feels it; it guards against spikes)
 DETECTOR_FILE = "detector.onnx"
 RECOGNISER_FILE = "recogniser.onnx"
 PACK_DIR = "faces"  # conditioning pack (detector + conditioning recogniser + pack.json), in the world folder
@@ -199,7 +199,7 @@ class DetectorConfig:
     widths: tuple[int, int, int, int] = (24, 48, 64, 64)  # stride 4, 8, 16, 32
     depths: tuple[int, int, int, int] = (1, 2, 1, 1)
     neck: int = 48
-    head: int = 48
+    head: int = 64
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
@@ -409,14 +409,6 @@ def export_detector(net: Detector, path: str | os.PathLike, fp16: bool = True) -
                    outputs, axes, fp16)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def face_model_block(pack_dir: str | os.PathLike, name: str, recogniser_file: str = RECOGNISER_FILE) -> dict:
     """The `face_model` block of pack.json: what the embeddings of this pack are and how crops are made."""
     return {
@@ -468,28 +460,40 @@ def chroma_subsample(images: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
     return torch.where(which.view(-1, 1, 1, 1), rgb, images)
 
 
-def render_scenes(world, n: int, gen: torch.Generator) -> torch.Tensor:
-    """Face-free images [n, 3, 64, 64] (0..255): the renderer's background scenes in its styles, with
-    skin-coloured blobs and random shapes on some (hard negatives for the detector)."""
+_BANKS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def render_scenes(n: int, g: torch.Generator, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Face-free images [n, 3, size, size] (0..255, whole levels) on g's device: the renderer's background
+    scenes (data_prep.faceworld.scenes, on its noise textures), with head-sized blobs of skin or other
+    colours on some, some turned grey and pencil-like or posterised (the sketch and painting looks),
+    under random exposure and white balance: hard negatives for the detector."""
     from data_prep.faceworld.attributes import ATTRIBUTES
     from data_prep.faceworld.scenes import PAINTERS, SCENE_UNIFORMS
-    from data_prep.faceworld.shapes import NOISE_CHANNELS, NOISE_TILES, sample_noise
+    from data_prep.faceworld.shapes import NOISE_CHANNELS, noise_bank
 
-    dev = world.X.device
-    size = world.X.shape[-1]
-    rand = lambda *shape: torch.rand(*shape, generator=gen, device=gen.device).to(dev)  # noqa: E731
-    idx = lambda hi, k: torch.randint(0, hi, (k,), generator=gen, device=gen.device).to(dev)  # noqa: E731
-    nz = dict(zip(NOISE_CHANNELS, sample_noise(world.bank, idx(NOISE_TILES, n), idx(size, n), idx(size, n),
-                                               idx(2, n)), strict=True))
-    scene = idx(len(PAINTERS), n)
+    dev = g.device
+    key = (size, str(dev))
+    if key not in _BANKS:
+        _BANKS[key] = torch.from_numpy(noise_bank(size)).to(dev)  # [C, T, S, S]
+    bank = _BANKS[key]
+    rand = lambda *shape: torch.rand(*shape, generator=g, device=dev)  # noqa: E731
+    tiles = bank[:, torch.randint(0, bank.shape[1], (n,), generator=g, device=dev)]  # [C, n, S, S]
+    shift = [int(v) for v in torch.randint(0, size, (2,), generator=g, device=dev)]
+    tiles = tiles.roll(shift, dims=(2, 3))
+    if bool(rand(()) < 0.5):
+        tiles = tiles.transpose(2, 3)
+    nz = dict(zip(NOISE_CHANNELS, tiles, strict=True))
+    r = (torch.arange(size, device=dev, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+    X, Y = r.view(1, 1, size), r.view(1, size, 1)  # the image frame of data_prep.faceworld.geometry
+    scene = torch.randint(0, len(ATTRIBUTES["scene"]), (n,), generator=g, device=dev)
     u = rand(n, SCENE_UNIFORMS)
     img = torch.empty(n, 3, size, size, device=dev)
     for k, name in enumerate(ATTRIBUTES["scene"]):
         sel = (scene == k).nonzero().flatten()
         if len(sel):
-            img[sel] = PAINTERS[name](world.X, world.Y, u[sel], {c: v[sel] for c, v in nz.items()}, 2.0 / size)
-    # blobs: ellipses of skin-like or random colours, some with dark dots (no face layout)
-    X, Y = world.X, world.Y
+            img[sel] = PAINTERS[name](X, Y, u[sel], {c: v[sel] for c, v in nz.items()}, 2.0 / size)
+    # blobs: ellipses of skin-like or random colours (a head-sized patch of skin is not yet a face)
     for _ in range(3):
         cx, cy = rand(n, 1, 1) * 1.6 - 0.8, rand(n, 1, 1) * 1.6 - 0.8
         rx, ry = 0.1 + 0.4 * rand(n, 1, 1), 0.1 + 0.4 * rand(n, 1, 1)
@@ -497,11 +501,11 @@ def render_scenes(world, n: int, gen: torch.Generator) -> torch.Tensor:
         skin = torch.tensor([0.85, 0.65, 0.5], device=dev).view(1, 3, 1, 1) * (0.5 + 0.6 * rand(n, 1, 1, 1))
         colour = torch.where(rand(n, 1, 1, 1) < 0.6, skin, rand(n, 3, 1, 1))
         img = img + inside.unsqueeze(1) * (colour - img)
-    styles = idx(3, n)
-    for k, name in enumerate(ATTRIBUTES["style"]):
-        sel = (styles == k).nonzero().flatten()
-        if len(sel):
-            img[sel] = type(world)._style(name, img[sel], {c: v[sel] for c, v in nz.items()})
+    look = torch.randint(0, 3, (n, 1, 1, 1), generator=g, device=dev)  # 0 as is, 1 pencil-grey, 2 posterised
+    lum = (0.3 * img[:, 0:1] + 0.59 * img[:, 1:2] + 0.11 * img[:, 2:3]).clamp(0.0, 1.0)
+    paper = torch.tensor([0.98, 0.96, 0.91], device=dev).view(1, 3, 1, 1)
+    img = torch.where(look == 1, paper * (0.55 + 0.45 * lum), img)
+    img = torch.where(look == 2, torch.floor(img.clamp(0.0, 1.0) * 5.0 + 0.5) / 5.0, img)
     gains = 0.8 + 0.4 * rand(n, 1, 1, 1) + 0.08 * (rand(n, 3, 1, 1) - 0.5)
     return (img * gains).clamp(0.0, 1.0).mul(255.0).round()
 
@@ -522,7 +526,7 @@ class RecogniserTrainConfig:
     scale: float = 32.0
     margin: float = 0.5
     margin_warmup: float = 0.15  # fraction of the steps over which the margin grows from 0
-    kps_jitter: float = 0.5  # landmark noise (pixels of the 64 px render), per point and per face
+    kps_jitter: float = 0.7  # landmark noise (pixels of the 64 px render), per point and per face: the detector's
     flip: float = 0.5
     blur: float = 0.2  # probability of a half-resolution round trip
     noise: float = 3.0  # largest pixel-noise standard deviation (0..255)
@@ -539,7 +543,7 @@ class RecogniserTrainConfig:
 class DetectorTrainConfig:
     net: DetectorConfig = DetectorConfig()
     batch: int = 256
-    steps: int = 4_000
+    steps: int = 6_000
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup: int = 300
@@ -567,17 +571,6 @@ TINY_DETECTOR = dataclasses.replace(
     DETECTOR, net=DetectorConfig(stem=8, widths=(8, 16, 16, 16), depths=(1, 1, 1, 1), neck=16, head=16), **_TINY)
 
 
-def _param_groups(modules: Sequence[nn.Module], weight_decay: float, no_decay: Sequence[nn.Module] = ()) -> list[dict]:
-    """Weight decay on conv / linear weights (ndim >= 2) of `modules`; none on norms, PReLU slopes and `no_decay`."""
-    decay, plain = [], []
-    for m in modules:
-        for p in m.parameters():
-            (decay if p.ndim >= 2 else plain).append(p)
-    for m in no_decay:
-        plain.extend(m.parameters())
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
-
-
 def _init_seed(seed: int, stage: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{stage}/init".encode()).digest()[:8], "little") & (2**63 - 1)
 
@@ -586,42 +579,33 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
-def _step_rng(seed: int, stage: str, step: int) -> np.random.Generator:
-    """The numpy generator of what step `step` renders (a pure function of its arguments, so the renders
-    of a step can be drawn ahead, in another thread)."""
-    digest = hashlib.sha256(f"{seed}/{stage}/{step}/renders".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+def _on_device(net: nn.Module, device: torch.device) -> nn.Module:
+    """The net on `device`; on CUDA channels-last, with cuDNN picking its fastest kernels (fixed shapes)."""
+    net = net.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        net = net.to(memory_format=torch.channels_last)
+    return net
 
 
-class _Prefetcher:
-    """fn(step + 1) computed in a background thread while step `step` trains (CUDA); inline elsewhere.
+class ClassRenders(WorldData):
+    """The renders of a recogniser's steps: WorldData (prepared a step ahead in a background thread),
+    with identities drawn from the class table (class k = training identity first_identity + k) in the
+    training attribute distribution `cfg.mode`. make(step) -> (images float [R, 3, 64, 64] (0..255),
+    landmarks [R, 5, 2], class labels [R]); R = batch / views."""
 
-    The renderer's per-item work on the CPU (attributes, captions, identity parameters) then overlaps
-    the GPU's training step.
-    """
+    def __init__(self, seed: int, stage: str, cfg: RecogniserTrainConfig, device: torch.device):
+        super().__init__(seed, stage, cfg.batch // cfg.views, device)
+        self.cfg = cfg
 
-    def __init__(self, fn: Callable[[int], Any], enabled: bool):
-        self.fn = fn
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="renders") if enabled else None
-        self.pending: dict[int, Future] = {}
-
-    def get(self, step: int, last: int) -> Any:
-        fut = self.pending.pop(step, None)
-        out = fut.result() if fut is not None else self.fn(step)
-        self.pending.clear()
-        if self.pool is not None and step + 1 < last:
-            self.pending[step + 1] = self.pool.submit(self.fn, step + 1)
-        return out
-
-
-def recogniser_renders(world, cfg: RecogniserTrainConfig, rng: np.random.Generator, step: int
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step `step`'s renders of random classes (fresh render indices every step): images [R, 3, 64, 64]
-    (0..255), landmarks [R, 5, 2], class labels [R]; R = batch / views."""
-    r = cfg.batch // cfg.views
-    labels = rng.integers(0, cfg.classes, r)
-    images, kps, _ = render_faces(world, cfg.first_identity + labels, np.arange(r, dtype=np.int64) + step * r, cfg.mode)
-    return images, kps, torch.from_numpy(labels).to(images.device)
+    def make(self, step: int, stream: str = "train", batch_size: int | None = None):
+        digest = hashlib.sha256(f"{self.seed}/{self.stage}/{stream}/{step}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        n = batch_size or self.batch_size
+        labels = rng.integers(0, self.cfg.classes, n)
+        images, kps, _ = render_faces(self.world, self.cfg.first_identity + labels, rng.integers(0, 2**31, n),
+                                      self.cfg.mode)
+        return images, kps, torch.from_numpy(labels).to(images.device)
 
 
 def recogniser_views(images: torch.Tensor, kps: torch.Tensor, labels: torch.Tensor, cfg: RecogniserTrainConfig,
@@ -657,18 +641,17 @@ class RecogniserStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        self.cfg = cfg = self.tiny if opts.tiny else self.full
+        cfg = self.tiny if opts.tiny else self.full
+        self.cfg = cfg = dataclasses.replace(cfg, steps=opts.total_steps) if opts.total_steps else cfg
         self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
         self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
-        self.net = Recogniser(cfg.net).to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.net = _on_device(Recogniser(cfg.net), self.device)
         self.head = ArcFaceHead(cfg.classes, cfg.net.embed_dim, cfg.scale).to(self.device)
-        self.opt = torch.optim.AdamW(_param_groups([self.net], cfg.weight_decay, no_decay=[self.head]), lr=cfg.lr)
-        self.world = _world(opts.seed, self.device)
-        self.renders = _Prefetcher(lambda k: recogniser_renders(self.world, cfg, _step_rng(opts.seed, self.name, k), k),
-                                   enabled=self.device.type == "cuda")
+        groups = param_groups(self.net, cfg.weight_decay) + [{"params": list(self.head.parameters()),
+                                                               "weight_decay": 0.0}]
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.data = ClassRenders(opts.seed, self.name, cfg, self.device)
         self.running_accuracy: float | None = None
 
     def modules(self) -> dict[str, nn.Module]:
@@ -684,14 +667,12 @@ class RecogniserStage(Stage):
         cfg = self.cfg
         lr = self.set_lr(self.opt, step)
         self.net.train()
-        x, labels = recogniser_views(*self.renders.get(step, self.total_steps), cfg, generator)
+        x, labels = recogniser_views(*self.data.get(step), cfg, generator)
         margin = cfg.margin * min(1.0, step / max(1.0, cfg.margin_warmup * cfg.steps))
         with self.autocast():
             feats = self.net(_channels_last(x))
         loss, acc = self.head(feats, labels, margin)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.optimize(self.opt, loss, [*self.net.parameters(), *self.head.parameters()], max_norm=MAX_GRAD_NORM)
         acc = float(acc)
         self.running_accuracy = acc if self.running_accuracy is None else 0.98 * self.running_accuracy + 0.02 * acc
         return {"loss": float(loss.detach()), "accuracy": acc, "running_accuracy": self.running_accuracy,
@@ -781,19 +762,7 @@ def flip_faces(images: torch.Tensor, kps: torch.Tensor, boxes: torch.Tensor, fli
             torch.where(flip.view(-1, 1), fboxes, boxes))
 
 
-def detector_renders(world, cfg: DetectorTrainConfig, rng: np.random.Generator, step: int
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step `step`'s face renders (random training identities): images [n, 3, 64, 64] (0..255), landmarks
-    [n, 5, 2], boxes [n, 4]; n = batch - negatives."""
-    from data_prep.faceworld.attributes import split_range
-
-    lo, hi = split_range("train")
-    n_face = cfg.batch - int(round(cfg.batch * cfg.negatives))
-    ids = rng.integers(lo, hi, n_face)
-    return render_faces(world, ids, np.arange(n_face, dtype=np.int64) + step * cfg.batch, cfg.mode)
-
-
-def detector_batch(world, images: torch.Tensor, kps: torch.Tensor, boxes: torch.Tensor, cfg: DetectorTrainConfig,
+def detector_batch(images: torch.Tensor, kps: torch.Tensor, boxes: torch.Tensor, cfg: DetectorTrainConfig,
                    g: torch.Generator) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
     """Detector inputs [B, 3, 64, 64] (normalised as SCRFD does) and their targets: the face renders
     (randomly flipped) and face-free scenes drawn here; every random number from `g`."""
@@ -802,7 +771,7 @@ def detector_batch(world, images: torch.Tensor, kps: torch.Tensor, boxes: torch.
     n_neg = cfg.batch - n_face
     images, kps, boxes = flip_faces(images, kps, boxes, torch.rand(n_face, generator=g, device=dev) < 0.5)
     if n_neg:
-        images = torch.cat([images, render_scenes(world, n_neg, g)])
+        images = torch.cat([images, render_scenes(n_neg, g, images.shape[-1])])
         kps = torch.cat([kps, torch.zeros(n_neg, 5, 2, device=dev)])
         boxes = torch.cat([boxes, torch.zeros(n_neg, 4, device=dev)])
     images = chroma_subsample(images, torch.rand(cfg.batch, generator=g, device=dev) < cfg.jpeg)
@@ -818,17 +787,15 @@ class DetectorStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        self.cfg = cfg = TINY_DETECTOR if opts.tiny else DETECTOR
+        cfg = TINY_DETECTOR if opts.tiny else DETECTOR
+        self.cfg = cfg = dataclasses.replace(cfg, steps=opts.total_steps) if opts.total_steps else cfg
         self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
         self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
-        self.net = Detector(cfg.net).to(self.device)
-        if self.device.type == "cuda":
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(_param_groups([self.net], cfg.weight_decay), lr=cfg.lr)
-        self.world = _world(opts.seed, self.device)
-        self.renders = _Prefetcher(lambda k: detector_renders(self.world, cfg, _step_rng(opts.seed, self.name, k), k),
-                                   enabled=self.device.type == "cuda")
+        self.net = _on_device(Detector(cfg.net), self.device)
+        self.opt = torch.optim.AdamW(param_groups(self.net, cfg.weight_decay), lr=cfg.lr)
+        # face renders of random training identities (world mode), a step ahead; scenes drawn per step
+        self.data = WorldData(opts.seed, self.name, cfg.batch - int(round(cfg.batch * cfg.negatives)), self.device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"net": self.net}
@@ -842,13 +809,15 @@ class DetectorStage(Stage):
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
         lr = self.set_lr(self.opt, step)
         self.net.train()
-        x, targets = detector_batch(self.world, *self.renders.get(step, self.total_steps), self.cfg, generator)
+        renders = self.data.get(step).renders
+        images = rearrange(renders.images, "b h w c -> b c h w").float()
+        kps = torch.from_numpy(np.asarray(renders.landmarks, np.float32)).to(images.device)
+        boxes = torch.from_numpy(np.asarray(renders.boxes, np.float32)).to(images.device)
+        x, targets = detector_batch(images, kps, boxes, self.cfg, generator)
         with self.autocast():
             outputs = self.net(_channels_last(x))
         loss, logs = detector_loss(outputs, targets, self.cfg.kps_weight)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
+        self.optimize(self.opt, loss, self.net.parameters(), max_norm=MAX_GRAD_NORM)
         return {**logs, "lr": lr}
 
     def export_paths(self, world: Path) -> list[Path]:
@@ -1022,7 +991,7 @@ def face_quality(world_dir: str | os.PathLike, seed: int, identities: int = 1000
         photos = np.stack([jpeg(p) for p in photos])
     n_neg = identities if negatives is None else negatives
     g = torch.Generator().manual_seed(seed)
-    scenes = render_scenes(_world(seed, torch.device("cpu")), n_neg, g).permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    scenes = render_scenes(n_neg, g).permute(0, 2, 3, 1).to(torch.uint8).numpy()
     out: dict[str, Any] = {"setup": {"renderer_seed": seed, "split": "test", "identities": identities,
                                      "renders_per_identity": renders, "mode": "portrait", "far": far,
                                      "jpeg_quality": jpeg_quality, "face_free_scenes": n_neg}}
