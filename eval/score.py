@@ -10,6 +10,8 @@ metrics (eval/metrics.py), and writes all of it to the JSON file atomically.
 
 Weights are local files only: OpenAI CLIP ViT-B/32 (`ViT-B-32.pt`) and insightface's `buffalo_l`
 pack, found in --weights (or $UNIDIFFUSER_WEIGHTS, or checkpoints/) unless given by --clip / --face-pack.
+With `--weights checkpoints/world` (the identity world) CLIP-I and CLIP-T come from its world-CLIP
+(models/image_text.py).
 """
 
 from __future__ import annotations

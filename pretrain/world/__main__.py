@@ -1,6 +1,8 @@
 """The world's training CLI: every stage, chunked and resumable.
 
     python -m pretrain.world list                       # registered stages, in the order world.sh runs them
+    python -m pretrain.world evaluate --world checkpoints/world --seed S --out eval/results/world_foundation.json
+        [--device cuda] [--tiny]                        # the world's quality (pretrain/world/evaluate.py)
     python -m pretrain.world train clip --out runs/world --world checkpoints/world [--minutes 9] [--steps N] [--tiny]
         [--device cuda] [--seed 0]
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain.world import evaluate
 from pretrain.world.common import Stage, StageOptions, run_stage
 
 # name -> "module:Class"; scripts/world.sh runs them in this order (the backbone needs the world-CLIP).
@@ -26,6 +29,7 @@ STAGES: dict[str, str] = {
     "faces": "pretrain.world.faces:RecogniserStage",  # conditioning recogniser + pack.json -> <world>/faces/
     "face_detector": "pretrain.world.faces:DetectorStage",  # SCRFD-signature detector -> <world>/faces/
     "eval_faces": "pretrain.world.faces:EvalRecogniserStage",  # evaluation recogniser -> <world>/eval_faces/
+    "attributes": "pretrain.world.attributes:AttributeStage",  # attribute classifier -> <world>/attributes/
 }
 
 
@@ -52,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
     t.add_argument("--log-every", type=int, default=None, help="log one line every N steps")
+    e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
+    evaluate.add_arguments(e)
     return p.parse_args(argv)
 
 
@@ -60,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         print("\n".join(STAGES))
         return 0
+    if args.command == "evaluate":
+        return evaluate.run(args, evaluate.command_line(argv))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     log_every = args.log_every or (1 if args.tiny else 50)
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
