@@ -60,7 +60,7 @@ def test_data_prep_writes_world_shards(tmp_path: Path):
     from data_prep.__main__ import main
     from data_prep.format import decode_arrays
     from pretrain.data import expected_shapes
-    from pretrain.losses import latents_from_moments
+    from models.autoencoder import latent_from_moments
 
     world = make_tiny_world(tmp_path / "world")
     pack = make_pack(tmp_path / "pack")
@@ -79,5 +79,5 @@ def test_data_prep_writes_world_shards(tmp_path: Path):
     uvit = UViTConfig.from_dict(json.loads((world / "model_configs.json").read_text())["uvit"])
     shapes = expected_shapes(uvit)
     assert {k: tuple(v.shape) for k, v in arrays.items()} == {k: tuple(shapes[k]) for k in arrays}
-    z = latents_from_moments(torch.from_numpy(arrays["moments"])[None])
+    z = latent_from_moments(torch.from_numpy(arrays["moments"])[None])
     assert z.shape == (1, 3, 64, 64) and -1.01 <= float(z.min()) and float(z.max()) <= 1.01
