@@ -3,6 +3,8 @@
     python -m data_prep --source folder --input photos/ --out shards/ --weights checkpoints/
     accelerate launch --num_processes 8 -m data_prep --source wds --input 'laion-face/{00000..00999}.tar' ...
     python -m data_prep cluster --shards shards/ --threshold 0.5   # identity labels by face clustering
+    python -m data_prep --source faceworld --seed 0 --identities 10000 --photos 20 --resolution 64 \
+        --min-image-side 64 --min-face-size 12 --out shards/ --weights world/
 
 Every rank takes its share of the shards (rank r: shards r, r + n, ...); a rerun skips finished
 shards. See docs/pretraining.md for the shard format and the manifest.
@@ -31,22 +33,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("source")
-    src.add_argument("--source", required=True, choices=["folder", "hf", "wds"],
+    src.add_argument("--source", required=True, choices=["folder", "hf", "wds", "faceworld"],
                      help="folder: images + <stem>.txt captions (or --captions JSONL); hf: a datasets dataset "
-                          "saved with save_to_disk; wds: img2dataset-style webdataset tars")
-    src.add_argument("--input", required=True,
-                     help="folder / dataset folder / tars (a folder of .tar, a glob or a brace pattern)")
+                          "saved with save_to_disk; wds: img2dataset-style webdataset tars; faceworld: rendered "
+                          "portraits (data_prep/faceworld, docs/faceworld.md)")
+    src.add_argument("--input",
+                     help="folder / dataset folder / tars (a folder of .tar, a glob or a brace pattern); "
+                          "not used by the faceworld source")
     src.add_argument("--captions", help="folder source: a JSONL file of {\"file\", \"caption\", \"identity\"}")
     src.add_argument("--identity-from-folder", action="store_true",
                      help="folder source: the image's parent folder names the person")
     src.add_argument("--image-column", default="image", help="hf source: image column (default image)")
     src.add_argument("--caption-column", default="text", help="hf source: caption column (default text)")
     src.add_argument("--identity-column", help="hf source: identity label column")
-    src.add_argument("--split", help="hf source: split of a DatasetDict (default train)")
+    src.add_argument("--split", help="hf source: split of a DatasetDict (default train); faceworld source: "
+                                     "identity split train / val / test (default train)")
     src.add_argument("--caption-key", default="caption", help="wds source: caption field of <key>.json "
                      "when there is no <key>.txt (default caption)")
     src.add_argument("--identity-key", help="wds source: identity field of <key>.json")
     src.add_argument("--limit", type=int, help="only the first N items of the source")
+    fw = p.add_argument_group("faceworld source (renders; items = identities x photos)")
+    fw.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    fw.add_argument("--identities", type=int, default=1000, help="people (default 1000)")
+    fw.add_argument("--photos", type=int, default=10, help="renders per person (default 10)")
+    fw.add_argument("--first-identity", type=int, default=0, help="skip this many people of the split (default 0)")
+    fw.add_argument("--size", type=int, default=64, help="render side in pixels, 64 or 128 (default 64)")
+    fw.add_argument("--face-boxes", choices=["render", "detector"], default="render",
+                    help="render: the renderer's own face box and landmarks (default); detector: the face "
+                         "pack's detector finds the faces")
 
     out = p.add_argument_group("output")
     out.add_argument("--out", required=True, help="output folder for shards and manifest.json")
@@ -78,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_source(args):
+    if args.source == "faceworld":
+        from data_prep.faceworld.source import FaceworldSource
+
+        return FaceworldSource(args.seed, args.identities, args.photos, split=args.split or "train",
+                               first=args.first_identity, size=args.size)
+    if not args.input:
+        raise SourceError(f"--source {args.source} needs --input")
     if args.source == "folder":
         return FolderSource(args.input, captions_jsonl=args.captions, identity_from_folder=args.identity_from_folder)
     if args.source == "hf":
@@ -127,6 +148,12 @@ def run(args, models: FrozenModels | None = None) -> dict | None:
         models = FrozenModels.from_weights(args.weights, face_pack=args.face_pack, device=state.device,
                                            dtype=getattr(torch, args.dtype), policy=prep.face_policy(),
                                            face_providers=face_providers(state.local_process_index, state.device))
+    if args.source == "faceworld":
+        from data_prep.faceworld.source import check_prep, with_rendered_faces
+
+        check_prep(source, prep)
+        if args.face_boxes == "render":
+            models = with_rendered_faces(models, source)
     settings = settings_of(args, source, prep, models.fingerprints())
     out = output_dir(args.out, "--out")
     check_settings(out, settings, state.is_main_process)

@@ -1,0 +1,1 @@
+"""faceworld: a procedural portrait world with identities, nuisance and captioned attributes (docs/faceworld.md)."""

@@ -1,0 +1,67 @@
+"""python -m data_prep.faceworld render: photo folders and prompt files of rendered people.
+
+    python -m data_prep.faceworld render --seed 7 --identities 4 --photos 10 --out runs/world-test
+
+writes, for people of the chosen split (default test) under a seed of your choice:
+
+    OUT/<name>/000.jpg ...            one folder of K photos per person (images only: faces are found
+                                      from the pixels, as for a user's photos); names like boy1, girl2
+    OUT/eval_prompts/<name>.json      all prompts of a person (JSON list of strings)
+    OUT/eval_prompts/<name>_sim.json  reproduction prompts ("a photo of a boy")
+    OUT/eval_prompts/<name>_edit.json editing prompts, two of them held-out attribute pairs
+    OUT/faceworld.json                for scoring only: seed, identity indices, class words, photo and
+                                      prompt attributes (keep it out of what a method may read)
+
+Identity i of a split is identity index SPLITS[split][0] + --first + i; the same seed, split and
+indices always give the same pixels. Training shards come from `python -m data_prep --source faceworld`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from data_prep.faceworld.attributes import SPLITS
+from data_prep.faceworld.folders import write_folders
+from data_prep.faceworld.render import SIZES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_prep.faceworld", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("render", help="photo folders + prompt files (competition layout)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--seed", type=int, required=True, help="world seed: who the people are")
+    r.add_argument("--identities", type=int, required=True, help="number of people")
+    r.add_argument("--photos", type=int, required=True, help="photos per person")
+    r.add_argument("--out", required=True, help="output folder (new or empty)")
+    r.add_argument("--split", choices=sorted(SPLITS), default="test",
+                   help="identity range: " + ", ".join(f"{k} [{a}, {b})" for k, (a, b) in SPLITS.items())
+                   + " (default test)")
+    r.add_argument("--first", type=int, default=0, help="skip this many identities of the split (default 0)")
+    r.add_argument("--size", type=int, choices=SIZES, default=64, help="image side in pixels (default 64)")
+    r.add_argument("--edits", type=int, default=6, help="edit prompts per person (default 6)")
+    r.add_argument("--format", choices=["jpg", "png"], default="jpg", help="photo file format (default jpg)")
+    r.add_argument("--device", default="cpu", help="torch device for rendering (default cpu)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        side = write_folders(args.out, seed=args.seed, identities=args.identities, photos=args.photos,
+                             split=args.split, first=args.first, size=args.size, edits=args.edits, fmt=args.format,
+                             device=args.device, progress=not args.no_progress)
+    except (ValueError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = ", ".join(p["name"] for p in side["people"][:8]) + (" ..." if len(side["people"]) > 8 else "")
+    print(f"{args.out}: {len(side['people'])} people x {args.photos} photos ({names}); prompts in "
+          f"{args.out}/eval_prompts; scoring data in {args.out}/faceworld.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

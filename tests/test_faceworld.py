@@ -1,0 +1,278 @@
+"""The face world renderer: determinism, splits, captions, held-out pairs, labels, identity in
+geometry, the render CLI and the data_prep source (with the tiny stack, as tests/test_data_prep.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_prep.faceworld.__main__ import main as faceworld_main
+from data_prep.faceworld.attributes import (
+    ANY_HAT,
+    ATTRIBUTES,
+    CLASS_WORDS,
+    HELD_OUT,
+    SPLITS,
+    CaptionError,
+    caption,
+    class_word_of,
+    held_out_pairs_in,
+    parse_caption,
+    sample_attributes,
+    split_of,
+)
+from data_prep.faceworld.identity import identity_params
+from data_prep.faceworld.render import FaceWorld
+from encoder.align import align_face
+
+PLAIN = {"scene": "living room", "hat": "none", "glasses": "none", "clothing": "blue", "expression": "neutral",
+         "style": "photo"}
+
+
+@pytest.fixture(scope="module")
+def world() -> FaceWorld:
+    return FaceWorld(seed=5, size=64, chunk=16)
+
+
+def _same(a, b) -> None:
+    np.testing.assert_array_equal(a.images.numpy(), b.images.numpy())
+    np.testing.assert_array_equal(a.boxes, b.boxes)
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    assert a.captions == b.captions and a.attributes == b.attributes and a.class_words == b.class_words
+
+
+# ------------------------------------------------------------------------------------ determinism
+def test_pixels_do_not_depend_on_batch_order_or_chunking(world):
+    ids = np.array([3, 3, 17, 1_100_004, 250, 17, 9, 41, 3, 77, 12, 5, 1_000_123, 8, 64, 2, 90, 33])
+    rs = np.arange(len(ids)) * 7 % 11
+    whole = world.render(ids, rs)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    shuffled = world.render(ids[perm], rs[perm])
+    inverse = np.argsort(perm)
+    np.testing.assert_array_equal(shuffled.images.numpy()[inverse], whole.images.numpy())
+    assert [shuffled.captions[i] for i in inverse] == whole.captions
+    small_chunks = FaceWorld(seed=5, size=64, chunk=5).render(ids, rs)
+    _same(whole, small_chunks)
+    for i in (0, 3, 12):  # one at a time
+        one = world.render(ids[i:i + 1], rs[i:i + 1])
+        np.testing.assert_array_equal(one.images.numpy()[0], whole.images.numpy()[i])
+        assert one.captions[0] == whole.captions[i]
+    other_seed = FaceWorld(seed=6, size=64).render(ids[:4], rs[:4])
+    assert not np.array_equal(other_seed.images.numpy(), whole.images.numpy()[:4])
+
+
+def test_render_outputs_and_given_attributes(world):
+    asked = {"hat": "cowboy hat", "hat_color": "red", "glasses": "sunglasses", "scene": "desert",
+             "expression": "smiling", "style": "painting", "clothing": "green"}
+    b = world.render([10, 11], [0, 0], [asked, None], mention="all")
+    assert b.images.shape == (2, 64, 64, 3) and str(b.images.dtype) == "torch.uint8"
+    assert b.attributes[0] == asked
+    assert parse_caption(b.captions[0]) == {k: v for k, v in asked.items()} or \
+        parse_caption(b.captions[0]) == {**asked, "hat": ANY_HAT}
+    assert class_word_of(b.captions[0]) == b.class_words[0] in CLASS_WORDS
+    assert b.boxes.shape == (2, 4) and b.landmarks.shape == (2, 5, 2)
+    r = b.item(1)
+    assert r.image.shape == (64, 64, 3) and r.identity == 11 and r.render == 0
+    assert set(r.attributes) == set(ATTRIBUTES)
+    big = FaceWorld(seed=5, size=128).render([10], [0], [asked])
+    assert big.images.shape == (1, 128, 128, 3)
+    np.testing.assert_allclose(big.landmarks[0], (b.landmarks[0] + 0.5) * 2 - 0.5, atol=1e-3)  # same geometry
+
+
+def test_every_attribute_value_changes_the_picture(world):
+    base = world.render([21], [3], [PLAIN]).images.numpy()[0].astype(int)
+    for name, values in ATTRIBUTES.items():
+        for value in values:
+            if name == "hat_color" or value == PLAIN.get(name):
+                continue
+            asked = dict(PLAIN, **{name: value})
+            if name == "hat" and value != "none":
+                asked["hat_color"] = "red"
+            img = world.render([21], [3], [asked]).images.numpy()[0].astype(int)
+            changed = (np.abs(img - base).sum(-1) > 60).mean()
+            assert changed > 0.012, f"{name} = {value} changes only {changed:.1%} of the pixels"
+
+
+# -------------------------------------------------------------------------------- splits, labels
+def test_splits_are_disjoint_ranges():
+    ranges = sorted(SPLITS.values())
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])) and ranges[0][0] == 0
+    assert [split_of(lo) for lo, _ in SPLITS.values()] == list(SPLITS)
+    with pytest.raises(ValueError):
+        split_of(max(hi for _, hi in SPLITS.values()))
+    # people are a function of (seed, index) only
+    a = identity_params(1, [5, 6, 7])
+    b = identity_params(1, [7, 5])
+    assert a.p["face_w"][2] == b.p["face_w"][0] and a.class_words[0] == b.class_words[1]
+    many = identity_params(0, np.arange(4000))
+    counts = np.bincount(many.kind, minlength=4)
+    assert counts.min() > 800  # every class word is common
+
+
+def test_landmarks_lie_inside_the_face_box(world):
+    n = 96
+    b = world.render(np.arange(n), np.arange(n) % 5, [{"glasses": "none", "expression": "neutral"}] * n)
+    x1, y1, x2, y2 = b.boxes.T
+    lx, ly = b.landmarks[..., 0], b.landmarks[..., 1]
+    assert np.all((lx > x1[:, None]) & (lx < x2[:, None]) & (ly > y1[:, None]) & (ly < y2[:, None]))
+    assert np.all(lx[:, 0] < lx[:, 1]) and np.all(lx[:, 3] < lx[:, 4])  # image-left first
+    eyes_y, mouth_y = ly[:, :2].mean(1), ly[:, 3:].mean(1)
+    assert np.all(eyes_y < ly[:, 2]) and np.all(ly[:, 2] < mouth_y)  # eyes above nose above mouth
+    side = np.minimum(x2 - x1, y2 - y1)
+    assert side.min() > 12 and np.all((x1 > -8) & (y1 > -8) & (x2 < 72) & (y2 < 72))
+    # the pupils are dark: mostly, the landmark pixel is darker than the face box's median
+    img = b.images.numpy().astype(float).mean(-1)
+    darker = []
+    for i in range(n):
+        for e in (0, 1):
+            eye = img[i, int(round(ly[i, e])), int(round(lx[i, e]))]
+            box = img[i, int(max(y1[i], 0)):int(y2[i]), int(max(x1[i], 0)):int(x2[i])]
+            darker.append(eye < np.median(box))
+    assert np.mean(darker) > 0.8
+
+
+# ------------------------------------------------------------------------------ attributes, captions
+def test_held_out_pairs_never_sampled_for_training():
+    ids = np.arange(30000)
+    train = sample_attributes(0, ids, ids % 13, avoid_held_out=True)
+    assert not any(held_out_pairs_in(a) for a in train)
+    free = sample_attributes(0, ids, ids % 13, avoid_held_out=False)
+    seen = {tuple(map(tuple, p)) for a in free for p in held_out_pairs_in(a)}
+    assert len(seen) == len(HELD_OUT)  # without the rule, every pair occurs
+    for name, values in ATTRIBUTES.items():  # every value still occurs in training
+        assert {a[name] for a in train} >= set(values)
+    asked = dict(HELD_OUT[0])
+    kept = sample_attributes(0, [1, 2], [0, 0], avoid_held_out=True, overrides=[asked, None])
+    assert held_out_pairs_in(kept[0]) == [HELD_OUT[0]]  # asked for explicitly: kept
+    assert {n for pair in HELD_OUT for n, _ in pair} == set(ATTRIBUTES)  # together they cover every attribute
+
+
+def test_world_renders_avoid_held_out_for_training_identities(world):
+    b = world.render(np.arange(128), np.zeros(128, int))
+    assert not any(held_out_pairs_in(a) for a in b.attributes)
+    assert not any(held_out_pairs_in(parse_caption(c)) for c in b.captions)
+
+
+def test_captions_round_trip():
+    rng = np.random.default_rng(0)
+    attrs = sample_attributes(3, np.arange(3000), 0, avoid_held_out=False)
+    for k, a in enumerate(attrs):
+        word = CLASS_WORDS[k % 4]
+        mention = (None, "all", ["scene"], ["hat", "hat_color", "glasses"])[k % 4]
+        text = caption(a, word, rng, mention=mention)
+        got = parse_caption(text)
+        assert class_word_of(text) == word, text
+        for name, value in got.items():
+            assert value == a[name] or (name == "hat" and value == ANY_HAT and a["hat"] != "none"), (text, a)
+        if mention == "all":
+            expect = {n for n, v in a.items() if v is not None}
+            assert set(got) == expect, (text, a)
+    assert parse_caption("a photo of a woman wearing a red hat and sunglasses, smiling, in a snowy forest") == {
+        "style": "photo", "hat": ANY_HAT, "hat_color": "red", "glasses": "sunglasses", "expression": "smiling",
+        "scene": "snow"}
+    assert parse_caption("a handsom boy with whole body") == {} and class_word_of("a handsom boy") == "boy"
+    assert class_word_of("a woman") == "woman" and class_word_of("a cat") is None
+    with pytest.raises(CaptionError):
+        parse_caption("a man wearing glasses and sunglasses")
+
+
+# ----------------------------------------------------------------------------- identity is geometry
+def test_people_differ_more_than_photos_of_one_person():
+    """Aligned grey crops (by the landmarks) of 12 people x 4 photos with the same attributes: each
+    photo's nearest other photo is mostly of the same person, and colour alone cannot tell them apart."""
+    world = FaceWorld(seed=11, size=128)
+    ids = np.repeat(np.arange(12), 4)
+    b = world.render(ids, np.tile(np.arange(4), 12), [PLAIN] * len(ids))
+    imgs = b.images.numpy()
+    crops = []
+    for img, lm in zip(imgs, b.landmarks):
+        c = align_face(img, lm, 112)[20:100, 16:96].mean(-1)
+        gy, gx = np.gradient(c)
+        g = np.hypot(gx, gy).ravel()  # edges: geometry, not brightness
+        crops.append((g - g.mean()) / (g.std() + 1e-6))
+    crops = np.stack(crops)
+    dist = ((crops[:, None] - crops[None]) ** 2).mean(-1)
+    np.fill_diagonal(dist, np.inf)
+    same = ids[:, None] == ids[None]
+    assert dist[same & np.isfinite(dist)].mean() < dist[~same].mean()
+    nearest_same = (ids[dist.argmin(1)] == ids).mean()
+    assert nearest_same > 0.7, nearest_same
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_render_cli_writes_the_competition_layout(tmp_path, capsys):
+    out = tmp_path / "world"
+    code = faceworld_main(["render", "--seed", "9", "--identities", "5", "--photos", "3", "--out", str(out),
+                           "--no-progress"])
+    assert code == 0
+    side = json.loads((out / "faceworld.json").read_text())
+    names = [p["name"] for p in side["people"]]
+    assert len(names) == 5 and all(n.rstrip("0123456789") in CLASS_WORDS for n in names)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["eval_prompts", "faceworld.json"])
+    lo, _ = SPLITS["test"]
+    assert [p["identity"] for p in side["people"]] == list(range(lo, lo + 5)) and side["seed"] == 9
+    for person in side["people"]:
+        folder = out / person["name"]
+        files = sorted(f.name for f in folder.iterdir())
+        assert files == ["000.jpg", "001.jpg", "002.jpg"]  # images only
+        assert Image.open(folder / files[0]).size == (64, 64)
+        word = person["class_word"]
+        prompts = {kind: json.loads((out / "eval_prompts" / f"{person['name']}{kind}.json").read_text())
+                   for kind in ("", "_sim", "_edit")}
+        assert prompts[""] == prompts["_sim"] + prompts["_edit"] and len(prompts["_edit"]) == 6
+        assert all(isinstance(t, str) and class_word_of(t) == word for t in prompts[""])
+        assert prompts["_sim"][0] == f"a photo of a {word}"
+        edits = person["prompts"]["edit"]
+        assert [e["text"] for e in edits] == prompts["_edit"]
+        assert edits[0]["held_out"] and edits[1]["held_out"]  # the first two are held-out pairs
+        assert all(e["attributes"] == parse_caption(e["text"]) for e in edits)
+    assert "5 people" in capsys.readouterr().out
+    assert faceworld_main(["render", "--seed", "9", "--identities", "2", "--photos", "1", "--out", str(out),
+                           "--no-progress"]) == 2  # never writes into a used folder
+    again = tmp_path / "again"
+    faceworld_main(["render", "--seed", "9", "--identities", "2", "--photos", "3", "--out", str(again),
+                    "--no-progress"])
+    first = side["people"][0]["name"]
+    assert (again / first / "002.jpg").read_bytes() == (out / first / "002.jpg").read_bytes()
+
+
+# ------------------------------------------------------------------------------ data_prep source
+def test_data_prep_source_writes_shards_with_identities(tmp_path):
+    from tiny_stack import make_tiny_weights_dir
+
+    from data_prep.__main__ import build_parser, run
+    from data_prep.format import decode_arrays, decode_meta
+    from data_prep.process import FrozenModels
+    from data_prep.shards import MANIFEST
+    from eval.standin_faces import make_pack
+    from pretrain.data import read_shard
+
+    weights = make_tiny_weights_dir(tmp_path / "weights")
+    models = FrozenModels.from_weights(weights, face_pack=make_pack(tmp_path / "pack"))
+    out = tmp_path / "shards"
+    args = build_parser().parse_args(["--source", "faceworld", "--seed", "2", "--identities", "3", "--photos", "4",
+                                      "--out", str(out), "--shard-size", "6", "--batch-size", "4", "--no-progress",
+                                      "--resolution", "16", "--min-image-side", "64", "--min-face-size", "12"])
+    manifest = run(args, models=models)
+    assert manifest["complete"] and manifest["totals"]["input"] == 12 and manifest["totals"]["written"] == 12
+    assert [s["name"] for s in manifest["shards"]] == ["shard-000000.tar", "shard-000001.tar"]
+    assert manifest["settings"]["source"]["kind"] == "faceworld"
+    samples = [s for p in sorted(out.glob("shard-*.tar")) for s in read_shard(p)]
+    metas = [decode_meta(s) for s in samples]
+    assert [m["identity"] for m in metas] == [f"faceworld2-{i}" for i in range(3) for _ in range(4)]
+    world = FaceWorld(seed=2)
+    b = world.render(np.repeat(np.arange(3), 4), np.tile(np.arange(4), 3))
+    assert [s["txt"].decode() for s in samples] == b.captions
+    for s, box in zip(samples, b.boxes):
+        a = decode_arrays(s)
+        np.testing.assert_allclose(a["box"], np.clip(box, 0, 64) * 16 / 64 / 2, atol=1e-4)  # latent pixels
+        assert abs(np.linalg.norm(a["arcface"]) - 1) < 1e-4
+    assert json.loads((out / MANIFEST).read_text())["settings"]["models"]["face_detector"].endswith("RenderedFaces")
+    bad = build_parser().parse_args(["--source", "faceworld", "--out", str(tmp_path / "o2"), "--no-progress"])
+    from data_prep.sources import SourceError
+
+    with pytest.raises(SourceError, match="min-image-side"):
+        run(bad, models=models)
