@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from encoder.face_analysis import Face
 from models.errors import UserError
+from models.image_text import ImageTextModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,6 @@ class ImageUnreadable(Exception):
 
 class FaceModel(Protocol):
     def face(self, img_rgb: np.ndarray) -> Face | None: ...
-
-
-class ClipModel(Protocol):
-    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor: ...
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -246,9 +242,10 @@ def load_prompt_list(path: str | os.PathLike) -> list[str]:
 
 # ------------------------------------------------------------------------------------------ scorer
 class CompetitionScorer:
-    """faces: the competition's face model (CompetitionFaces); clip: an ImageCLIP (ViT-B/32)."""
+    """faces: the competition's face model (CompetitionFaces); clip: the image-text model of CLIP-I and
+    CLIP-T (models.image_text: OpenAI's ViT-B/32 for real, the world-CLIP in the identity world)."""
 
-    def __init__(self, faces: FaceModel, clip: ClipModel, config: ScoreConfig = ScoreConfig()):
+    def __init__(self, faces: FaceModel, clip: ImageTextModel, config: ScoreConfig = ScoreConfig()):
         self.faces = faces
         self.clip = clip
         self.config = config
@@ -259,16 +256,17 @@ class CompetitionScorer:
                      device: str | torch.device | None = None, providers: Sequence[Any] | None = None,
                      face_config: Any = None, config: ScoreConfig = ScoreConfig()
                      ) -> tuple[CompetitionScorer, dict[str, Any]]:
-        """Load OpenAI CLIP ViT-B/32 and the face pack from local files (WeightsError naming the
-        missing file otherwise). face_config: a CompetitionFaceConfig (default: the competition's).
+        """Load the image-text model (OpenAI CLIP ViT-B/32, or the world-CLIP of the identity world's
+        folder; models.image_text) and the face pack from local files (WeightsError naming the missing
+        file otherwise). face_config: a CompetitionFaceConfig (default: the competition's).
         Returns (scorer, {"clip", "face_pack", "face_pack_note"})."""
         from eval.competition_faces import CompetitionFaceConfig, CompetitionFaces, find_face_pack
-        from models.image_clip import ImageCLIP
+        from models.image_text import load_image_text_model
         from models.paths import find_weights
 
         clip_file = find_weights("clip_image", clip_path, root=weights_root)
         pack, note = find_face_pack(face_pack, root=weights_root)
-        clip = ImageCLIP.from_file(clip_file, device=device)
+        clip, _ = load_image_text_model(clip_file, device=device)
         faces = CompetitionFaces.from_pack(pack, providers=providers, config=face_config or CompetitionFaceConfig())
         info = {"clip": str(clip_file), "face_pack": str(pack), "face_pack_note": note}
         return cls(faces, clip, config), info

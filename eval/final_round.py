@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     from eval.prompt_fidelity import load_prompt_fidelity
     from eval.tables import format_table
     from models.atomic import write_json_atomic
-    from models.image_clip import ImageCLIP
-    from models.paths import WeightsError, find_weights, output_dir, output_file
+    from models.image_text import load_image_text_model
+    from models.paths import WeightsError, output_dir, output_file
 
     if not args.make_bounds and not (args.generated and args.bounds):
         raise ScoreError("pass --generated and --bounds to score, or --baseline with --make-bounds to measure bounds")
@@ -341,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     clip = None
     if args.fidelity != "image_reward":
         try:
-            clip = ImageCLIP.from_file(find_weights("clip_image", args.clip, root=args.weights), device=device)
+            clip, _ = load_image_text_model(args.clip, root=args.weights, device=device)
         except WeightsError:
             if args.fidelity == "clip_text":
                 raise

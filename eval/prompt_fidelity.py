@@ -23,6 +23,7 @@ import torch
 
 from eval.competition_scorer import read_image
 from models.errors import UserError
+from models.image_text import ImageTextModel
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class ClipTextFidelity:
     name = "clip_text"
     label = "CLIP ViT-B/32 text score (stand-in for ImageReward, not the competition's measure)"
 
-    def __init__(self, clip: Any):
+    def __init__(self, clip: ImageTextModel):
         self.clip = clip
 
     def __call__(self, prompt: str, images: Sequence[str | os.PathLike]) -> list[float]:

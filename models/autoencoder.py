@@ -299,10 +299,16 @@ def load_autoencoder(path: str | os.PathLike | None = None,
 
     path None: looked up in the weights folder (models.paths). config None: v1; a dict in the
     reference format or flat; or an AutoencoderConfig. Keys of an LDM training checkpoint's loss
-    (`loss.*`) are ignored.
+    (`loss.*`) are ignored. A pixel-space config ({"kind": "pixel_space", ...}: the identity world)
+    gives models.pixel_space.PixelSpace, the same interface without a network.
     """
     from .paths import find_weights
+    from .pixel_space import is_pixel_space_config, load_pixel_space
     from .weights import as_config, load_frozen
+
+    if is_pixel_space_config(config):
+        return load_pixel_space(find_weights("autoencoder") if path is None else path, config, device=device,
+                                dtype=dtype)
 
     config = as_config(config, AutoencoderConfig)
     path = find_weights("autoencoder") if path is None else path

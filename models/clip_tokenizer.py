@@ -52,6 +52,8 @@ def bytes_to_unicode() -> dict[int, str]:
 class ClipTokenizer:
     """vocab: {token: id}; merges: [(left, right)] in rank order."""
 
+    context_length = 77  # CLIP-L's positions (models.tokenizers.Tokenizer)
+
     def __init__(self, vocab: dict[str, int], merges: Sequence[tuple[str, str]]):
         for special in (BOS, EOS):
             if special not in vocab:

@@ -58,11 +58,13 @@ class ImageCLIP(nn.Module):
                  tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
                  mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD):
         super().__init__()
-        import open_clip
-
         self.model = model.eval().requires_grad_(False)
         self.preprocess = preprocess
-        self.tokenizer = tokenizer or open_clip.get_tokenizer("ViT-B-32")
+        if tokenizer is None:
+            import open_clip
+
+            tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        self.tokenizer = tokenizer
         size = model.visual.image_size
         self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -73,10 +75,15 @@ class ImageCLIP(nn.Module):
                   model_name: str = "ViT-B-32", model_cfg: dict | None = None,
                   quick_gelu: bool = True) -> ImageCLIP:
         """Load local weights into open_clip's `model_name` (or a CLIP built from `model_cfg`,
-        open_clip.model.CLIP keyword arguments, for tests). Nothing is downloaded."""
+        open_clip.model.CLIP keyword arguments, for tests). A world-CLIP folder (models.world_clip)
+        loads as the identity world's image-text model. Nothing is downloaded."""
         import open_clip
 
         path = Path(path).expanduser()
+        from .world_clip import is_world_clip_dir, load_world_image_clip
+
+        if is_world_clip_dir(path):  # the identity world's image-text model
+            return load_world_image_clip(path, device)
         if not path.is_file():
             raise WeightsError(f"image CLIP weights {path} not found. {_GET_IT}.")
         torchscript = _is_torchscript(path)

@@ -36,6 +36,17 @@ KNOWN_WEIGHTS = {
                  "this project's pretraining run (scripts/pretrain.sh)"),
 }
 
+# Other names a part may have: insightface's other pack, and the identity world's folder (checkpoints/world:
+# pixel space instead of the autoencoder, the world-CLIP folder for the text encoder, its prefix and the
+# image CLIP, the world's face pack). A .pth / .pt file may also be a .safetensors file of the same stem.
+ALTERNATIVES = {
+    "autoencoder": ("pixel_space.safetensors",),
+    "caption_decoder": ("world_clip",),
+    "clip_text": ("world_clip",),
+    "clip_image": ("world_clip",),
+    "face_pack": ("buffalo_l", "faces"),
+}
+
 
 class WeightsError(UserError, RuntimeError):
     """A weight file or folder is missing, unreadable or does not match the module."""
@@ -55,8 +66,9 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
                  root: str | os.PathLike | None = None) -> Path:
     """Path of a known weight file/folder; `path` wins when given. Raises WeightsError if absent.
 
-    Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout); for the face
-    pack also `buffalo_l`, and `<root>/models/<pack>`.
+    Looks in `<root>/<file>` and `<root>/models/<file>` (the competition's layout), for each name
+    the part may have: its file, the same stem as .safetensors where the file is .pth / .pt, then
+    ALTERNATIVES (the face pack's `buffalo_l`, the identity world's files).
     """
     filename, what, source = KNOWN_WEIGHTS[name]
     if path:
@@ -66,7 +78,10 @@ def find_weights(name: str, path: str | os.PathLike | None = None,
                                "(checkpoints/README.md lists every expected file).")
         return p
     base = weights_dir(root)
-    names = [filename] + (["buffalo_l"] if name == "face_pack" else [])
+    names = [filename]
+    if Path(filename).suffix in (".pth", ".pt"):
+        names.append(str(Path(filename).with_suffix(".safetensors")))
+    names += ALTERNATIVES.get(name, ())
     candidates = [base / sub / n for n in names for sub in ("", "models")]
     for c in candidates:
         if c.exists():

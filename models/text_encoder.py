@@ -109,14 +109,18 @@ def load_clip_text(folder: str | os.PathLike, *, device: torch.device | str | No
 
 
 class TextEncoder(nn.Module):
-    """prompts -> UViT text input [B, 77, 64] (CLIP-L last hidden state through encode_prefix).
+    """prompts -> UViT text input [B, L, text_dim] (CLIP-L last hidden state through encode_prefix:
+    L = 77, text_dim = 64 for v1).
 
-    tokenizer: a ClipTokenizer; text_model: a models.clip_text.CLIPTextModel (width W = 768 at full
-    size); encode_prefix: Linear(W -> text_dim) from `caption_decoder.pth`.
+    tokenizer: a models.tokenizers.Tokenizer (CLIP's BPE for v1; the identity world's WordTokenizer);
+    text_model: a models.clip_text.CLIPTextModel (width W = 768 at full size); encode_prefix:
+    Linear(W -> text_dim) from `caption_decoder.pth` (the world-CLIP folder for the world);
+    max_length: the context length L (default: the tokenizer's, 77 for CLIP).
     """
 
     def __init__(self, tokenizer, text_model: nn.Module, encode_prefix: nn.Linear,
-                 max_length: int = MAX_LENGTH):
+                 max_length: int | None = None):
+        max_length = max_length or getattr(tokenizer, "context_length", MAX_LENGTH)
         super().__init__()
         width = text_model.config.hidden_size
         if encode_prefix.in_features != width:
@@ -135,8 +139,14 @@ class TextEncoder(nn.Module):
     def from_pretrained(cls, clip_dir: str | os.PathLike, caption_decoder_path: str | os.PathLike, *,
                         caption_decoder_config=None, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> TextEncoder:
-        """CLIP text folder + caption_decoder.pth (only its encode_prefix is read)."""
+        """CLIP text folder + caption_decoder.pth (only its encode_prefix is read). A world-CLIP folder
+        (models.world_clip) as `clip_dir` holds its own tokenizer, text tower and prefix: then
+        `caption_decoder_path` and its config are not read."""
         from .caption_decoder import load_encode_prefix
+        from .world_clip import is_world_clip_dir, load_world_text_encoder
+
+        if is_world_clip_dir(clip_dir):
+            return load_world_text_encoder(clip_dir, device=device, dtype=dtype)
 
         tokenizer, text_model = load_clip_text(clip_dir, device=device, dtype=dtype)
         prefix = load_encode_prefix(caption_decoder_path, caption_decoder_config, device=device or "cpu",
@@ -152,17 +162,17 @@ class TextEncoder(nn.Module):
         return self.encode_prefix.out_features
 
     def tokenize(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """prompts -> ids [B, 77] int64 (BOS, tokens, EOS, EOS-padding; truncated to 77), on self.device."""
+        """prompts -> ids [B, L] int64 (BOS, tokens, EOS, padding; truncated to L = max_length), on self.device."""
         return self.tokenizer(prompts, max_length=self.max_length).to(self.device)
 
     @torch.no_grad()
     def encode_clip(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """prompts -> CLIP-L last_hidden_state [B, 77, W] (no attention mask, as the reference)."""
+        """prompts -> CLIP last_hidden_state [B, L, W] (no attention mask, as the reference)."""
         return self.text_model(self.tokenize(prompts))
 
     @torch.no_grad()
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """prompts -> UViT text input [B, 77, text_dim] (64 at full size)."""
+        """prompts -> UViT text input [B, L, text_dim] ([B, 77, 64] at full size)."""
         return self.encode_prefix(self.encode_clip(prompts))
 
     def forward(self, prompts: str | Sequence[str]) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""The world's training CLI: every stage, chunked and resumable.
+
+    python -m pretrain.world list                       # registered stages, in the order world.sh runs them
+    python -m pretrain.world evaluate --world checkpoints/world --seed S --out eval/results/world_foundation.json
+        [--device cuda] [--tiny]                        # the world's quality (pretrain/world/evaluate.py)
+    python -m pretrain.world train clip --out runs/world --world checkpoints/world [--minutes 9] [--steps N] [--tiny]
+        [--device cuda] [--seed 0]
+
+A stage is registered with one line in STAGES: its name -> "module:Class" of a
+pretrain.world.common.Stage subclass (imported only when that stage runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+
+from pretrain.world import evaluate
+from pretrain.world.common import Stage, StageOptions, run_stage
+
+# name -> "module:Class"; scripts/world.sh runs them in this order (the backbone needs the world-CLIP).
+STAGES: dict[str, str] = {
+    "clip": "pretrain.world.clip:ClipStage",
+    "backbone": "pretrain.world.backbone:BackboneStage",
+    "attributes": "pretrain.world.attributes:AttributeStage",
+}
+
+
+def stage_class(name: str) -> type[Stage]:
+    if name not in STAGES:
+        raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    module, cls = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pretrain.world", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="print the registered stages, one a line, in run order")
+    t = sub.add_parser("train", help="train (or resume) one stage; export it when its step budget is done")
+    t.add_argument("stage", help=f"one of: {', '.join(STAGES)}")
+    t.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder (<out>/<stage>/checkpoint/)")
+    t.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder (exports)")
+    t.add_argument("--minutes", type=float, default=None, help="stop and save after this many minutes")
+    t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
+    t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
+    t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
+    t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
+    t.add_argument("--seed", type=int, default=0, help="world seed")
+    t.add_argument("--log-every", type=int, default=None, help="log one line every N steps")
+    e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
+    evaluate.add_arguments(e)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "list":
+        print("\n".join(STAGES))
+        return 0
+    if args.command == "evaluate":
+        return evaluate.run(args, evaluate.command_line(argv))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    log_every = args.log_every or (1 if args.tiny else 50)
+    opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
+                        max_steps=args.steps,
+                        total_steps=args.total_steps, seed=args.seed, log_every=log_every)
+    run_stage(stage_class(args.stage)(opts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""The world's backbone: models.uvit.UViT (world config) trained from scratch with UniDiffuser's joint objective.
+
+    python -m pretrain.world train backbone --out runs/world --world checkpoints/world --minutes 9
+
+Needs the world-CLIP (<world>/world_clip/, the clip stage), frozen. One step on a batch of training
+renders (pixel space: the latent z0 is the image in [-1, 1], models.pixel_space):
+
+    clip0 = world-CLIP image embedding [B, 1, 64]         text0 = prefix features of the caption [B, 24, 32]
+    n_img ~ U{1..1000}; z_n, clip_n = noised z0, clip0 (one timestep for both, noises eps_z, eps_c)
+    text: with p_clean_text clean (t_text = 0), with p_noise_text N(0, I) at t_text = 1000 (the
+          "true_uncond" pass of text-to-image), otherwise t_text ~ U{1..1000} and text_n = noised text0
+    loss = mse(eps_z) + mse(eps_c) + mse(eps_text) (the text term only where the text was noised
+           at a uniform timestep), data_type 1
+
+The two text end points are the ones text-to-image uses (conditional and unconditional pass); giving
+them extra mass focuses a short run on text-to-image while the uniform part keeps the joint
+objective (p_clean_text = p_noise_text = 0 is UniDiffuser's plain independent-timestep objective).
+Training runs in bf16 autocast on CUDA with AdamW and an EMA; the export is the EMA in fp16:
+
+    <world>/models/uvit_v1.safetensors  <world>/models/pixel_space.safetensors  <world>/model_configs.json
+
+after which models.pipeline.UniDiffuserT2I.from_pretrained(<world>) samples text-to-image (a grid of
+sample prompts is written to <out>/backbone/samples.png as a check).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from models.noise_schedule import NoiseScheduleVP
+from models.pixel_space import PixelSpace, PixelSpaceConfig
+from models.uvit import UViT, UViTConfig
+from models.weights import save_state_dict
+from models.world_clip import load_world_clip
+from pretrain.ema import EMA
+from pretrain.world.common import (
+    LRSchedule,
+    Stage,
+    StageOptions,
+    WorldData,
+    as_json_config,
+    merge_model_configs,
+    param_groups,
+)
+
+CLIP_DIR = "world_clip"
+SAMPLE_PROMPTS = ("a photo of a man", "a photo of a woman wearing sunglasses", "a painting of a girl, smiling",
+                  "a photo of a boy wearing a red cap", "a sketch of a man in the desert",
+                  "a photo of a woman under the sea", "a photo of a man in a green sweater in the snow",
+                  "a photo of a surprised girl in outer space")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Training settings of the backbone stage (the UViT's own config is derived from the world-CLIP)."""
+
+    embed_dim: int = 256
+    depth: int = 8
+    num_heads: int = 4
+    patch_size: int = 4
+    batch_size: int = 512
+    total_steps: int = 12_000
+    lr: float = 5e-4
+    warmup_steps: int = 500
+    weight_decay: float = 0.03
+    ema_decay: float = 0.9995
+    p_clean_text: float = 0.4
+    p_noise_text: float = 0.1
+    data_type: int = 1
+
+    @classmethod
+    def tiny(cls) -> BackboneConfig:
+        return cls(embed_dim=32, depth=2, num_heads=2, patch_size=16, batch_size=4, total_steps=3, warmup_steps=1,
+                   ema_decay=0.5)
+
+
+def world_uvit_config(c: BackboneConfig, text_dim: int, context_length: int, clip_dim: int,
+                      img_size: int = 64) -> UViTConfig:
+    """The world's UViT: pixel space (3 channels of img_size), text and CLIP-image widths of the world-CLIP."""
+    return UViTConfig(img_size=img_size, in_chans=3, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
+                      num_heads=c.num_heads, mlp_ratio=4.0, text_dim=text_dim, num_text_tokens=context_length,
+                      clip_img_dim=clip_dim)
+
+
+def init_uvit(model: UViT) -> UViT:
+    """U-ViT's initialisation for training from scratch: truncated normal (std 0.02) for linear weights
+    and the position embeddings, zero biases, unit LayerNorms."""
+    def init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    model.apply(init)
+    nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    nn.init.trunc_normal_(model.pos_embed_token, std=0.02)
+    return model
+
+
+def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
+               schedule: NoiseScheduleVP, c: BackboneConfig,
+               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """UniDiffuser's joint noise-prediction loss of one batch (see the module docstring).
+
+    z0 [B, 3, H, W], clip0 [B, 1, Dc], text0 [B, L, Dt] float32 on the generator's device.
+    Returns (loss, {"loss_z", "loss_clip", "loss_text"} detached).
+    """
+    b, device = z0.shape[0], z0.device
+    n_img = schedule.sample_timesteps(b, generator=generator, device=device)
+    n_text = schedule.sample_timesteps(b, generator=generator, device=device)
+    eps_z = torch.randn(z0.shape, generator=generator, device=device)
+    eps_c = torch.randn(clip0.shape, generator=generator, device=device)
+    eps_t = torch.randn(text0.shape, generator=generator, device=device)
+    u = torch.rand(b, generator=generator, device=device)
+    clean = u < c.p_clean_text
+    noise = (u >= c.p_clean_text) & (u < c.p_clean_text + c.p_noise_text)
+    uniform = ~(clean | noise)
+    n_text = torch.where(clean, torch.zeros_like(n_text), torch.where(noise, torch.full_like(n_text,
+                                                                                            schedule.total_N), n_text))
+    text_n = torch.where(rearrange(clean, "b -> b 1 1"), text0,
+                         torch.where(rearrange(noise, "b -> b 1 1"), eps_t, schedule.add_noise(text0, eps_t, n_text)))
+    z_n, clip_n = schedule.add_noise(z0, eps_z, n_img), schedule.add_noise(clip0, eps_c, n_img)
+    data_type = torch.full((b,), c.data_type, dtype=torch.long, device=device)
+    pred_z, pred_c, pred_t = uvit(z_n, clip_n, text_n, n_img.float(), n_text.float(), data_type)
+    loss_z = ((pred_z.float() - eps_z) ** 2).mean()
+    loss_c = ((pred_c.float() - eps_c) ** 2).mean()
+    per_text = ((pred_t.float() - eps_t) ** 2).mean(dim=(1, 2))
+    w = uniform.float()
+    loss_t = (per_text * w).sum() / w.sum().clamp_min(1.0)
+    loss = loss_z + loss_c + loss_t
+    return loss, {"loss_z": loss_z.detach(), "loss_clip": loss_c.detach(), "loss_text": loss_t.detach()}
+
+
+class BackboneStage(Stage):
+    """Trains the world's UViT; exports it (EMA, fp16), pixel space and model_configs.json."""
+
+    name = "backbone"
+
+    def __init__(self, opts: StageOptions):
+        super().__init__(opts)
+        c = BackboneConfig.tiny() if opts.tiny else BackboneConfig()
+        if opts.total_steps:
+            c = dataclasses.replace(c, total_steps=opts.total_steps)
+        self.c = c
+        clip_dir = opts.world / CLIP_DIR
+        if not (clip_dir / "config.json").is_file():
+            raise SystemExit(f"the backbone needs the world-CLIP in {clip_dir}: run "
+                             f"`python -m pretrain.world train clip --world {opts.world}` first")
+        self.tokenizer, self.clip = load_world_clip(clip_dir, device=self.device, dtype=torch.float32)
+        cc = self.clip.config
+        self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, cc.image_size)
+        self.batch_size, self.total_steps, self.base_lr = c.batch_size, c.total_steps, c.lr
+        self.schedule = LRSchedule(max_steps=c.total_steps, warmup_steps=c.warmup_steps)
+        torch.manual_seed(opts.seed)
+        self.uvit = init_uvit(UViT(self.uvit_config)).to(self.device).train()
+        self.ema = EMA(self.uvit, c.ema_decay)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
+        self.noise = NoiseScheduleVP.stable_diffusion()
+        self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def modules(self):
+        return {"model": self.uvit, "ema": self.ema.shadow}
+
+    def optimizer(self):
+        return self.opt
+
+    def config(self) -> dict:
+        return {"train": dataclasses.asdict(self.c), "uvit": as_json_config(self.uvit_config)}
+
+    def extra_state(self) -> dict:
+        return {"ema_updates": self.ema.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema.updates = int(state.get("ema_updates", 0))
+
+    @torch.no_grad()
+    def condition(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen world-CLIP: (image embedding [B, 1, Dc], caption prefix features [B, L, Dt]), float32."""
+        ids = self.tokenizer(captions).to(self.device)
+        with self.autocast():
+            clip0 = self.clip.encode_image(pixels).float()
+            text0 = self.clip.text_features(ids).float()
+        return rearrange(clip0, "b d -> b 1 d"), text0
+
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
+        lr = self.set_lr(self.opt, step)
+        batch = self.data.get(step)
+        clip0, text0 = self.condition(batch.pixels, batch.captions)
+        with self.autocast():
+            loss, terms = joint_loss(self.uvit, batch.pixels, clip0, text0, self.noise, self.c, generator)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = torch.nn.utils.clip_grad_norm_(self.uvit.parameters(), 1.0)
+        self.opt.step()
+        self.ema.update(self.uvit)
+        return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
+
+    # ---- export -------------------------------------------------------------------------------------------
+    def export_paths(self, world: Path) -> list[Path]:
+        return [world / "models" / "uvit_v1.safetensors", world / "models" / "pixel_space.safetensors",
+                world / "model_configs.json"]
+
+    def export(self, world: Path) -> list[Path]:
+        uvit_path, pixel_path, configs_path = self.export_paths(world)
+        save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in self.ema.shadow.state_dict().items()},
+                        uvit_path)
+        pixel = PixelSpace(PixelSpaceConfig(embed_dim=self.uvit_config.in_chans))
+        save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, pixel_path)
+        merge_model_configs(world, {"uvit": as_json_config(self.uvit_config),
+                                    "autoencoder": as_json_config(pixel.config)})
+        self.sample_grid(world)
+        return [uvit_path, pixel_path, configs_path]
+
+    @torch.no_grad()
+    def sample_grid(self, world: Path) -> Path:
+        """SAMPLE_PROMPTS through the exported world (models.pipeline, guidance 3, 20 steps), one row of
+        4 images each, to <out>/backbone/samples.png: a check that the folder loads and samples."""
+        from PIL import Image
+
+        from models.pipeline import UniDiffuserT2I
+
+        pipe = UniDiffuserT2I.from_pretrained(world, device=self.device)
+        prompts = SAMPLE_PROMPTS[:2] if self.opts.tiny else SAMPLE_PROMPTS
+        rows = pipe(list(prompts), n_per_prompt=4, steps=4 if self.opts.tiny else 20, scale=3.0, seed=0)
+        size = pipe.image_size
+        grid = Image.new("RGB", (4 * size, len(rows) * size))
+        for r, images in enumerate(rows):
+            for k, im in enumerate(images):
+                grid.paste(im, (k * size, r * size))
+        path = self.opts.out / self.name / "samples.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        (path.parent / "samples.txt").write_text("\n".join(prompts) + "\n")
+        return path

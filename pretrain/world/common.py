@@ -1,0 +1,422 @@
+"""The chunked, resumable training loop every stage of the identity world runs through.
+
+    python -m pretrain.world train clip --out runs/world --world checkpoints/world --minutes 9
+
+A stage (a `Stage` subclass in pretrain/world/<stage>.py) says what it trains, how one step goes and
+what it exports; `run_stage` does the rest: load the stage's checkpoint when there is one, step until
+the stage's total or the time budget, save atomically (also every `save_minutes`), and, once the total
+is reached, export the frozen model into the world weights folder. Rerunning the same command resumes;
+rerunning a finished stage only re-exports what is missing from the world folder.
+
+Checkpoint of a stage (each file < 16 MiB, so it travels between machines in small pieces):
+
+    <out>/<stage>/checkpoint/
+        state.json                    step, the stage's config, extra state, which files hold what
+        <module>.safetensors          each module's weights in bfloat16 (<module>.<k>.safetensors parts
+                                      when one file would exceed FILE_LIMIT)
+        optimizer.safetensors         optimizer state in bfloat16, only when it fits in OPTIMIZER_LIMIT;
+                                      otherwise a resumed run restarts the moments and warms the LR up
+                                      again over `rewarm_steps`
+
+Every random number of step k comes from a generator seeded with (seed, stage, k) (`step_generator`),
+so a resumed run continues the same data stream without storing RNG state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from models.weights import atomic_write
+
+FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep a margin for the header)
+OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
+CHECKPOINT = "checkpoint"
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How a stage is run (the CLI's options).
+
+    out: runs folder (the stage's checkpoint goes to out/<stage>/); world: the world weights folder
+    exports go to; minutes: wall-clock budget of this call (None: until the total); max_steps: at
+    most this many steps this call (None: no limit); total_steps: replaces the stage's step budget (its
+    LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
+    few steps (CPU tests); seed: the world seed every step's randomness derives from.
+    """
+
+    out: Path
+    world: Path
+    device: torch.device
+    tiny: bool = False
+    minutes: float | None = None
+    max_steps: int | None = None
+    total_steps: int | None = None
+    seed: int = 0
+    log_every: int = 50
+    save_minutes: float = 4.0
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """Linear warm-up, then cosine to min_lr_ratio at max_steps (the field names pretrain.train.lr_factor reads)."""
+
+    max_steps: int
+    warmup_steps: int
+    min_lr_ratio: float = 0.1
+    lr_schedule: str = "cosine"
+
+    def factor(self, step: int) -> float:
+        from pretrain.train import lr_factor
+
+        return lr_factor(step, self)
+
+
+class Stage(ABC):
+    """One stage of the world. Subclasses set `name`, build their modules and optimizer in __init__
+    (and set `total_steps`, `batch_size`, `schedule`), and implement `train_step` and `export`.
+
+    The runner restores `modules()` and the optimizer from the checkpoint before the first step, then
+    calls `train_step(step, generator)` for step = resumed step .. total_steps - 1.
+    """
+
+    name: ClassVar[str]
+    total_steps: int
+    batch_size: int  # samples per step (for the samples/s log)
+    schedule: LRSchedule
+    base_lr: float
+    rewarm_steps: int = 200  # LR warm-up after a resume without optimizer state
+
+    def __init__(self, opts: StageOptions):
+        self.opts = opts
+        self.device = opts.device
+        self.resumed_without_optimizer_at: int | None = None
+
+    # ---- what a stage gives -------------------------------------------------------------------------
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """The modules whose weights the checkpoint holds (e.g. {"model": ..., "ema": ema.shadow})."""
+
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        return None
+
+    def config(self) -> dict:
+        """JSON-able description of the stage's configuration; a checkpoint made with another is refused."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """JSON-able state beyond the weights (e.g. EMA update count)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
+        """One optimizer step; returns the numbers to log (e.g. {"loss": ...}; 0-d tensors are read only
+        on the steps that log, so a step need not wait for the device)."""
+
+    @abstractmethod
+    def export(self, world: Path) -> list[Path]:
+        """Write the frozen model into the world folder; returns the paths written."""
+
+    def export_paths(self, world: Path) -> list[Path]:
+        """What `export` writes (a finished stage re-exports when one of them is missing)."""
+        return []
+
+    # ---- helpers for subclasses ---------------------------------------------------------------------
+    def lr(self, step: int) -> float:
+        """base_lr x schedule, x a linear re-warm-up after a resume that lost the optimizer state."""
+        lr = self.base_lr * self.schedule.factor(step)
+        if self.resumed_without_optimizer_at is not None:
+            lr *= min(1.0, (step - self.resumed_without_optimizer_at + 1) / self.rewarm_steps)
+        return lr
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        return lr
+
+    def autocast(self):
+        """bfloat16 autocast on CUDA, nothing elsewhere."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+
+def step_generator(seed: int, stage: str, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of step `step` of `stage` (on `device`), seeded from (seed, stage, step) alone."""
+    digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices (ndim >= 2), none on biases, norms, scalars."""
+    decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
+    rest = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ---- training renders ---------------------------------------------------------------------------------
+@dataclass
+class WorldBatch:
+    """pixels: [B, 3, S, S] float32 in [-1, 1] on the training device; captions: B strings;
+    renders: the renderer's RenderBatch (identities, attributes, boxes, landmarks, uint8 images)."""
+
+    pixels: torch.Tensor
+    captions: list[str]
+    renders: object
+
+
+class WorldData:
+    """Training renders of a stage: step k's batch is drawn from (seed, stage, k) alone (identities
+    uniform over the train split, render indices uniform), rendered on the training device, and the
+    next step's batch is prepared in a background thread while this one trains."""
+
+    def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64):
+        from data_prep.faceworld.render import FaceWorld
+
+        self.seed, self.stage, self.batch_size, self.device = seed, stage, batch_size, device
+        self.world = FaceWorld(seed, size, device, chunk=batch_size)
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pending: dict[int, Future] = {}
+
+    def make(self, step: int, stream: str = "train", batch_size: int | None = None) -> WorldBatch:
+        from data_prep.faceworld.attributes import split_range
+
+        digest = hashlib.sha256(f"{self.seed}/{self.stage}/{stream}/{step}".encode()).digest()
+        rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        lo, hi = split_range("train")
+        n = batch_size or self.batch_size
+        renders = self.world.render(rng.integers(lo, hi, n), rng.integers(0, 2**31, n))
+        pixels = rearrange(renders.images, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+        return WorldBatch(pixels, list(renders.captions), renders)
+
+    def get(self, step: int) -> WorldBatch:
+        """Step `step`'s batch (prepared ahead when the previous step asked for step - 1)."""
+        pending = self._pending.pop(step, None)
+        for stale in list(self._pending):
+            self._pending.pop(stale).cancel()
+        batch = pending.result() if pending is not None else self.make(step)
+        self._pending[step + 1] = self._pool.submit(self.make, step + 1)
+        return batch
+
+    def captions(self, n: int, stream: str = "stats") -> list[str]:
+        """Captions of n training renders of their own stream (not the training batches)."""
+        out: list[str] = []
+        k = 0
+        while len(out) < n:
+            out += self.make(k, stream, min(self.batch_size, n - len(out))).captions
+            k += 1
+        return out
+
+
+# ---- checkpoint files ---------------------------------------------------------------------------------
+def _bf16(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.detach().to("cpu", torch.bfloat16) if v.is_floating_point() else v.detach().cpu()).contiguous()
+            for k, v in sd.items()}
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def write_parts(tensors: dict[str, torch.Tensor], folder: Path, stem: str, limit: int = FILE_LIMIT) -> list[str]:
+    """Save tensors as <stem>.safetensors, or <stem>.<k>.safetensors parts of at most `limit` bytes each
+    (a tensor larger than `limit` is an error). Returns the file names."""
+    parts: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for k, v in tensors.items():
+        n = _nbytes(v)
+        if n > limit:
+            raise ValueError(f"{stem}: tensor {k} has {n} bytes, more than one checkpoint file may hold ({limit})")
+        if size + n > limit and parts[-1]:
+            parts.append({})
+            size = 0
+        parts[-1][k] = v
+        size += n
+    names = [f"{stem}.safetensors"] if len(parts) == 1 else [f"{stem}.{i}.safetensors" for i in range(len(parts))]
+    for name, part in zip(names, parts, strict=True):
+        save_file(part, str(folder / name))
+    return names
+
+
+def read_parts(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        out.update(load_file(str(folder / name)))
+    return out
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors "<param index>.<key>" in bfloat16 (step counts as float32), the rest as JSON)."""
+    sd = optimizer.state_dict()
+    tensors = {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            value = torch.as_tensor(value)
+            dtype = torch.float32 if key == "step" else torch.bfloat16
+            tensors[f"{idx}.{key}"] = value.detach().to("cpu", dtype).contiguous()
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value.float()
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(stage: Stage, folder: Path, step: int, done: bool) -> Path:
+    """Write the stage's checkpoint to `folder` atomically (a new folder renamed into place)."""
+    tmp, old = folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = {name: write_parts(_bf16(m.state_dict()), tmp, name) for name, m in stage.modules().items()}
+    optimizer_files, optimizer_meta = None, None
+    opt = stage.optimizer()
+    if opt is not None:
+        tensors, optimizer_meta = _optimizer_tensors(opt)
+        if sum(_nbytes(t) for t in tensors.values()) <= OPTIMIZER_LIMIT:
+            optimizer_files = write_parts(tensors, tmp, "optimizer")
+    state = {"stage": stage.name, "step": step, "done": done, "config": stage.config(), "files": files,
+             "optimizer_files": optimizer_files, "optimizer": optimizer_meta if optimizer_files else None,
+             "extra": stage.extra_state()}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """The complete checkpoint folder (the previous one when a save was cut between its two renames)."""
+    for candidate in (folder, folder.with_name(folder.name + ".old")):
+        if (candidate / STATE_FILE).is_file():
+            return candidate
+    return None
+
+
+def load_checkpoint(stage: Stage, folder: Path) -> dict:
+    """Restore the stage from a checkpoint folder; returns its state.json."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    if state.get("config") != stage.config():
+        raise ValueError(f"{folder} was made with another {stage.name} configuration ({state.get('config')} "
+                         f"against {stage.config()}); remove {folder.parent} to start over, or run with the "
+                         f"options it was made with (--tiny or not)")
+    modules = stage.modules()
+    if set(state["files"]) != set(modules):
+        raise ValueError(f"{folder} holds modules {sorted(state['files'])}, the stage has {sorted(modules)}")
+    for name, module in modules.items():
+        tensors = read_parts(folder, state["files"][name])
+        target = module.state_dict()
+        with torch.no_grad():
+            module.load_state_dict({k: v.to(target[k].dtype) if k in target else v for k, v in tensors.items()},
+                                   strict=True)
+    opt = stage.optimizer()
+    if opt is not None and not state["done"]:
+        if state.get("optimizer_files"):
+            _load_optimizer(opt, read_parts(folder, state["optimizer_files"]), state["optimizer"])
+        else:
+            stage.resumed_without_optimizer_at = int(state["step"])
+    stage.load_extra_state(state.get("extra") or {})
+    return state
+
+
+# ---- the loop -----------------------------------------------------------------------------------------
+def _log(stage: Stage, step: int, logs: dict[str, float | torch.Tensor], rate: float, elapsed: float) -> None:
+    terms = " ".join(f"{k} {float(v):.4g}" for k, v in logs.items())
+    print(f"[{stage.name}] step {step}/{stage.total_steps} {terms} | {rate:.0f} samples/s | {elapsed / 60:.1f} min",
+          flush=True)
+
+
+def run_stage(stage: Stage) -> dict:
+    """Resume, train until the total or the time budget, save; export when the total is reached.
+
+    Returns {"step", "done", "exported": [paths], "checkpoint": path, "steps_run"}.
+    """
+    opts = stage.opts
+    folder = opts.out / stage.name / CHECKPOINT
+    found = find_checkpoint(folder)
+    step, done = 0, False
+    if found is not None:
+        state = load_checkpoint(stage, found)
+        step, done = int(state["step"]), bool(state["done"])
+        print(f"[{stage.name}] resumed from {found} at step {step}"
+              + (" (optimizer state restarted)" if stage.resumed_without_optimizer_at is not None else ""), flush=True)
+    start = last_save = last_log = time.monotonic()
+    steps_run, logged_steps = 0, 0
+    budget = None if opts.minutes is None else opts.minutes * 60
+    while step < stage.total_steps:
+        if budget is not None and time.monotonic() - start >= budget:
+            break
+        if opts.max_steps is not None and steps_run >= opts.max_steps:
+            break
+        logs = stage.train_step(step, step_generator(opts.seed, stage.name, step, stage.device))
+        step += 1
+        steps_run += 1
+        now = time.monotonic()
+        if step % opts.log_every == 0 or step == stage.total_steps:
+            if stage.device.type == "cuda":
+                torch.cuda.synchronize(stage.device)
+                now = time.monotonic()
+            rate = (steps_run - logged_steps) * stage.batch_size / max(now - last_log, 1e-9)
+            _log(stage, step, logs, rate, now - start)
+            last_log, logged_steps = now, steps_run
+        if now - last_save >= opts.save_minutes * 60 and step < stage.total_steps:
+            save_checkpoint(stage, folder, step, done=False)
+            last_save = time.monotonic()
+    done = step >= stage.total_steps
+    if steps_run or found is None:
+        save_checkpoint(stage, folder, step, done=done)
+    exported: list[Path] = []
+    if done:
+        wanted = stage.export_paths(opts.world)
+        if steps_run or not wanted or not all(p.exists() for p in wanted):
+            exported = stage.export(opts.world)
+            print(f"[{stage.name}] exported {', '.join(str(p) for p in exported)}", flush=True)
+    else:
+        print(f"[{stage.name}] stopped at step {step}/{stage.total_steps}; rerun to continue",
+              flush=True)
+    return {"step": step, "done": done, "exported": exported, "checkpoint": folder, "steps_run": steps_run}
+
+
+# ---- shared export helpers ----------------------------------------------------------------------------
+def write_json(path: Path, obj) -> Path:
+    """JSON written atomically."""
+    text = json.dumps(obj, indent=1)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def merge_model_configs(world: Path, entries: dict[str, dict]) -> Path:
+    """Add or replace entries of <world>/model_configs.json (written atomically)."""
+    path = world / "model_configs.json"
+    configs = json.loads(path.read_text()) if path.is_file() else {}
+    configs.update(entries)
+    return write_json(path, configs)
+
+
+def as_json_config(config) -> dict:
+    """A frozen dataclass config as a JSON-able dict (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))

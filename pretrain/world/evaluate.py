@@ -1,0 +1,354 @@
+"""The quality of the identity world itself (issue 15): one JSON, eval/results/world_foundation.json.
+
+    python -m pretrain.world evaluate --world checkpoints/world --seed S --out eval/results/world_foundation.json
+        [--device cuda] [--tiny] [--only faces,attributes,text_to_image,frechet,sizes]
+
+`--seed S` is the renderer seed of the test identities (any seed: the world's models were trained
+on their own seed's training identities; test identities come from the test range). Sections:
+
+- faces: both recognisers (conditioning: <world>/faces/, evaluation: <world>/eval_faces/) on
+  `identities` test identities x `renders` photos each, found by the world's detector
+  (pretrain.world.faces: verification TAR at FAR 1e-3, same / different-person similarity
+  distributions), and a verifier on colour histograms of the same aligned crops.
+- attributes: the attribute classifier's accuracy per attribute on test renders.
+- text_to_image: the backbone samples text only (models.pipeline.UniDiffuserT2I, "true_uncond"
+  guidance) prompts that state exactly one held-out attribute pair of the renderer (HELD_OUT: never
+  rendered together for training identities, together covering every attribute), for every class
+  word; an image succeeds when the attribute classifier finds all of its prompt's attributes. Rates
+  per attribute and overall, at every (steps, guidance) of the grid; the headline at --steps / --guidance.
+- frechet: Frechet distance between world-CLIP image features of generated images (the captions of
+  test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
+  distance between two disjoint sets of real renders (the floor).
+- sizes: every file under the world folder (and --demo folders), in MB, and the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SECTIONS = ("faces", "attributes", "text_to_image", "frechet", "sizes")
+FAR = 1e-3
+STEPS_GRID = (10, 20, 30)
+GUIDANCE_GRID = (1.0, 3.0, 7.0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How much is measured. identities x renders: face verification; attribute_renders: classifier
+    accuracy; t2i_images: images per (held-out pair, class word); frechet_images: generated (and real)
+    images per grid point; steps / guidance: the headline sampling setting of text_to_image."""
+
+    identities: int = 1000
+    renders: int = 5
+    attribute_renders: int = 4000
+    t2i_images: int = 8
+    frechet_images: int = 1000
+    steps: int = 30
+    guidance: float = 7.0
+    batch: int = 512
+
+    @classmethod
+    def tiny(cls) -> EvalConfig:
+        return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, batch=64)
+
+
+# -------------------------------------------------------------------------------------------- Frechet
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians fitted to features a [N, D] and b [M, D]:
+    |mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)). When the product's square root is not finite
+    (near-singular covariances) eps is added to both diagonals."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two feature sets [N >= 2, D] of one width, got {a.shape} and {b.shape}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = linalg.sqrtm(s_a @ s_b)
+    if not np.all(np.isfinite(root)):
+        offset = eps * np.eye(len(s_a))
+        root = linalg.sqrtm((s_a + offset) @ (s_b + offset))
+    root = np.real(root)
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2.0 * np.trace(root))
+
+
+# ------------------------------------------------------------------------------------------- prompts
+def held_out_prompts(seed: int) -> list[dict]:
+    """One prompt per (held-out pair, class word), in the renderer's grammar, stating exactly the pair:
+    [{"prompt", "class_word", "pair": [[name, value], [name, value]], "wanted": {name: value}}]."""
+    from data_prep.faceworld.attributes import CLASS_WORDS, HELD_OUT, caption, parse_caption
+
+    out = []
+    for p, pair in enumerate(HELD_OUT):
+        attrs = dict(pair)
+        for w, word in enumerate(CLASS_WORDS):
+            rng = np.random.default_rng([seed, p, w])
+            for _ in range(100):  # a phrasing that states the pair itself (not a generic "hat")
+                text = caption(attrs, word, rng, mention=set(attrs))
+                if parse_caption(text) == attrs:
+                    break
+            else:
+                raise RuntimeError(f"the grammar gave no caption stating exactly {attrs}")
+            out.append({"prompt": text, "class_word": word, "pair": [list(kv) for kv in pair], "wanted": attrs})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate(pipe, prompts: Sequence[str], *, steps: int, guidance: float, seed: int, batch: int) -> torch.Tensor:
+    """Text-only samples of the backbone, one per prompt: float32 [N, 3, H, W] in [0, 1] on the CPU.
+    A CPU generator seeded with `seed` draws every random number, batch after batch."""
+    generator = torch.Generator().manual_seed(seed)
+    images = []
+    for lo in range(0, len(prompts), batch):
+        chunk = list(prompts[lo:lo + batch])
+        text = pipe.encode_text(chunk)
+        eps_fn = pipe.eps_fn(text, scale=guidance, mode="true_uncond", generator=generator)
+        z, _ = pipe.sample_latents(eps_fn, len(chunk), steps=steps, generator=generator)
+        images.append(pipe.decode(z).float().cpu())
+    return torch.cat(images)
+
+
+def _grid_key(steps: int, guidance: float) -> tuple[str, str]:
+    return str(steps), f"{guidance:g}"
+
+
+# ------------------------------------------------------------------------------------------ sections
+def evaluate_faces(world_dir: Path, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """tar_at_far_1e-3 {conditioning, evaluation}, the colour-histogram verifier's TAR, full reports."""
+    from pretrain.world.faces import evaluate_recogniser, load_world_analyzer, render_test_photos
+
+    providers = ["CPUExecutionProvider"]
+    if device.type == "cuda":
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+    photos, labels, landmarks = render_test_photos(seed, cfg.identities, cfg.renders)
+    reports = {}
+    for name in ("conditioning", "evaluation"):
+        analyzer = load_world_analyzer(world_dir, name, providers=providers)
+        reports[name] = evaluate_recogniser(analyzer, photos, labels, landmarks, far=FAR)
+    return {"tar_at_far_1e-3": {k: r["recogniser"]["tar"] for k, r in reports.items()},
+            "colour_histogram_tar_at_far_1e-3": reports["conditioning"]["colour_histogram"]["tar"],
+            "verification": reports,
+            "test_photos": {"identities": cfg.identities, "renders_each": cfg.renders, "split": "test"}}
+
+
+def evaluate_attributes(world_dir: Path, seed: int, cfg: EvalConfig, device: torch.device, classifier) -> dict:
+    from data_prep.faceworld.attributes import split_range
+    from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.attributes import attribute_accuracy
+
+    lo, _ = split_range("test")
+    n = cfg.attribute_renders
+    ids = lo + np.arange(n, dtype=np.int64) // 2  # two renders of each of n/2 test identities
+    acc = attribute_accuracy(classifier, FaceWorld(seed, 64, device, chunk=cfg.batch), ids,
+                             np.arange(n, dtype=np.int64) % 2, cfg.batch)
+    return {"attribute_accuracy": acc, "attribute_renders": n}
+
+
+def _success(classifier, images: torch.Tensor, items: list[dict]) -> dict:
+    """Per-attribute and overall rates of prompts' attributes found in their images."""
+    from pretrain.world.attributes import CLASS_WORD, attributes_found
+
+    preds = classifier.predict(images)
+    hits: dict[str, list[bool]] = {}
+    overall, with_word = [], []
+    for pred, item in zip(preds, items):
+        found = attributes_found(pred, item["wanted"])
+        word = attributes_found(pred, {CLASS_WORD: item["class_word"]})[CLASS_WORD]
+        for name, ok in {**found, CLASS_WORD: word}.items():
+            hits.setdefault(name, []).append(ok)
+        overall.append(all(found.values()))
+        with_word.append(all(found.values()) and word)
+    rates = {name: float(np.mean(v)) for name, v in hits.items()}
+    return {**rates, "overall": float(np.mean(overall)), "overall_with_class_word": float(np.mean(with_word))}
+
+
+def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict:
+    """Held-out-pair prompts sampled at every grid point; success rates at each, headline at cfg's."""
+    items = [it for it in held_out_prompts(seed) for _ in range(cfg.t2i_images)]
+    prompts = [it["prompt"] for it in items]
+    grid: dict[str, dict[str, dict]] = {}
+    settings = [(s, g) for s in STEPS_GRID for g in GUIDANCE_GRID]
+    if (cfg.steps, cfg.guidance) not in settings:
+        settings.append((cfg.steps, cfg.guidance))
+    for steps, guidance in settings:
+        images = generate(pipe, prompts, steps=steps, guidance=guidance, seed=seed, batch=cfg.batch)
+        s, g = _grid_key(steps, guidance)
+        grid.setdefault(s, {})[g] = _success(classifier, images, items)
+    s, g = _grid_key(cfg.steps, cfg.guidance)
+    per_pair = {}
+    for it in held_out_prompts(seed):
+        key = " + ".join(f"{n}={v}" for n, v in it["pair"])
+        per_pair.setdefault(key, []).append(it["prompt"])
+    return {"text_to_image_attribute_success": grid[s][g],
+            "text_to_image": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
+                              "prompts": per_pair, "combinations": len(per_pair), "success_grid": grid}}
+
+
+def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """Frechet distance in world-CLIP image features: generated (captions of test renders) vs those renders."""
+    from data_prep.faceworld.attributes import split_range
+    from data_prep.faceworld.render import FaceWorld
+
+    world = FaceWorld(seed, 64, device, chunk=cfg.batch)
+    lo, hi = split_range("test")
+    n = cfg.frechet_images
+    # real set: one render each of n test identities from the far end of the test range (other than the
+    # faces' and attributes' identities); a second, disjoint set gives the real-vs-real floor
+    ids = hi - 1 - np.arange(2 * n, dtype=np.int64)
+    real, captions = [], []
+    for lo_ in range(0, 2 * n, cfg.batch):
+        batch = world.render(ids[lo_:lo_ + cfg.batch], 0)
+        real.append(_clip_features(clip, batch.images))
+        captions += batch.captions
+    real_features = np.concatenate(real)
+    ref, other = real_features[:n], real_features[n:]
+    out: dict[str, dict[str, float]] = {}
+    for steps in STEPS_GRID:
+        for guidance in GUIDANCE_GRID:
+            images = generate(pipe, captions[:n], steps=steps, guidance=guidance, seed=seed + 1, batch=cfg.batch)
+            s, g = _grid_key(steps, guidance)
+            out.setdefault(s, {})[g] = frechet_distance(_clip_features(clip, images), ref)
+    return {"frechet_world_clip": out, "frechet_world_clip_real_vs_real": frechet_distance(other, ref),
+            "frechet": {"images": n, "features": "world-CLIP image embedding", "by": "steps, then guidance"}}
+
+
+@torch.no_grad()
+def _clip_features(clip, images: torch.Tensor, batch: int = 512) -> np.ndarray:
+    """uint8 [B, H, W, 3] renders or float [B, 3, H, W] in [0, 1] -> image features [B, D] float64."""
+    if images.dtype == torch.uint8:
+        images = images.permute(0, 3, 1, 2).float() / 255.0
+    return np.concatenate([clip.embed_images(c).double().cpu().numpy() for c in images.split(batch)])
+
+
+def folder_sizes(folders: Sequence[Path]) -> dict:
+    """{"files": {path: MB}, "total": MB} of every file under the folders (paths relative to the repo
+    when inside it)."""
+    files = {}
+    for folder in folders:
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            try:
+                name = str(path.resolve().relative_to(REPO))
+            except ValueError:
+                name = str(path)
+            files[name] = round(path.stat().st_size / 1e6, 4)
+    return {"files": files, "total": round(sum(files.values()), 4)}
+
+
+def provenance() -> dict:
+    """The git commit the code ran at (FACEID_GIT_COMMIT when a copy of the tree runs elsewhere, as the
+    benchmarks of eval/bench do) and whether the tree had changes."""
+    if os.environ.get("FACEID_GIT_COMMIT"):
+        return {"git_commit": os.environ["FACEID_GIT_COMMIT"], "git_dirty": None}
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,  # noqa: E731
+                                        check=True).stdout.strip()
+        return {"git_commit": run("rev-parse", "HEAD"), "git_dirty": bool(run("status", "--porcelain"))}
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": "unknown", "git_dirty": None}
+
+
+# ------------------------------------------------------------------------------------------------ all
+def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.device | str = "cpu",
+                   cfg: EvalConfig = EvalConfig(), sections: Sequence[str] = SECTIONS,
+                   demo_dirs: Sequence[str | os.PathLike] = ()) -> dict:
+    """Run the sections on the world folder; returns the result dict (see the module docstring)."""
+    from models.image_text import load_image_text_model
+    from models.pipeline import UniDiffuserT2I
+    from pretrain.world.attributes import EXPORT_DIR, AttributeClassifier
+
+    world_dir, device = Path(world_dir), torch.device(device)
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    from data_prep.faceworld.attributes import split_range
+
+    result: dict = {"format": "world-foundation", "version": 1, "world": str(world_dir), "renderer_seed": seed,
+                    "test_identities": {"split": "test", "range": list(split_range("test"))},
+                    "sections": list(sections), "seconds": {}}
+    classifier = pipe = clip = None
+    if {"attributes", "text_to_image"} & set(sections):
+        classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
+    if {"text_to_image", "frechet"} & set(sections):
+        pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
+                                              dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if "frechet" in sections:
+        clip, _ = load_image_text_model(root=world_dir, device=device)
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        t0 = time.perf_counter()
+        if name == "faces":
+            result.update(evaluate_faces(world_dir, seed, cfg, device))
+        elif name == "attributes":
+            result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
+        elif name == "text_to_image":
+            result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
+        elif name == "frechet":
+            result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
+        else:
+            result["demo_parts_mb"] = folder_sizes([world_dir, *map(Path, demo_dirs)])
+        result["seconds"][name] = round(time.perf_counter() - t0, 2)
+        print(f"[evaluate] {name} done in {result['seconds'][name]:.1f} s", flush=True)
+    result["config"] = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
+    result["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return result
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
+    p.add_argument("--seed", type=int, required=True, help="renderer seed of the test identities")
+    p.add_argument("--out", type=Path, default=Path("eval/results/world_foundation.json"), help="JSON to write")
+    p.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="a few images of each kind (CPU tests)")
+    p.add_argument("--only", default=None, help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    p.add_argument("--steps", type=int, default=30, help="headline steps of text_to_image (default 30)")
+    p.add_argument("--guidance", type=float, default=7.0, help="headline guidance of text_to_image (default 7)")
+    p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
+
+
+def run(args: argparse.Namespace, command: str) -> int:
+    """The CLI's evaluate command: evaluate, add commands and commit, write the JSON atomically."""
+    import dataclasses
+    import json
+
+    from pretrain.world.common import write_json
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    cfg = dataclasses.replace(EvalConfig.tiny() if args.tiny else EvalConfig(), steps=args.steps,
+                              guidance=args.guidance)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
+    t0 = time.perf_counter()
+    result = evaluate_world(args.world, args.seed, device=device, cfg=cfg, sections=sections, demo_dirs=args.demo)
+    result["commands"] = {"evaluate": command}
+    result.update(provenance())
+    result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
+    write_json(args.out, result)
+    headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
+                                       "text_to_image_attribute_success", "frechet_world_clip") if k in result}
+    if "demo_parts_mb" in result:
+        headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
+    print(json.dumps(headline, indent=1))
+    print(f"written to {args.out}")
+    return 0
+
+
+def command_line(argv: Sequence[str] | None) -> str:
+    """`python -m pretrain.world <argv>` as run."""
+    return shlex.join(["python", "-m", "pretrain.world", *(sys.argv[1:] if argv is None else argv)])
