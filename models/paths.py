@@ -41,7 +41,7 @@ KNOWN_WEIGHTS = {
 # image CLIP, the world's face pack). A .pth / .pt file may also be a .safetensors file of the same stem.
 ALTERNATIVES = {
     "autoencoder": ("pixel_space.safetensors",),
-    "caption_decoder": ("world_clip",),
+    "caption_decoder": ("world_clip/model.safetensors",),
     "clip_text": ("world_clip",),
     "clip_image": ("world_clip",),
     "face_pack": ("buffalo_l", "faces"),

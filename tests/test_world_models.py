@@ -138,6 +138,7 @@ def test_find_weights_takes_safetensors_and_world_names(tmp_path: Path):
     assert find_weights("autoencoder", root=root) == root / "models" / "pixel_space.safetensors"
     assert find_weights("clip_image", root=root) == root / "world_clip"
     assert find_weights("clip_text", root=root) == root / "world_clip"
+    assert find_weights("caption_decoder", root=root) == root / "world_clip" / "model.safetensors"
 
 
 # ---- the world folder through the real pipeline -----------------------------------------------------

@@ -15,7 +15,8 @@ renders (pixel space: the latent z0 is the image in [-1, 1], models.pixel_space)
 The two text end points are the ones text-to-image uses (conditional and unconditional pass); giving
 them extra mass focuses a short run on text-to-image while the uniform part keeps the joint
 objective (p_clean_text = p_noise_text = 0 is UniDiffuser's plain independent-timestep objective).
-Training runs in bf16 autocast on CUDA with AdamW and an EMA; the export is the EMA in fp16:
+Training runs in bf16 autocast on CUDA with AdamW (U-ViT's settings: weight decay 0.03, clipped
+gradients, linear warm-up then cosine) and an EMA; the export is the EMA in fp16:
 
     <world>/models/uvit_v1.safetensors  <world>/models/pixel_space.safetensors  <world>/model_configs.json
 
@@ -66,7 +67,7 @@ class BackboneConfig:
     patch_size: int = 4
     batch_size: int = 512
     total_steps: int = 12_000
-    lr: float = 5e-4
+    lr: float = 3e-4
     warmup_steps: int = 500
     weight_decay: float = 0.03
     ema_decay: float = 0.9995
@@ -201,10 +202,7 @@ class BackboneStage(Stage):
         clip0, text0 = self.condition(batch.pixels, batch.captions)
         with self.autocast():
             loss, terms = joint_loss(self.uvit, batch.pixels, clip0, text0, self.noise, self.c, generator)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad = torch.nn.utils.clip_grad_norm_(self.uvit.parameters(), 1.0)
-        self.opt.step()
+        grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
         return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
 

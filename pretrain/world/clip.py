@@ -110,10 +110,7 @@ class ClipStage(Stage):
             txt = self.model.encode_text(ids)
         loss, acc = contrastive_loss(img, txt, self.model.logit_scale,
                                      caption_groups(batch.captions, self.device))
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
+        self.optimize(self.opt, loss, self.model.parameters())
         return {"loss": loss.detach(), "acc": acc, "temp": self.model.logit_scale.detach().exp()}
 
     def export_paths(self, world: Path) -> list[Path]:

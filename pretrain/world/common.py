@@ -48,6 +48,7 @@ FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep 
 OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
 CHECKPOINT = "checkpoint"
 STATE_FILE = "state.json"
+MAX_BAD_STEPS = 20  # non-finite steps in a row that stop a stage
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Stage(ABC):
         self.opts = opts
         self.device = opts.device
         self.resumed_without_optimizer_at: int | None = None
+        self.bad_steps = 0
 
     # ---- what a stage gives -------------------------------------------------------------------------
     @abstractmethod
@@ -153,6 +155,25 @@ class Stage(ABC):
         for group in optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
+
+    def optimize(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params, max_norm: float = 1.0
+                 ) -> torch.Tensor:
+        """Backward, clip the gradient norm to max_norm, step; a step whose loss or gradient is not
+        finite is skipped (MAX_BAD_STEPS in a row stop the run, the last checkpoint left as it was).
+        Returns the gradient norm before clipping."""
+        params = list(params)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if bool(torch.isfinite(norm) & torch.isfinite(loss.detach())):
+            optimizer.step()
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            print(f"[{self.name}] non-finite loss or gradient: step skipped ({self.bad_steps} in a row)", flush=True)
+            if self.bad_steps >= MAX_BAD_STEPS:
+                raise FloatingPointError(f"{self.name}: {self.bad_steps} non-finite steps in a row; lower the LR")
+        return norm
 
     def autocast(self):
         """bfloat16 autocast on CUDA, nothing elsewhere."""
