@@ -59,3 +59,25 @@ def test_loads_the_weights_folders_vit_b32(tmp_path):
     assert isinstance(clip, ImageTextModel)
     assert clip.embed_texts(["a boy"]).shape == (1, CLIP_CFG["embed_dim"])
     assert clip.embed_images([Image.new("RGB", (40, 40))]).shape == (1, CLIP_CFG["embed_dim"])
+
+
+def test_the_scorer_loads_the_world_clip_of_a_world_folder(tmp_path):
+    """In the identity world's folder the scorer's CLIP-I / CLIP-T come from its world-CLIP."""
+    from scoring_world import build_pack
+    from tiny_world import make_tiny_world
+
+    from models.world_clip import load_world_clip
+
+    world = make_tiny_world(tmp_path / "world")
+    model, found = load_image_text_model(root=world)
+    assert found == world / "world_clip"
+    _, clip = load_world_clip(found, dtype=torch.float32)
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (20, 200, 30))]
+    e = model.embed_images(images)
+    assert e.shape == (2, clip.config.embed_dim)
+    pixels = torch.tensor([[200, 30, 30], [20, 200, 30]], dtype=torch.float32).view(2, 3, 1, 1).expand(2, 3, 64, 64)
+    assert torch.allclose(e, clip.encode_image(pixels / 127.5 - 1.0), atol=1e-4)
+    assert model.embed_texts(["a man in the snow"]).shape == (1, clip.config.embed_dim)
+    scorer, info = CompetitionScorer.from_weights(weights_root=world, face_pack=build_pack(tmp_path / "pack"))
+    assert info["clip"] == str(world / "world_clip")
+    assert torch.allclose(scorer.clip.embed_images(images), e)

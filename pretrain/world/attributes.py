@@ -29,7 +29,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from pretrain.world.common import LRSchedule, Stage, StageOptions, as_json_config, write_json
+from pretrain.world.common import (
+    LRSchedule,
+    Stage,
+    StageOptions,
+    WorldData,
+    as_json_config,
+    param_groups,
+    write_json,
+)
 
 EXPORT_DIR = "attributes"
 WEIGHTS_FILE = "attributes.safetensors"
@@ -151,15 +159,16 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def head_loss(logits: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-              label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over heads of the cross-entropy (items with IGNORE left out) -> (loss, {head: its loss})."""
+              label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum over heads of the cross-entropy (items with IGNORE left out; a head with none adds 0)
+    -> (loss, {head: its loss, detached})."""
     total, parts = 0.0, {}
     for name, y in target.items():
-        if not (y != IGNORE).any():
-            continue
-        loss = F.cross_entropy(logits[name].float(), y, ignore_index=IGNORE, label_smoothing=label_smoothing)
+        kept = (y != IGNORE).sum()
+        loss = F.cross_entropy(logits[name].float(), y, ignore_index=IGNORE, label_smoothing=label_smoothing,
+                               reduction="sum") / kept.clamp_min(1)
         total = total + loss
-        parts[name] = float(loss.detach())
+        parts[name] = loss.detach()
     return total, parts
 
 
@@ -283,7 +292,7 @@ def attribute_accuracy(classifier: AttributeClassifier, world, identities: np.nd
 class AttributeTrainConfig:
     """Training of the classifier (the tiny one: a few CPU steps for tests)."""
 
-    total_steps: int = 6000
+    total_steps: int = 8000
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -297,29 +306,25 @@ class AttributeTrainConfig:
 
 
 class AttributeStage(Stage):
-    """Trains AttributeNet on renders of training identities; exports <world>/attributes/."""
+    """Trains AttributeNet on renders of training identities (pretrain.world.common.WorldData); exports
+    <world>/attributes/."""
 
     name = "attributes"
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        from data_prep.faceworld.attributes import split_range
-        from data_prep.faceworld.render import FaceWorld
-
-        self.train_config = AttributeTrainConfig.tiny() if opts.tiny else AttributeTrainConfig()
+        tc = AttributeTrainConfig.tiny() if opts.tiny else AttributeTrainConfig()
+        if opts.total_steps:
+            tc = dataclasses.replace(tc, total_steps=opts.total_steps)
+        self.train_config = tc
         self.net_config = AttributeNetConfig.tiny() if opts.tiny else AttributeNetConfig.world()
-        tc = self.train_config
         self.total_steps, self.batch_size, self.base_lr = tc.total_steps, tc.batch_size, tc.lr
         self.schedule = LRSchedule(max_steps=tc.total_steps, warmup_steps=tc.warmup_steps, min_lr_ratio=0.02)
-        self.world = FaceWorld(opts.seed, self.net_config.image_size, self.device, chunk=tc.batch_size)
-        self.train_ids = split_range("train")
+        self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
             self.net = AttributeNet(self.net_config).to(self.device)
-        decay = [p for p in self.net.parameters() if p.ndim > 1]
-        rest = [p for p in self.net.parameters() if p.ndim <= 1]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                      {"params": rest, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.99))
+        self.opt = torch.optim.AdamW(param_groups(self.net, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.99))
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.net}
@@ -330,14 +335,10 @@ class AttributeStage(Stage):
     def config(self) -> dict:
         return {"net": as_json_config(self.net_config), "train": as_json_config(self.train_config)}
 
-    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float]:
-        lo, hi = self.train_ids
-        b = self.batch_size
-        ids = torch.randint(lo, hi, (b,), generator=generator, device=self.device).cpu().numpy()
-        renders = torch.randint(0, 2**31 - 1, (b,), generator=generator, device=self.device).cpu().numpy()
-        batch = self.world.render(ids, renders)
-        x = augment(to_input(batch.images), generator)
-        y = targets(batch.class_words, batch.attributes, self.net_config, self.device)
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
+        batch = self.data.get(step)
+        x = augment(batch.pixels, generator)
+        y = targets(batch.renders.class_words, batch.renders.attributes, self.net_config, self.device)
         self.net.train()
         lr = self.set_lr(self.opt, step)
         with self.autocast():
@@ -346,7 +347,7 @@ class AttributeStage(Stage):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"loss": float(loss.detach()), "lr": lr, **{f"loss_{k}": v for k, v in parts.items()}}
+        return {"loss": loss.detach(), "lr": lr, **{f"loss_{k}": v for k, v in parts.items()}}
 
     def export_paths(self, world: Path) -> list[Path]:
         return [world / EXPORT_DIR / CONFIG_FILE, world / EXPORT_DIR / WEIGHTS_FILE]
@@ -358,7 +359,7 @@ class AttributeStage(Stage):
         lo, _ = split_range("val")
         n = self.train_config.val_renders
         ids = lo + np.arange(n) // 2  # two renders of each of n/2 validation identities
-        val = attribute_accuracy(classifier, self.world, ids, np.arange(n) % 2)
+        val = attribute_accuracy(classifier, self.data.world, ids, np.arange(n) % 2)
         shown = " ".join(f"{k} {v:.3f}" for k, v in val.items() if v is not None)
         print(f"[{self.name}] validation accuracy: {shown}", flush=True)
         extra = {"trained": {"renderer_seed": self.opts.seed, "steps": self.total_steps,

@@ -1,0 +1,91 @@
+"""pretrain.world.evaluate: the world's quality JSON on a tiny world with random weights (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.world.evaluate import GUIDANCE_GRID, STEPS_GRID, frechet_distance, held_out_prompts
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shift = rng.normal(size=6)
+    assert frechet_distance(a, a + shift) == pytest.approx(float(shift @ shift), rel=1e-6)
+    # b = 2 (a - mean): covariance 4 S, so tr(S + 4 S - 2 (4 S^2)^(1/2)) = tr(S); plus |mean|^2
+    b = 2 * (a - a.mean(0))
+    s = np.cov(a, rowvar=False)
+    expected = float(a.mean(0) @ a.mean(0) + np.trace(s))
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError):
+        frechet_distance(a, a[:, :3])
+
+
+def test_held_out_prompts_state_exactly_their_pair():
+    from data_prep.faceworld.attributes import ATTRIBUTES, CLASS_WORDS, HELD_OUT, class_word_of, parse_caption
+
+    items = held_out_prompts(7)
+    pairs = {tuple(map(tuple, it["pair"])) for it in items}
+    assert len(pairs) == len(HELD_OUT) >= 8
+    assert {n for pair in pairs for n, _ in pair} == set(ATTRIBUTES)  # every attribute is covered
+    for it in items:
+        assert parse_caption(it["prompt"]) == it["wanted"] == dict(map(tuple, it["pair"]))
+        assert class_word_of(it["prompt"]) == it["class_word"]
+    assert {it["class_word"] for it in items} == set(CLASS_WORDS)
+    assert held_out_prompts(7) == items  # deterministic
+
+
+def _tiny_world(root: Path) -> Path:
+    from tiny_world import make_tiny_world
+
+    from pretrain.world.attributes import EXPORT_DIR, AttributeClassifier, AttributeNet, AttributeNetConfig
+
+    make_tiny_world(root)
+    torch.manual_seed(0)
+    AttributeClassifier(AttributeNet(AttributeNetConfig.tiny())).save(root / EXPORT_DIR)
+    return root
+
+
+def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys):
+    from data_prep.faceworld.attributes import ATTRIBUTES
+    from pretrain.world.__main__ import main
+    from pretrain.world.attributes import CLASS_WORD, vocabularies
+
+    world = _tiny_world(tmp_path / "world")
+    out = tmp_path / "results" / "world_foundation.json"
+    argv = ["evaluate", "--world", str(world), "--seed", "3", "--out", str(out), "--tiny",
+            "--only", "attributes,text_to_image,frechet,sizes"]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["renderer_seed"] == 3 and data["test_identities"]["split"] == "test"
+    assert "pretrain.world evaluate" in data["commands"]["evaluate"] and "--seed 3" in data["commands"]["evaluate"]
+    assert data["git_commit"]
+    assert set(data["attribute_accuracy"]) == set(vocabularies())
+    assert all(v is None or 0.0 <= v <= 1.0 for v in data["attribute_accuracy"].values())
+    success = data["text_to_image_attribute_success"]
+    assert set(ATTRIBUTES) | {CLASS_WORD, "overall", "overall_with_class_word"} == set(success)
+    assert data["text_to_image"]["combinations"] >= 8
+    grid = data["frechet_world_clip"]
+    assert set(grid) == {str(s) for s in STEPS_GRID}
+    assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
+    assert all(np.isfinite(v) and v >= 0 for row in grid.values() for v in row.values())
+    assert data["frechet_world_clip_real_vs_real"] >= 0
+    sizes = data["demo_parts_mb"]
+    files = [p for p in world.rglob("*") if p.is_file()]
+    assert len(sizes["files"]) == len(files)
+    assert sizes["total"] == pytest.approx(sum(p.stat().st_size for p in files) / 1e6, abs=1e-3)
+    assert "frechet_world_clip" in capsys.readouterr().out
