@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "clip": "pretrain.world.clip:ClipStage",
     "backbone": "pretrain.world.backbone:BackboneStage",
     "attributes": "pretrain.world.attributes:AttributeStage",
+    "identity": "pretrain.world.identity:IdentityStage",  # data_prep + pretrain.train: <world>/faceid_encoder
 }
 
 
@@ -69,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every)
-    run_stage(stage_class(args.stage)(opts))
+    stage = stage_class(args.stage)(opts)
+    if isinstance(stage, Stage):
+        run_stage(stage)
+    else:  # a stage that runs commands (pretrain.world.identity): its own run()
+        stage.run()
     return 0
 
 
