@@ -109,7 +109,7 @@ def head_to_image(n: dict, hx, hy) -> tuple[np.ndarray, np.ndarray]:
 
 
 def head_to_face_np(p: dict, n: dict, hx, hy) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse map of `project` (dz = 0) for head-frame points: numpy twin of face_grid."""
+    """The inverse map of `project` (dz = 0) for head-frame points: numpy twin of pose_grid."""
     rx, ry = p["face_w"], p["face_h"]
     qx, qy = hx / rx, hy / ry
     qz = np.sqrt(np.clip(1.0 - qx**2 - qy**2, 0.0, None))
@@ -177,28 +177,50 @@ def landmarks_and_box(ids: Identities, n: dict, layout: dict, size: int) -> tupl
     return to_pixels(lm, size).astype(np.float32), to_pixels(box, size).astype(np.float32)
 
 
+def feature_box(p: dict, n: dict, layout: dict, margin: float) -> tuple[np.ndarray, ...]:
+    """Image-space box (x0, y0, x1, y1; [B] each) holding every face-frame feature: the part of the face
+    outline, widened by `margin` head units, from above the highest feature (brows, moles, glasses,
+    freckles; projected through the pose) down to below the chin."""
+    top = np.minimum(p["eye_y"] - p["brow_dy"] - layout["brow_raise"] - p["brow_t"] - 0.08, p["eye_y"] - 0.3)
+    top = np.minimum(top, np.min(np.where(p["mole_r"] > 0, p["mole_y"] - p["mole_r"], 0.0), axis=1))
+    top = np.minimum(top, -0.2)
+    xs = np.stack([-0.8 * p["face_w"], np.zeros_like(top), 0.8 * p["face_w"]], axis=1)
+    _, hy_top = project_head(p, n, xs, np.repeat(top[:, None], 3, axis=1))
+    lo = np.maximum(np.min(hy_top, axis=1) - 0.05, -p["face_h"])
+    k = np.linspace(0.0, 1.0, 17)[None, :]
+    hy = lo[:, None] + (p["face_h"][:, None] + margin - lo[:, None]) * k
+    cols = {key: v[:, None] for key, v in p.items() if np.ndim(v) == 1}
+    half = outline_half_width(cols, np.minimum(hy, cols["face_h"])) + margin
+    shift = chin_shift(n)[:, None] * np.clip(hy / cols["face_h"], 0.0, 1.0) * cols["face_w"]
+    nn = {key: (v[:, None] if np.ndim(v) == 1 else v) for key, v in n.items()}
+    X, Y = head_to_image(nn, np.concatenate([shift - half, shift + half], 1), np.concatenate([hy, hy], 1))
+    return X.min(1), Y.min(1), X.max(1), Y.max(1)
+
+
 # ------------------------------------------------------------------------------- inverse (torch)
-def image_grid(size: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-    """X, Y [1, size, size]: pixel centres in image units (exact in float32 for power-of-two sizes)."""
-    r = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
-    return r.view(1, 1, size).expand(1, size, size), r.view(1, size, 1).expand(1, size, size)
+def grid_constants(p: dict, n: dict) -> dict[str, np.ndarray]:
+    """Per-item products of the pose that `pose_grid` needs ([B] float64 each)."""
+    cr, sr, inv = np.cos(n["roll"]), np.sin(n["roll"]), 1.0 / n["scale"]
+    cy, sy, cp, sp = np.cos(n["yaw"]), np.sin(n["yaw"]), np.cos(n["pitch"]), np.sin(n["pitch"])
+    fw, fh = p["face_w"], p["face_h"]
+    return {"g_rc": cr * inv, "g_rs": sr * inv, "g_fw": 1.0 / fw, "g_fh": 1.0 / fh, "g_xx": cy * fw, "g_xz": -sy * fw,
+            "g_yy": cp * fh, "g_yx": sp * sy * fh, "g_yz": sp * cy * fh}
 
 
-def head_grid(X: torch.Tensor, Y: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image X, Y [1, H, W] -> head-frame hx, hy [B, H, W] (t: per-item [B, 1, 1] tensors)."""
+def pose_grid(X: torch.Tensor, Y: torch.Tensor, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Image X [.., 1, W], Y [.., H, 1] -> per pixel [B, H, W]: head frame (hx, hy), the ellipsoid's
+    normalised coordinates (qx, qy, qz; qz = 0 off the head) and the face frame (fx, fy).
+
+    The inverse of `project`: undo position, roll and scale, then yaw and pitch on the ellipsoid
+    (t: per-item [B, 1, 1] tensors, including grid_constants).
+    """
     dx = X - t["tx"]
     dy = Y - t["ty"]
-    hx = (dx * t["cos_roll"] + dy * t["sin_roll"]) * t["inv_scale"]
-    hy = (dy * t["cos_roll"] - dx * t["sin_roll"]) * t["inv_scale"]
-    return hx, hy
-
-
-def face_grid(hx: torch.Tensor, hy: torch.Tensor, t: dict[str, torch.Tensor]):
-    """Head frame -> face frame fx, fy and the ellipsoid's normal (qx, qy, qz) in the head frame."""
-    qx = hx * t["inv_face_w"]
-    qy = hy * t["inv_face_h"]
-    qz = torch.sqrt((1.0 - qx * qx - qy * qy).clamp_(min=0.0))
-    x1 = qx * t["cos_yaw"] - qz * t["sin_yaw"]
-    z1 = qx * t["sin_yaw"] + qz * t["cos_yaw"]
-    y2 = qy * t["cos_pitch"] + z1 * t["sin_pitch"]
-    return x1 * t["face_w"], y2 * t["face_h"], (qx, qy, qz)
+    hx = dx * t["g_rc"] + dy * t["g_rs"]
+    hy = dy * t["g_rc"] - dx * t["g_rs"]
+    qx = hx * t["g_fw"]
+    qy = hy * t["g_fh"]
+    qz = torch.addcmul(qx * qx, qy, qy).neg_().add_(1.0).clamp_(min=0.0).sqrt_()
+    fx = (qx * t["g_xx"]).addcmul_(qz, t["g_xz"])
+    fy = (qy * t["g_yy"]).addcmul_(qx, t["g_yx"]).addcmul_(qz, t["g_yz"])
+    return {"hx": hx, "hy": hy, "qx": qx, "qy": qy, "qz": qz, "fx": fx, "fy": fy}

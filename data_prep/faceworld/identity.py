@@ -113,7 +113,7 @@ def identity_params(seed: int, index) -> Identities:
     p["hair_style"] = d.choice(HAIR_STYLE_WEIGHTS[kind]).astype(np.float64)
     p["hair_color"] = d.choice(HAIR_COLOR_WEIGHTS[kind]).astype(np.float64)
     p["hair_volume"] = u(0.06, 0.26)
-    p["hairline"] = u(-0.95, -0.62)  # y of the hairline at the middle
+    p["hairline"] = u(-0.72, -0.45)  # y of the hairline at the middle, in units of face_h
     p["fringe"] = u(0.0, 1.0)  # > 0.5: bangs down towards the brows
     p["hair_part"] = u(-0.6, 0.6)
     p["hair_len"] = u(0.0, 1.0)

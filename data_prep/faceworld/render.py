@@ -22,6 +22,7 @@ pixel operation is elementwise, so an item's pixels do not depend on the batch i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ from data_prep.faceworld.shapes import (
     ellipse_d,
     hash01,
     noise_bank,
+    noise_index,
     paint,
-    sample_noise,
     soft,
     tri,
 )
@@ -96,10 +97,10 @@ class RenderBatch:
         return (self.item(i) for i in range(len(self)))
 
 
-def caption_rng(seed: int, identity: int, render: int) -> np.random.Generator:
-    """The generator a render's caption is phrased with (counter-based, like everything else)."""
-    key = int(hash_bits(seed, STREAM_CAPTION, identity, render, 1)[0, 0])
-    return np.random.Generator(np.random.Philox(key=key))
+def caption_rngs(seed: int, identities: np.ndarray, renders: np.ndarray) -> list[np.random.Generator]:
+    """The generators the renders' captions are phrased with (counter-based, like everything else)."""
+    keys = hash_bits(seed, STREAM_CAPTION, identities, renders, 1)[:, 0]
+    return [np.random.Generator(np.random.Philox(key=int(k))) for k in keys]
 
 
 # ------------------------------------------------------------------------------------------- hair
@@ -110,7 +111,7 @@ def hair_layout(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     hv, fr, hl = p["hair_volume"], p["fringe"], p["hair_len"]
     b = len(style)
     z = np.zeros(b)
-    L = {"density": np.ones(b), "vol_top": 0.05 + 0.4 * hv, "vol_side": 0.02 + 0.2 * hv, "bottom": -0.05 * fh,
+    L = {"density": np.ones(b), "vol_top": 0.12 + 0.4 * hv, "vol_side": 0.02 + 0.2 * hv, "bottom": -0.05 * fh,
          "flare": z.copy(), "hairline": p["hairline"] * fh, "temple": 0.35 + z, "part_tilt": z.copy(),
          "bangs": np.full(b, -_FAR), "bangs_jag": 0.03 + z, "curtain": np.full(b, _FAR), "curtain_bottom": z.copy(),
          "top_jag": z.copy(), "wave": z.copy(), "curl": z.copy()}
@@ -123,8 +124,8 @@ def hair_layout(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         target[name] = np.where(style == HAIR_STYLES.index(s), value, target[name])
 
     where("density", "bald", 0.0)
-    where("density", "buzz", 0.5)
-    where("vol_top", "buzz", 0.02)
+    where("density", "buzz", 0.8)
+    where("vol_top", "buzz", 0.07)
     where("vol_side", "buzz", 0.0)
     # short styles: fringe for some
     for s in ("short", "spiky"):
@@ -153,7 +154,7 @@ def hair_layout(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         where("curtain", s, (0.76 + 0.12 * hl) * fw)
         where("curtain_bottom", s, 0.95 * fh)
     for s in ("ponytail", "bun", "pigtails"):
-        where("vol_top", s, 0.04 + 0.1 * hv)
+        where("vol_top", s, 0.12 + 0.1 * hv)
         where("vol_side", s, 0.02)
         where("bottom", s, 0.05 * fh)
     side = np.where(p["hair_part"] >= 0, 1.0, -1.0)
@@ -166,25 +167,41 @@ def hair_layout(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     where("b1rx", "bun", 0.3 + 0.15 * hv)
     where("b1ry", "bun", 0.26 + 0.1 * hv)
     for k, sgn in (("b1", -1.0), ("b2", 1.0)):
-        where(f"{k}x", "pigtails", sgn * (fw + 0.22))
-        where(f"{k}y", "pigtails", 0.3 * fh + 0.3 * hl)
-        where(f"{k}rx", "pigtails", 0.2 + 0.1 * hv)
-        where(f"{k}ry", "pigtails", 0.45 + 0.3 * hl)
+        where(f"{k}x", "pigtails", sgn * (fw + 0.2))
+        where(f"{k}y", "pigtails", 0.45 * fh + 0.4 * hl)
+        where(f"{k}rx", "pigtails", 0.17 + 0.08 * hv)
+        where(f"{k}ry", "pigtails", 0.6 + 0.35 * hl)
     return {**L, **blob}
 
 
 # ------------------------------------------------------------------------------------- the world
-class FaceWorld:
-    """Renders people of one seed. size: 64 or 128; chunk: items drawn at once (memory vs overhead)."""
+_CONST = {"blush": (0.9, 0.45, 0.45), "mole": (0.30, 0.18, 0.12), "freckle": (0.46, 0.27, 0.17),
+          "mouth": (0.28, 0.05, 0.06), "teeth": (0.97, 0.95, 0.90), "white": (0.93, 0.91, 0.88),
+          "pupil": (0.02, 0.02, 0.02), "lid": (0.10, 0.06, 0.05), "dark_lens": (0.04, 0.05, 0.08),
+          "clear_lens": (0.85, 0.92, 1.0), "glare": (1.0, 1.0, 1.0), "paper": (0.98, 0.96, 0.91)}
+WINDOW_MARGIN = 0.2  # head units around the face outline that the features may reach (beard, glasses)
 
-    def __init__(self, seed: int, size: int = 64, device: torch.device | str = "cpu", chunk: int = 64):
+
+class FaceWorld:
+    """Renders people of one seed. size: 64 or 128; chunk: items drawn at once (memory vs overhead);
+    window: draw the face's features on a crop around the face only (same pixels, faster);
+    threads: torch CPU threads while drawing on the CPU (default 1: the drawing is many small
+    elementwise operations, which extra threads slow down; run several processes to use more cores),
+    None leaves torch's setting alone."""
+
+    def __init__(self, seed: int, size: int = 64, device: torch.device | str = "cpu", chunk: int = 64,
+                 window: bool = True, threads: int | None = 1):
         if size not in SIZES:
             raise ValueError(f"size must be one of {SIZES}, got {size}")
         if not 0 <= int(seed) < 2**62:
             raise ValueError(f"seed must lie in [0, 2**62), got {seed}")
         self.seed, self.size, self.device, self.chunk = int(seed), size, torch.device(device), max(1, int(chunk))
-        self.bank = torch.from_numpy(noise_bank(size)).to(self.device)
-        self.X, self.Y = geo.image_grid(size, self.device)
+        self.window, self.threads = window, threads
+        self.bank = torch.from_numpy(noise_bank(size)).to(self.device).reshape(len(NOISE_CHANNELS), -1)
+        r = (torch.arange(size, device=self.device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
+        self.X, self.Y = r.view(1, 1, size), r.view(1, size, 1)  # broadcast to [B, H, W]
+        self.const = {k: torch.tensor(v, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+                      for k, v in _CONST.items()}
 
     # ---------------------------------------------------------------------------------- public
     def render(self, identities: Sequence[int] | np.ndarray, renders: Sequence[int] | np.ndarray | int,
@@ -205,255 +222,340 @@ class FaceWorld:
                                   overrides=None if attributes is None else list(attributes))
         people = identity_params(self.seed, ids)
         words = people.class_words
-        captions = [caption(a, w, caption_rng(self.seed, int(i), int(r)), mention)
-                    for a, w, i, r in zip(attrs, words, ids, rs)]
+        captions = [caption(a, w, rng, mention) for a, w, rng in zip(attrs, words, caption_rngs(self.seed, ids, rs))]
         nu = geo.sample_nuisance(self.seed, ids, rs)
         codes = {name: np.array([ATTRIBUTES[name].index(a[name]) if a[name] is not None else -1 for a in attrs])
                  for name in ATTRIBUTES}
         layout = geo.expression_layout(people.p, nu, codes["expression"])
         landmarks, boxes = geo.landmarks_and_box(people, nu, layout, self.size)
         images = torch.empty((len(ids), self.size, self.size, 3), dtype=torch.uint8, device=self.device)
-        for lo in range(0, len(ids), self.chunk):
-            sl = slice(lo, lo + self.chunk)
-            images[sl] = self._draw({k: v[sl] for k, v in people.p.items()}, {k: v[sl] for k, v in nu.items()},
-                                    {k: v[sl] for k, v in layout.items()}, {k: v[sl] for k, v in codes.items()})
+        with self._cpu_threads():
+            for lo in range(0, len(ids), self.chunk):
+                sl = slice(lo, lo + self.chunk)
+                images[sl] = self._draw({k: v[sl] for k, v in people.p.items()}, {k: v[sl] for k, v in nu.items()},
+                                        {k: v[sl] for k, v in layout.items()}, {k: v[sl] for k, v in codes.items()})
         return RenderBatch(images, ids, rs, words, attrs, captions, boxes, landmarks)
 
-    # ---------------------------------------------------------------------------------- drawing
+    @contextlib.contextmanager
+    def _cpu_threads(self):
+        if self.threads is None or self.device.type != "cpu" or torch.get_num_threads() == self.threads:
+            yield
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    # ---------------------------------------------------------------------------------- set-up
     def _tensors(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """[B] arrays -> [B, 1, 1] float32 tensors on the device (one transfer)."""
         names = list(arrays)
         stacked = torch.from_numpy(np.stack([arrays[k] for k in names], axis=1).astype(np.float32)).to(self.device)
         return {k: stacked[:, j].view(-1, 1, 1) for j, k in enumerate(names)}
 
-    def _colors(self, rgb: np.ndarray) -> torch.Tensor:
+    def _colors(self, rgb) -> torch.Tensor:
         """[B, 3] -> [B, 3, 1, 1] float32 on the device."""
         return torch.from_numpy(np.asarray(rgb, dtype=np.float32)).to(self.device).view(-1, 3, 1, 1)
-
-    def _draw(self, p: dict, n: dict, lay: dict, codes: dict) -> torch.Tensor:
-        """One chunk -> uint8 [b, H, W, 3]."""
-        b, size = len(p["face_w"]), self.size
-        hair = hair_layout(p)
-        ndx, ndy = geo.nose_shift(p, n)
-        scalars = {k: v for k, v in p.items() if np.ndim(v) == 1}
-        scalars.update({f"hair_{k}": v for k, v in hair.items()})
-        scalars.update({k: v for k, v in n.items() if np.ndim(v) == 1})
-        scalars.update({f"x_{k}": v for k, v in lay.items()})
-        ear = {}
-        for j, sgn in enumerate((-1.0, 1.0)):
-            ear[f"ear{j}_x"], ear[f"ear{j}_y"] = geo.project_head(p, n, sgn * (p["face_w"] + 0.5 * p["ear_out"]),
-                                                                  p["ear_y"], -0.2)
-        scalars.update(ear)
-        scalars.update(cos_roll=np.cos(n["roll"]), sin_roll=np.sin(n["roll"]), inv_scale=1.0 / n["scale"],
-                       cos_yaw=np.cos(n["yaw"]), sin_yaw=np.sin(n["yaw"]), cos_pitch=np.cos(n["pitch"]),
-                       sin_pitch=np.sin(n["pitch"]), inv_face_w=1.0 / p["face_w"], inv_face_h=1.0 / p["face_h"],
-                       nose_dx=ndx, nose_dy=ndy, chin=geo.chin_shift(n), aa=(2.0 / size) / n["scale"],
-                       hair_shift=0.12 * np.sin(n["yaw"]))
-        for k in range(MAX_MOLES):
-            scalars.update({f"mole{k}_x": p["mole_x"][:, k], f"mole{k}_y": p["mole_y"][:, k],
-                            f"mole{k}_r": np.where(p["mole_r"][:, k] > 0, p["mole_r"][:, k], -1.0)})
-        t = self._tensors(scalars)
-        skin = SKIN_TONES[p["skin"].astype(int)] * n["skin_jit"][:, None]
-        hair_rgb = HAIR_COLORS[p["hair_color"].astype(int)] * n["hair_jit"][:, None]
-        col = {
-            "skin": self._colors(skin),
-            "skin_dark": self._colors(skin * [0.80, 0.74, 0.72]),
-            "lips": self._colors(skin * [0.82, 0.58, 0.58] * (1 - 0.4 * p["lip_red"][:, None])
-                                 + np.array([0.75, 0.2, 0.25]) * 0.4 * p["lip_red"][:, None]),
-            "hair": self._colors(hair_rgb),
-            "brow": self._colors(0.65 * hair_rgb + 0.35 * np.array([0.18, 0.12, 0.08])),
-            "iris": self._colors(IRIS_COLORS[p["iris"].astype(int)]),
-            "clothes": self._colors([CLOTHING_COLORS[ATTRIBUTES["clothing"][c]] for c in codes["clothing"]]),
-            "light": self._colors([SCENE_LIGHT[ATTRIBUTES["scene"][c]] for c in codes["scene"]]),
-            "frame": self._colors(FRAME_COLORS[n["frame"].astype(int)]),
-            "hat": self._colors([HAT_COLORS[ATTRIBUTES["hat_color"][c]] if c >= 0 else (0, 0, 0)
-                                 for c in codes["hat_color"]]),
-        }
-        gains = np.stack([1 + n["warmth"], 1 + n["tint"], 1 - n["warmth"]], axis=1) * n["exposure"][:, None]
-        col["gains"] = self._colors(gains)
-        tile = lambda v, m: torch.from_numpy(np.floor(v * m).astype(np.int64)).to(self.device)  # noqa: E731
-        nz_all = sample_noise(self.bank, tile(n["tile"], NOISE_TILES), tile(n["tile_ox"], size),
-                              tile(n["tile_oy"], size), tile(n["tile_flip"], 2))
-        nz = dict(zip(NOISE_CHANNELS, nz_all, strict=True))
-        scene_u = torch.from_numpy(n["scene_u"].astype(np.float32)).to(self.device)
-
-        img = torch.empty((b, 3, size, size), dtype=torch.float32, device=self.device)
-        aa_img = 2.0 / size
-        for k, name in enumerate(ATTRIBUTES["scene"]):
-            idx = self._subset(codes["scene"] == k)
-            if idx is None:
-                continue
-            sub_nz = {c: v[idx] for c, v in nz.items()}
-            img[idx] = PAINTERS[name](self.X, self.Y, scene_u[idx], sub_nz, aa_img)
-
-        X, Y = self.X, self.Y
-        hx, hy = geo.head_grid(X, Y, t)
-        fx, fy, (qx, qy, qz) = geo.face_grid(hx, hy, t)
-        aa = t["aa"]
-        hat_brim = torch.from_numpy(np.where(codes["hat"] > 0, -0.62 * p["face_h"], -_FAR).astype(np.float32))
-        hat_brim = hat_brim.to(self.device).view(-1, 1, 1)
-        hair_clip = soft(hat_brim + 0.02 - hy, aa)  # hair hidden above a hat's brim
-
-        hair_tex = col["hair"] * (0.8 + 0.35 * nz["streak"] + 0.25 * t["hair_curl"] * (nz["fine"] - 0.5)).unsqueeze(1)
-        # ---- hair behind the head
-        hxs = hx + t["hair_shift"]
-        back_d, back = self._hair_back(hxs, hy, t, aa)
-        back = back * hair_clip * t["hair_density"]
-        paint(img, back, hair_tex)
-        # ---- neck and clothes
-        body = self._body(img, X, Y, t, col, nz, codes)
-        # ---- ears
-        for j in range(2):
-            ex, ey = hx - t[f"ear{j}_x"], hy - t[f"ear{j}_y"]
-            rx = 0.5 * t["ear_size"] + 0.3 * t["ear_out"]
-            paint(img, soft(ellipse_d(ex, ey, rx, t["ear_size"]), aa), col["skin"])
-            inner = soft(ellipse_d(ex, ey - 0.02, 0.45 * rx, 0.55 * t["ear_size"]), aa)
-            paint(img, inner * 0.7, col["skin_dark"] * 0.85)
-        # ---- face
-        face_d = self._outline_d(hx, hy, t)
-        face = soft(face_d, aa)
-        skin_tex = col["skin"] * (0.96 + 0.08 * nz["fine"]).unsqueeze(1)
-        paint(img, face, skin_tex)
-        front = face  # features only on the face
-        blush = soft(ellipse_d(fx.abs() - 0.55 * t["face_w"], fy - t["nose_y"] + 0.05, 0.22, 0.14), 0.15)
-        paint(img, blush * front * (0.1 + 0.3 * t["x_smile"]), self._colors(np.tile([[0.9, 0.45, 0.45]], (b, 1))))
-        self._marks(img, fx, fy, t, front, aa, codes, p)
-        self._nose(img, fx, fy, t, col, front, aa)
-        beard_idx = self._subset(p["beard"] > 0)
-        if beard_idx is not None:
-            self._beard(img, beard_idx, fx, fy, face_d, t, col, nz, aa)
-        self._mouth(img, fx, fy, t, col, front, aa)
-        self._eyes(img, fx, fy, t, col, front, aa)
-        self._brows(img, fx, fy, t, col, front, aa)
-        # ---- hair in front of the face
-        line = t["hair_hairline"] + t["hair_temple"] * (fx * t["inv_face_w"]).square() + t["hair_part_tilt"] * fx
-        fringe = t["hair_bangs"] + t["hair_bangs_jag"] * tri(fx * 7.0)
-        top = soft(fy - torch.maximum(line, fringe), aa)
-        curtain = soft(t["hair_curtain"] - hxs.abs(), aa) * soft(hy - t["hair_curtain_bottom"], aa)
-        front_hair = torch.maximum(top, curtain) * soft(back_d, aa) * hair_clip * t["hair_density"]
-        paint(img, front_hair, hair_tex)
-        # ---- glasses and hats
-        g_idx = self._subset(codes["glasses"] > 0)
-        if g_idx is not None:
-            self._glasses(img, g_idx, fx, fy, hx, t, col, codes, aa)
-        hat_alpha = torch.zeros_like(face)
-        for k, name in enumerate(ATTRIBUTES["hat"]):
-            idx = self._subset(codes["hat"] == k) if k > 0 else None
-            if idx is not None:
-                hat_alpha[idx] = self._hat(img, idx, name, hx[idx] + 0.5 * t["hair_shift"][idx], hy[idx], t, col, aa)
-        # ---- light: shading of the person (head-shaped normals), the scene's light colour
-        person = 1.0 - (1.0 - back) * (1.0 - body) * (1.0 - face) * (1.0 - hat_alpha)
-        r2 = (qx * qx + qy.clamp(-1.3, 1.0).square()).clamp_(min=1.0)
-        inv = torch.rsqrt(r2)
-        nx, ny = qx * inv, qy.clamp(-1.3, 1.0) * inv
-        nzv = torch.sqrt((1.0 - nx * nx - ny * ny).clamp_(min=0.0))
-        lam = (nx * t["light_x"] + ny * t["light_y"] + nzv * t["light_z"]).clamp_(0.0, 1.0)
-        shade = (1.0 - 0.6 * t["light_k"]) + 1.1 * t["light_k"] * lam
-        gain = 1.0 + person.unsqueeze(1) * (shade.unsqueeze(1) * col["light"] - 1.0)
-        img.mul_(gain).mul_(col["gains"])
-        # ---- style
-        for k, name in enumerate(ATTRIBUTES["style"]):
-            idx = self._subset(codes["style"] == k)
-            if idx is not None:
-                img[idx] = self._style(name, img[idx], {c: v[idx] for c, v in nz.items()})
-        img = img.clamp_(0.0, 1.0).mul_(255.0).add_(0.5).floor_()
-        return img.to(torch.uint8).permute(0, 2, 3, 1)
 
     def _subset(self, mask: np.ndarray) -> torch.Tensor | None:
         idx = np.flatnonzero(mask)
         return torch.from_numpy(idx).to(self.device) if len(idx) else None
 
+    def _params(self, p: dict, n: dict, lay: dict, hair: dict) -> dict[str, torch.Tensor]:
+        """Every per-item number the drawing uses, as [B, 1, 1] tensors (derived ones computed here)."""
+        ndx, ndy = geo.nose_shift(p, n)
+        scalars = {k: v for k, v in p.items() if np.ndim(v) == 1}
+        scalars.update({f"hair_{k}": v for k, v in hair.items()})
+        scalars.update({k: v for k, v in n.items() if np.ndim(v) == 1})
+        scalars.update({f"x_{k}": v for k, v in lay.items()})
+        for j, sgn in enumerate((-1.0, 1.0)):
+            scalars[f"ear{j}_x"], scalars[f"ear{j}_y"] = geo.project_head(
+                p, n, sgn * (p["face_w"] + 0.5 * p["ear_out"]), p["ear_y"], -0.2)
+        fh, fw = p["face_h"], p["face_w"]
+        scalars.update(geo.grid_constants(p, n))
+        hair_rx = fw + hair["vol_side"]
+        scalars.update(inv_scale=1.0 / n["scale"], sin_yaw=np.sin(n["yaw"]), nose_dx=ndx, nose_dy=ndy,
+                       chin=geo.chin_shift(n), jaw_in=1.0 - p["jaw_w"], aa=(2.0 / self.size) / n["scale"],
+                       hair_shift=0.12 * np.sin(n["yaw"]), nose_side=np.where(n["light_x"] > 0, -1.0, 1.0),
+                       inv_nose_span=1.0 / (p["nose_y"] - p["eye_y"]), hat_brim=-0.62 * fh + 0.02,
+                       ear_rx=0.5 * p["ear_size"] + 0.3 * p["ear_out"], shade_k=1.1 * n["light_k"],
+                       shade_0=1.0 - 0.6 * n["light_k"], hair_rx=hair_rx, hair_ry=fh + hair["vol_top"],
+                       hair_flare_rx=hair["flare"] * hair_rx)
+        for k in range(MAX_MOLES):
+            scalars.update({f"mole{k}_x": p["mole_x"][:, k], f"mole{k}_y": p["mole_y"][:, k],
+                            f"mole{k}_r": np.where(p["mole_r"][:, k] > 0, p["mole_r"][:, k], -1.0)})
+        return self._tensors(scalars)
+
+    def _palette(self, p: dict, n: dict, codes: dict) -> dict[str, torch.Tensor]:
+        skin = SKIN_TONES[p["skin"].astype(int)] * n["skin_jit"][:, None]
+        hair = HAIR_COLORS[p["hair_color"].astype(int)] * n["hair_jit"][:, None]
+        red = p["lip_red"][:, None]
+        gains = np.stack([1 + n["warmth"], 1 + n["tint"], 1 - n["warmth"]], axis=1) * n["exposure"][:, None]
+        light = np.array([SCENE_LIGHT[ATTRIBUTES["scene"][c]] for c in codes["scene"]])
+        rows = {
+            "skin": skin, "skin_dark": skin * [0.80, 0.74, 0.72], "skin_shadow": skin * [0.68, 0.63, 0.61],
+            "nostril": skin * [0.40, 0.37, 0.36], "skin_light": np.minimum(skin * 1.15, 1.0),
+            "lips": skin * [0.82, 0.58, 0.58] * (1 - 0.4 * red) + np.array([0.75, 0.2, 0.25]) * 0.4 * red,
+            "hair": hair, "brow": 0.65 * hair + 0.35 * np.array([0.18, 0.12, 0.08]),
+            "iris": IRIS_COLORS[p["iris"].astype(int)],
+            "clothes": np.array([CLOTHING_COLORS[ATTRIBUTES["clothing"][c]] for c in codes["clothing"]]),
+            "frame": FRAME_COLORS[n["frame"].astype(int)],
+            "hat": np.array([HAT_COLORS[ATTRIBUTES["hat_color"][c]] if c >= 0 else (0, 0, 0)
+                             for c in codes["hat_color"]]),
+            "gains": gains, "lit_gains": light * gains,
+        }
+        names = list(rows)
+        stacked = self._colors(np.stack([rows[k] for k in names], axis=1).reshape(-1, 3)).view(len(skin), -1, 3, 1, 1)
+        return {k: stacked[:, j] for j, k in enumerate(names)}
+
+    # ---------------------------------------------------------------------------------- drawing
+    def _draw(self, p: dict, n: dict, lay: dict, codes: dict) -> torch.Tensor:
+        """One chunk -> uint8 [b, H, W, 3]."""
+        b, size = len(p["face_w"]), self.size
+        hair = hair_layout(p)
+        t = self._params(p, n, lay, hair)
+        col = self._palette(p, n, codes)
+        tile = lambda v, m: torch.from_numpy(np.floor(v * m).astype(np.int64)).to(self.device)  # noqa: E731
+        flat = noise_index(size, tile(n["tile"], NOISE_TILES), tile(n["tile_ox"], size), tile(n["tile_oy"], size),
+                           tile(n["tile_flip"], 2))
+        nz = {c: self.bank[k].take(flat) for k, c in enumerate(NOISE_CHANNELS)}
+        aa = t["aa"]
+        X, Y = self.X, self.Y
+
+        # ---- background
+        img = torch.empty((b, 3, size, size), dtype=torch.float32, device=self.device)
+        scene_u = torch.from_numpy(n["scene_u"].astype(np.float32)).to(self.device)
+        for k, name in enumerate(ATTRIBUTES["scene"]):
+            idx = self._subset(codes["scene"] == k)
+            if idx is not None:
+                img[idx] = PAINTERS[name](X, Y, scene_u[idx], {c: v[idx] for c, v in nz.items()}, 2.0 / size)
+
+        # ---- hair behind the head, neck and clothes, ears, face
+        g = geo.pose_grid(X, Y, t)
+        hx, hy = g["hx"], g["hy"]
+        hxs = hx + t["hair_shift"]
+        back_d = self._hair_back(hxs, hy, t, p, hair)
+        hair_a = soft(back_d, aa).mul_(t["hair_density"])
+        hatted = self._subset(codes["hat"] > 0)
+        if hatted is not None:  # no hair above a hat's brim
+            hair_a[hatted] *= soft(t["hat_brim"][hatted] - hy[hatted], aa[hatted])
+        hair_tex = 0.8 + 0.35 * nz["streak"]
+        curly = self._subset(p["hair_style"] == HAIR_STYLES.index("afro"))
+        if curly is not None:
+            hair_tex[curly] += 0.3 * (nz["fine"][curly] - 0.5)
+        hair_rgb = col["hair"] * hair_tex.unsqueeze(1)
+        paint(img, hair_a, hair_rgb)
+        body = self._body(img, X, Y, t, col, nz, n["garment"].astype(int))
+        ears = self._subset(hair["curtain"] >= _FAR / 2)  # long hair hides the ears
+        if ears is not None:
+            sub = img[ears]
+            for j in range(2):
+                ex, ey = hx[ears] - t[f"ear{j}_x"][ears], hy[ears] - t[f"ear{j}_y"][ears]
+                rx, ry, a = t["ear_rx"][ears], t["ear_size"][ears], aa[ears]
+                paint(sub, soft(ellipse_d(ex, ey, rx, ry), a), col["skin"][ears])
+                inner = soft(ellipse_d(ex, ey - 0.02, 0.45 * rx, 0.55 * ry), a)
+                paint(sub, inner.mul_(0.7), col["skin_shadow"][ears])
+            img[ears] = sub
+        face = soft(self._outline_d(g, t), aa)
+        paint(img, face, col["skin"] * (0.96 + 0.08 * nz["fine"]).unsqueeze(1))
+
+        # ---- the face's features, on a window around the face
+        self._features(img, p, n, lay, t, col, nz, codes)
+
+        # ---- hair in front of the face: above the hairline (or a fringe), curtains at the sides
+        fx, fy = g["fx"], g["fy"]
+        line = (fx * t["g_fw"]).square_().mul_(t["hair_temple"]).addcmul_(fx, t["hair_part_tilt"])
+        line += t["hair_hairline"]
+        bangs = self._subset(hair["bangs"] > -_FAR / 2)
+        if bangs is not None:
+            fringe = t["hair_bangs"][bangs] + t["hair_bangs_jag"][bangs] * tri(fx[bangs] * 7.0)
+            line[bangs] = torch.maximum(line[bangs], fringe)
+        front_hair = soft(fy - line, aa)
+        curtains = self._subset(hair["curtain"] < _FAR / 2)
+        if curtains is not None:
+            a, c = aa[curtains], curtains
+            curtain = soft(t["hair_curtain"][c] - hxs[c].abs(), a) * soft(hy[c] - t["hair_curtain_bottom"][c], a)
+            front_hair[c] = torch.maximum(front_hair[c], curtain)
+        paint(img, front_hair.mul_(hair_a), hair_rgb)
+        hat_alpha = torch.zeros_like(face)
+        for k, name in enumerate(ATTRIBUTES["hat"]):
+            idx = self._subset(codes["hat"] == k) if k > 0 else None
+            if idx is not None:
+                hat_alpha[idx] = self._hat(img, idx, name, hx[idx] + 0.5 * t["hair_shift"][idx], hy[idx], t, col, aa)
+
+        # ---- light: the person is shaded on head-shaped normals, in the scene's light colour
+        person = (1.0 - hair_a).mul_(1.0 - body).mul_(1.0 - face).mul_(1.0 - hat_alpha).neg_().add_(1.0)
+        lam = (g["qx"].clamp(-1.0, 1.0) * t["light_x"]).addcmul_(g["qy"].clamp(-1.0, 1.0), t["light_y"])
+        lam = lam.addcmul_(g["qz"], t["light_z"]).clamp_(0.0, 1.0)
+        shade = lam.mul_(t["shade_k"]).add_(t["shade_0"])
+        # per pixel: gains (white balance, exposure) outside the person, shade x scene light x gains on it
+        factor = (shade.unsqueeze(1) * col["lit_gains"] - col["gains"]).mul_(person.unsqueeze(1)).add_(col["gains"])
+        img.mul_(factor)
+
+        # ---- style
+        for k, name in enumerate(ATTRIBUTES["style"]):
+            idx = self._subset(codes["style"] == k)
+            if idx is not None:
+                img[idx] = self._style(name, img[idx], {c: v[idx] for c, v in nz.items()}, self.const["paper"])
+        img = img.mul_(255.0).add_(0.5).clamp_(0.0, 255.0)
+        return img.to(torch.uint8).permute(0, 2, 3, 1)  # truncation = floor: rounds to nearest
+
+    def _window(self, p: dict, n: dict, lay: dict) -> tuple[int, np.ndarray, np.ndarray]:
+        """Side and per-item top-left corner (pixels) of a square covering every feature of each face."""
+        size = self.size
+        if not self.window:
+            zeros = np.zeros(len(p["face_w"]), dtype=np.int64)
+            return size, zeros, zeros
+        x0, y0, x1, y1 = geo.feature_box(p, n, lay, WINDOW_MARGIN)
+        px = lambda v: geo.to_pixels(v, size)  # noqa: E731
+        x0, y0, x1, y1 = px(x0) - 1.0, px(y0) - 1.0, px(x1) + 1.0, px(y1) + 1.0
+        side = int(min(size, 4 * np.ceil(max(np.max(x1 - x0), np.max(y1 - y0)) / 4)))
+        ox = np.clip(np.floor((x0 + x1) / 2 - side / 2 + 0.5), 0, size - side).astype(np.int64)
+        oy = np.clip(np.floor((y0 + y1) / 2 - side / 2 + 0.5), 0, size - side).astype(np.int64)
+        return side, ox, oy
+
+    def _features(self, img, p, n, lay, t, col, nz, codes) -> None:
+        """Moles, freckles, blush, nose, facial hair, mouth, eyes, brows and glasses: drawn on a window
+        around each face (gathered from img and scattered back; pixels outside it have none of these)."""
+        b, size = img.shape[0], self.size
+        side, ox, oy = self._window(p, n, lay)
+        r = torch.arange(side, device=self.device)
+        oxt = torch.from_numpy(ox).to(self.device).view(-1, 1, 1)
+        oyt = torch.from_numpy(oy).to(self.device).view(-1, 1, 1)
+        flat = ((oyt + r.view(1, -1, 1)) * size + oxt + r.view(1, 1, -1)).view(b, 1, -1)
+        idx3 = flat.expand(b, 3, side * side)
+        win = img.view(b, 3, -1).gather(2, idx3).view(b, 3, side, side)
+        X = ((oxt + r.view(1, 1, -1)).to(torch.float32) + 0.5) * (2.0 / size) - 1.0  # [b, 1, side]
+        Y = ((oyt + r.view(1, -1, 1)).to(torch.float32) + 0.5) * (2.0 / size) - 1.0  # [b, side, 1]
+        wnz = {c: v.view(b, -1).gather(1, flat.view(b, -1)).view(b, side, side) for c, v in nz.items()}
+        g = geo.pose_grid(X, Y, t)
+        hx, fx, fy = g["hx"], g["fx"], g["fy"]
+        face_d = self._outline_d(g, t)
+        aa = t["aa"]
+        front = soft(face_d, aa)
+        c = self.const
+        blush = soft(ellipse_d(fx.abs() - 0.55 * t["face_w"], fy - t["nose_y"] + 0.05, 0.22, 0.14), 0.15)
+        paint(win, blush.mul_(front).mul_(0.1 + 0.3 * t["x_smile"]), c["blush"])
+        self._marks(win, fx, fy, t, front, aa, p)
+        self._nose(win, fx, fy, t, col, front, aa)
+        beard = self._subset(p["beard"] > 0)
+        if beard is not None:
+            self._beard(win, beard, fx, fy, face_d, t, col, wnz, aa)
+        self._mouth(win, fx, fy, t, col, front, aa)
+        self._eyes(win, fx, fy, t, col, front, aa)
+        self._brows(win, fx, fy, t, col, front, aa)
+        glasses = self._subset(codes["glasses"] > 0)
+        if glasses is not None:
+            self._glasses(win, glasses, fx, fy, hx, face_d, t, col, codes, aa)
+        img.view(b, 3, -1).scatter_(2, idx3, win.view(b, 3, -1))
+
     # ------------------------------------------------------------------------------- face parts
     @staticmethod
-    def _outline_d(hx, hy, t):
-        """Signed distance (about head units) to the face outline: an ellipse with a narrower, squarer jaw."""
-        tt = (hy * t["inv_face_h"]).clamp(0.0, 1.0)
+    def _outline_d(g: dict, t: dict) -> torch.Tensor:
+        """Signed distance (about head units) to the face outline: an ellipse with a narrower, squarer jaw
+        (g: pose_grid)."""
+        tt = g["qy"].clamp(0.0, 1.0)
         t2 = tt * tt
-        tp = t2 + (t2 * t2 - t2) * t["jaw_sq"]
-        width = t["face_w"] * (1.0 - (1.0 - t["jaw_w"]) * tp)
-        x = (hx - t["chin"] * tt * t["face_w"]) / width
-        y = hy * t["inv_face_h"]
-        return (torch.sqrt(x * x + y * y) - 1.0) * t["face_w"]
+        tp = (t2 * t2 - t2).mul_(t["jaw_sq"]).add_(t2)
+        inv_width = tp.mul_(t["jaw_in"]).neg_().add_(1.0).reciprocal_()  # 1 / (width / face_w)
+        x = (g["qx"] - t["chin"] * tt).mul_(inv_width)
+        return torch.addcmul(x * x, g["qy"], g["qy"]).sqrt_().sub_(1.0).mul_(t["face_w"])
 
-    @staticmethod
-    def _hair_back(hx, hy, t, aa):
-        """The hair mass behind the head: (signed distance, coverage)."""
-        rx = t["face_w"] + t["hair_vol_side"] + t["hair_wave"] * tri(hy * 2.5)
-        ry = t["face_h"] + t["hair_vol_top"] + t["hair_top_jag"] * tri(hx * 3.5)
-        upper = ellipse_d(hx, hy, rx, ry)
-        lower = hx.abs() - rx * (1.0 + t["hair_flare"] * (hy * t["inv_face_h"]).clamp(min=0.0))
-        d = torch.where(hy < 0, upper, lower)
-        d = torch.maximum(d, hy - t["hair_bottom"] - 0.06 * tri(hx * 4.0))
-        for k in ("b1", "b2"):
-            blob = ellipse_d(hx - t[f"hair_{k}x"], hy - t[f"hair_{k}y"], t[f"hair_{k}rx"], t[f"hair_{k}ry"])
-            d = torch.minimum(d, blob)
-        return d, soft(d, aa)
+    def _hair_back(self, hx, hy, t, p, hair):
+        """Signed distance to the hair mass behind the head (above: an ellipse; below: straight or flared
+        sides down to the hair's length; spikes, waves, buns, ponytails and pigtails where the style has them)."""
+        below = torch.sign(hy).add_(1.0).mul_(0.5)  # 0 above the face's middle, 1 below
+        rx = (hy * t["g_fh"]).clamp_(min=0.0).mul_(t["hair_flare_rx"]).add_(t["hair_rx"])
+        ry = below.mul_(50.0).add_(t["hair_ry"])
+        jag = tri(hx * 4.0)
+        spiky = self._subset(hair["top_jag"] > 0)
+        if spiky is not None:
+            ry[spiky] += t["hair_top_jag"][spiky] * jag[spiky]
+        wavy = self._subset(hair["wave"] > 0)
+        if wavy is not None:
+            rx[wavy] += t["hair_wave"][wavy] * tri(hy[wavy] * 2.5)
+        d = torch.maximum(ellipse_d(hx, hy, rx, ry), jag.mul_(-0.06).add_(hy).sub_(t["hair_bottom"]))
+        idx = self._subset(p["hair_style"] >= HAIR_STYLES.index("ponytail"))
+        if idx is not None:
+            sub_x, sub_y = hx[idx], hy[idx]
+            blobs = d[idx]
+            for k in ("b1", "b2"):
+                blob = ellipse_d(sub_x - t[f"hair_{k}x"][idx], sub_y - t[f"hair_{k}y"][idx], t[f"hair_{k}rx"][idx],
+                                 t[f"hair_{k}ry"][idx])
+                blobs = torch.minimum(blobs, blob)
+            d[idx] = blobs
+        return d
 
-    def _body(self, img, X, Y, t, col, nz, codes):
+    def _body(self, img, X, Y, t, col, nz, garment: np.ndarray):
         """Neck (skin) and shoulders (clothes with a neckline per garment); returns the coverage."""
-        bx = (X - t["tx"]) * t["inv_scale"]
-        by = (Y - t["ty"]) * t["inv_scale"]
+        bx = (X - t["tx"]) * t["inv_scale"]  # [b, 1, W]
+        by = (Y - t["ty"]) * t["inv_scale"]  # [b, H, 1]
         aa = t["aa"]
         neck_w = 0.5 * t["face_w"]
         neck = soft(torch.maximum((bx - 0.3 * t["sin_yaw"]).abs() - neck_w, 0.3 - by), aa)
         paint(img, neck, col["skin_dark"])
         y_sh = t["face_h"] + 0.32
         shoulders = soft(torch.maximum(y_sh + 0.12 * bx * bx - by, bx.abs() - 2.8), aa)
-        garment = t["garment"]
-        crew = ellipse_d(bx, by - y_sh + 0.02, 1.25 * neck_w, 0.3)
-        vneck = torch.maximum(bx.abs() - (by - y_sh + 0.15) * 0.42, by - y_sh - 0.55)
-        cut = torch.where(garment == 1, torch.minimum(crew, vneck), crew)
+        cut = ellipse_d(bx, by - y_sh + 0.02, 1.25 * neck_w, 0.3)  # crew neck
+        vneck = self._subset(garment == 1)
+        if vneck is not None:
+            v = torch.maximum(bx[vneck].abs() - (by[vneck] - y_sh[vneck] + 0.15) * 0.42, by[vneck] - y_sh[vneck] - 0.55)
+            cut[vneck] = torch.minimum(cut[vneck], v)
         clothes = shoulders * (1.0 - soft(cut, aa))
-        folds = (0.86 + 0.22 * nz["streak"]).unsqueeze(1)
-        paint(img, clothes, col["clothes"] * folds)
-        # collared shirt: two flaps and a button line; sweater: ribbed neckline
-        xc = bx.abs() - 0.6 * neck_w
-        flap = torch.maximum(torch.maximum(-xc, xc - 1.1 * neck_w), torch.maximum(y_sh - 0.15 - by,
-                                                                                   by - (y_sh + 0.35 - 0.45 * xc)))
-        is_shirt = (garment == 2).float()
-        paint(img, soft(flap, aa) * is_shirt * shoulders, col["clothes"] * 0.7 + 0.3)
-        buttons = soft(torch.maximum(bx.abs() - 0.025, y_sh + 0.2 - by), aa) * is_shirt * clothes
-        paint(img, buttons, col["clothes"] * 0.5)
-        rib = soft(cut.abs() - 0.05, aa) * (garment == 1).float() * shoulders
-        paint(img, rib, col["clothes"] * 0.75)
+        paint(img, clothes, col["clothes"] * (0.86 + 0.22 * nz["streak"]).unsqueeze(1))
+        shirt = self._subset(garment == 2)
+        if shirt is not None:  # collar flaps and a button line
+            sx, sy, w, ys = bx[shirt], by[shirt], neck_w[shirt], y_sh[shirt]
+            xc = sx.abs() - 0.6 * w
+            flap = torch.maximum(torch.maximum(-xc, xc - 1.1 * w), torch.maximum(ys - 0.15 - sy,
+                                                                                   sy - (ys + 0.35 - 0.45 * xc)))
+            sub = img[shirt]
+            paint(sub, soft(flap, aa[shirt]) * shoulders[shirt], col["clothes"][shirt] * 0.7 + 0.3)
+            buttons = soft(torch.maximum(sx.abs() - 0.025, ys + 0.2 - sy), aa[shirt]) * clothes[shirt]
+            paint(sub, buttons, col["clothes"][shirt] * 0.5)
+            img[shirt] = sub
+        if vneck is not None:  # a ribbed neckline for the sweater
+            sub = img[vneck]
+            paint(sub, soft(cut[vneck].abs() - 0.05, aa[vneck]) * shoulders[vneck], col["clothes"][vneck] * 0.75)
+            img[vneck] = sub
         return torch.maximum(neck, shoulders)
 
-    def _marks(self, img, fx, fy, t, front, aa, codes, p):
-        mole_c = self._colors(np.tile([[0.30, 0.18, 0.12]], (len(p["face_w"]), 1)))
+    def _marks(self, img, fx, fy, t, front, aa, p):
         for k in range(MAX_MOLES):
-            d = torch.sqrt((fx - t[f"mole{k}_x"]).square() + (fy - t[f"mole{k}_y"]).square()) - t[f"mole{k}_r"]
-            paint(img, soft(d, aa) * front, mole_c)
+            d = torch.sqrt((fx - t[f"mole{k}_x"]).square_().add_((fy - t[f"mole{k}_y"]).square_())) - t[f"mole{k}_r"]
+            paint(img, soft(d, aa).mul_(front), self.const["mole"])
         idx = self._subset(p["freckles"] > 0)
         if idx is None:
             return
         sx, sy = fx[idx] * 7.0, (fy[idx] - 0.1) * 7.0
         cx, cy = torch.floor(sx), torch.floor(sy)
         seed = t["freckle_seed"][idx].to(torch.int64)
-        on = hash01(cx.to(torch.int64) * 977 + cy.to(torch.int64) * 131 + seed * 7919, 17) < t["freckles"][idx] * 0.6
-        jx = hash01(cx.to(torch.int64) * 51 + cy.to(torch.int64) * 77 + seed, 23) * 0.5 + 0.25
+        cell = cx.to(torch.int64) * 977 + cy.to(torch.int64) * 131 + seed * 7919
+        on = (hash01(cell, 17) < t["freckles"][idx] * 0.6).float()
+        jx = hash01(cell, 23) * 0.5 + 0.25
         d = torch.sqrt((sx - cx - jx).square() + (sy - cy - 0.5).square()) / 7.0 - 0.022
         region = soft(ellipse_d(fx[idx], fy[idx] - 0.15, 0.75, 0.32), 0.1)
-        a = soft(d, aa[idx]) * on.float() * region * front[idx] * 0.7
         sub = img[idx]
-        paint(sub, a, mole_c[idx] * 0.6 + 0.4 * self._colors(np.tile([[0.7, 0.4, 0.25]], (len(idx), 1))))
+        paint(sub, soft(d, aa[idx]) * on * region * front[idx] * 0.7, self.const["freckle"])
         img[idx] = sub
 
     def _nose(self, img, fx, fy, t, col, front, aa):
-        w = ((fy - t["eye_y"]) / (t["nose_y"] - t["eye_y"])).clamp(0.0, 1.0)
+        w = ((fy - t["eye_y"]) * t["inv_nose_span"]).clamp_(0.0, 1.0)
         nx = fx - t["nose_dx"] * w
-        ny = fy - t["nose_dy"] * w
+        ny = fy - t["nose_dy"] * w - t["nose_y"]  # 0 at the tip's base
         nw = t["nose_w"]
-        bulb = ellipse_d(nx, ny - t["nose_y"] + 0.02, nw, 0.55 * nw + t["nose_tip"])
-        under = soft(bulb.abs() - 0.018, aa) * soft(t["nose_y"] - 0.02 - ny, aa)  # the lower outline
-        nostril = soft(ellipse_d(nx.abs() - 0.5 * nw, ny - t["nose_y"] - 0.01, 0.045, 0.026), aa)
-        side = torch.where(t["light_x"] > 0, -1.0, 1.0)
-        bridge = soft((nx - side * 0.45 * nw).abs() - 0.025 * (0.5 + w), aa)
-        span = soft(torch.maximum(t["eye_y"] + 0.08 - ny, ny - t["nose_y"]), aa)
-        bridge = bridge * span * (0.25 + 0.5 * t["nose_bridge"])
-        paint(img, torch.maximum(bridge * 0.6, under * 0.7) * front, col["skin_dark"] * 0.85)
-        paint(img, nostril * front * 0.9, col["skin_dark"] * 0.5)
-        tip = soft(ellipse_d(nx, ny - t["nose_y"] + 0.06, 0.4 * nw, 0.04), 0.08)
-        paint(img, tip * front * 0.25, col["skin"] * 1.15)
+        bulb = ellipse_d(nx, ny + 0.02, nw, 0.55 * nw + t["nose_tip"])
+        under = soft(bulb.abs_().sub_(0.018), aa).mul_(soft(-0.02 - ny, aa))  # the lower outline
+        bridge = soft((nx - t["nose_side"] * 0.45 * nw).abs_() - 0.025 * (0.5 + w), aa)
+        span = soft(torch.maximum(t["eye_y"] + 0.08 - t["nose_y"] - ny, ny), aa)
+        bridge = bridge.mul_(span).mul_(0.6 * (0.25 + 0.5 * t["nose_bridge"]))
+        paint(img, torch.maximum(bridge, under.mul_(0.7)).mul_(front), col["skin_shadow"])
+        nostril = soft(ellipse_d(nx.abs() - 0.5 * nw, ny - 0.01, 0.045, 0.026), aa)
+        paint(img, nostril.mul_(front).mul_(0.9), col["nostril"])
+        tip = soft(ellipse_d(nx, ny + 0.06, 0.4 * nw, 0.04), 0.08)
+        paint(img, tip.mul_(front).mul_(0.25), col["skin_light"])
 
     def _beard(self, img, idx, fx, fy, face_d, t, col, nz, aa):
         fx, fy, face_d = fx[idx], fy[idx], face_d[idx]
@@ -462,53 +564,53 @@ class FaceWorld:
         kind = g["beard"]
         my = g["mouth_y"] - 0.6 * g["x_mouth_lift"]
         stache = ellipse_d(fx, fy - my + 0.085, 1.15 * g["mouth_w"], 0.06 + 0.02 * g["beard_t"])
-        chin = ellipse_d(fx, fy - (my + g["face_h"]) * 0.5 - 0.08, 0.75 * g["mouth_w"] + 0.05,
-                         (g["face_h"] - my) * 0.55 + 0.05)
+        chin = ellipse_d(fx, fy - my - 0.5 * (g["face_h"] - my), 0.6 * g["mouth_w"] + 0.04,
+                         (g["face_h"] - my) * 0.42)
         cheek_line = g["nose_y"] + 0.05 - 0.35 * (fx / g["face_w"]).square()
         full = torch.maximum(cheek_line - fy, face_d - 0.1 * g["beard_t"])
-        d = torch.where(kind == 2, stache, torch.where(kind == 3, torch.minimum(stache, chin), full))
+        is_stache, is_goatee = (kind == 2).float(), (kind == 3).float()  # [b, 1, 1]
+        d = full + is_stache * (stache - full) + is_goatee * (torch.minimum(stache, chin) - full)
         d = torch.maximum(d, face_d - 0.12 * g["beard_t"])  # grows a little beyond the jaw
-        density = torch.where(kind == 1, 0.35 + 0.1 * g["beard_t"], 0.95 + 0.0 * g["beard_t"])
-        tex = (0.6 + 0.8 * nz["white"][idx]).clamp(0, 1)
-        a = soft(d, aa[idx]) * density * torch.where(kind == 1, tex, torch.ones_like(tex))
+        stubble = (kind == 1).float()
+        density = 0.95 - stubble * (0.7 - 0.1 * g["beard_t"])
+        tex = 1.0 - stubble * (1.0 - (0.6 + 0.8 * nz["white"][idx]).clamp(0, 1))
         sub = img[idx]
-        paint(sub, a, col["hair"][idx] * (0.8 + 0.3 * nz["fine"][idx]).unsqueeze(1))
+        paint(sub, soft(d, aa[idx]) * density * tex, col["hair"][idx] * (0.8 + 0.3 * nz["fine"][idx]).unsqueeze(1))
         img[idx] = sub
 
     def _mouth(self, img, fx, fy, t, col, front, aa):
         mw, lift, opening = t["x_mouth_w"], t["x_mouth_lift"], t["x_mouth_open"]
         u = fx / mw
-        v = fy - t["mouth_y"] + lift * u * u  # 0 on the lips' middle line
+        u2 = u * u
+        v = fy - t["mouth_y"] + lift * u2  # 0 on the lips' middle line
         top_h = t["lip_top"] + 0.5 * opening
         bot_h = t["lip_bot"] + 0.5 * opening
-        vh = torch.where(v < 0, v / top_h, v / bot_h)
-        lips_d = (torch.sqrt(u * u + vh * vh) - 1.0) * torch.minimum(top_h, mw)
-        paint(img, soft(lips_d, aa) * front, col["lips"])
+        below = torch.sign(v).add_(1.0).mul_(0.5)
+        vh = v * (1.0 / top_h + (1.0 / bot_h - 1.0 / top_h) * below)
+        lips_d = (torch.sqrt(u2 + vh * vh) - 1.0).mul_(torch.minimum(top_h, mw))
+        paint(img, soft(lips_d, aa).mul_(front), col["lips"])
         inner = ellipse_d(fx, v, 0.85 * mw, 0.5 * opening + 0.004)
-        dark = self._colors(np.tile([[0.28, 0.05, 0.06]], (img.shape[0], 1)))
-        paint(img, soft(inner, aa) * front, dark)
+        paint(img, soft(inner, aa).mul_(front), self.const["mouth"])
         # a smile shows the upper teeth: the upper part of the opening, above a line below its middle
-        teeth = soft(inner + 0.012, aa) * soft(v - 0.15 * opening, aa) * (t["x_smile"] > 0).float()
-        paint(img, teeth * front, self._colors(np.tile([[0.97, 0.95, 0.9]], (img.shape[0], 1))))
-        closed = soft(v.abs() - 0.012, aa) * soft(u.abs() - 1.0, 0.1) * (opening < 0.02).float()
-        paint(img, closed * front * 0.8, dark)
+        teeth = soft(inner + 0.012, aa).mul_(soft(v - 0.15 * opening, aa)).mul_(front * (t["x_smile"] > 0).float())
+        paint(img, teeth, self.const["teeth"])
+        closed = soft(v.abs() - 0.012, aa).mul_(soft(u.abs() - 1.0, 0.1)).mul_(front * (0.8 * (opening < 0.02).float()))
+        paint(img, closed, self.const["mouth"])
 
     def _eyes(self, img, fx, fy, t, col, front, aa):
-        sgn = torch.where(fx < 0, -1.0, 1.0)
         ex = fx.abs() - t["eye_dx"]
         ey = fy - t["eye_y"] + t["eye_tilt"] * ex
         eh = t["x_eye_h"]
         eye_d = ellipse_d(ex, ey, t["eye_w"], eh)
-        white = soft(eye_d, aa) * front
-        paint(img, white, self._colors(np.tile([[0.93, 0.91, 0.88]], (img.shape[0], 1))))
-        ix = ex - sgn * t["gaze_x"]
+        white = soft(eye_d, aa).mul_(front)
+        paint(img, white, self.const["white"])
+        ix = ex - torch.sign(fx) * t["gaze_x"]
         iy = ey - t["gaze_y"]
         r = torch.sqrt(ix * ix + iy * iy)
-        paint(img, soft(r - t["iris_r"], aa) * white, col["iris"])
-        pupil = self._colors(np.tile([[0.02, 0.02, 0.02]], (img.shape[0], 1)))
-        paint(img, soft(r - 0.45 * t["iris_r"], aa) * white, pupil)
-        lid = soft((eye_d + 0.012).abs() - 0.02, aa) * soft(ey + 0.3 * eh, aa * 2) * front
-        paint(img, lid, self._colors(np.tile([[0.10, 0.06, 0.05]], (img.shape[0], 1))))
+        paint(img, soft(r - t["iris_r"], aa).mul_(white), col["iris"])
+        paint(img, soft(r - 0.45 * t["iris_r"], aa).mul_(white), self.const["pupil"])
+        lid = soft((eye_d + 0.012).abs_() - 0.02, aa).mul_(soft(ey + 0.3 * eh, aa * 2)).mul_(front)
+        paint(img, lid, self.const["lid"])
 
     def _brows(self, img, fx, fy, t, col, front, aa):
         bx = fx.abs() - t["eye_dx"] - t["brow_shift"]
@@ -516,29 +618,28 @@ class FaceWorld:
         by = fy - (t["eye_y"] - t["brow_dy"] - t["x_brow_raise"]) + t["brow_arch"] * (1.0 - u * u) + t["brow_tilt"] * bx
         thick = t["brow_t"] * (1.0 - 0.35 * u.clamp(0.0, 1.0))
         d = torch.maximum(by.abs() - thick, bx.abs() - t["brow_w"])
-        paint(img, soft(d, aa) * front, col["brow"])
+        paint(img, soft(d, aa).mul_(front), col["brow"])
 
-    def _glasses(self, img, idx, fx, fy, hx, t, col, codes, aa):
+    def _glasses(self, img, idx, fx, fy, hx, face_d, t, col, codes, aa):
         fx, fy, hx, aa = fx[idx], fy[idx], hx[idx], aa[idx]
+        on_face = soft(face_d[idx] - 0.15, aa)
         ew, ey, edx, fw = t["eye_w"][idx], t["eye_y"][idx], t["eye_dx"][idx], t["face_w"][idx]
-        sun = torch.from_numpy(codes["glasses"] == 2).to(self.device)[idx].view(-1, 1, 1)
+        sun = torch.from_numpy((codes["glasses"] == 2).astype(np.float32)).to(self.device)[idx].view(-1, 1, 1)
         gx = fx.abs() - edx
         gy = fy - ey - 0.01
-        rx, ry = 1.25 * ew + 0.05, 0.75 * ew + 0.05
-        lens = ellipse_d(gx, gy, rx, torch.where(sun, ry * 1.05, ry))
+        rx, ry = 1.25 * ew + 0.05, (0.75 * ew + 0.05) * (1.0 + 0.05 * sun)
+        lens = ellipse_d(gx, gy, rx, ry)
         ft = 0.05
         rim = soft(lens.abs() - ft, aa)
         bridge = soft(torch.maximum(fx.abs() - (edx - rx + 0.02), (gy + 0.03).abs() - 0.7 * ft), aa)
-        temple = soft(torch.maximum((gy + 0.02).abs() - 0.7 * ft, -(gx - rx)), aa) * soft(hx.abs() - fw, aa)
+        temple = soft(torch.maximum((gy + 0.02).abs() - 0.7 * ft, rx - gx), aa) * soft(hx.abs() - fw, aa)
         sub = img[idx]
-        fill = torch.where(sun, 0.93, 0.15) * soft(lens, aa)
-        dark_lens = torch.tensor([0.04, 0.05, 0.08], device=self.device).view(1, 3, 1, 1)
-        lens_c = torch.where(sun.view(-1, 1, 1, 1), dark_lens,
-                             torch.tensor([0.85, 0.92, 1.0], device=self.device).view(1, 3, 1, 1))
+        fill = (0.15 + 0.78 * sun) * soft(lens, aa) * on_face
+        lens_c = self.const["clear_lens"] + (self.const["dark_lens"] - self.const["clear_lens"]) * sun.unsqueeze(1)
         paint(sub, fill, lens_c)
-        paint(sub, torch.maximum(torch.maximum(rim, bridge), temple), col["frame"][idx])
-        glare = soft(ellipse_d(gx + 0.3 * rx, gy + 0.35 * ry, 0.3 * rx, 0.12 * ry), aa) * sun.float()
-        paint(sub, glare * 0.5, torch.ones_like(lens_c))
+        paint(sub, torch.maximum(torch.maximum(rim, bridge), temple) * on_face, col["frame"][idx])
+        glare = soft(ellipse_d(gx + 0.3 * rx, gy + 0.35 * ry, 0.3 * rx, 0.12 * ry), aa) * (sun * 0.5) * on_face
+        paint(sub, glare, self.const["glare"])
         img[idx] = sub
 
     def _hat(self, img, idx, name, hx, hy, t, col, aa):
@@ -604,7 +705,7 @@ class FaceWorld:
 
     # -------------------------------------------------------------------------------- styles
     @staticmethod
-    def _style(name: str, img: torch.Tensor, nz: dict) -> torch.Tensor:
+    def _style(name: str, img: torch.Tensor, nz: dict, paper: torch.Tensor) -> torch.Tensor:
         """img [b, 3, H, W] in [0, 1] (about) -> the same in the style."""
         if name == "photo":
             return img + (nz["white"] - 0.5).unsqueeze(1) * 0.05
@@ -628,5 +729,4 @@ class FaceWorld:
         hatch = (tri((xx + yy) * (16.0 / h)) > 0.75).float() * (0.45 - lum).clamp(0.0, 1.0) * 1.5
         pencil = (1.0 - edge - hatch * 0.5 - (nz["fine"] - 0.5) * 0.06).clamp(0.0, 1.0)
         wash = 0.5 + 0.5 * img.clamp(0.0, 1.0)
-        paper = torch.tensor([0.98, 0.96, 0.91], device=img.device).view(1, 3, 1, 1)
         return paper * wash * pencil.unsqueeze(1)

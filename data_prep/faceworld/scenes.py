@@ -24,9 +24,9 @@ def _c(*rgb: float, like: torch.Tensor) -> torch.Tensor:
     return torch.tensor(rgb, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
 
 
-def _canvas(img: torch.Tensor, b: int) -> torch.Tensor:
-    """A writable [b, 3, H, W] copy of a base picture that may not depend on the item yet."""
-    return img.expand(b, *img.shape[1:]).contiguous()
+def _canvas(img: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+    """A writable [b, 3, h, w] copy of a base picture that may not depend on the item or on x or y yet."""
+    return img.expand(b, 3, h, w).contiguous()
 
 
 def _u(u: torch.Tensor, k: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def beach(X, Y, u, nz, aa):
     horizon = -0.25 + 0.3 * _u(u, 0)
     t = ((Y + 1.0) / (horizon + 1.0)).clamp(0, 1)
     img = lerp(_c(0.30, 0.58, 0.95, like=X), _c(0.72, 0.86, 1.0, like=X), t)
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     clouds = ((nz["smooth"] - 0.62) * 5.0).clamp(0, 1) * (Y < horizon)
     paint(img, clouds * 0.8, _c(1.0, 1.0, 1.0, like=X))
     sun = soft(ellipse_d(X - (_u(u, 1) * 1.6 - 0.8), Y - (horizon - 0.45), 0.12, 0.12), aa)
@@ -58,7 +58,7 @@ def forest(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     leaves = nz["smooth"]
     img = lerp(_c(0.10, 0.26, 0.10, like=X), _c(0.42, 0.62, 0.25, like=X), leaves)
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     ground = 0.45 + 0.3 * _u(u, 0)
     for k, (period, width, shade) in enumerate(((0.22, 0.22, 0.55), (0.45, 0.2, 1.0))):
         p = period * (0.8 + 0.5 * _u(u, 1 + k))
@@ -75,7 +75,7 @@ def forest(X, Y, u, nz, aa):
 def city_street(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     img = lerp(_c(0.55, 0.72, 0.92, like=X), _c(0.85, 0.88, 0.92, like=X), ((Y + 1) / 1.2).clamp(0, 1))
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     width = 0.32 + 0.14 * _u(u, 0)
     col = torch.floor((X + 3.0 * _u(u, 1)) / width)
     top = -0.95 + 0.75 * hash01(col, 1)
@@ -100,7 +100,7 @@ def city_street(X, Y, u, nz, aa):
 def snow(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     img = lerp(_c(0.68, 0.76, 0.86, like=X), _c(0.90, 0.93, 0.97, like=X), ((Y + 1) / 1.3).clamp(0, 1))
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     ground = 0.25 + 0.35 * _u(u, 0)
     for k, (period, scale, shade) in enumerate(((0.34, 0.7, 0.7), (0.55, 1.0, 1.0))):
         p = period * (0.85 + 0.4 * _u(u, 1 + k))
@@ -121,7 +121,7 @@ def snow(X, Y, u, nz, aa):
 def under_the_sea(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     img = lerp(_c(0.10, 0.55, 0.72, like=X), _c(0.0, 0.12, 0.32, like=X), ((Y + 1) / 2).clamp(0, 1))
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     rays = (tri((X + 0.45 * Y) * 2.2 + _u(u, 0)) - 0.6).clamp(0, 1) * (0.6 - 0.5 * Y).clamp(0, 1)
     paint(img, rays * 0.5, _c(0.55, 0.85, 0.9, like=X))
     sand_y = 0.72 + 0.2 * _u(u, 1)
@@ -149,7 +149,7 @@ def outer_space(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     neb = nz["smooth"].square()
     img = lerp(_c(0.01, 0.01, 0.05, like=X), _c(0.30, 0.10, 0.42, like=X), neb * 0.8)
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     stars = ((nz["white"] - 0.975) * 60).clamp(0, 1)
     paint(img, stars, _c(1.0, 1.0, 0.95, like=X))
     cx, cy = _u(u, 0) * 1.6 - 0.8, _u(u, 1) * 0.7 - 0.9
@@ -171,7 +171,7 @@ def outer_space(X, Y, u, nz, aa):
 def desert(X, Y, u, nz, aa):
     b, h, w = nz["white"].shape
     img = lerp(_c(0.98, 0.78, 0.50, like=X), _c(1.0, 0.92, 0.72, like=X), ((Y + 1) / 1.2).clamp(0, 1))
-    img = _canvas(img, b)
+    img = _canvas(img, b, h, w)
     sun = soft(ellipse_d(X - (_u(u, 0) * 1.6 - 0.8), Y + 0.65 - 0.2 * _u(u, 1), 0.16, 0.16), aa)
     paint(img, sun, _c(1.0, 0.98, 0.85, like=X))
     for k, (base, amp, color) in enumerate(((-0.05, 0.18, (0.93, 0.66, 0.36)), (0.35, 0.22, (0.85, 0.52, 0.25)))):

@@ -96,16 +96,11 @@ def noise_bank(size: int) -> np.ndarray:
     return np.stack([white, fine, smooth, streak]).astype(np.float32)
 
 
-def sample_noise(bank: torch.Tensor, tile: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor,
-                 flip: torch.Tensor) -> torch.Tensor:
-    """Per-item shifted (and maybe transposed) views of the bank -> [C, B, H, W].
-
-    bank: [C, T, S, S]; tile, ox, oy, flip: int64 [B] (flip 1 transposes the texture).
-    """
-    c, _, s, _ = bank.shape
-    r = torch.arange(s, device=bank.device)
-    iy = (r.view(1, s, 1) + oy.view(-1, 1, 1)) % s
-    ix = (r.view(1, 1, s) + ox.view(-1, 1, 1)) % s
-    f = flip.view(-1, 1, 1).bool()
-    flat = torch.where(f, ix * s + iy, iy * s + ix) + tile.view(-1, 1, 1) * (s * s)
-    return bank.reshape(c, -1)[:, flat]
+def noise_index(size: int, tile: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """int64 [B, H, W] flat positions into one channel of the bank ([T * S * S]): per item a tile,
+    shifted by (ox, oy) with wrap-around and transposed where flip is 1 (tile, ox, oy, flip: [B])."""
+    r = torch.arange(size, device=tile.device)
+    iy = (r.view(1, size, 1) + oy.view(-1, 1, 1)) % size
+    ix = (r.view(1, 1, size) + ox.view(-1, 1, 1)) % size
+    f = flip.view(-1, 1, 1)
+    return (iy * size + ix) * (1 - f) + (ix * size + iy) * f + tile.view(-1, 1, 1) * (size * size)

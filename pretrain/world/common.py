@@ -132,7 +132,7 @@ class Stage(ABC):
     @abstractmethod
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         """One optimizer step; returns the numbers to log (e.g. {"loss": ...}; 0-d tensors are read only
-        on the steps that log, so a step need not wait for the device)."""
+        on the steps that log)."""
 
     @abstractmethod
     def export(self, world: Path) -> list[Path]:
@@ -342,7 +342,7 @@ def find_checkpoint(folder: Path) -> Path | None:
 def load_checkpoint(stage: Stage, folder: Path) -> dict:
     """Restore the stage from a checkpoint folder; returns its state.json."""
     state = json.loads((folder / STATE_FILE).read_text())
-    if state.get("config") != stage.config():
+    if state.get("config") != json.loads(json.dumps(stage.config())):
         raise ValueError(f"{folder} was made with another {stage.name} configuration ({state.get('config')} "
                          f"against {stage.config()}); remove {folder.parent} to start over, or run with the "
                          f"options it was made with (--tiny or not)")
