@@ -72,7 +72,7 @@ REPO = Path(__file__).resolve().parent.parent
 METHODS = ("encoder", "text_only", "finetune", "ceiling")
 PERSONALISED = ("encoder", "finetune")  # methods with a personalisation step per identity
 REF_RENDER = 1000  # reference renders of a person: render indices REF_RENDER .. + refs - 1
-CEILING_RENDER = 100_000  # ceiling renders: CEILING_RENDER + 10_000 * seed index + n * prompt + k
+CEILING_RENDER = 100_000  # ceiling image <e>-<k> (entry e of the seeded prompt file): render CEILING_RENDER + n e + k
 SEED_BASE = 42  # sample.py --seed: prompt i of sampling seed j (entry j * P + i of the file) gets 42 + j * P + i
 JPEG_QUALITY = 95  # how sample.py writes images (personalize.generate); renders go through the same
 # Reproduction prompts: the renderer's three (data_prep.faceworld.folders.SIM_PROMPTS) first, then more
@@ -86,6 +86,9 @@ HEADLINE = {"identity_similarity": "all", "edit_success": "edit", "copy_paste": 
             "face_found": "all", "class_word": "all", "pose_diversity": "all", "expression_diversity": "all"}
 LAYOUTS = ("all", "sim", "edit")
 RESULTS = Path("eval/results/synthworld.json")
+# what train.py imports when it runs (an already-loaded process has them)
+WARM_IMPORTS = ("encoder.face_analysis", "encoder.identity", "personalize.extract", "insightface.model_zoo.model_zoo",
+                "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -238,20 +241,33 @@ def _nanmean(values) -> float | None:
     return float(v.mean()) if len(v) else None
 
 
-def score_images(scorer: WorldScorer, images: list[np.ndarray], person: Person, n: int, cond: FaceFeatures,
-                 refs: FaceFeatures) -> dict:
-    """Scores of one unit's images (prompt-major, n per prompt): per prompt and per layout means."""
+@dataclass
+class ImageFeatures:
+    """What the judges see in a unit's images (prompt-major, n per prompt): faces, attribute
+    predictions, world-CLIP text similarity to their prompts. They do not depend on the photo count,
+    so units of one image set share them."""
+
+    faces: FaceFeatures
+    preds: list[dict]
+    clip_text: np.ndarray
+
+
+def image_features(scorer: WorldScorer, images: list[np.ndarray], person: Person, n: int) -> ImageFeatures:
+    texts = [p["text"] for p in person.prompts for _ in range(n)]
+    return ImageFeatures(scorer.faces_of(images), scorer.attributes_of(images), scorer.clip_text(images, texts))
+
+
+def score_images(feats: ImageFeatures, person: Person, n: int, cond: FaceFeatures, refs: FaceFeatures) -> dict:
+    """Scores of one unit's images: per prompt and per layout means (cond: the conditioning photos'
+    faces, refs: the reference renders')."""
     from pretrain.world.attributes import CLASS_WORD
 
-    texts = [p["text"] for p in person.prompts for _ in range(n)]
-    faces = scorer.faces_of(images)
-    preds = scorer.attributes_of(images)
+    faces, preds, clip_t = feats.faces, feats.preds, feats.clip_text
     wanted = [p["wanted"] for p in person.prompts for _ in range(n)]
     ident = identity_similarity(faces, refs)
     paste = copy_paste(faces, cond, refs)
     edits = edit_success(preds, wanted)
     word = np.array([p.get(CLASS_WORD) == person.class_word for p in preds])
-    clip_t = scorer.clip_text(images, texts)
     prompts = []
     for i, p in enumerate(person.prompts):
         sl = slice(i * n, (i + 1) * n)
@@ -327,6 +343,7 @@ class Evaluation:
         self.finetune_setting = finetune_setting  # (FinetuneConfig, where it came from)
         self.progress = progress
         self._scorer = self._pipe = self._tuner = self._renderer = None
+        self._features: dict[tuple[str, int], ImageFeatures] = {}
         self.wall: dict[str, float] = {}
 
     # ---- lazily loaded models
@@ -381,10 +398,13 @@ class Evaluation:
     # ---- shared
     def score_unit(self, method: str, k: int, j: int, person: Person, images_dir: Path, extra: dict) -> dict:
         p = len(person.prompts)
-        images = read_images(images_dir, range(j * p, (j + 1) * p), self.plan.n)
+        cache = (str(images_dir), j)
+        if cache not in self._features:  # one entry: units of one image set follow each other
+            images = read_images(images_dir, range(j * p, (j + 1) * p), self.plan.n)
+            self._features = {cache: image_features(self.scorer, images, person, self.plan.n)}
         cond = photo_faces(self.scorer, self.out, person, k)
         refs = reference_faces(self.scorer, self.renderer, self.plan, person, self.out)
-        scores = score_images(self.scorer, images, person, self.plan.n, cond, refs)
+        scores = score_images(self._features[cache], person, self.plan.n, cond, refs)
         unit = {"method": method, "photos": k, "seed_index": j, "seed": self.plan.sampling_seed(j, p),
                 "name": person.name, "identity": person.identity, "images": str(images_dir),
                 "first_prompt_index": j * p, "key": self.unit_key(method, k, j, person), **extra, **scores}
@@ -423,6 +443,8 @@ class Evaluation:
     def run_encoder(self, people: list[Person]) -> None:
         """train.py, then sample.py on the seeded prompt file, per photo count and identity."""
         train_cli, sample_cli = _load_cli("train"), _load_cli("sample")
+        for module in WARM_IMPORTS:  # imported once, so that the first identity's time is not import time
+            importlib.import_module(module)
         dev, plan = self.device.type, self.plan
         for person in people:
             for k in plan.photos:
@@ -460,7 +482,7 @@ class Evaluation:
             pipe = self.pipe
             generate_prompts(pipe, pipe.execution.net(pipe.uvit), None, self.seeded(person), images, self.options(),
                              progress=False, fingerprint={"method": "text_only", "world": str(self.world)})
-            for k, j in todo:
+            for k, j in sorted(todo, key=lambda kj: kj[::-1]):  # seed-major: photo counts share features
                 self.score_unit("text_only", k, j, person, images, {})
 
     def run_finetune(self, people: list[Person]) -> None:
@@ -508,7 +530,7 @@ class Evaluation:
                     atomic_write(images / f"{i}-{m:03}.jpg",
                                  lambda p, a=a: Image.fromarray(a).save(p, format="JPEG", quality=JPEG_QUALITY))
                 write_json_atomic(made, fingerprint)
-            for k, j in todo:
+            for k, j in sorted(todo, key=lambda kj: kj[::-1]):
                 self.score_unit("ceiling", k, j, person, images, {"renders": "FaceWorld.render, prompt attributes"})
 
     def time_commands(self, people: list[Person]) -> None:
