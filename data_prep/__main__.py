@@ -23,7 +23,7 @@ import torch
 from data_prep.format import ARRAY_MEMBERS
 from data_prep.process import REASONS, FrozenModels, PrepConfig, SampleProcessor
 from data_prep.shards import MANIFEST, check_settings, run_shards, write_manifest
-from data_prep.sources import FolderSource, HFDiskSource, TarSource
+from data_prep.sources import FolderSource, HFDiskSource, SourceError, TarSource
 from models.errors import run_cli
 from models.paths import output_dir
 

@@ -4,10 +4,20 @@ The product loads an insightface model pack (antelopev2 or buffalo_l: a SCRFD de
 recogniser and optionally the genderage model) with insightface's own loading code, then applies a
 policy: minimum face size and detection score, which face to keep when a photo holds several.
 Public images are RGB; insightface's models take BGR, the conversion happens here.
+
+A pack may carry its own policy in `pack.json` (packs for other kinds of photos, e.g. the face
+world's 64 x 64 renders): {"min_face_size": ..., "det_size": ..., "min_det_score": ..., "face_model":
+{...}}, every key optional. Its values replace the FacePolicy defaults (which suit real photos) in
+`from_pack`; a field the caller set to something else than its default wins. The `face_model` block
+(pack name, recognition file and SHA-256, embedding size, alignment template, crop rule) is kept as
+`FaceAnalyzer.face_model`, and the recogniser file is checked against its SHA-256.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -50,6 +60,63 @@ class FacePolicy:
             raise ValueError(f"select must be 'largest' or 'first', got {self.select!r}")
         if self.det_size <= 0 or self.max_side <= 0:
             raise ValueError("det_size and max_side must be positive")
+
+
+PACK_JSON = "pack.json"
+PACK_POLICY_FIELDS = {"min_face_size": int, "det_size": int, "min_det_score": float}
+
+
+def read_pack_json(pack_dir: str | os.PathLike) -> dict | None:
+    """The pack's pack.json (validated), or None when it has none."""
+    path = Path(pack_dir) / PACK_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path} is not valid JSON ({e}); fix or delete it") from e
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path} must hold a JSON object")
+    unknown = sorted(set(data) - set(PACK_POLICY_FIELDS) - {"face_model"})
+    if unknown:
+        raise WeightsError(f"{path}: unknown keys {unknown}; known: {sorted(PACK_POLICY_FIELDS)} and face_model")
+    for name, kind in PACK_POLICY_FIELDS.items():
+        value = data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or (kind is int and value != int(value)) or value < 0):
+            raise WeightsError(f"{path}: {name} must be a non-negative {kind.__name__}, got {value!r}")
+    if not isinstance(data.get("face_model", {}), dict):
+        raise WeightsError(f"{path}: face_model must be a JSON object")
+    return data
+
+
+def pack_policy(pack_dir: str | os.PathLike, policy: FacePolicy = FacePolicy()) -> FacePolicy:
+    """`policy` with the pack's pack.json values in the fields `policy` leaves at the FacePolicy defaults."""
+    data = read_pack_json(pack_dir)
+    if not data:
+        return policy
+    defaults = FacePolicy()
+    changes = {name: kind(data[name]) for name, kind in PACK_POLICY_FIELDS.items()
+               if data.get(name) is not None and getattr(policy, name) == getattr(defaults, name)}
+    try:
+        return dataclasses.replace(policy, **changes)
+    except ValueError as e:
+        raise WeightsError(f"{Path(pack_dir) / PACK_JSON}: {e}") from e
+
+
+def _check_face_model(pack_dir: Path, face_model: dict, recogniser: Any) -> None:
+    """The recogniser file must be the one pack.json's face_model block names, with its SHA-256."""
+    name, digest = face_model.get("recognition_file"), face_model.get("recognition_sha256")
+    path = Path(getattr(recogniser, "model_file", "") or "")
+    if not name or not digest or path.name != name or not path.is_file():
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    if h.hexdigest() != digest:
+        raise WeightsError(f"{path} does not match the SHA-256 in {pack_dir / PACK_JSON} ({digest[:12]}...); "
+                           f"the recogniser was replaced without updating pack.json")
 
 
 @dataclass(eq=False)
@@ -162,6 +229,7 @@ class FaceAnalyzer:
         self.recogniser = recogniser
         self.attribute = attribute
         self.policy = policy
+        self.face_model: dict | None = None  # pack.json's face_model block (from_pack)
         if hasattr(detector, "det_thresh"):
             # Let weaker candidates through so a rejection can name their score; the policy filters.
             detector.det_thresh = min(float(policy.min_det_score), CANDIDATE_FLOOR)
@@ -177,12 +245,15 @@ class FaceAnalyzer:
         """Load an insightface pack folder's detector, recogniser and genderage model.
 
         Each .onnx file goes through ``insightface.model_zoo.get_model`` (local path only, never a
-        download) and is identified by the model object insightface returns for it.
+        download) and is identified by the model object insightface returns for it. The pack's
+        pack.json, if any, sets the policy fields `policy` leaves at their defaults (pack_policy).
         """
         pack_dir = Path(pack_dir).expanduser()
         if not pack_dir.is_dir():
             what = "is not a folder" if pack_dir.exists() else "does not exist"
             raise WeightsError(f"insightface face pack folder {pack_dir} {what}. {PACK_HINT}")
+        pack_json = read_pack_json(pack_dir)
+        policy = pack_policy(pack_dir, policy)
         files = _pack_onnx_files(pack_dir)
         if providers is None:
             providers = default_providers()
@@ -221,8 +292,13 @@ class FaceAnalyzer:
         if getattr(detector, "use_kps", True) is False:
             raise WeightsError(f"the face detector in {pack_dir} does not predict the 5 landmarks needed "
                                f"for alignment. {PACK_HINT}")
+        face_model = (pack_json or {}).get("face_model")
+        if face_model:
+            _check_face_model(pack_dir, face_model, recogniser)
         logger.info("face pack %s: %s", pack_dir, ", ".join(found))
-        return cls(detector, recogniser, attribute, policy=policy)
+        analyzer = cls(detector, recogniser, attribute, policy=policy)
+        analyzer.face_model = face_model
+        return analyzer
 
     # ---------------------------------------------------------------------------------- analysis
     def detect(self, img_rgb: np.ndarray) -> list[_Detection]:

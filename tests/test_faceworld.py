@@ -247,7 +247,7 @@ def test_data_prep_source_writes_shards_with_identities(tmp_path):
     from data_prep.format import decode_arrays, decode_meta
     from data_prep.process import FrozenModels
     from data_prep.shards import MANIFEST
-    from eval.standin_faces import make_pack
+    from eval.bench.standin_faces import make_pack
     from pretrain.data import read_shard
 
     weights = make_tiny_weights_dir(tmp_path / "weights")

@@ -26,6 +26,9 @@ from pretrain.world.common import Stage, StageOptions, run_stage
 STAGES: dict[str, str] = {
     "clip": "pretrain.world.clip:ClipStage",
     "backbone": "pretrain.world.backbone:BackboneStage",
+    "faces": "pretrain.world.faces:RecogniserStage",  # conditioning recogniser + pack.json -> <world>/faces/
+    "face_detector": "pretrain.world.faces:DetectorStage",  # SCRFD-signature detector -> <world>/faces/
+    "eval_faces": "pretrain.world.faces:EvalRecogniserStage",  # evaluation recogniser -> <world>/eval_faces/
     "attributes": "pretrain.world.attributes:AttributeStage",
     "identity": "pretrain.world.identity:IdentityStage",  # data_prep + pretrain.train: <world>/faceid_encoder
 }
