@@ -144,16 +144,18 @@ def run(args, models: FrozenModels | None = None) -> dict | None:
                       max_other_face=args.max_other_face, min_face_visible=args.min_face_visible,
                       min_face_fraction=args.min_face_fraction, save_jpg=args.save_jpg)
     source = build_source(args)
+    if args.source == "faceworld":
+        from data_prep.faceworld.source import check_prep
+
+        check_prep(source, prep)
     if models is None:
         models = FrozenModels.from_weights(args.weights, face_pack=args.face_pack, device=state.device,
                                            dtype=getattr(torch, args.dtype), policy=prep.face_policy(),
                                            face_providers=face_providers(state.local_process_index, state.device))
-    if args.source == "faceworld":
-        from data_prep.faceworld.source import check_prep, with_rendered_faces
+    if args.source == "faceworld" and args.face_boxes == "render":
+        from data_prep.faceworld.source import with_rendered_faces
 
-        check_prep(source, prep)
-        if args.face_boxes == "render":
-            models = with_rendered_faces(models, source)
+        models = with_rendered_faces(models, source)
     settings = settings_of(args, source, prep, models.fingerprints())
     out = output_dir(args.out, "--out")
     check_settings(out, settings, state.is_main_process)

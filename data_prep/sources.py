@@ -14,6 +14,8 @@ ranks and redone one by one on a rerun.
 * TarSource: img2dataset-style webdataset tars (`<key>.jpg` + `<key>.txt` + `<key>.json`), the format
   LAION-Face and FaceCaption-15M are distributed in. An index (samples per tar, read from the tar
   headers only) is built once and can be cached.
+* FaceworldSource (data_prep/faceworld/source.py): rendered portraits of the identity world, with
+  captions and identity labels (docs/faceworld.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""python -m data_prep.faceworld render: photo folders and prompt files of rendered people.
+"""python -m data_prep.faceworld render | bench: photo folders and prompt files of rendered people; speed.
 
     python -m data_prep.faceworld render --seed 7 --identities 4 --photos 10 --out runs/world-test
 
@@ -14,16 +14,23 @@ writes, for people of the chosen split (default test) under a seed of your choic
 
 Identity i of a split is identity index SPLITS[split][0] + --first + i; the same seed, split and
 indices always give the same pixels. Training shards come from `python -m data_prep --source faceworld`.
+
+    python -m data_prep.faceworld bench --size 64 --batch 256 [--device cuda]
+
+renders batches and prints renders per second (wall clock, and per CPU second of this process).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+
+import numpy as np
 
 from data_prep.faceworld.attributes import SPLITS
 from data_prep.faceworld.folders import write_folders
-from data_prep.faceworld.render import SIZES
+from data_prep.faceworld.render import SIZES, FaceWorld
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,11 +52,42 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=["jpg", "png"], default="jpg", help="photo file format (default jpg)")
     r.add_argument("--device", default="cpu", help="torch device for rendering (default cpu)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b = sub.add_parser("bench", help="renders per second")
+    b.add_argument("--size", type=int, choices=SIZES, default=64, help="image side (default 64)")
+    b.add_argument("--batch", type=int, default=256, help="renders per call (default 256)")
+    b.add_argument("--chunk", type=int, default=64, help="renders drawn at once inside a call (default 64)")
+    b.add_argument("--repeats", type=int, default=5, help="timed calls (default 5)")
+    b.add_argument("--device", default="cpu", help="torch device (default cpu, one thread)")
     return p
+
+
+def bench(args) -> None:
+    import torch
+
+    world = FaceWorld(0, size=args.size, device=args.device, chunk=args.chunk)
+    ids = np.arange(args.batch)
+    world.render(ids, 0)  # warm-up
+    walls, cpus = [], []
+    for k in range(args.repeats):
+        if world.device.type == "cuda":
+            torch.cuda.synchronize()
+        w0, c0 = time.perf_counter(), time.process_time()
+        world.render(ids + (k + 1) * args.batch, 0)
+        if world.device.type == "cuda":
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+    best, median = args.batch / min(walls), args.batch / np.median(walls)
+    print(f"faceworld {args.size}x{args.size} on {args.device}, batch {args.batch}, chunk {args.chunk}: "
+          f"{best:.0f} renders/s (best of {args.repeats}; median {median:.0f}), "
+          f"{args.batch / min(cpus):.0f} per CPU second")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        bench(args)
+        return 0
     try:
         side = write_folders(args.out, seed=args.seed, identities=args.identities, photos=args.photos,
                              split=args.split, first=args.first, size=args.size, edits=args.edits, fmt=args.format,

@@ -61,7 +61,7 @@ WEIGHTS: dict[str, dict[str, tuple[float, ...]]] = {
     "portrait": {"scene": (1,) * 8, "hat": (7, 1, 1, 0.5, 0.3, 0.2), "hat_color": (1,) * 6,
                  "glasses": (6, 3, 1), "clothing": (1,) * 8, "expression": (5, 4, 1), "style": (18, 1, 1)},
 }
-_ATTEMPTS = 8  # independent draws per item before the held-out repair
+_ATTEMPTS = 8  # independent draws per attribute and item for redrawing held-out pairs
 
 
 class CaptionError(ValueError):
@@ -152,13 +152,16 @@ def sample_attributes(seed: int, identities, renders, *, avoid_held_out: bool | 
     rows = attempts[0].copy()
     avoid = np.broadcast_to(np.asarray(avoid_held_out, dtype=bool), (n_items,))
     if avoid.any():
-        bad = _violations(_codes(rows)) & avoid
+        # a held-out pair: redraw only its second value (its first when the second was asked for) from
+        # the next attempt, so that the other attributes stay as first drawn
         for k in range(1, _ATTEMPTS):
-            ok = ~_violations(_codes(attempts[k]))
-            take = bad & ok
-            rows[take] = attempts[k][take]
-            bad &= ~take
-        for i in np.flatnonzero(bad):  # all attempts failed (rare): move a free value of each pair on
+            for (n1, v1), (n2, v2) in HELD_OUT:
+                j1, j2 = names.index(n1), names.index(n2)
+                hit = avoid & (rows[:, j1] == ATTRIBUTES[n1].index(v1)) & (rows[:, j2] == ATTRIBUTES[n2].index(v2))
+                j = np.where(fixed[:, j2] < 0, j2, j1)
+                i = np.flatnonzero(hit & (fixed[np.arange(n_items), j] < 0))
+                rows[i, j[i]] = attempts[k][i, j[i]]
+        for i in np.flatnonzero(_violations(_codes(rows)) & avoid):  # still one (rare): step values on
             rows[i] = _repair(rows[i], fixed[i])
     out = []
     hat_none = ATTRIBUTES["hat"].index("none")

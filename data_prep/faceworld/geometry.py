@@ -177,20 +177,20 @@ def landmarks_and_box(ids: Identities, n: dict, layout: dict, size: int) -> tupl
     return to_pixels(lm, size).astype(np.float32), to_pixels(box, size).astype(np.float32)
 
 
-def feature_box(p: dict, n: dict, layout: dict, margin: float) -> tuple[np.ndarray, ...]:
-    """Image-space box (x0, y0, x1, y1; [B] each) holding every face-frame feature: the part of the face
-    outline, widened by `margin` head units, from above the highest feature (brows, moles, glasses,
-    freckles; projected through the pose) down to below the chin."""
+def feature_box(p: dict, n: dict, layout: dict, side: float, below: float) -> tuple[np.ndarray, ...]:
+    """Image-space box (x0, y0, x1, y1; [B] each) holding every face-frame feature and the ears: the face
+    outline widened by `side` head units, from above the highest feature (brows, moles, glasses,
+    freckles, ears; projected through the pose) down to `below` under the chin."""
     top = np.minimum(p["eye_y"] - p["brow_dy"] - layout["brow_raise"] - p["brow_t"] - 0.08, p["eye_y"] - 0.3)
     top = np.minimum(top, np.min(np.where(p["mole_r"] > 0, p["mole_y"] - p["mole_r"], 0.0), axis=1))
-    top = np.minimum(top, -0.2)
+    top = np.minimum(top, np.minimum(-0.2, p["ear_y"] - p["ear_size"] - 0.12))
     xs = np.stack([-0.8 * p["face_w"], np.zeros_like(top), 0.8 * p["face_w"]], axis=1)
     _, hy_top = project_head(p, n, xs, np.repeat(top[:, None], 3, axis=1))
-    lo = np.maximum(np.min(hy_top, axis=1) - 0.05, -p["face_h"])
+    lo = np.maximum(np.min(hy_top, axis=1) - 0.1, -p["face_h"])
     k = np.linspace(0.0, 1.0, 17)[None, :]
-    hy = lo[:, None] + (p["face_h"][:, None] + margin - lo[:, None]) * k
+    hy = lo[:, None] + (p["face_h"][:, None] + below - lo[:, None]) * k
     cols = {key: v[:, None] for key, v in p.items() if np.ndim(v) == 1}
-    half = outline_half_width(cols, np.minimum(hy, cols["face_h"])) + margin
+    half = outline_half_width(cols, np.minimum(hy, cols["face_h"])) + side
     shift = chin_shift(n)[:, None] * np.clip(hy / cols["face_h"], 0.0, 1.0) * cols["face_w"]
     nn = {key: (v[:, None] if np.ndim(v) == 1 else v) for key, v in n.items()}
     X, Y = head_to_image(nn, np.concatenate([shift - half, shift + half], 1), np.concatenate([hy, hy], 1))

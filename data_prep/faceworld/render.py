@@ -179,7 +179,8 @@ _CONST = {"blush": (0.9, 0.45, 0.45), "mole": (0.30, 0.18, 0.12), "freckle": (0.
           "mouth": (0.28, 0.05, 0.06), "teeth": (0.97, 0.95, 0.90), "white": (0.93, 0.91, 0.88),
           "pupil": (0.02, 0.02, 0.02), "lid": (0.10, 0.06, 0.05), "dark_lens": (0.04, 0.05, 0.08),
           "clear_lens": (0.85, 0.92, 1.0), "glare": (1.0, 1.0, 1.0), "paper": (0.98, 0.96, 0.91)}
-WINDOW_MARGIN = 0.2  # head units around the face outline that the features may reach (beard, glasses)
+WINDOW_SIDE = 0.42  # head units beside the face outline that the features may reach (ears, glasses)
+WINDOW_BELOW = 0.2  # head units below the chin (beards)
 
 
 class FaceWorld:
@@ -348,21 +349,11 @@ class FaceWorld:
         hair_rgb = col["hair"] * hair_tex.unsqueeze(1)
         paint(img, hair_a, hair_rgb)
         body = self._body(img, X, Y, t, col, nz, n["garment"].astype(int))
-        ears = self._subset(hair["curtain"] >= _FAR / 2)  # long hair hides the ears
-        if ears is not None:
-            sub = img[ears]
-            for j in range(2):
-                ex, ey = hx[ears] - t[f"ear{j}_x"][ears], hy[ears] - t[f"ear{j}_y"][ears]
-                rx, ry, a = t["ear_rx"][ears], t["ear_size"][ears], aa[ears]
-                paint(sub, soft(ellipse_d(ex, ey, rx, ry), a), col["skin"][ears])
-                inner = soft(ellipse_d(ex, ey - 0.02, 0.45 * rx, 0.55 * ry), a)
-                paint(sub, inner.mul_(0.7), col["skin_shadow"][ears])
-            img[ears] = sub
         face = soft(self._outline_d(g, t), aa)
         paint(img, face, col["skin"] * (0.96 + 0.08 * nz["fine"]).unsqueeze(1))
 
-        # ---- the face's features, on a window around the face
-        self._features(img, p, n, lay, t, col, nz, codes)
+        # ---- ears (behind the face) and the face's features, on a window around the face
+        ears = self._features(img, p, n, lay, t, col, nz, codes, hair)
 
         # ---- hair in front of the face: above the hairline (or a fringe), curtains at the sides
         fx, fy = g["fx"], g["fy"]
@@ -386,7 +377,8 @@ class FaceWorld:
                 hat_alpha[idx] = self._hat(img, idx, name, hx[idx] + 0.5 * t["hair_shift"][idx], hy[idx], t, col, aa)
 
         # ---- light: the person is shaded on head-shaped normals, in the scene's light colour
-        person = (1.0 - hair_a).mul_(1.0 - body).mul_(1.0 - face).mul_(1.0 - hat_alpha).neg_().add_(1.0)
+        person = (1.0 - hair_a).mul_(1.0 - body).mul_(1.0 - face).mul_(1.0 - ears).mul_(1.0 - hat_alpha)
+        person = person.neg_().add_(1.0)
         lam = (g["qx"].clamp(-1.0, 1.0) * t["light_x"]).addcmul_(g["qy"].clamp(-1.0, 1.0), t["light_y"])
         lam = lam.addcmul_(g["qz"], t["light_z"]).clamp_(0.0, 1.0)
         shade = lam.mul_(t["shade_k"]).add_(t["shade_0"])
@@ -408,7 +400,7 @@ class FaceWorld:
         if not self.window:
             zeros = np.zeros(len(p["face_w"]), dtype=np.int64)
             return size, zeros, zeros
-        x0, y0, x1, y1 = geo.feature_box(p, n, lay, WINDOW_MARGIN)
+        x0, y0, x1, y1 = geo.feature_box(p, n, lay, WINDOW_SIDE, WINDOW_BELOW)
         px = lambda v: geo.to_pixels(v, size)  # noqa: E731
         x0, y0, x1, y1 = px(x0) - 1.0, px(y0) - 1.0, px(x1) + 1.0, px(y1) + 1.0
         side = int(min(size, 4 * np.ceil(max(np.max(x1 - x0), np.max(y1 - y0)) / 4)))
@@ -416,9 +408,10 @@ class FaceWorld:
         oy = np.clip(np.floor((y0 + y1) / 2 - side / 2 + 0.5), 0, size - side).astype(np.int64)
         return side, ox, oy
 
-    def _features(self, img, p, n, lay, t, col, nz, codes) -> None:
-        """Moles, freckles, blush, nose, facial hair, mouth, eyes, brows and glasses: drawn on a window
-        around each face (gathered from img and scattered back; pixels outside it have none of these)."""
+    def _features(self, img, p, n, lay, t, col, nz, codes, hair) -> torch.Tensor:
+        """Ears, moles, freckles, blush, nose, facial hair, mouth, eyes, brows and glasses: drawn on a
+        window around each face (gathered from img and scattered back; pixels outside it have none of
+        these). Returns the ears' coverage [b, H, W]."""
         b, size = img.shape[0], self.size
         side, ox, oy = self._window(p, n, lay)
         r = torch.arange(side, device=self.device)
@@ -436,6 +429,10 @@ class FaceWorld:
         aa = t["aa"]
         front = soft(face_d, aa)
         c = self.const
+        ears = torch.zeros((b, side, side), dtype=torch.float32, device=self.device)
+        shown = self._subset(hair["curtain"] >= _FAR / 2)  # long hair hides the ears
+        if shown is not None:
+            ears[shown] = self._ears(win, shown, g["hx"], g["hy"], front, t, col, aa)
         blush = soft(ellipse_d(fx.abs() - 0.55 * t["face_w"], fy - t["nose_y"] + 0.05, 0.22, 0.14), 0.15)
         paint(win, blush.mul_(front).mul_(0.1 + 0.3 * t["x_smile"]), c["blush"])
         self._marks(win, fx, fy, t, front, aa, p)
@@ -450,6 +447,24 @@ class FaceWorld:
         if glasses is not None:
             self._glasses(win, glasses, fx, fy, hx, face_d, t, col, codes, aa)
         img.view(b, 3, -1).scatter_(2, idx3, win.view(b, 3, -1))
+        return torch.zeros((b, size * size), dtype=torch.float32, device=self.device).scatter_(
+            1, flat.view(b, -1), ears.view(b, -1)).view(b, size, size)
+
+    def _ears(self, img, idx, hx, hy, front, t, col, aa) -> torch.Tensor:
+        """Two ears behind the face (covered where the face is); returns their coverage [b_idx, h, w]."""
+        hx, hy, behind, a = hx[idx], hy[idx], 1.0 - front[idx], aa[idx]
+        rx, ry = t["ear_rx"][idx], t["ear_size"][idx]
+        sub = img[idx]
+        cover = torch.zeros_like(hx)
+        for j in range(2):
+            ex, ey = hx - t[f"ear{j}_x"][idx], hy - t[f"ear{j}_y"][idx]
+            outer = soft(ellipse_d(ex, ey, rx, ry), a).mul_(behind)
+            paint(sub, outer, col["skin"][idx])
+            inner = soft(ellipse_d(ex, ey - 0.02, 0.45 * rx, 0.55 * ry), a).mul_(behind).mul_(0.7)
+            paint(sub, inner, col["skin_shadow"][idx])
+            cover = torch.maximum(cover, outer)
+        img[idx] = sub
+        return cover
 
     # ------------------------------------------------------------------------------- face parts
     @staticmethod
@@ -627,7 +642,7 @@ class FaceWorld:
         sun = torch.from_numpy((codes["glasses"] == 2).astype(np.float32)).to(self.device)[idx].view(-1, 1, 1)
         gx = fx.abs() - edx
         gy = fy - ey - 0.01
-        rx, ry = 1.25 * ew + 0.05, (0.75 * ew + 0.05) * (1.0 + 0.05 * sun)
+        rx, ry = 1.3 * ew + 0.07, (0.8 * ew + 0.06) * (1.0 + 0.05 * sun)
         lens = ellipse_d(gx, gy, rx, ry)
         ft = 0.05
         rim = soft(lens.abs() - ft, aa)
@@ -644,29 +659,30 @@ class FaceWorld:
 
     def _hat(self, img, idx, name, hx, hy, t, col, aa):
         """Draw a hat of kind `name` on items idx (head frame hx, hy of those items); returns coverage."""
-        g = {k: t[k][idx] for k in ("face_w", "face_h", "hair_vol_top")}
+        g = {k: t[k][idx] for k in ("face_w", "face_h", "hair_vol_top", "hair_vol_side")}
         aa = aa[idx]
         c = col["hat"][idx]
         fw, fh = g["face_w"], g["face_h"]
         brim = -0.62 * fh
-        top = -fh - 0.6 * g["hair_vol_top"].clamp(max=0.25)
+        top = -fh - 0.6 * g["hair_vol_top"].clamp(max=0.3)
+        wide = fw + 0.7 * g["hair_vol_side"].clamp(max=0.3) + 0.06  # a soft hat covers the hair under it
         sub = img[idx]
         if name == "cap":
-            crown = soft(torch.maximum(ellipse_d(hx, hy - brim, 1.06 * fw, brim - top + 0.08), hy - brim), aa)
-            visor = soft(torch.maximum(ellipse_d(hx, hy - brim, 1.1 * fw, 0.2), brim - hy), aa)
-            button = soft(ellipse_d(hx, hy - top + 0.06, 0.08, 0.06), aa)
-            seam = soft(hx.abs() - 0.02, aa) * crown
+            crown = soft(torch.maximum(ellipse_d(hx, hy - brim, wide, brim - top + 0.14), hy - brim), aa)
+            visor = soft(torch.maximum(ellipse_d(hx, hy - brim - 0.02, 1.04 * wide, 0.27), brim - hy), aa)
+            button = soft(ellipse_d(hx, hy - top + 0.1, 0.09, 0.07), aa)
+            seams = soft((hx.abs() - 0.38 * wide).abs() - 0.02, aa) * crown
             paint(sub, crown, c)
-            paint(sub, seam * 0.5, c * 0.6)
+            paint(sub, seams * 0.5, c * 0.6)
             paint(sub, visor, c * 0.7)
             paint(sub, button, c * 0.8)
             cover = torch.maximum(crown, visor)
         elif name == "beanie":
-            dome = ellipse_d(hx, hy - brim - 0.05, 1.1 * fw, brim - top + 0.25)
-            dome = soft(torch.maximum(dome, hy - brim - 0.08), aa)
-            cuff = soft((hy - brim + 0.05).abs() - 0.13, aa) * dome
+            dome = ellipse_d(hx, hy - brim - 0.05, wide + 0.02, brim - top + 0.32)
+            dome = soft(torch.maximum(dome, hy - brim - 0.1), aa)
+            cuff = soft((hy - brim + 0.06).abs() - 0.15, aa) * dome
             ribs = (tri(hx * 9.0) > 0.5).float() * cuff
-            pom = soft(ellipse_d(hx, hy - (top - 0.22), 0.22, 0.2), aa)
+            pom = soft(ellipse_d(hx, hy - (top - 0.3), 0.24, 0.22), aa)
             paint(sub, dome, c)
             paint(sub, cuff, c * 0.82)
             paint(sub, ribs * 0.5, c * 0.6)
@@ -674,14 +690,14 @@ class FaceWorld:
             cover = torch.maximum(dome, pom)
         elif name == "cowboy hat":
             crown_top = brim - 0.95 - 0.1 * tri(hx * 1.2 + 0.5)
-            crown = soft(torch.maximum(hx.abs() - 0.8 * fw + (hy - brim) * 0.15, crown_top - hy), aa)
+            crown = soft(torch.maximum(hx.abs() - 0.8 * wide + (hy - brim) * 0.15, crown_top - hy), aa)
             crown = crown * soft(hy - brim, aa)
             band = soft((hy - brim + 0.16).abs() - 0.07, aa) * crown
-            wide = soft(ellipse_d(hx, hy - brim + 0.02, 2.0 * fw, 0.24), aa)
+            rim = soft(ellipse_d(hx, hy - brim + 0.02, 2.0 * fw, 0.24), aa)
             paint(sub, crown, c)
             paint(sub, band, c * 0.4)
-            paint(sub, wide, c * 0.85)
-            cover = torch.maximum(crown, wide)
+            paint(sub, rim, c * 0.85)
+            cover = torch.maximum(crown, rim)
         elif name == "top hat":
             cyl = soft(torch.maximum(hx.abs() - 0.78 * fw, torch.maximum(brim - 1.5 - hy, hy - brim)), aa)
             band = soft(torch.maximum(hx.abs() - 0.78 * fw, (hy - brim + 0.25).abs() - 0.11), aa)
@@ -710,13 +726,17 @@ class FaceWorld:
         if name == "photo":
             return img + (nz["white"] - 0.5).unsqueeze(1) * 0.05
         lum = (0.3 * img[:, 0] + 0.59 * img[:, 1] + 0.11 * img[:, 2]).clamp(0.0, 1.0)
-        if name == "painting":
-            sat = lum.unsqueeze(1) + (img - lum.unsqueeze(1)) * 1.35
-            dither = (nz["streak"] - 0.5).unsqueeze(1) * 0.9
-            levels = 5.0
-            poster = torch.floor(sat.clamp(0.0, 1.0) * levels + dither + 0.5) / levels
-            canvas = (0.92 + 0.1 * nz["fine"]).unsqueeze(1)
-            return (0.75 * poster + 0.25 * sat) * canvas
+        if name == "painting":  # softened, saturated, posterised with brush-stroke dither, on canvas
+            soft_img = img.clone()
+            soft_img[:, :, 1:-1, :] += img[:, :, 2:, :] + img[:, :, :-2, :]
+            soft_img[:, :, :, 1:-1] += img[:, :, :, 2:] + img[:, :, :, :-2]
+            soft_img.mul_(0.2)
+            soft_lum = (0.3 * soft_img[:, 0] + 0.59 * soft_img[:, 1] + 0.11 * soft_img[:, 2]).unsqueeze(1)
+            sat = (soft_img - soft_lum).mul_(1.45).add_(soft_lum).clamp_(0.0, 1.0)
+            dither = (nz["streak"] - 0.5).unsqueeze(1) * 0.7
+            poster = torch.floor(sat * 5.0 + dither + 0.5).mul_(0.2)
+            canvas = (0.9 + 0.14 * nz["fine"]).unsqueeze(1)
+            return (0.7 * poster + 0.3 * sat) * canvas
         # sketch: pencil edges from luminance differences, hatching in the dark parts, pale colour wash
         gx = torch.zeros_like(lum)
         gy = torch.zeros_like(lum)

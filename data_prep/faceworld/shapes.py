@@ -18,8 +18,8 @@ _NOISE_KEY = 0x5EED_FACE
 
 
 def soft(d: torch.Tensor, aa: torch.Tensor | float) -> torch.Tensor:
-    """Coverage in [0, 1] of a signed distance d (< 0 inside), antialiased over `aa` units."""
-    return (0.5 - d / aa).clamp_(0.0, 1.0)
+    """Coverage in [0, 1] of a signed distance d (< 0 inside), antialiased over `aa` units: 0.5 - d / aa."""
+    return (d / aa).neg_().add_(0.5).clamp_(0.0, 1.0)
 
 
 def ellipse_d(x: torch.Tensor, y: torch.Tensor, rx, ry) -> torch.Tensor:
