@@ -32,6 +32,8 @@ MAX_LISTED = 8  # offending keys listed per kind in an error message
 _SIGNATURES = (
     (r"^(encoder|decoder)\.conv_in\.weight$", "the AutoencoderKL (autoencoder_kl.pth)"),
     (r"^(in_blocks\.0\.|pos_embed_token$)", "the UniDiffuser UViT (uvit_v1.pth)"),
+    (r"^text_tower\.", "the identity world's world-CLIP (world_clip/model.safetensors)"),
+    (r"^scale$", "the identity world's pixel space (pixel_space.safetensors)"),
     (r"^encode_prefix\.", "the caption decoder (caption_decoder.pth)"),
     (r"^(text_model\.|vision_model\.)", "a Hugging Face CLIP model (clip-vit-large-patch14/)"),
     (r"^visual\.transformer\.resblocks\.", "an OpenAI / open_clip CLIP model (ViT-B-32.pt)"),

@@ -154,3 +154,11 @@ def test_tiny_world_samples_through_the_pipeline(tmp_path: Path):
     again = pipe(["a photo of a man wearing sunglasses"], n_per_prompt=1, steps=3, seed=0)
     assert list(images[0][0].getdata()) == list(again[0][0].getdata())
     assert set(WORDS) <= set(pipe.text_encoder.tokenizer.vocab)
+
+
+def test_a_world_file_in_the_wrong_place_is_named(tmp_path: Path):
+    from models import WeightsError, load_autoencoder
+
+    root = make_tiny_world(tmp_path)
+    with pytest.raises(WeightsError, match="world-CLIP"):
+        load_autoencoder(root / "world_clip" / "model.safetensors", {"kind": "pixel_space"})

@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("stage", help=f"one of: {', '.join(STAGES)}")
     t.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder (<out>/<stage>/checkpoint/)")
     t.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder (exports)")
-    t.add_argument("--minutes", type=float, default=None, help="stop and save after this many minutes")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="stop and save after this many minutes of training (start-up and export come on top)")
     t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
     t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")

@@ -66,7 +66,7 @@ class BackboneConfig:
     num_heads: int = 4
     patch_size: int = 4
     batch_size: int = 512
-    total_steps: int = 12_000
+    total_steps: int = 10_000
     lr: float = 3e-4
     warmup_steps: int = 500
     weight_decay: float = 0.03
