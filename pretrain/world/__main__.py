@@ -29,8 +29,8 @@ STAGES: dict[str, str] = {
     "faces": "pretrain.world.faces:RecogniserStage",  # conditioning recogniser + pack.json -> <world>/faces/
     "face_detector": "pretrain.world.faces:DetectorStage",  # SCRFD-signature detector -> <world>/faces/
     "eval_faces": "pretrain.world.faces:EvalRecogniserStage",  # evaluation recogniser -> <world>/eval_faces/
-    "attributes": "pretrain.world.attributes:AttributeStage",
-    "identity": "pretrain.world.identity:IdentityStage",  # data_prep + pretrain.train: <world>/faceid_encoder
+    "attributes": "pretrain.world.attributes:AttributeStage",  # attribute classifier -> <world>/attributes/
+    "identity": "pretrain.world.identity:IdentityStage",  # data_prep + pretrain.train -> <world>/faceid_encoder/
 }
 
 
