@@ -39,7 +39,7 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     out, results = tmp_path / "work", tmp_path / "synthworld.json"
     argv = ["--seed", "5", "--identities", "2", "--photos", "2", "--prompts", "2", "--seeds", "1", "--n", "2",
             "--steps", "2", "--refs", "2", "--device", "cpu", "--world", str(world), "--out", str(out),
-            "--json", str(results), "--finetune-setting", "lora,1e-3,2", "--command-timing", "0", "--no-progress"]
+            "--json", str(results), "--finetune-setting", "lora,1e-3,2", "--command-timing", "1", "--no-progress"]
     assert ew.main(argv) == 0
     r = json.loads(results.read_text())
     for key in ("identity_similarity", "edit_success", "copy_paste"):
@@ -47,6 +47,10 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
         assert all(isinstance(v, float) for v in r[key].values()), key
     assert set(r["seconds_per_identity"]) == {"encoder", "finetune", "text_only"}
     assert r["seconds_per_identity"]["text_only"] == 0.0 and r["seconds_per_identity"]["encoder"] > 0
+    commands = r["seconds_per_identity_detail"]
+    assert commands["encoder"]["command"]["n"] == 1 and commands["finetune"]["command"]["n"] == 1  # fresh processes
+    assert commands["encoder"]["command"]["mean"] > commands["encoder"]["in_process"]["mean"]
+    assert commands["encoder"]["photos_processing"]["n"] == 2  # train.py's own split, parsed from its output
     assert r["counts"]["identities"] == 2 and r["counts"]["prompts"] == {"sim": 2, "edit": 2}
     assert r["counts"]["seeds"] == 1 and r["counts"]["held_out_edit_prompts"] == 4  # two per person
     assert r["renderer_seed"] == 5 and r["renderer"]["split"] == "test"
@@ -69,6 +73,7 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
         raise AssertionError("a finished unit was done again")
 
     monkeypatch.setattr(ew, "run_cli", forbidden)
+    monkeypatch.setattr(ew, "wall_clock", forbidden)
     monkeypatch.setattr(generate, "generate_prompts", forbidden)
     monkeypatch.setattr(finetune_baseline.Finetuner, "train", forbidden)
     monkeypatch.setattr(FaceWorld, "render", forbidden)
