@@ -39,7 +39,7 @@ from data_prep.faceworld.attributes import (
 from data_prep.faceworld.hashing import STREAM_PROMPTS, hash_bits
 from data_prep.faceworld.identity import identity_params
 from data_prep.faceworld.render import RENDERER_VERSION, FaceWorld
-from data_prep.shards import atomic_write_json
+from models.atomic import write_json_atomic
 
 SIM_PROMPTS = ("a photo of a {w}", "a {w}", "a close-up photo of a {w}")
 EDITABLE = ("scene", "hat", "glasses", "clothing", "expression", "style")
@@ -151,7 +151,7 @@ def write_folders(out: str | Path, *, seed: int, identities: int, photos: int, s
         _write_prompts(out / PROMPTS_DIR / f"{person.name}_edit.json", [t for t, _ in edit])
         _write_prompts(out / PROMPTS_DIR / f"{person.name}.json", [t for t, _ in sim + edit])
         side["people"].append(record)
-    atomic_write_json(out / SIDE_FILE, side)
+    write_json_atomic(out / SIDE_FILE, side, indent=1, sort_keys=True)
     return side
 
 

@@ -30,6 +30,7 @@ STAGES: dict[str, str] = {
     "face_detector": "pretrain.world.faces:DetectorStage",  # SCRFD-signature detector -> <world>/faces/
     "eval_faces": "pretrain.world.faces:EvalRecogniserStage",  # evaluation recogniser -> <world>/eval_faces/
     "attributes": "pretrain.world.attributes:AttributeStage",  # attribute classifier -> <world>/attributes/
+    "identity": "pretrain.world.identity:IdentityStage",  # data_prep + pretrain.train -> <world>/faceid_encoder/
 }
 
 
@@ -73,7 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every)
-    run_stage(stage_class(args.stage)(opts))
+    stage = stage_class(args.stage)(opts)
+    if isinstance(stage, Stage):
+        run_stage(stage)
+    else:  # a stage that runs commands (pretrain.world.identity): its own run()
+        stage.run()
     return 0
 
 

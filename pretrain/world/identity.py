@@ -1,0 +1,227 @@
+"""The identity module in the world: data_prep on renders of training identities, then pretrain.train.
+
+    python -m pretrain.world train identity --out runs/world --world checkpoints/world [--minutes 9]
+        [--device cuda] [--tiny]
+
+Needs the world's backbone, world-CLIP and face pack (the clip, backbone and faces stages). The
+identity module is trained exactly as on a real corpus, by the project's own commands, run here as
+subprocesses (so that a time budget can stop them; each resumes on its own):
+
+1. shards: `python -m data_prep --source faceworld --split train ...` writes <out>/identity/shards/
+   (recogniser embeddings with the face pack's fingerprint, world-CLIP text and image features,
+   pixel-space moments, identity labels; a rerun skips finished shards);
+2. pretraining: `python -m pretrain.train --config pretrain/configs/world.json` on those shards with
+   the world folder as weights and identity pairing on, into <out>/identity/run/ (a rerun resumes
+   exactly from its last checkpoint; checkpoint files are a few MB each);
+3. export: the run's EMA module (<out>/identity/run/faceid_encoder/) is copied to
+   <world>/faceid_encoder/, and the run's loss curves are drawn to <out>/identity/curves.png.
+
+With `--minutes M` the stage stops whatever runs when M minutes are over (pretraining loses the steps
+since its last checkpoint, `checkpoint_every` in the config) and says to rerun. `--tiny` runs a few
+identities and two pretraining steps on the CPU (tests, `scripts/world.sh --tiny`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pretrain.world.common import StageOptions
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "pretrain" / "configs" / "world.json"
+EXPORT_DIR = "faceid_encoder"
+STOP_GRACE_S = 60  # after SIGINT, seconds a stopped command gets before SIGKILL
+
+
+@dataclass(frozen=True)
+class IdentityStageConfig:
+    """The shards (identities x photos renders of training identities, data_prep's batch and threads)
+    and the pretraining config file with its overrides (PretrainConfig fields as `--name value`)."""
+
+    identities: int = 20_000
+    photos: int = 6
+    first_identity: int = 0
+    shard_size: int = 2000
+    prep_batch: int = 256
+    prep_threads: int = 8
+    face_boxes: str = "render"  # "render": the renderer's face box and landmarks; "detector": the world's
+    min_face_size: int = 12
+    config: str = str(CONFIG.relative_to(REPO))
+    overrides: tuple[str, ...] = ()
+
+    @classmethod
+    def tiny(cls) -> IdentityStageConfig:
+        return cls(identities=3, photos=2, shard_size=6, prep_batch=8, prep_threads=1,
+                   overrides=("--max_steps", "2", "--batch_size", "2", "--num_workers", "0", "--backbone_dtype",
+                              "float32", "--mixed_precision", "no", "--hidden_dim", "16", "--warmup_steps", "1",
+                              "--checkpoint_every", "1", "--log_every", "1", "--sample_every", "0",
+                              "--shuffle_buffer", "4", "--shards_per_group", "1", "--val_identities", "1"))
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGINT to the command's process group, SIGKILL after STOP_GRACE_S."""
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def run_command(argv: list[str], deadline: float | None, env: dict | None = None) -> bool:
+    """Run a command from the repository root in its own process group (environment `env`, default
+    this one's); True when it finished, False when `deadline` (time.monotonic) stopped it. A failing
+    command stops the stage."""
+    print(f"[identity] $ {' '.join(argv[1:])}", flush=True)
+    proc = subprocess.Popen(argv, cwd=REPO, start_new_session=True, env=env)
+    try:
+        proc.wait(timeout=None if deadline is None else max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return False
+    except BaseException:
+        _stop(proc)
+        raise
+    if proc.returncode:
+        raise SystemExit(f"[identity] {' '.join(argv[1:3])} ... exited with {proc.returncode}")
+    return True
+
+
+class IdentityStage:
+    """The `identity` stage of `python -m pretrain.world train` (a stage that runs commands: `run()`
+    instead of the step loop of pretrain.world.common.Stage)."""
+
+    name = "identity"
+
+    def __init__(self, opts: StageOptions):
+        self.opts = opts
+        self.c = IdentityStageConfig.tiny() if opts.tiny else IdentityStageConfig()
+        self.folder = opts.out / self.name
+        self.shards = self.folder / "shards"
+        self.run_dir = self.folder / "run"
+
+    # ---- the commands
+    def prep_command(self) -> list[str]:
+        c, world = self.c, self.opts.world
+        return [sys.executable, "-m", "data_prep", "--source", "faceworld", "--split", "train",
+                "--seed", str(self.opts.seed), "--identities", str(c.identities), "--photos", str(c.photos),
+                "--first-identity", str(c.first_identity), "--size", "64", "--face-boxes", c.face_boxes,
+                "--resolution", "64", "--min-image-side", "64", "--min-face-size", str(c.min_face_size),
+                "--out", str(self.shards), "--weights", str(world), "--face-pack", str(world / "faces"),
+                "--shard-size", str(c.shard_size), "--batch-size", str(c.prep_batch),
+                "--threads", str(c.prep_threads), "--no-progress"]
+
+    def pretrain_command(self) -> list[str]:
+        return [sys.executable, "-m", "pretrain.train", "--config", self.c.config, "--shards", str(self.shards),
+                "--weights", str(self.opts.world), "--output_dir", str(self.run_dir), "--seed", str(self.opts.seed),
+                *self.c.overrides]
+
+    def shards_done(self) -> bool:
+        path = self.shards / "manifest.json"
+        return path.is_file() and bool(json.loads(path.read_text()).get("complete"))
+
+    def exported(self) -> Path:
+        return self.run_dir / EXPORT_DIR
+
+    # ---- the stage
+    def run(self) -> dict:
+        """Shards, pretraining, export; each step skipped when done. Returns what was done."""
+        opts = self.opts
+        deadline = None if opts.minutes is None else time.monotonic() + 60 * opts.minutes
+        env = None
+        if opts.device.type == "cpu":  # the commands must not pick a GPU on their own
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        done = {"shards": self.shards_done(), "pretrained": (self.exported() / "config.json").is_file()}
+        if not done["shards"]:
+            if not run_command(self.prep_command(), deadline, env) or not self.shards_done():
+                print(f"[{self.name}] shards not finished; rerun to continue", flush=True)
+                return {"done": False, **done}
+            done["shards"] = True
+        if not done["pretrained"]:
+            finished = run_command(self.pretrain_command(), deadline, env)
+            if not finished or not (self.exported() / "config.json").is_file():
+                print(f"[{self.name}] pretraining not finished; rerun to continue (it resumes from "
+                      f"{self.run_dir / 'checkpoints'})", flush=True)
+                return {"done": False, **done}
+            done["pretrained"] = True
+        target = export(self.exported(), opts.world / EXPORT_DIR)
+        curves = plot_curves(self.run_dir, self.folder / "curves.png")
+        print(f"[{self.name}] exported {target}" + (f"; curves in {curves}" if curves else ""), flush=True)
+        return {"done": True, **done, "exported": target, "curves": curves}
+
+
+def export(source: Path, target: Path) -> Path:
+    """Copy the exported identity module folder to `target` (a copy assembled beside it, renamed into
+    place); nothing is done when `target` already holds the same checkpoint."""
+    from encoder.identity import checkpoint_hash
+
+    if (target / "config.json").is_file() and checkpoint_hash(target) == checkpoint_hash(source):
+        return target
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the run's TensorBoard logs (<run_dir>/tb), empty when there are none."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return {}
+    tb = run_dir / "tb"
+    if not tb.is_dir():
+        return {}
+    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])}
+
+
+def plot_curves(run_dir: Path, path: Path) -> Path | None:
+    """The run's scalar curves (loss terms, gradient norm, learning rate, any diagnostics it logs), one
+    panel each, to `path` (PNG); None when there is nothing to draw or no matplotlib."""
+    scalars = read_scalars(run_dir)
+    if not scalars:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    tags = sorted(scalars)
+    cols = min(3, len(tags))
+    rows = (len(tags) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        steps, values = zip(*scalars[tag])
+        ax.plot(steps, values, lw=1)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from models.atomic import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return path
+
