@@ -59,8 +59,8 @@ def test_data_prep_writes_world_shards(tmp_path: Path):
 
     from data_prep.__main__ import main
     from data_prep.format import decode_arrays
-    from pretrain.data import expected_shapes
     from models.autoencoder import latent_from_moments
+    from pretrain.data import expected_shapes
 
     world = make_tiny_world(tmp_path / "world")
     pack = make_pack(tmp_path / "pack")
