@@ -46,6 +46,10 @@ class Tokenizer(Protocol):
         """prompts -> ids [B, max_length] int64."""
         ...
 
+    def dropped(self, text: str, max_length: int = ...) -> str:
+        """The end of `text` cut off to fit max_length ("" when it fits), for warnings."""
+        ...
+
 
 def split_words(text: str) -> list[str]:
     """NFC, lower case, then the words in order (punctuation dropped)."""
@@ -86,7 +90,7 @@ class WordTokenizer:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write vocab.json and tokenizer_config.json into `folder`."""
-        from .weights import atomic_write
+        from .atomic import atomic_write
 
         folder = Path(folder)
         config = {"tokenizer_class": WORD_TOKENIZER, "model_max_length": self.context_length,
@@ -106,6 +110,12 @@ class WordTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> the words joined by spaces (<pad>, <bos> and <eos> dropped, <unk> kept)."""
         return " ".join(self.words[int(i)] for i in ids if int(i) not in (self.pad_id, self.bos_id, self.eos_id))
+
+    def dropped(self, text: str, max_length: int | None = None) -> str:
+        """The words of `text` that `__call__` cuts off to fit max_length - 2 (BOS, EOS; "" when it fits)."""
+        keep = (max_length or self.context_length) - 2
+        words = split_words(text)
+        return " ".join(words[keep:]) if len(words) > keep else ""
 
     def unknown_words(self, text: str) -> list[str]:
         return [w for w in split_words(text) if w not in self.vocab]
