@@ -101,8 +101,8 @@ def test_torchscript_archive_that_would_run_code_is_refused(clip, tmp_path, monk
     (tmp_path / "empty.pt").write_bytes(b"")
     _rewrite_zip(tmp_path / "jit.pt", tmp_path / "short.pt",
                  lambda n, b: b[: len(b) // 2] if n.endswith("/data/1") else b)
-    for name in ("cut.pt", "empty.pt", "short.pt"):
-        with pytest.raises(WeightsError, match="could not load image CLIP weights"):
+    for name in ("cut.pt", "empty.pt", "short.pt"):  # (an empty file is caught by the cheap check first)
+        with pytest.raises(WeightsError, match="could not load image CLIP weights|cannot read .*the file is empty"):
             ImageCLIP.from_file(tmp_path / name, model_cfg=IMAGE_CLIP)
 
 

@@ -63,7 +63,8 @@ class IdentityStageConfig:
                    overrides=("--max_steps", "2", "--batch_size", "2", "--num_workers", "0", "--backbone_dtype",
                               "float32", "--mixed_precision", "no", "--hidden_dim", "16", "--warmup_steps", "1",
                               "--checkpoint_every", "1", "--log_every", "1", "--sample_every", "0",
-                              "--shuffle_buffer", "4", "--shards_per_group", "1", "--val_identities", "1"))
+                              "--shuffle_buffer", "4", "--shards_per_group", "1", "--val_identities", "1",
+                              "--val_holdout_shards", "0"))  # one shard: validation reads it too
 
 
 def _stop(proc: subprocess.Popen) -> None:
