@@ -54,6 +54,7 @@ import torch
 from data_prep.format import CorruptSample, decode_arrays, decode_meta
 from data_prep.shards import MANIFEST
 from data_prep.sources import split_member
+from models.errors import UserError, number
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,16 @@ class ClusterConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class ClusterError(UserError, ValueError):
+    """The shards or their clusters cannot be used as asked; the message says what to do."""
+
+
+# a cluster holding more than this fraction of the faces (and more than CHAINING_MIN_FACES of them) is
+# reported as probable chaining: people joined through look-alikes (docs/pretraining.md)
+CHAINING_FRACTION = 0.05
+CHAINING_MIN_FACES = 50
 
 
 # ------------------------------------------------------------------------------------ clustering
@@ -196,7 +207,7 @@ def read_faces(folder: str | os.PathLike, progress: bool = False) -> CorpusFaces
     folder = Path(folder)
     paths = shard_paths(folder)
     if not paths:
-        raise FileNotFoundError(f"no shards in {folder} (write them with python -m data_prep)")
+        raise ClusterError(f"no shards in {folder}", hint="write them with python -m data_prep")
     keys, idents, emb, flip, bad = [], [], [], [], 0
     for path in tqdm(paths, desc="reading faces", unit="shard", disable=not progress):
         try:
@@ -279,8 +290,8 @@ class IdentityClusters:
             return None
         clusters = cls(folder / CLUSTERS_DIR)
         if clusters.report.get("manifest") != _manifest_stamp(folder):
-            raise ValueError(f"{folder / CLUSTERS_DIR} was made for other shards than those in {folder} "
-                             f"now; rerun python -m data_prep cluster --shards {folder}")
+            raise ClusterError(f"{folder / CLUSTERS_DIR} was made for other shards than those in {folder} "
+                               f"now; rerun python -m data_prep cluster --shards {folder}")
         return clusters
 
     def __len__(self) -> int:
@@ -336,23 +347,17 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = ClusterConfig()
     p.add_argument("--shards", required=True, help="a data_prep output folder")
-    p.add_argument("--threshold", type=float, default=d.threshold,
+    p.add_argument("--threshold", type=number(float, -1.0, 1.0), default=d.threshold,
                    help=f"cosine similarity that joins two faces (default {d.threshold})")
-    p.add_argument("--neighbours", type=int, default=d.neighbours,
+    p.add_argument("--neighbours", type=number(int, 1), default=d.neighbours,
                    help=f"most similar faces considered per face (default {d.neighbours})")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    if not -1.0 <= args.threshold <= 1.0 or args.neighbours < 1:
-        print("error: --threshold must be in [-1, 1] and --neighbours at least 1", file=sys.stderr)
-        return 2
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        r = cluster_folder(args.shards, ClusterConfig(args.threshold, args.neighbours), device=device,
-                           progress=not args.no_progress)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from models.device import pick_device
+
+    r = cluster_folder(args.shards, ClusterConfig(args.threshold, args.neighbours), device=pick_device(args.device),
+                       progress=not args.no_progress)
     print(f"{Path(args.shards) / CLUSTERS_DIR}: {r['clusters']} clusters holding {r['clustered_faces']} of "
           f"{r['faces']} faces ({r['clustered_fraction']:.1%}); largest {r['largest_clusters'][:5]}")
     if r["scores"]:
@@ -360,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"against the {r['labelled_faces']} identity labels of the shards: pairwise precision "
               f"{s['precision']:.3f}, recall {s['recall']:.3f} ({s['correct_pairs']} of {s['predicted_pairs']} "
               f"predicted pairs correct, {s['true_pairs']} true pairs)")
+    largest = r["largest_clusters"][0] if r["largest_clusters"] else 0
+    if largest > max(CHAINING_MIN_FACES, CHAINING_FRACTION * r["faces"]):
+        print(f"warning: the largest cluster holds {largest} of {r['faces']} faces: probably people chained "
+              f"through look-alikes, which teaches the module that the face does not matter. Raise --threshold "
+              f"(it depends on the recogniser; docs/pretraining.md) and check precision on a labelled corpus.",
+              file=sys.stderr)
     return 0
 
 

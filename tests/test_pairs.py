@@ -38,6 +38,7 @@ from data_prep.sources import RawSample
 from data_prep.synthetic import shapes_for, write_synthetic
 from encoder.face_analysis import FaceAnalyzer
 from eval.bench.standin_faces import MTCNNDetector, make_pack, reference_embedding
+from models.errors import run_cli
 from models.uvit import UViTConfig
 from pretrain.config import PretrainConfig
 from pretrain.data import (
@@ -150,7 +151,7 @@ def test_cluster_command_reports_precision_recall_and_writes_the_side_folder(lab
     i = faces.keys.index("000000005")
     j = list(clusters.keys).index(b"000000005")
     np.testing.assert_array_equal(clusters.arcface[j], faces.arcface[i])
-    assert data_prep_main(["cluster", "--shards", str(tmp_path), "--no-progress"]) == 2  # no shards there
+    assert run_cli(data_prep_main, ["cluster", "--shards", str(tmp_path), "--no-progress"]) == 2  # no shards there
 
 
 def test_cluster_mates(unlabelled, tmp_path):
@@ -314,3 +315,16 @@ def test_training_logs_the_conditioning_fractions(unlabelled, tmp_path):
     events.Reload()
     assert {"data/paired_fraction", "data/augmented_fraction", "data/self_fraction"} <= set(events.Tags()["scalars"])
     assert events.Scalars("data/paired_fraction")[-1].value == 1.0
+
+
+def test_cluster_cli_warns_when_one_cluster_swallows_the_corpus(monkeypatch, capsys, tmp_path):
+    import data_prep.cluster as cluster
+
+    report = {"clusters": 3, "clustered_faces": 1000, "faces": 1000, "clustered_fraction": 1.0,
+              "largest_clusters": [980, 15, 5], "labelled_faces": 0, "scores": None}
+    monkeypatch.setattr(cluster, "cluster_folder", lambda *a, **k: report)
+    assert cluster.main(["--shards", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    assert "largest cluster holds 980 of 1000 faces" in capsys.readouterr().err
+    report["largest_clusters"] = [40, 30, 30]  # a large person, not chaining: no warning
+    assert cluster.main(["--shards", str(tmp_path), "--no-progress", "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err
