@@ -27,6 +27,7 @@ from data_prep.faceworld.attributes import (
 from data_prep.faceworld.identity import identity_params
 from data_prep.faceworld.render import FaceWorld
 from encoder.align import align_face
+from models.errors import run_cli
 
 PLAIN = {"scene": "living room", "hat": "none", "glasses": "none", "clothing": "blue", "expression": "neutral",
          "style": "photo"}
@@ -243,8 +244,9 @@ def test_render_cli_writes_the_competition_layout(tmp_path, capsys):
         assert edits[0]["held_out"] and edits[1]["held_out"]  # the first two are held-out pairs
         assert all(e["attributes"] == parse_caption(e["text"]) for e in edits)
     assert "5 people" in capsys.readouterr().out
-    assert faceworld_main(["render", "--seed", "9", "--identities", "2", "--photos", "1", "--out", str(out),
-                           "--no-progress"]) == 2  # never writes into a used folder
+    assert run_cli(faceworld_main, ["render", "--seed", "9", "--identities", "2", "--photos", "1", "--out", str(out),
+                                    "--no-progress"]) == 2  # never writes into a used folder
+    assert "exists and is not an empty folder" in capsys.readouterr().err
     again = tmp_path / "again"
     faceworld_main(["render", "--seed", "9", "--identities", "2", "--photos", "3", "--out", str(again),
                     "--no-progress"])

@@ -88,13 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         bench(args)
         return 0
-    try:
-        side = write_folders(args.out, seed=args.seed, identities=args.identities, photos=args.photos,
-                             split=args.split, first=args.first, size=args.size, edits=args.edits, fmt=args.format,
-                             device=args.device, progress=not args.no_progress)
-    except (ValueError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    side = write_folders(args.out, seed=args.seed, identities=args.identities, photos=args.photos,
+                         split=args.split, first=args.first, size=args.size, edits=args.edits, fmt=args.format,
+                         device=args.device, progress=not args.no_progress)
     names = ", ".join(p["name"] for p in side["people"][:8]) + (" ..." if len(side["people"]) > 8 else "")
     print(f"{args.out}: {len(side['people'])} people x {args.photos} photos ({names}); prompts in "
           f"{args.out}/eval_prompts; scoring data in {args.out}/faceworld.json")
@@ -102,4 +98,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from models.errors import run_cli
+
+    sys.exit(run_cli(main))

@@ -40,11 +40,16 @@ from data_prep.faceworld.hashing import STREAM_PROMPTS, hash_bits
 from data_prep.faceworld.identity import identity_params
 from data_prep.faceworld.render import RENDERER_VERSION, FaceWorld
 from models.atomic import write_json_atomic
+from models.errors import UserError
 
 SIM_PROMPTS = ("a photo of a {w}", "a {w}", "a close-up photo of a {w}")
 EDITABLE = ("scene", "hat", "glasses", "clothing", "expression", "style")
 SIDE_FILE = "faceworld.json"
 PROMPTS_DIR = "eval_prompts"
+
+
+class FolderError(UserError, ValueError):
+    """The render folders cannot be written as asked (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,14 @@ def write_folders(out: str | Path, *, seed: int, identities: int, photos: int, s
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; choose a new --out")
+        raise FolderError(f"{out} exists and is not an empty folder", hint="choose a new --out")
     if identities < 1 or photos < 1 or edits < 0:
-        raise ValueError("--identities and --photos must be at least 1, --edits at least 0")
+        raise FolderError("--identities and --photos must be at least 1, --edits at least 0")
     if fmt not in ("jpg", "png"):
-        raise ValueError(f"--format must be jpg or png, got {fmt!r}")
+        raise FolderError(f"--format must be jpg or png, got {fmt!r}")
     lo, hi = split_range(split)
     if first < 0 or lo + first + identities > hi:
-        raise ValueError(f"identities {first}..{first + identities - 1} do not fit the {split} split "
+        raise FolderError(f"identities {first}..{first + identities - 1} do not fit the {split} split "
                          f"({hi - lo} identities)")
     world = FaceWorld(seed, size=size, device=device)
     index = np.arange(lo + first, lo + first + identities, dtype=np.int64)

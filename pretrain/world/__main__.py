@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from models.errors import UserError, run_cli
 from pretrain.world import evaluate
 from pretrain.world.common import Stage, StageOptions, run_stage
 
@@ -36,7 +37,7 @@ STAGES: dict[str, str] = {
 
 def stage_class(name: str) -> type[Stage]:
     if name not in STAGES:
-        raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        raise UserError(f"unknown stage {name!r}", hint=f"stages: {', '.join(STAGES)}")
     module, cls = STAGES[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -83,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

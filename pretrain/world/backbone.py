@@ -34,6 +34,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from models.errors import UserError
 from models.noise_schedule import NoiseScheduleVP
 from models.pixel_space import PixelSpace, PixelSpaceConfig
 from models.uvit import UViT, UViTConfig
@@ -154,8 +155,8 @@ class BackboneStage(Stage):
         self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
-            raise SystemExit(f"the backbone needs the world-CLIP in {clip_dir}: run "
-                             f"`python -m pretrain.world train clip --world {opts.world}` first")
+            raise UserError(f"the backbone needs the world-CLIP in {clip_dir}",
+                            hint=f"run `python -m pretrain.world train clip --world {opts.world}` first")
         self.tokenizer, self.clip = load_world_clip(clip_dir, device=self.device, dtype=torch.float32)
         cc = self.clip.config
         self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, cc.image_size)

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.errors import UserError
 from pretrain.world.common import StageOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +95,8 @@ def run_command(argv: list[str], deadline: float | None, env: dict | None = None
         _stop(proc)
         raise
     if proc.returncode:
-        raise SystemExit(f"[identity] {' '.join(argv[1:3])} ... exited with {proc.returncode}")
+        raise UserError(f"[identity] {' '.join(argv[1:3])} ... exited with {proc.returncode}",
+                        hint="its own message is printed above")
     return True
 
 
