@@ -54,6 +54,7 @@ import torch
 from data_prep.format import CorruptSample, decode_arrays, decode_meta
 from data_prep.shards import MANIFEST
 from data_prep.sources import split_member
+from models.atomic import replace_folder
 from models.errors import UserError, number
 
 logger = logging.getLogger(__name__)
@@ -254,15 +255,7 @@ def write_clusters(folder: str | os.PathLike, faces: CorpusFaces, labels: np.nda
     for name, a in arrays.items():
         np.save(tmp / f"{name}.npy", np.ascontiguousarray(a), allow_pickle=False)
     (tmp / REPORT).write_text(json.dumps(report, indent=1, sort_keys=True))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
+    return replace_folder(tmp, final, old)
 
 
 class IdentityClusters:

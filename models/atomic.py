@@ -4,11 +4,12 @@
     write_text_atomic(path, text)
     write_json_atomic(path, data)                                  NaN -> null, numpy scalars, paths
     fsync_dir(folder)                                              after renaming something into it
+    replace_folder(tmp, final, aside)                              a folder assembled in tmp, put in place
 
 A reader never sees a half-written file, and a failed or killed write leaves the previous file
 intact. The temporary file is named `.<name>.<random>.tmp`, so `.<name>.*.tmp` finds leftovers of a
-killed process. Folders that must appear whole (training checkpoints) are assembled in a temporary
-folder with these writes and renamed into place by their owner.
+killed process. Folders that must appear whole (training checkpoints, side folders) are assembled in a
+temporary folder and put in place with `replace_folder`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,6 +58,26 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike, aside: str | os.PathLike) -> Path:
+    """Put the folder assembled in `tmp` in place of `final`: its files are flushed to disk, an existing
+    `final` is renamed to `aside` first and deleted only once `tmp` is in place (so a crash between the
+    two renames leaves `aside`, a complete folder, for the reader to fall back on), and the rename is
+    flushed to the parent folder. Returns `final`."""
+    tmp, final, aside = Path(tmp), Path(final), Path(aside)
+    for f in tmp.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    shutil.rmtree(aside, ignore_errors=True)
+    if final.exists():
+        os.replace(final, aside)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+    return final
 
 
 def _umask() -> int:

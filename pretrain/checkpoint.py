@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.atomic import atomic_write, fsync_dir, write_json_atomic
+from models.atomic import atomic_write, replace_folder, write_json_atomic
 from models.errors import UserError
 from pretrain.config import PretrainConfig, flat_fields
 
@@ -78,13 +78,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, *, identity: torch.nn
                       ("rng.pt", rng)):
         atomic_write(tmp / name, lambda p, obj=obj: torch.save(obj, p))
     write_json_atomic(tmp / STATE_FILE, {**state, "step": step, "ema_updates": ema.updates}, indent=1)
-    fsync_dir(tmp)
-    if final.exists():  # the same step saved again: the old folder goes only once the new one is in place
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-    os.replace(tmp, final)
-    fsync_dir(root)
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_folder(tmp, final, aside)  # the same step saved again: the old folder goes once the new is in
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

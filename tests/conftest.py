@@ -1,8 +1,9 @@
-"""Shared fixtures: paths of the reference files under tests/reference/."""
+"""Shared fixtures: paths of the reference files under tests/reference/, one torch thread."""
 
 from pathlib import Path
 
 import pytest
+import torch
 
 REFERENCE = Path(__file__).parent / "reference"
 
@@ -17,3 +18,13 @@ def golden_dir() -> Path:
 def keys_dir() -> Path:
     """`*.keys.tsv`: name<TAB>shape<TAB>dtype of every state-dict entry of the released modules."""
     return REFERENCE / "keys"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models and the renderer's many small ops run fastest on one thread (and do not fight other
+    processes for the cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -31,14 +31,6 @@ UVIT = UViTConfig.from_dict(TINY.uvit)
 LOG = logging.getLogger("test")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:

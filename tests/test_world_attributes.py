@@ -26,15 +26,6 @@ from pretrain.world.attributes import (
 from pretrain.world.common import StageOptions, run_stage
 
 
-@pytest.fixture
-def one_thread():
-    """The renderer's many small ops run far faster on one thread than on oversubscribed cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_heads_follow_the_renderer():
     voc = vocabularies()
     assert voc[CLASS_WORD] == tuple(CLASS_WORDS)

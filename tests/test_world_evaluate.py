@@ -12,14 +12,6 @@ import torch
 from pretrain.world.evaluate import GUIDANCE_GRID, STEPS_GRID, frechet_distance, held_out_prompts
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_frechet_distance_matches_the_closed_form():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6))

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -42,7 +41,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.weights import atomic_write
+from models.atomic import atomic_write, replace_folder
 
 FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep a margin for the header)
 OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
@@ -320,15 +319,7 @@ def save_checkpoint(stage: Stage, folder: Path, step: int, done: bool) -> Path:
              "optimizer_files": optimizer_files, "optimizer": optimizer_meta if optimizer_files else None,
              "extra": stage.extra_state()}
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_folder(tmp, folder, old)
 
 
 def find_checkpoint(folder: Path) -> Path | None:
