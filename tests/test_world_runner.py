@@ -6,9 +6,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
+from models.errors import UserError
 from pretrain.ema import EMA
 from pretrain.world.common import LRSchedule, Stage, StageOptions, read_parts, run_stage, write_parts
 
@@ -114,3 +116,11 @@ def test_resume_without_optimizer_rewarms(tmp_path: Path, monkeypatch):
     assert again.resumed_without_optimizer_at == 2
     full = lambda step: again.base_lr * again.schedule.factor(step)  # noqa: E731
     assert abs(again.lr(2) - 0.25 * full(2)) < 1e-12 and abs(again.lr(5) - full(5)) < 1e-12
+
+
+def test_resume_with_another_configuration_names_the_field(tmp_path: Path):
+    opts = StageOptions(out=tmp_path, world=tmp_path / "w", device=torch.device("cpu"), max_steps=2)
+    run_stage(ToyStage(opts, total=6))
+    with pytest.raises(UserError, match=r"another toy configuration: total: 6 -> 9") as e:
+        run_stage(ToyStage(opts, total=9))  # e.g. a resumed chunk without the first chunk's --total-steps
+    assert "--total-steps" in e.value.hint

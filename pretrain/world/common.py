@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.atomic import atomic_write, replace_folder
+from models.errors import UserError
 
 FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep a margin for the header)
 OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
@@ -330,13 +331,28 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The fields in which two JSON configs differ, as 'name: old -> new' (nested names dotted)."""
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _config_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            show = lambda v: (repr(v) if len(repr(v)) <= 40 else repr(v)[:37] + "...")  # noqa: E731
+            out.append(f"{prefix}{k}: {show(a)} -> {show(b)}")
+    return out
+
+
 def load_checkpoint(stage: Stage, folder: Path) -> dict:
     """Restore the stage from a checkpoint folder; returns its state.json."""
     state = json.loads((folder / STATE_FILE).read_text())
-    if state.get("config") != json.loads(json.dumps(stage.config())):
-        raise ValueError(f"{folder} was made with another {stage.name} configuration ({state.get('config')} "
-                         f"against {stage.config()}); remove {folder.parent} to start over, or run with the "
-                         f"options it was made with (--tiny or not)")
+    wanted = json.loads(json.dumps(stage.config()))
+    if state.get("config") != wanted:
+        diff = _config_diff(state.get("config") or {}, wanted)
+        raise UserError(f"{folder} was made with another {stage.name} configuration: {'; '.join(diff[:5])}",
+                        hint=f"run with the options it was made with (--tiny or not, the same --total-steps), "
+                             f"or remove {folder.parent} to start over")
     modules = stage.modules()
     if set(state["files"]) != set(modules):
         raise ValueError(f"{folder} holds modules {sorted(state['files'])}, the stage has {sorted(modules)}")
