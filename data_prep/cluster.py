@@ -53,7 +53,7 @@ import torch
 
 from data_prep.format import CorruptSample, decode_arrays, decode_meta
 from data_prep.shards import MANIFEST
-from data_prep.sources import split_member
+from data_prep.sources import tar_samples
 from models.atomic import replace_folder
 from models.errors import UserError, number
 
@@ -182,25 +182,6 @@ def shard_paths(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.tar"))
 
 
-def _face_members(path: Path):
-    """(key, {member: bytes}) of one tar, reading only the json and ArcFace members."""
-    key, members = None, {}
-    with tarfile.open(path, mode="r:") as tar:
-        for info in tar:
-            if not info.isreg():
-                continue
-            k, ext = split_member(info.name)
-            if k != key:
-                if key is not None:
-                    yield key, members
-                key, members = k, {}
-            if ext in _MEMBERS:
-                f = tar.extractfile(info)
-                members[ext] = f.read() if f is not None else b""
-    if key is not None:
-        yield key, members
-
-
 def read_faces(folder: str | os.PathLike, progress: bool = False) -> CorpusFaces:
     """Every readable face of a shard folder, in shard order."""
     from tqdm.auto import tqdm
@@ -212,7 +193,7 @@ def read_faces(folder: str | os.PathLike, progress: bool = False) -> CorpusFaces
     keys, idents, emb, flip, bad = [], [], [], [], 0
     for path in tqdm(paths, desc="reading faces", unit="shard", disable=not progress):
         try:
-            for key, members in _face_members(path):
+            for key, members in tar_samples(path, members=_MEMBERS):  # the json and ArcFace members only
                 try:
                     meta = decode_meta(members)
                     arrays = decode_arrays(members, ("arcface", "arcface_flip"))

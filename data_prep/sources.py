@@ -24,7 +24,7 @@ import glob
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -254,14 +254,17 @@ def split_member(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def tar_samples(path: str | Path, first: int = 0, stop: int | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
+def tar_samples(path: str | Path, first: int = 0, stop: int | None = None,
+                members: Collection[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {extension: bytes}) of the webdataset-style samples first..stop-1 of a tar, in order.
 
-    Consecutive members sharing a key form one sample; members of samples before `first` are
-    skipped without being read. Damage raises tarfile.TarError / OSError / EOFError to the caller
+    Consecutive members sharing a key form one sample; members of samples before `first`, and
+    members whose extension is not in `members` (when given), are skipped without being read.
+    Damage raises tarfile.TarError / OSError / EOFError to the caller
     after the samples read so far.
     """
-    index, key, members = -1, None, {}
+    wanted = None if members is None else frozenset(members)
+    index, key, sample = -1, None, {}
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
             if not info.isreg():
@@ -269,16 +272,16 @@ def tar_samples(path: str | Path, first: int = 0, stop: int | None = None) -> It
             k, ext = split_member(info.name)
             if k != key:
                 if key is not None and index >= first:
-                    yield key, members
+                    yield key, sample
                 index += 1
                 if stop is not None and index >= stop:
                     return
-                key, members = k, {}
-            if index >= first:
+                key, sample = k, {}
+            if index >= first and (wanted is None or ext in wanted):
                 f = tar.extractfile(info)
-                members[ext] = f.read() if f is not None else b""
+                sample[ext] = f.read() if f is not None else b""
     if key is not None and index >= first:
-        yield key, members
+        yield key, sample
 
 
 def count_tar_samples(path: Path) -> tuple[int, str | None]:
