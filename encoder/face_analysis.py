@@ -467,6 +467,20 @@ class FaceModelMismatch(UserError):
     """Embeddings of one face model meet a module or record of another (see the module docstring)."""
 
 
+def face_model_fields(name: str | None, recognition_file: str | os.PathLike | None, embedding_size: int | None,
+                      crop_size: int = 112) -> dict:
+    """A `face_model` block (module docstring) for a recogniser file: the one schema, written by
+    `face_model_block` for a loaded pack and by packs that declare theirs in pack.json."""
+    path = None if recognition_file is None else Path(recognition_file)
+    template = [[round(float(v), 4) for v in xy] for xy in arcface_template(crop_size)]
+    return {"pack": name,
+            "recognition_file": path.name if path is not None else None,
+            "recognition_sha256": file_sha256(path) if path is not None and path.is_file() else None,
+            "embedding_size": None if embedding_size is None else int(embedding_size),
+            "alignment": {"template": template, "size": crop_size},
+            "crop": CROP_RULE}
+
+
 def face_model_block(analyzer: FaceAnalyzer) -> dict:
     """The `face_model` block of a loaded pack (module docstring): what its embeddings depend on."""
     rec = analyzer.recogniser
@@ -478,13 +492,9 @@ def face_model_block(analyzer: FaceAnalyzer) -> dict:
     declared = extra.pop("face_model", None) or {}
     name = (extra.pop("name", None) or declared.get("pack")
             or (analyzer.pack_dir.name if analyzer.pack_dir is not None else None))
-    template = [[round(float(v), 4) for v in xy] for xy in arcface_template(analyzer.crop_size)]
-    block = {"pack": name,
-             "recognition_file": Path(model_file).name if has_file else f"{type(rec).__module__}.{type(rec).__name__}",
-             "recognition_sha256": file_sha256(model_file) if has_file else None,
-             "embedding_size": None if size is None else int(size),
-             "alignment": {"template": template, "size": analyzer.crop_size},
-             "crop": CROP_RULE}
+    block = face_model_fields(name, model_file if has_file else None, size, analyzer.crop_size)
+    if not has_file:
+        block["recognition_file"] = f"{type(rec).__module__}.{type(rec).__name__}"
     if extra:
         block["pack_json"] = extra
     return block

@@ -24,7 +24,7 @@ from insightface.model_zoo.scrfd import SCRFD
 from encoder.align import align_face, alignment_matrix
 from encoder.face_analysis import PACK_JSON, FaceAnalyzer, FacePolicy, pack_policy
 from eval.bench.standin_faces import make_pack
-from models.paths import WeightsError, find_weights
+from models.paths import WeightsError, file_sha256, find_weights
 from pretrain.world import faces as F
 from pretrain.world.common import StageOptions, run_stage
 
@@ -114,8 +114,8 @@ def test_pack_loads_through_insightface_with_its_policy(world):
     assert (fa.policy.det_size, fa.policy.min_face_size, fa.policy.min_det_score) == (64, 12, 0.5)
     pack = root / "world" / "faces"
     assert fa.face_model["recognition_file"] == "recogniser.onnx"
-    assert fa.face_model["recognition_sha256"] == F.file_sha256(pack / "recogniser.onnx")
-    assert fa.face_model["embedding_size"] == 512 and fa.face_model["alignment_template"]["size"] == 112
+    assert fa.face_model["recognition_sha256"] == file_sha256(pack / "recogniser.onnx")
+    assert fa.face_model["embedding_size"] == 512 and fa.face_model["alignment"]["size"] == 112
     assert find_weights("face_pack", root=root / "world") == pack
     ev = F.load_world_analyzer(root / "world", "evaluation")
     assert Path(ev.recogniser.model_file).parent.name == "eval_faces" and ev.detector is not None

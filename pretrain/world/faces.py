@@ -48,8 +48,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from encoder.align import ARCFACE_TEMPLATE_112, arcface_template
-from encoder.face_analysis import PACK_JSON, file_sha256
+from encoder.align import arcface_template
+from encoder.face_analysis import PACK_JSON, face_model_fields
 from models.config_dict import config_from_dict
 from models.weights import atomic_write
 from pretrain.world.common import LRSchedule, Stage, StageOptions, WorldData, as_json_config, param_groups
@@ -410,17 +410,9 @@ def export_detector(net: Detector, path: str | os.PathLike, fp16: bool = True) -
 
 
 def face_model_block(pack_dir: str | os.PathLike, name: str, recogniser_file: str = RECOGNISER_FILE) -> dict:
-    """The `face_model` block of pack.json: what the embeddings of this pack are and how crops are made."""
-    return {
-        "pack": name,
-        "recognition_file": recogniser_file,
-        "recognition_sha256": file_sha256(Path(pack_dir) / recogniser_file),
-        "embedding_size": EMBED_DIM,
-        "alignment_template": {"size": CROP, "landmarks": ARCFACE_TEMPLATE_112.round(4).tolist(),
-                               "order": "left eye, right eye, nose tip, left mouth corner, right mouth corner"},
-        "crop_rule": "least-squares similarity of the detector's 5 landmarks onto the template, "
-                     "bilinear warp to 112 x 112, black outside the photo (encoder/align.py)",
-    }
+    """The `face_model` block of pack.json (encoder.face_analysis's one schema): what the embeddings of
+    this pack are and how crops are made."""
+    return face_model_fields(name, Path(pack_dir) / recogniser_file, EMBED_DIM, CROP)
 
 
 def write_pack_json(pack_dir: str | os.PathLike, name: str, policy: dict | None = None) -> Path:
