@@ -142,6 +142,15 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     return loss, {"loss_z": loss_z.detach(), "loss_clip": loss_c.detach(), "loss_text": loss_t.detach()}
 
 
+def write_pixel_space(world: Path, channels: int) -> Path:
+    """<world>/models/pixel_space.safetensors and its model_configs.json entry ("autoencoder")."""
+    pixel = PixelSpace(PixelSpaceConfig(embed_dim=channels))
+    path = world / "models" / "pixel_space.safetensors"
+    save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, path)
+    merge_model_configs(world, {"autoencoder": as_json_config(pixel.config)})
+    return path
+
+
 class BackboneStage(Stage):
     """Trains the world's UViT; exports it (EMA, fp16), pixel space and model_configs.json."""
 
@@ -169,6 +178,9 @@ class BackboneStage(Stage):
         self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size)
+        # The pixel space has no training: written now, so that data_prep can write the identity
+        # stage's shards while the backbone trains.
+        write_pixel_space(opts.world, self.uvit_config.in_chans)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -216,10 +228,8 @@ class BackboneStage(Stage):
         uvit_path, pixel_path, configs_path = self.export_paths(world)
         save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in self.ema.shadow.state_dict().items()},
                         uvit_path)
-        pixel = PixelSpace(PixelSpaceConfig(embed_dim=self.uvit_config.in_chans))
-        save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, pixel_path)
-        merge_model_configs(world, {"uvit": as_json_config(self.uvit_config),
-                                    "autoencoder": as_json_config(pixel.config)})
+        write_pixel_space(world, self.uvit_config.in_chans)
+        merge_model_configs(world, {"uvit": as_json_config(self.uvit_config)})
         self.sample_grid(world)
         return [uvit_path, pixel_path, configs_path]
 
