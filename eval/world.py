@@ -213,13 +213,19 @@ def _save_npz(path: Path, arrays: dict) -> None:
     atomic_write(path, write)
 
 
+def reference_renders(world, identity: int, refs: int) -> list[np.ndarray]:
+    """The person's `refs` reference renders (render indices REF_RENDER on, portrait mode like the photos,
+    never among them), as JPEG-written photos are: what identity similarity compares against."""
+    batch = world.render(np.full(refs, identity), REF_RENDER + np.arange(refs), mode="portrait")
+    return [jpeg_round_trip(a) for a in batch.images.cpu().numpy()]
+
+
 def reference_faces(scorer: WorldScorer, world, plan: Plan, person: Person, out: Path) -> FaceFeatures:
-    """Faces of the person's reference renders (portrait mode, like the photos; JPEG as the photos), cached."""
+    """Faces of the person's reference renders (reference_renders), cached."""
     path = out / "faces" / f"{person.name}.refs{plan.refs}.npz"
     if path.is_file():
         return FaceFeatures.from_dict(dict(np.load(path)))
-    batch = world.render(np.full(plan.refs, person.identity), REF_RENDER + np.arange(plan.refs), mode="portrait")
-    faces = scorer.faces_of([jpeg_round_trip(a) for a in batch.images.cpu().numpy()])
+    faces = scorer.faces_of(reference_renders(world, person.identity, plan.refs))
     _save_npz(path, faces.to_dict())
     return faces
 
@@ -341,6 +347,29 @@ def wall_clock(argv: list[str], log: Path, timeout: float = 3600) -> float:
     return seconds
 
 
+def plain_pipeline(world: Path, device: torch.device, dtype: torch.dtype | None = None):
+    """The world's plain pipeline as sample.py loads it: `dtype` (default: sample.py's auto, bfloat16 on
+    CUDA, float32 on the CPU), the fast path on CUDA."""
+    from models.device import pick_dtype
+    from models.execution import Execution
+    from models.pipeline import UniDiffuserT2I
+
+    pipe = UniDiffuserT2I.from_pretrained(world, device=device, dtype=dtype or pick_dtype("auto", device))
+    if device.type == "cuda":
+        pipe.execution = Execution.fast_path(device, pipe.dtype, None)
+    return pipe
+
+
+def generate_text_only(pipe, prompts: list[str], images: Path, options, world: Path, progress: bool = False) -> dict:
+    """Text only: the prompts (with their class word) through the plain pipeline, by sample.py's generation
+    code (personalize.generate) without identity tokens; <prompt index>-<k:03>.jpg in `images`, resumable.
+    Returns generate_prompts' summary."""
+    from personalize.generate import generate_prompts
+
+    return generate_prompts(pipe, pipe.execution.net(pipe.uvit), None, prompts, images, options, progress=progress,
+                            fingerprint={"method": "text_only", "world": str(world)})
+
+
 class Evaluation:
     """Runs the plan's methods into the work folder `out` (see the module docstring); resumable."""
 
@@ -373,14 +402,7 @@ class Evaluation:
     def pipe(self):
         """The plain pipeline as sample.py runs it (fast path on CUDA)."""
         if self._pipe is None:
-            from models.device import pick_dtype
-            from models.execution import Execution
-            from models.pipeline import UniDiffuserT2I
-
-            self._pipe = UniDiffuserT2I.from_pretrained(self.world, device=self.device,
-                                                        dtype=pick_dtype("auto", self.device))
-            if self.device.type == "cuda":
-                self._pipe.execution = Execution.fast_path(self.device, self._pipe.dtype, None)
+            self._pipe = plain_pipeline(self.world, self.device)
         return self._pipe
 
     @property
@@ -483,16 +505,12 @@ class Evaluation:
 
     def run_text_only(self, people: list[Person]) -> None:
         """The seeded prompts through the plain pipeline (sample.py's generation, no identity)."""
-        from personalize.generate import generate_prompts
-
         for person in people:
             todo = self.todo("text_only", person)
             if not todo:
                 continue
             images = self.out / "images" / "text_only" / person.name  # the same for every photo count
-            pipe = self.pipe
-            generate_prompts(pipe, pipe.execution.net(pipe.uvit), None, self.seeded(person), images, self.options(),
-                             progress=False, fingerprint={"method": "text_only", "world": str(self.world)})
+            generate_text_only(self.pipe, self.seeded(person), images, self.options(), self.world)
             for k, j in sorted(todo, key=lambda kj: kj[::-1]):  # seed-major: photo counts share features
                 self.score_unit("text_only", k, j, person, images, {})
 

@@ -13,6 +13,12 @@ ONNX files, the identity module a folder with a readable config.json and safeten
 
 Prints one line per name (ok, missing or bad, with what is wrong and what to do); exits 2 if any
 file is missing or bad, 0 when all look usable.
+
+    python -m models.check_weights --presence [--weights DIR] [NAME ...]
+
+prints one word and reads nothing: `all` when every name is found, `none` when none is, `some`
+otherwise (`presence`). scripts/run.sh runs the embedded demo world (python -m eval.demo) only on
+`none`; on `some` it stops with the listing above.
 """
 
 from __future__ import annotations
@@ -22,15 +28,39 @@ import zipfile
 from pathlib import Path
 
 from .errors import run_cli
-from .paths import ENV_VAR, KNOWN_WEIGHTS, WeightsError, find_weights, read_model_configs, weights_dir
+from .paths import (
+    ENV_VAR,
+    KNOWN_WEIGHTS,
+    WeightsError,
+    find_weights,
+    missing_weights,
+    read_model_configs,
+    weights_dir,
+)
 from .weights import README_HINT, check_weight_file, identify, read_state_dict
+
+# what the main job (scripts/run.sh: train.py and sample.py) needs
+MAIN_JOB = ("uvit", "autoencoder", "caption_decoder", "clip_text", "face_pack", "identity")
+
+
+def presence(names=MAIN_JOB, root=None) -> str:
+    """"all" when every weight in `names` is found (find_weights' lookup, as the check below: root, then
+    $UNIDIFFUSER_WEIGHTS, then checkpoints/), "none" when none of them is, else "some". Nothing is read:
+    whether the files found are usable is the check's business."""
+    found = sum(1 for name in names if not missing_weights([name], root))
+    return "all" if found == len(names) else "none" if found == 0 else "some"
 
 
 def _module_check(name: str, path: Path, root) -> str:
     """The backbone module `name` loaded on the meta device from `path` (names and shapes checked)."""
     from . import load_autoencoder, load_encode_prefix, load_uvit
     from .text_encoder import load_clip_text
+    from .world_clip import is_world_clip_dir, load_world_clip
 
+    world_clip = path if path.is_dir() else path.parent
+    if name in ("clip_text", "caption_decoder") and is_world_clip_dir(world_clip):  # the identity world's
+        _, module = load_world_clip(world_clip, device="meta")
+        return f"world-CLIP: {len(module.state_dict())} tensors, names and shapes match"
     configs = read_model_configs(root)
     if name == "clip_text":
         _, module = load_clip_text(path, device="meta")
@@ -96,6 +126,10 @@ def check(name: str, root=None) -> tuple[Path, str]:
     if name in ("uvit", "autoencoder", "caption_decoder", "clip_text"):
         return path, _module_check(name, path, root)
     if name == "clip_image":
+        from .world_clip import is_world_clip_dir
+
+        if path.is_dir() and is_world_clip_dir(path):  # the identity world's image tower
+            return path, _module_check("clip_text", path, root)
         return path, _check_clip_image(path, what)
     return path, _check_folder(name, path, what)
 
@@ -115,10 +149,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", default=list(KNOWN_WEIGHTS), help=f"any of {sorted(KNOWN_WEIGHTS)}")
     p.add_argument("--weights", default=None, help=f"weights folder (default ${ENV_VAR} or checkpoints/)")
+    p.add_argument("--presence", action="store_true",
+                   help="only print all, some or none: how many of the names are found (nothing is read)")
     args = p.parse_args(argv)
     unknown = [n for n in args.names if n not in KNOWN_WEIGHTS]
     if unknown:
         p.error(f"unknown weight name(s) {unknown}; choose from {sorted(KNOWN_WEIGHTS)}")
+    if args.presence:
+        print(presence(args.names, args.weights))
+        return 0
     missing = bad = 0
     for name in args.names:
         try:

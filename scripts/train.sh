@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Personalise every identity under train_data/ (one folder of photos each) into identities/<name>.
+# Personalise every identity under train_data/ (one folder of photos each; a folder named eval_prompts is
+# not one) into identities/<name>.
 # Environment: TRAIN_DATA (default train_data), IDENTITIES (default identities), extra train.py
 # options as arguments (e.g. --refine-steps 20).
 # A failing identity does not stop the others: the end prints a table of every identity and its
@@ -17,6 +18,8 @@ BATCH_TITLE=identity
 for dir in "$TRAIN_DATA"/*/; do
   [ -d "$dir" ] || continue  # no match: the glob stays literal
   name=$(basename "$dir")
+  # the renderer's folders (python -m data_prep.faceworld render) keep their prompt files beside the photos
+  [ "$name" != eval_prompts ] || continue
   echo "== $name"
   batch_run "$name" 'photos used' "$PY" train.py -d "$dir" -o "$IDENTITIES/$name" "$@" || true
 done

@@ -78,6 +78,14 @@ def test_load_autoencoder_gives_pixel_space_for_its_config(tmp_path: Path):
     assert isinstance(ps, PixelSpace) and not ps.scale.requires_grad
     with pytest.raises(WeightsError, match="scale"):
         load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 1.0})
+    # in bfloat16 (sample.py on CUDA, or --dtype bf16) the scale is rounded to 0.1826: still the same file
+    for dtype in (torch.bfloat16, torch.float16):
+        ps = load_autoencoder(path, {"kind": "pixel_space", "embed_dim": 3, "scale_factor": 0.18215}, dtype=dtype)
+        assert ps.scale.dtype == dtype
+    with pytest.raises(WeightsError, match="scale"):
+        load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 0.2}, dtype=torch.bfloat16)
+    # models.check_weights loads on the meta device: names and shapes only
+    assert load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 0.18215}, device="meta").scale.is_meta
     with pytest.raises(ValueError):
         PixelSpaceConfig(kind="vae")
 
