@@ -16,6 +16,9 @@ subprocesses (so that a time budget can stop them; each resumes on its own):
 3. export: the run's EMA module (<out>/identity/run/faceid_encoder/) is copied to
    <world>/faceid_encoder/, and the run's loss curves are drawn to <out>/identity/curves.png.
 
+`--total-steps N` sets pretraining's `max_steps` (a new run). Shards are written even before the
+backbone exists (the backbone stage writes the pixel space first); pretraining then waits for it.
+
 With `--minutes M` the stage stops whatever runs when M minutes are over (pretraining loses the steps
 since its last checkpoint, `checkpoint_every` in the config) and says to rerun. `--tiny` runs a few
 identities and two pretraining steps on the CPU (tests, `scripts/world.sh --tiny`).
@@ -125,9 +128,10 @@ class IdentityStage:
                 "--threads", str(c.prep_threads), "--no-progress"]
 
     def pretrain_command(self) -> list[str]:
+        steps = ("--max_steps", str(self.opts.total_steps)) if self.opts.total_steps else ()
         return [sys.executable, "-m", "pretrain.train", "--config", self.c.config, "--shards", str(self.shards),
                 "--weights", str(self.opts.world), "--output_dir", str(self.run_dir), "--seed", str(self.opts.seed),
-                *self.c.overrides]
+                *self.c.overrides, *steps]
 
     def shards_done(self) -> bool:
         path = self.shards / "manifest.json"
@@ -150,6 +154,11 @@ class IdentityStage:
                 print(f"[{self.name}] shards not finished; rerun to continue", flush=True)
                 return {"done": False, **done}
             done["shards"] = True
+        if not done["pretrained"] and not (opts.world / "models" / "uvit_v1.safetensors").is_file():
+            # shards can be written while the backbone stage still trains (scripts/world_gpu_call.sh)
+            print(f"[{self.name}] shards done; pretraining waits for the backbone ({opts.world}/models/"
+                  "uvit_v1.safetensors): rerun once the backbone stage has exported it", flush=True)
+            return {"done": False, **done}
         if not done["pretrained"]:
             finished = run_command(self.pretrain_command(), deadline, env)
             if not finished or not (self.exported() / "config.json").is_file():
