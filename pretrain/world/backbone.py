@@ -178,9 +178,11 @@ class BackboneStage(Stage):
         self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size)
-        # The pixel space has no training: written now, so that data_prep can write the identity
-        # stage's shards while the backbone trains.
+        # The pixel space has no training and the UViT's shape is known: both written now, so that
+        # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
+        # its step) while the backbone trains.
         write_pixel_space(opts.world, self.uvit_config.in_chans)
+        merge_model_configs(opts.world, {"uvit": as_json_config(self.uvit_config)})
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
