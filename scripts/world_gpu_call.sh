@@ -4,12 +4,15 @@
 # the time left, train the stages in parallel as separate processes on the one GPU (the backbone once
 # the world-CLIP is exported), then pack the state back in <= 15 MiB pieces for the next call.
 #   bash scripts/world_gpu_call.sh CALL_SECONDS "clip faces eval_faces attributes face_detector" [yes|no]
+# With the backbone (yes) and "identity" among the stages, the identity stage writes its shards while the
+# backbone trains and pretrains once the backbone is exported.
 # Environment: OUT (where the pieces go), BB_EXTRA (seconds of later calls the backbone's budget
 # counts), CLIP_END, TOT_<stage> (a stage's total steps; for identity: pretraining's max_steps), BASE
 # (folder of runs/ and world/, default /tmp), WORLD_FROM (a world folder copied in when BASE has none,
 # e.g. checkpoints/world), BENCH_IDENTITY=yes (time the identity module's step on a random backbone
 # of the world's shape: logs/identity_bench.json), EXTRA_CMD (a command run in the background once the
-# backbone is exported, e.g. an evaluation), STAGE_ARGS (added to every stage command: --tiny for a
+# backbone is exported, e.g. an evaluation), BB_END (the backbone's deadline in seconds), BB_ARGS (added to
+# the backbone's command, e.g. --init-from a UViT to continue), STAGE_ARGS (added to every stage command: --tiny for a
 # CPU dry run). State pieces of the previous call are read from
 # .gpu_ops/state/state.tgz.* ; the identity stage's shards stay out of them (regenerated when missing).
 set -u
@@ -31,13 +34,13 @@ import json,sys; s=json.load(open(f"/tmp/probe/{sys.argv[1]}/checkpoint/state.js
 print(c.get("batch_size") or c.get("batch") or c.get("train",{}).get("batch_size") or 512)
 PY
 }
-launch() {  # stage deadline (seconds since the call started)
-  local s=$1 deadline=$2 st budget
+launch() {  # stage deadline [extra arguments] (seconds since the call started)
+  local s=$1 deadline=$2 st budget; shift 2
   if [ $s = identity ]; then  # shards (also before the backbone exists), then pretraining of TOT_identity steps
     while [ ! -f $W/models/pixel_space.safetensors ] && [ $(el) -lt 240 ]; do sleep 3; done  # the backbone stage writes it
     budget=$(( deadline - $(el) ))
     echo "[$(el) s] identity for $budget s (${TOT_identity:+max_steps $TOT_identity})"
-    python3 -m pretrain.world train identity ${STAGE_ARGS:-} --out $R --world $W ${TOT_identity:+--total-steps $TOT_identity} \
+    python3 -m pretrain.world train identity ${STAGE_ARGS:-} "$@" --out $R --world $W ${TOT_identity:+--total-steps $TOT_identity} \
       --minutes $(python3 -c "print($budget/60)") >> $L/identity.log 2>&1
     echo "[$(el) s] identity returned"
     return
@@ -66,17 +69,19 @@ PY
     local extra=0 margin=0.85; [ $s = backbone ] && extra=${BB_EXTRA:-0} && margin=0.75
     st=$(python3 -c "print(max(200, int($margin*float('${r:-0}' or 0)/$b*($budget+$extra))))")
     echo "[$(el) s] $s: probe $r samples/s, batch $b -> total steps $st for ${budget} s"
-    python3 -m pretrain.world train $s ${STAGE_ARGS:-} --out $R --world $W --total-steps $st --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
+    python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" --out $R --world $W --total-steps $st --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
   fi
 }
 for s in $STAGES; do
   case $s in clip) b=${CLIP_END:-200};; *) b=$(( CALL - 45 ));; esac
-  launch $s $b &
+  if [ $s = identity ] && [ "$BACKBONE" = yes ]; then launch identity $b --steps 0 &  # shards now, pretraining after the backbone
+  else launch $s $b &
+  fi
 done
 if [ "$BACKBONE" = yes ]; then
   ( while [ ! -f $W/world_clip/config.json ] && [ $(el) -lt $(( CALL - 120 )) ]; do sleep 5; done
     mkdir -p /tmp/probe_world && cp -r $W/world_clip /tmp/probe_world/ 2>/dev/null
-    launch backbone $(( CALL - 45 ))
+    launch backbone ${BB_END:-$(( CALL - 45 ))} ${BB_ARGS:-}
     if [ -n "${EXTRA_CMD:-}" ] && [ -f $W/models/uvit_v1.safetensors ]; then
       echo "[$(el) s] extra: $EXTRA_CMD"; (cd $PWD && W=$W timeout $(( CALL - 30 - $(el) )) bash -c "$EXTRA_CMD") >> $L/extra.log 2>&1
     fi ) &
@@ -90,6 +95,7 @@ if [ "${BENCH_IDENTITY:-no}" = yes ]; then
 fi
 sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
 wait
+if [ "$BACKBONE" = yes ] && [[ " $STAGES " == *" identity "* ]]; then launch identity $(( CALL - 45 )); fi
 echo "all stages returned at $(el) s"
 for f in $L/*.log; do echo "== $f"; grep -v Warning $f | tail -4; done
 ls -la $W $W/* 2>/dev/null | head -40

@@ -52,7 +52,7 @@ class IdentityStageConfig:
     """The shards (identities x photos renders of training identities, data_prep's batch and threads)
     and the pretraining config file with its overrides (PretrainConfig fields as `--name value`)."""
 
-    identities: int = 6000
+    identities: int = 4000
     photos: int = 6
     first_identity: int = 0
     shard_size: int = 2000
@@ -175,6 +175,9 @@ class IdentityStage:
                 print(f"[{self.name}] shards not finished; rerun to continue", flush=True)
                 return {"done": False, **done}
             done["shards"] = True
+        if not done["pretrained"] and opts.max_steps == 0:  # --steps 0: the shards only
+            print(f"[{self.name}] shards done (--steps 0: no pretraining this call)", flush=True)
+            return {"done": False, **done}
         if not done["pretrained"] and not (opts.world / "models" / "uvit_v1.safetensors").is_file():
             # shards can be written while the backbone stage still trains (scripts/world_gpu_call.sh)
             print(f"[{self.name}] shards done; pretraining waits for the backbone ({opts.world}/models/"
