@@ -341,6 +341,17 @@ def summarise(scores: dict[str, dict[str, dict]]) -> dict:
     return result
 
 
+def identity_above_text_only(summary: dict) -> dict[str, bool | None]:
+    """{identity: whether the identity module's identity similarity is above text only's} (None where
+    either is undefined: no reference render had a face)."""
+    enc, text = (summary[m]["per_identity"] for m in ("encoder", "text_only"))
+    out = {}
+    for name in enc:
+        a, b = enc[name]["identity_similarity"], text[name]["identity_similarity"]
+        out[name] = None if a is None or b is None else bool(a > b)
+    return out
+
+
 def markdown_table(summary: dict) -> str:
     def cell(v):
         return "-" if v is None else f"{v:.3f}"
@@ -447,9 +458,7 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
         "metrics": {m: f"mean over the {'edit' if layout == 'edit' else 'sim and edit'} prompts' images"
                     for m, layout in METRICS.items()},
         "scores": summary,
-        "identity_above_text_only": {name: summary["encoder"]["per_identity"][name]["identity_similarity"]
-                                     > summary["text_only"]["per_identity"][name]["identity_similarity"]
-                                     for name in scores},
+        "identity_above_text_only": identity_above_text_only(summary),
         "finetuned_parameters": int(sum(counts)) if counts else None,
         "image_size": list(size),
         "files": {"sheets": [str(s) for s in sheets], "samples": str(out / "samples"),

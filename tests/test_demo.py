@@ -147,3 +147,18 @@ def test_demo_end_to_end_on_the_committed_world(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("0 prompts generated, 4 already done") == len(people)
     assert json.loads((out / "scores.json").read_text())["scores"] == result["scores"]
+
+
+def test_a_rerun_keeps_images_only_when_weights_data_and_settings_are_the_same(tmp_path):
+    from eval.demo import _fresh_start
+
+    key = {"world": {"models/uvit_v1.safetensors": "ab"}, "settings": {"steps": 20}}
+    assert not _fresh_start(tmp_path, key)  # first run
+    (tmp_path / "samples" / "girl1").mkdir(parents=True)
+    (tmp_path / "scores.json").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    assert _fresh_start(tmp_path, json.loads(json.dumps(key)))
+    assert (tmp_path / "samples" / "girl1").is_dir()
+    assert not _fresh_start(tmp_path, {**key, "world": {"models/uvit_v1.safetensors": "cd"}})  # new weights
+    assert not (tmp_path / "samples").exists() and not (tmp_path / "scores.json").exists()
+    assert (tmp_path / "logs").is_dir()  # logs are appended to
