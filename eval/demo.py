@@ -531,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Before torch starts OpenMP, here and in the scripts' processes: spinning threads lose 5x on a 2-core
+    # machine when another process holds a core (docs/demo.md, "Time"). A setting of the user's is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from models.errors import run_cli
 
     sys.exit(run_cli(main))
