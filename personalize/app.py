@@ -77,6 +77,14 @@ class Weights:
     why: str
 
 
+def _short(path: Path) -> str:
+    """`path` relative to the repository when inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def is_world(root: Path) -> bool:
     """Whether a weights folder is the identity world's (its text encoder is the world-CLIP)."""
     return (Path(root) / "world_clip").is_dir()
@@ -100,14 +108,14 @@ def pick_weights(explicit: str | None = None, checkpoints: str | Path | None = N
     else:
         absent = _absent(checkpoints)
         if not absent:
-            root, why = checkpoints, f"the real weights in {checkpoints}"
+            root, why = checkpoints, f"every real weight found in {_short(checkpoints)}"
         elif len(absent) < len(NEEDED):
             names = ", ".join(KNOWN_WEIGHTS[n][1] for n in absent)
             raise WeightsError(f"{checkpoints} holds some real weights but not all: missing {names}",
                                hint="python -m models.check_weights says where to get each; or run the demo "
                                     f"world with --weights {world}")
         else:
-            root, why = world, f"no real weights in {checkpoints}: the identity world's demo"
+            root, why = world, f"no real weights in {_short(checkpoints)}"
     if not root.is_dir():
         raise WeightsError(f"weights folder {root} ({why}) does not exist")
     absent = _absent(root)
@@ -361,12 +369,12 @@ def banner(studio: Studio) -> str:
     size = studio.pipe.image_size
     if w.demo:
         return (f"**Demo world**: this page runs the *identity world*, a miniature of the whole method trained "
-                f"here from scratch (weights `{w.root}`: {w.why}; {size}x{size} images). "
+                f"here from scratch (weights `{_short(w.root)}`: {w.why}; {size}x{size} images). "
                 "**Only rendered faces are recognised**: real photos find no face. Pick a demo identity, or drop "
                 "renders made by `python -m data_prep.faceworld render`. With the real weights in `checkpoints/` "
                 "(checkpoints/README.md) the page runs them instead.")
-    return (f"**Real weights** ({w.why}): UniDiffuser v1 from `{w.root}`, identity module `{studio.encoder}`, "
-            f"on {studio.device}; {size}x{size} images.")
+    return (f"**Real weights** in `{_short(w.root)}` ({w.why}): UniDiffuser v1 and the identity module "
+            f"`{_short(studio.encoder)}`, on {studio.device}; {size}x{size} images.")
 
 
 def page_theme():
@@ -503,7 +511,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                                         visible=bool(demos), elem_id="demo-identity")
                 faces = gr.Gallery(label="faces: the green box is the face used; skipped photos are grey",
                                    columns=4, fit_columns=False, preview=False, object_fit="contain", interactive=False,
-                                   elem_id="faces")
+                                   buttons=["fullscreen"], elem_id="faces")
                 table = gr.Dataframe(headers=["photo", "status", "detail"], interactive=False, wrap=True,
                                      elem_id="face-table")
                 status = gr.Markdown(elem_id="identity-status")
@@ -523,6 +531,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                     seed = gr.Number(value=42, precision=0, label="seed (--seed)", elem_id="seed")
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 gallery = gr.Gallery(label="images", columns=4, fit_columns=False, preview=False, object_fit="contain",
+                                     buttons=["download", "fullscreen"],
                                      interactive=False, elem_id="gallery")
                 downloads = gr.File(label="downloads: the images, the identity record, the contact sheet",
                                     file_count="multiple", interactive=False, elem_id="downloads")

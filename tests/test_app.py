@@ -40,7 +40,7 @@ def test_no_real_weights_runs_the_demo_world_and_real_weights_run_themselves(tmp
     checkpoints = tmp_path / "checkpoints"
     _fake_world(checkpoints / "world")
     w = app.pick_weights(checkpoints=checkpoints)
-    assert w.root == checkpoints / "world" and w.demo and "demo" in w.why
+    assert w.root == checkpoints / "world" and w.demo and "no real weights" in w.why
     _fake_real(checkpoints)
     w = app.pick_weights(checkpoints=checkpoints)
     assert w.root == checkpoints and not w.demo

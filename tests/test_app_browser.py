@@ -293,6 +293,10 @@ def test_bad_input_is_shown_on_the_page(page, photos):
 
 def test_server_talked_to_nothing_else_and_left_no_files(server):
     assert server.outside() == [], f"the app's process reached beyond localhost: {server.outside()}"
+    deadline = time.monotonic() + 60  # a closed tab's session folder goes once Gradio sees the tab gone
+    while (sessions := [p for p in server.tmpdir.glob("faceid-app-*/sessions/*")]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sessions == [], f"session folders left after their tabs closed: {sessions}"
     assert server.stop() == 0, server.output()
     # torchinductor_<user>: PyTorch's compile cache, which sample.py leaves there too (not the page's files)
     left = sorted(str(p.relative_to(server.tmpdir)) for p in server.tmpdir.rglob("*")
