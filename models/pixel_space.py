@@ -104,7 +104,9 @@ def load_pixel_space(path: str | os.PathLike, config: PixelSpaceConfig | dict, *
             raise WeightsError(f"bad pixel space entry in the weights folder's model_configs.json: {e}") from e
     module = load_frozen(lambda: PixelSpace(config), path, "pixel space (pixel_space.safetensors)",
                          device=device, dtype=dtype)
-    if abs(float(module.scale) - config.scale_factor) > 1e-3 * config.scale_factor:
+    # compared at the precision it was loaded in (bf16 holds 0.18215 as 0.1826)
+    tolerance = max(1e-3, 2 * torch.finfo(module.scale.dtype).eps) * config.scale_factor
+    if abs(float(module.scale) - config.scale_factor) > tolerance:
         raise WeightsError(f"pixel space: {path} holds scale {float(module.scale)}, model_configs.json says "
                            f"{config.scale_factor}")
     return module

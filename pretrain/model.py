@@ -19,10 +19,10 @@ from models.uvit import UViT, UViTConfig
 
 def backbone_config(config) -> UViTConfig:
     """The UViT config of a PretrainConfig: its `uvit` dict, else the weights folder's
-    model_configs.json, else v1."""
+    model_configs.json (a random backbone reads it only from a folder named in `weights`), else v1."""
     if config.uvit:
         return UViTConfig.from_dict(dict(config.uvit))
-    if not config.random_backbone:
+    if not config.random_backbone or config.weights:
         from models.paths import read_model_configs
 
         configs = read_model_configs(config.weights)

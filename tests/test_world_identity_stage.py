@@ -51,3 +51,30 @@ def test_a_time_budget_stops_a_command(tmp_path):
     sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
     finished = identity.run_command(sleeper, deadline=time.monotonic() + 1)
     assert not finished and time.monotonic() - t0 < 20
+
+
+def test_shards_only_then_waits_for_the_backbone_and_passes_total_steps(tmp_path, monkeypatch):
+    """--steps 0 writes the shards only; without a backbone the stage stops after them; --total-steps
+    becomes pretraining's max_steps."""
+    from pathlib import Path
+
+    commands = []
+
+    def fake_run(argv, deadline, env=None):
+        commands.append(argv)
+        if "data_prep" in argv:
+            shards = Path(argv[argv.index("--out") + 1])
+            shards.mkdir(parents=True, exist_ok=True)
+            (shards / "manifest.json").write_text(json.dumps({"complete": True}))
+        return True
+
+    monkeypatch.setattr(identity, "run_command", fake_run)
+    world, out = tmp_path / "world", tmp_path / "runs"
+    opts = identity.StageOptions(out=out, world=world, device=torch.device("cpu"), tiny=True, max_steps=0)
+    assert identity.IdentityStage(opts).run() == {"done": False, "shards": True, "pretrained": False}
+    assert len(commands) == 1 and "data_prep" in commands[0]
+    opts = identity.StageOptions(out=out, world=world, device=torch.device("cpu"), tiny=True, total_steps=7)
+    assert not identity.IdentityStage(opts).run()["done"]  # no backbone yet: nothing more ran
+    assert len(commands) == 1
+    argv = identity.IdentityStage(opts).pretrain_command()
+    assert argv[-2:] == ["--max_steps", "7"]  # the last one wins (argparse)

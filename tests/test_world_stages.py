@@ -4,10 +4,12 @@ folder that the real pipeline loads."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from models.errors import UserError
 from pretrain.world.__main__ import main
 
 
@@ -59,3 +61,38 @@ def test_a_finished_stage_only_reexports(world, capsys):
     assert main(["train", "backbone", "--tiny", "--out", str(out), "--world", str(root)]) == 0
     assert (root / "models/uvit_v1.safetensors").is_file()
     assert "[backbone] step" not in capsys.readouterr().out  # no training step ran
+
+
+def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_export(world, tmp_path):
+    import torch
+
+    from models.weights import read_state_dict
+    from pretrain.world.backbone import BackboneStage
+    from pretrain.world.common import StageOptions
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    opts = StageOptions(out=tmp_path / "runs", world=fresh, device=torch.device("cpu"), tiny=True,
+                        init_from=root / "models/uvit_v1.safetensors")
+    stage = BackboneStage(opts)  # before any step: what data_prep and a random-backbone benchmark need
+    assert (fresh / "models/pixel_space.safetensors").is_file()
+    configs = json.loads((fresh / "model_configs.json").read_text())
+    assert configs["autoencoder"]["kind"] == "pixel_space" and "uvit" in configs
+    exported = read_state_dict(root / "models/uvit_v1.safetensors")
+    for k, v in stage.uvit.state_dict().items():  # the continued run starts from the export
+        assert torch.equal(v, exported[k].float()), k
+    assert stage.c.warmup_steps <= 100
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
+              "--init-from", str(root / "models/uvit_v1.safetensors")])
+
+
+def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
+    from pretrain.config import PretrainConfig
+    from pretrain.model import backbone_config
+
+    _, root = world
+    config = PretrainConfig(random_backbone=True, weights=str(root))
+    assert backbone_config(config).num_text_tokens == 24  # the world's, not v1's 77
+    assert backbone_config(PretrainConfig(random_backbone=True)).num_text_tokens == 77

@@ -54,6 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="stop and save after this many minutes of training (start-up and export come on top)")
     t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
     t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
+    t.add_argument("--init-from", type=Path, default=None,
+                   help="backbone only: start a new run from these exported UViT weights (a continued run: "
+                        "fresh optimizer, 100 warm-up steps)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     log_every = args.log_every or (1 if args.tiny else 50)
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
                         max_steps=args.steps,
-                        total_steps=args.total_steps, seed=args.seed, log_every=log_every)
+                        total_steps=args.total_steps, seed=args.seed, log_every=log_every,
+                        init_from=args.init_from)
+    if args.init_from is not None and args.stage != "backbone":
+        raise UserError(f"--init-from applies to the backbone stage only, not {args.stage!r}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

@@ -72,8 +72,8 @@ class BackboneConfig:
     warmup_steps: int = 500
     weight_decay: float = 0.03
     ema_decay: float = 0.9995
-    p_clean_text: float = 0.4
-    p_noise_text: float = 0.1
+    p_clean_text: float = 0.75
+    p_noise_text: float = 0.15
     data_type: int = 1
 
     @classmethod
@@ -161,6 +161,8 @@ class BackboneStage(Stage):
         c = BackboneConfig.tiny() if opts.tiny else BackboneConfig()
         if opts.total_steps:
             c = dataclasses.replace(c, total_steps=opts.total_steps)
+        if opts.init_from is not None:
+            c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
         self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
@@ -172,15 +174,25 @@ class BackboneStage(Stage):
         self.batch_size, self.total_steps, self.base_lr = c.batch_size, c.total_steps, c.lr
         self.schedule = LRSchedule(max_steps=c.total_steps, warmup_steps=c.warmup_steps)
         torch.manual_seed(opts.seed)
-        self.uvit = init_uvit(UViT(self.uvit_config)).to(self.device).train()
+        self.uvit = init_uvit(UViT(self.uvit_config))
+        if opts.init_from is not None:  # a continued run: the exported weights, fp16 -> fp32
+            from models.weights import load_strict, read_state_dict
+
+            if not Path(opts.init_from).is_file():
+                raise UserError(f"--init-from: no weights file {opts.init_from}")
+            state = {k: v.float() for k, v in read_state_dict(opts.init_from, "the world UViT").items()}
+            load_strict(self.uvit, state, opts.init_from, "the world UViT")
+        self.uvit = self.uvit.to(self.device).train()
         self.ema = EMA(self.uvit, c.ema_decay)
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size)
-        # The pixel space has no training: written now, so that data_prep can write the identity
-        # stage's shards while the backbone trains.
+        # The pixel space has no training and the UViT's shape is known: both written now, so that
+        # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
+        # its step) while the backbone trains.
         write_pixel_space(opts.world, self.uvit_config.in_chans)
+        merge_model_configs(opts.world, {"uvit": as_json_config(self.uvit_config)})
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

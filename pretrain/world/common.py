@@ -59,7 +59,8 @@ class StageOptions:
     exports go to; minutes: wall-clock budget of this call (None: until the total); max_steps: at
     most this many steps this call (None: no limit); total_steps: replaces the stage's step budget (its
     LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
-    few steps (CPU tests); seed: the world seed every step's randomness derives from.
+    few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
+    new run starts from these exported weights (the backbone stage only: a continued run).
     """
 
     out: Path
@@ -72,6 +73,7 @@ class StageOptions:
     seed: int = 0
     log_every: int = 50
     save_minutes: float = 4.0
+    init_from: Path | None = None
 
 
 @dataclass(frozen=True)

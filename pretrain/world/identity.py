@@ -16,6 +16,11 @@ subprocesses (so that a time budget can stop them; each resumes on its own):
 3. export: the run's EMA module (<out>/identity/run/faceid_encoder/) is copied to
    <world>/faceid_encoder/, and the run's loss curves are drawn to <out>/identity/curves.png.
 
+`--total-steps N` sets pretraining's `max_steps` (a new run); without it, a new run under `--minutes`
+gets the steps that fit the time left after the shards (`sized_steps`: a short `--benchmark` first).
+Shards are written even before the backbone exists (the backbone stage writes the pixel space
+first); pretraining then waits for it.
+
 With `--minutes M` the stage stops whatever runs when M minutes are over (pretraining loses the steps
 since its last checkpoint, `checkpoint_every` in the config) and says to rerun. `--tiny` runs a few
 identities and two pretraining steps on the CPU (tests, `scripts/world.sh --tiny`).
@@ -47,12 +52,13 @@ class IdentityStageConfig:
     """The shards (identities x photos renders of training identities, data_prep's batch and threads)
     and the pretraining config file with its overrides (PretrainConfig fields as `--name value`)."""
 
-    identities: int = 20_000
+    identities: int = 4000
     photos: int = 6
     first_identity: int = 0
     shard_size: int = 2000
     prep_batch: int = 256
-    prep_threads: int = 8
+    prep_threads: int = 12
+    step_margin: float = 0.7  # of the benchmarked rate, when the step budget is sized to the time left
     face_boxes: str = "render"  # "render": the renderer's face box and landmarks; "detector": the world's
     min_face_size: int = 12
     config: str = str(CONFIG.relative_to(REPO))
@@ -124,10 +130,29 @@ class IdentityStage:
                 "--shard-size", str(c.shard_size), "--batch-size", str(c.prep_batch),
                 "--threads", str(c.prep_threads), "--no-progress"]
 
-    def pretrain_command(self) -> list[str]:
+    def pretrain_command(self, max_steps: int | None = None) -> list[str]:
+        max_steps = self.opts.total_steps or max_steps
+        steps = ("--max_steps", str(max_steps)) if max_steps else ()
         return [sys.executable, "-m", "pretrain.train", "--config", self.c.config, "--shards", str(self.shards),
                 "--weights", str(self.opts.world), "--output_dir", str(self.run_dir), "--seed", str(self.opts.seed),
-                *self.c.overrides]
+                *self.c.overrides, *steps]
+
+    def sized_steps(self, seconds: float, env: dict | None) -> int | None:
+        """A new run's max_steps for `seconds` of pretraining: `pretrain.train --benchmark` (its step
+        on synthetic batches) times step_margin, which leaves room for start-up, the loader, the
+        diagnostic and checkpoints. None when the benchmark fails (the config's max_steps then)."""
+        argv = [*self.pretrain_command(), "--benchmark", "20"]  # the run's config, overrides and weights
+        print(f"[{self.name}] sizing the step budget to {seconds:.0f} s: $ {' '.join(argv[1:])}", flush=True)
+        try:
+            out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+            result = json.loads(out.stdout[out.stdout.index("{"):])
+        except (subprocess.TimeoutExpired, ValueError) as e:
+            print(f"[{self.name}] benchmark failed ({e}); keeping the config's max_steps", flush=True)
+            return None
+        steps = int(self.c.step_margin * result["samples_per_s"] / result["batch_size"] * max(0.0, seconds - 60))
+        print(f"[{self.name}] benchmark {result['samples_per_s']:.0f} samples/s at batch {result['batch_size']}: "
+              f"max_steps {steps}", flush=True)
+        return max(steps, 100)
 
     def shards_done(self) -> bool:
         path = self.shards / "manifest.json"
@@ -150,8 +175,20 @@ class IdentityStage:
                 print(f"[{self.name}] shards not finished; rerun to continue", flush=True)
                 return {"done": False, **done}
             done["shards"] = True
+        if not done["pretrained"] and opts.max_steps == 0:  # --steps 0: the shards only
+            print(f"[{self.name}] shards done (--steps 0: no pretraining this call)", flush=True)
+            return {"done": False, **done}
+        if not done["pretrained"] and not (opts.world / "models" / "uvit_v1.safetensors").is_file():
+            # shards can be written while the backbone stage still trains (scripts/world_gpu_call.sh)
+            print(f"[{self.name}] shards done; pretraining waits for the backbone ({opts.world}/models/"
+                  "uvit_v1.safetensors): rerun once the backbone stage has exported it", flush=True)
+            return {"done": False, **done}
         if not done["pretrained"]:
-            finished = run_command(self.pretrain_command(), deadline, env)
+            max_steps = None
+            if (deadline is not None and not opts.tiny and not opts.total_steps
+                    and not (self.run_dir / "checkpoints").is_dir()):
+                max_steps = self.sized_steps(deadline - time.monotonic(), env)
+            finished = run_command(self.pretrain_command(max_steps), deadline, env)
             if not finished or not (self.exported() / "config.json").is_file():
                 print(f"[{self.name}] pretraining not finished; rerun to continue (it resumes from "
                       f"{self.run_dir / 'checkpoints'})", flush=True)
