@@ -9,8 +9,6 @@ not empty fails. Under CI (CI=true) a missing Chromium or Playwright fails inste
 Weights: $APP_TEST_WEIGHTS when set; else checkpoints/world when its backbone and identity module are
 there (the demo world users get); else a stand-in world made here (tests/tiny_world.py's random
 backbone, the committed world face pack, a random identity module with opened gates).
-
-APP_SCREENSHOT=docs/app.png writes the README's screenshot after the generation.
 """
 
 import json
@@ -259,9 +257,6 @@ def test_upload_generate_and_download(page, photos, tmp_path):
         assert sorted(z.namelist()) == ["identity.json", "identity.safetensors"]
         assert len(json.loads(z.read("identity.json"))["photos"]) == len(shots)
     assert pg.locator("#downloads a[download='contact_sheet.png']").count() == 1
-    if os.environ.get("APP_SCREENSHOT"):
-        pg.wait_for_timeout(500)
-        pg.screenshot(path=os.environ["APP_SCREENSHOT"], full_page=True)
 
 
 def test_bad_input_is_shown_on_the_page(page, photos):
