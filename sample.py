@@ -104,17 +104,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from encoder.identity import checkpoint_hash
     from models.device import pick_device, pick_dtype, prefer_expandable_segments
-    from models.execution import Execution
     from models.paths import output_dir
-    from models.pipeline import UniDiffuserT2I
     from personalize.face_model import check_record, module_face_model
     from personalize.generate import (
         GenerateOptions,
         find_identity_module,
         generate_prompts,
-        identity_net,
-        identity_tokens,
-        load_identity_module,
+        identity_conditioning,
+        load_pipeline,
     )
     from personalize.param_count import count_finetuned_parameters
     from personalize.prompts import load_prompts
@@ -133,15 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     clock.lap("inputs")
-    pipe = UniDiffuserT2I.from_pretrained(args.weights, device=device, dtype=dtype)
+    pipe = load_pipeline(args.weights, device, dtype, fast=not args.no_fast,
+                         compile_mode=None if args.compile == "none" else args.compile,
+                         cuda_graphs=not args.no_cuda_graphs)
     clock.lap("backbone weights")
-    module, source = load_identity_module(encoder, pipe.uvit.config, record)
-    module = module.to(device).eval()  # float32: it is small; only its tokens take the sampling dtype
-    if device.type == "cuda" and not args.no_fast:
-        pipe.execution = Execution.fast_path(device, dtype, None if args.compile == "none" else args.compile,
-                                             cuda_graphs=not args.no_cuda_graphs)
-    net = identity_net(pipe, module)
-    tokens = identity_tokens(module, record, device, dtype)
+    net, tokens, source = identity_conditioning(pipe, encoder, record)
     clock.lap("identity module")
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
                            id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)

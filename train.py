@@ -55,40 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # numbers checked while parsing (models.errors.number)
     t0 = time.perf_counter()
-    from encoder.face_analysis import FaceAnalyzer, FacePolicy, face_model_block
-    from encoder.identity import checkpoint_hash
+    from encoder.face_analysis import FacePolicy
     from models.device import pick_device
-    from models.paths import WeightsError, find_weights, output_dir
-    from personalize.extract import extract_identity, summary_table
-    from personalize.face_model import check_pack, module_face_model, pick_face_pack
+    from models.paths import output_dir
+    from personalize.extract import face_setup, personalize_photos, summary_table
 
     output_dir(args.output, "-o", create=False)  # checked now, created only once there is a record to write
     device = pick_device(args.device)
-    try:
-        enc = find_weights("identity", args.encoder)
-    except WeightsError:
-        if args.encoder:  # asked for one explicitly: that it is missing is an error
-            raise
-        enc = None
-    module_block = module_face_model(enc)
-    pack_dir, why = pick_face_pack(args.face_pack, module_block, enc, root=args.weights)
-    print(f"face pack: {pack_dir} ({why})")
     policy = FacePolicy(min_face_size=args.min_face_size, min_det_score=args.min_det_score)
-    analyzer = FaceAnalyzer.from_pack(pack_dir, policy=policy,
-                                      providers=None if device.type == "cuda" else ["CPUExecutionProvider"])
-    pack_block = face_model_block(analyzer)
-    for warning in check_pack(module_block, pack_block, encoder=enc, pack_dir=pack_dir,
-                              allow=args.allow_face_model_mismatch):
+    setup = face_setup(encoder=args.encoder, face_pack=args.face_pack, weights=args.weights, device=device,
+                       policy=policy, allow_mismatch=args.allow_face_model_mismatch, announce=print)
+    for warning in setup.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     t_loaded = time.perf_counter()
-    record = extract_identity(args.data, analyzer, progress=not args.quiet)
+    record = personalize_photos(args.data, setup, progress=not args.quiet)
     t_extracted = time.perf_counter()
-    record.encoder = None if enc is None else {"path": str(enc), "sha256": checkpoint_hash(enc)}
-    record.face_model = pack_block
     if args.refine_steps > 0:
         from personalize.refine import RefineOptions, refine_record
 
-        refine_record(record, args.data, analyzer, weights=args.weights, encoder=args.encoder,
+        refine_record(record, args.data, setup.analyzer, weights=args.weights, encoder=args.encoder,
                       device=device, allow_untrained=args.allow_untrained_encoder,
                       opts=RefineOptions(steps=args.refine_steps, lr=args.refine_lr,
                                          batch_size=args.refine_batch, seed=args.seed),

@@ -1,9 +1,18 @@
-"""Photos of one person -> identity record (what `train.py` does before any refinement)."""
+"""Photos of one person -> identity record (what `train.py` does before any refinement).
+
+    setup = face_setup(encoder=None, face_pack=None, weights=None, device=device)  # module, pack, analyser
+    record = personalize_photos("train_data/boy1", setup)                           # the record train.py saves
+
+`face_setup` and `personalize_photos` are train.py's steps; the web page (personalize/app.py) calls
+the same two functions.
+"""
 
 from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +60,62 @@ def extract_identity(photo_dir: str | Path, analyzer, *, progress: bool = True) 
                           class_word=word, class_word_source=source)
 
 
-def summary_table(record: IdentityRecord) -> str:
-    """A plain-text table of photos used and skipped."""
-    rows = [("photo", "status", "detail")]
+@dataclass
+class FaceSetup:
+    """What photos are embedded with: the identity module found (None: none), the face pack picked for it
+    (and why), its analyser, its face_model block, and the warnings of the pack check."""
+
+    analyzer: object  # encoder.face_analysis.FaceAnalyzer
+    encoder: Path | None
+    pack_dir: Path
+    why: str
+    block: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def face_setup(*, encoder: str | None = None, face_pack: str | None = None, weights: str | None = None,
+               device=None, policy=None, allow_mismatch: bool = False,
+               announce: Callable[[str], object] | None = None) -> FaceSetup:
+    """train.py's set-up: the identity module (`encoder`, else the weights folder's, else none), the face
+    pack it was pretrained with (unless `face_pack`), that pack's analyser, and check_pack. `announce`
+    gets the "face pack: ..." line before the pack is loaded. Raises the commands' UserErrors."""
+    from encoder.face_analysis import FaceAnalyzer, FacePolicy, face_model_block
+    from models.paths import WeightsError, find_weights
+    from personalize.face_model import check_pack, module_face_model, pick_face_pack
+
+    try:
+        enc = find_weights("identity", encoder)
+    except WeightsError:
+        if encoder:  # asked for one explicitly: that it is missing is an error
+            raise
+        enc = None
+    module_block = module_face_model(enc)
+    pack_dir, why = pick_face_pack(face_pack, module_block, enc, root=weights)
+    if announce is not None:
+        announce(f"face pack: {pack_dir} ({why})")
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    analyzer = FaceAnalyzer.from_pack(pack_dir, policy=policy or FacePolicy(),
+                                      providers=None if on_cuda else ["CPUExecutionProvider"])
+    block = face_model_block(analyzer)
+    warnings = check_pack(module_block, block, encoder=enc, pack_dir=pack_dir, allow=allow_mismatch)
+    return FaceSetup(analyzer=analyzer, encoder=enc, pack_dir=pack_dir, why=why, block=block, warnings=warnings)
+
+
+def personalize_photos(photo_dir: str | Path, setup: FaceSetup, *, progress: bool = True) -> IdentityRecord:
+    """extract_identity with `setup`'s analyser, the record marked with its identity module and face model
+    (what train.py saves when it does not refine). Raises NoUsablePhotos."""
+    from encoder.identity import checkpoint_hash
+
+    record = extract_identity(photo_dir, setup.analyzer, progress=progress)
+    record.encoder = None if setup.encoder is None else {"path": str(setup.encoder),
+                                                         "sha256": checkpoint_hash(setup.encoder)}
+    record.face_model = setup.block
+    return record
+
+
+def summary_rows(record: IdentityRecord) -> list[tuple[str, str, str]]:
+    """(photo name, "used" | "skipped", detail) for every photo used, then every entry skipped."""
+    rows = []
     for p in record.photos:
         w, h = p.box[2] - p.box[0], p.box[3] - p.box[1]
         detail = f"score {p.det_score:.2f}, face {w:.0f}x{h:.0f}px"
@@ -62,6 +124,12 @@ def summary_table(record: IdentityRecord) -> str:
         rows.append((Path(p.file).name, "used", detail))
     for s in record.skipped:
         rows.append((Path(s["file"]).name, "skipped", s["reason"]))
+    return rows
+
+
+def summary_table(record: IdentityRecord) -> str:
+    """A plain-text table of photos used and skipped."""
+    rows = [("photo", "status", "detail"), *summary_rows(record)]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -3,6 +3,12 @@
 For each prompt of the file, `n` images (default 3) are written as `<prompt index>-<k:03>.jpg`.
 Each prompt draws its noise from its own generator seeded with `seed + prompt index`, so a rerun
 that skips already written prompts (resume) produces the same images as an uninterrupted run.
+
+    pipe = load_pipeline(weights, device, dtype)                     # the frozen backbone, once
+    net, tokens, source = identity_conditioning(pipe, encoder, record)
+    generate_prompts(pipe, net, tokens, prompts, out_dir, GenerateOptions(...))
+
+are sample.py's steps; the web page (personalize/app.py) calls the same functions.
 """
 
 from __future__ import annotations
@@ -97,6 +103,28 @@ def identity_net(pipe, module: IdentityModule):
     return pipe.execution.net(IDConditionedUViT(pipe.uvit, module, fused=pipe.execution.fast))
 
 
+def load_pipeline(weights, device: torch.device, dtype: torch.dtype, *, fast: bool = True,
+                  compile_mode: str | None = None, cuda_graphs: bool = True):
+    """The frozen UniDiffuser stack from the weights folder; on CUDA with `fast`, run on the fast path
+    (pure `dtype`, fused; `compile_mode` for torch.compile, `cuda_graphs` to replay captured graphs)."""
+    from models.execution import Execution
+    from models.pipeline import UniDiffuserT2I
+
+    pipe = UniDiffuserT2I.from_pretrained(weights, device=device, dtype=dtype)
+    if device.type == "cuda" and fast:
+        pipe.execution = Execution.fast_path(device, dtype, compile_mode, cuda_graphs=cuda_graphs)
+    return pipe
+
+
+def identity_conditioning(pipe, encoder: Path | None, record: IdentityRecord) -> tuple[object, torch.Tensor, str]:
+    """(net, tokens [1, K, token_dim], description of the module) for generate_prompts: the identity
+    module in `encoder` (None: untrained, for testing) on the pipe's device, the ID-conditioned UViT
+    and the record's tokens in the pipe's dtype."""
+    module, source = load_identity_module(encoder, pipe.uvit.config, record)
+    module = module.to(pipe.device).eval()  # float32: it is small; only its tokens take the sampling dtype
+    return identity_net(pipe, module), identity_tokens(module, record, pipe.device, pipe.dtype), source
+
+
 MANIFEST = ".generation.json"
 
 
@@ -116,12 +144,13 @@ def resumable(out_dir: Path, fingerprint: dict) -> bool:
 @torch.no_grad()
 def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
                      out_dir: str | Path, opts: GenerateOptions, progress: bool = True,
-                     fingerprint: dict | None = None) -> dict:
+                     fingerprint: dict | None = None, step_progress: bool = False) -> dict:
     """Write n images per prompt into out_dir; returns a summary (written, skipped, seconds).
 
     net: from `identity_net(pipe, module)`; tokens [1, K, token_dim] from `identity_tokens`.
     Images already there are kept (resume) only when `fingerprint` (what made them: record,
-    encoder, weights, prompts) and the options are those of this run.
+    encoder, weights, prompts) and the options are those of this run. `step_progress`: a bar of each
+    prompt's sampling steps too.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +175,8 @@ def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
         eps_fn = identity_guided_eps_fn(net, text, tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
                                         scale=opts.cfg, id_scale=opts.id_scale, id_guidance=opts.id_guidance,
                                         generator=gen)
-        z, _ = pipe.sample_latents(eps_fn, opts.n_per_prompt, steps=opts.steps, generator=gen)
+        z, _ = pipe.sample_latents(eps_fn, opts.n_per_prompt, steps=opts.steps, generator=gen,
+                                   progress=step_progress)
         for img, path in zip(pipe.to_pil(pipe.decode(z)), paths):
             save_jpeg(img, path, opts.jpeg_quality)
         written += 1
