@@ -14,6 +14,10 @@ module was pretrained on. For a batch:
     loss = mean_w (eps_z_pred - eps_z)^2 + clip_loss_weight * mean (eps_c_pred - eps_c)^2
 
 with w = 1 + face_loss_weight inside the face box and 1 elsewhere (a weighted mean per sample).
+Each sample's terms are then weighted by its timestep (`timestep_weights`): 1 for UniDiffuser's plain
+noise MSE ("eps", the default), or 1 + 1/SNR(n) ("v": the velocity MSE's weighting, which is the
+x0 error at high noise, where the image is still undecided and its conditions decide it; a short
+run from scratch learns to follow its conditions there far sooner).
 Condition dropout, per sample and exclusive: identity only p_drop_id, text only p_drop_text, both
 p_drop_both. Every random number comes from the one `generator`, in a fixed order, so a step is
 reproducible.
@@ -32,6 +36,7 @@ from models.noise_schedule import NoiseScheduleVP
 
 LATENT_SCALE = 0.18215  # AutoencoderKL v1's scale factor
 TERMS = ("loss", "loss_z", "loss_clip")
+WEIGHTINGS = ("eps", "v")
 
 # predict(z_n [B, C, h, w], clip_n [B, 1, Dc], text [B, L, Dt], t_img [B], t_text [B], data_type [B] long,
 #         id_scale [B]) -> (eps_z [B, C, h, w], eps_clip [B, 1, Dc]): the identity-conditioned UViT
@@ -46,8 +51,12 @@ class LossConfig:
     clip_loss_weight: float = 1.0  # weight of the image-CLIP noise MSE next to the latent's
     face_loss_weight: float = 0.0  # extra weight of latent pixels inside the face box (0 = plain MSE)
     data_type: int = 1  # UniDiffuser v1's data-type token (1, as in sampling)
+    timestep_weighting: str = "eps"  # "eps" (plain noise MSE) or "v" (1 + 1/SNR): see the module docstring
 
     def __post_init__(self):
+        if self.timestep_weighting not in WEIGHTINGS:
+            raise ValueError(f"objective: timestep_weighting must be one of {WEIGHTINGS}, "
+                             f"not {self.timestep_weighting!r}")
         if not (min(self.p_drop_id, self.p_drop_text, self.p_drop_both) >= 0
                 and self.p_drop_id + self.p_drop_text + self.p_drop_both <= 1):
             raise ValueError("objective: dropout probabilities must be >= 0 and sum to at most 1")
@@ -62,6 +71,16 @@ def condition_dropout(batch: int, cfg: LossConfig, generator: torch.Generator | 
     id_only = (u >= cfg.p_drop_both) & (u < cfg.p_drop_both + cfg.p_drop_id)
     text_only = (u >= cfg.p_drop_both + cfg.p_drop_id) & (u < cfg.p_drop_both + cfg.p_drop_id + cfg.p_drop_text)
     return both | id_only, both | text_only
+
+
+def timestep_weights(schedule: NoiseScheduleVP, n: torch.Tensor, kind: str) -> torch.Tensor | None:
+    """Per-sample loss weights [B] float32 for timesteps n [B]: None for "eps" (all 1), 1 + 1/SNR(n)
+    for "v"."""
+    if kind == "eps":
+        return None
+    if kind == "v":
+        return 1.0 + 1.0 / schedule.snr(n)
+    raise ValueError(f"unknown timestep weighting {kind!r} (one of {WEIGHTINGS})")
 
 
 def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tensor:
@@ -111,10 +130,12 @@ def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch
             raise ValueError("face_loss_weight > 0 needs the face boxes")
         w = face_weights(box, err_z.shape[-2], err_z.shape[-1], cfg.face_loss_weight).expand_as(err_z)
         loss_z = (err_z * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))  # [B]
-        loss_z = loss_z if per_sample else loss_z.mean()
     else:
-        loss_z = err_z.mean(dim=(1, 2, 3)) if per_sample else err_z.mean()
-    err_c = (pred_c.float() - eps_c) ** 2
-    loss_clip = err_c.mean(dim=(1, 2)) if per_sample else err_c.mean()
+        loss_z = err_z.mean(dim=(1, 2, 3))
+    loss_clip = ((pred_c.float() - eps_c) ** 2).mean(dim=(1, 2))
+    if (tw := timestep_weights(schedule, n, cfg.timestep_weighting)) is not None:
+        loss_z, loss_clip = loss_z * tw, loss_clip * tw
+    if not per_sample:
+        loss_z, loss_clip = loss_z.mean(), loss_clip.mean()
     loss = loss_z + cfg.clip_loss_weight * loss_clip
     return loss, {"loss": loss.detach(), "loss_z": loss_z.detach(), "loss_clip": loss_clip.detach()}

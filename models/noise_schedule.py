@@ -123,6 +123,12 @@ class NoiseScheduleVP:
         n = torch.randint(1, self.total_N + 1, (batch,), generator=generator, device=gen_device)
         return n.to(device) if device is not None else n
 
+    def snr(self, n: torch.Tensor) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_n / (1 - alpha_bar_n) at integer timesteps n in 1..N, float32
+        on n's device (no host synchronisation)."""
+        sqrt_ab, sqrt_1m = self._noise_tables(n.device)
+        return (sqrt_ab[n] / sqrt_1m[n]) ** 2
+
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, n: int | torch.Tensor) -> torch.Tensor:
         """x_n = sqrt(alpha_bar_n) x0 + sqrt(1 - alpha_bar_n) eps, in x0's dtype.
 

@@ -106,3 +106,36 @@ def test_config_nests_the_loss_and_keeps_flat_names(tmp_path, capsys):
         PretrainConfig.from_dict({"loss": {"p_drop_face": 0.1}})
     assert main(["--config", str(TINY), "--print-config", "--p_drop_id", "0.25"]) == 0
     assert json.loads(capsys.readouterr().out)["loss"]["p_drop_id"] == 0.25
+
+
+def test_v_weighting_is_the_noise_mse_weighted_by_one_plus_inverse_snr():
+    """timestep_weighting "v": each sample's terms times 1 + 1/SNR(n) of its own timestep, the same random
+    draws as the plain objective (so "eps" is unchanged and "v" differs only by the weights)."""
+    from encoder.objective import timestep_weights
+
+    schedule = NoiseScheduleVP.stable_diffusion()
+    n = torch.tensor([1, 500, 1000])
+    ab = schedule.alphas_cumprod[n]
+    assert torch.allclose(schedule.snr(n).double(), ab / (1 - ab), rtol=1e-4)
+    assert timestep_weights(schedule, n, "eps") is None
+    w = timestep_weights(schedule, n, "v")
+    assert w[0] < 1.01 and w[2] > 200 and bool((w[1:] > w[:-1]).all())  # more weight with more noise
+    with pytest.raises(ValueError, match="timestep_weighting"):
+        LossConfig(timestep_weighting="x0")
+
+    g = torch.Generator().manual_seed(0)
+    moments, clip, text = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 3, 5)
+    seen = []
+
+    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
+        seen.append(t_img.long())
+        return z_n * 0.5, clip_n * 0.5
+
+    cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
+    per = {k: noise_prediction_loss(predict, moments, clip, text, schedule,
+                                    dataclasses.replace(cfg, timestep_weighting=k), torch.Generator().manual_seed(3),
+                                    per_sample=True)[1] for k in ("eps", "v")}
+    assert torch.equal(seen[0], seen[1])
+    w = timestep_weights(schedule, seen[0], "v")
+    for term in ("loss_z", "loss_clip"):
+        assert torch.allclose(per["v"][term], per["eps"][term] * w)

@@ -9,8 +9,15 @@ renders (pixel space: the latent z0 is the image in [-1, 1], models.pixel_space)
     n_img ~ U{1..1000}; z_n, clip_n = noised z0, clip0 (one timestep for both, noises eps_z, eps_c)
     text: with p_clean_text clean (t_text = 0), with p_noise_text N(0, I) at t_text = 1000 (the
           "true_uncond" pass of text-to-image), otherwise t_text ~ U{1..1000} and text_n = noised text0
-    loss = mse(eps_z) + mse(eps_c) + mse(eps_text) (the text term only where the text was noised
-           at a uniform timestep), data_type 1
+    loss = w(n_img) [mse(eps_z) + mse(eps_c)] + mse(eps_text) (the text term only where the text was
+           noised at a uniform timestep), data_type 1, per sample, then averaged
+    w = encoder.objective.timestep_weights: 1 + 1/SNR ("v", the default here) or 1 ("eps")
+
+The plain noise MSE ("eps") gives the high-noise timesteps, where the prompt decides the image,
+almost no weight (their noise MSE is two orders of magnitude below the low-noise ones): the first
+3,159 steps of the world's backbone learnt to denoise and not to follow its prompt at all. The "v"
+weighting is the noise MSE with the velocity objective's weights, so the model and its sampler still
+predict noise.
 
 The two text end points are the ones text-to-image uses (conditional and unconditional pass); giving
 them extra mass focuses a short run on text-to-image while the uniform part keeps the joint
@@ -34,6 +41,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from encoder.objective import timestep_weights
 from models.errors import UserError
 from models.noise_schedule import NoiseScheduleVP
 from models.pixel_space import PixelSpace, PixelSpaceConfig
@@ -75,6 +83,7 @@ class BackboneConfig:
     p_clean_text: float = 0.75
     p_noise_text: float = 0.15
     data_type: int = 1
+    timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -133,8 +142,11 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     z_n, clip_n = schedule.add_noise(z0, eps_z, n_img), schedule.add_noise(clip0, eps_c, n_img)
     data_type = torch.full((b,), c.data_type, dtype=torch.long, device=device)
     pred_z, pred_c, pred_t = uvit(z_n, clip_n, text_n, n_img.float(), n_text.float(), data_type)
-    loss_z = ((pred_z.float() - eps_z) ** 2).mean()
-    loss_c = ((pred_c.float() - eps_c) ** 2).mean()
+    loss_z = ((pred_z.float() - eps_z) ** 2).mean(dim=(1, 2, 3))
+    loss_c = ((pred_c.float() - eps_c) ** 2).mean(dim=(1, 2))
+    if (tw := timestep_weights(schedule, n_img, c.timestep_weighting)) is not None:
+        loss_z, loss_c = loss_z * tw, loss_c * tw
+    loss_z, loss_c = loss_z.mean(), loss_c.mean()
     per_text = ((pred_t.float() - eps_t) ** 2).mean(dim=(1, 2))
     w = uniform.float()
     loss_t = (per_text * w).sum() / w.sum().clamp_min(1.0)
