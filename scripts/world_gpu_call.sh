@@ -16,7 +16,7 @@
 # CPU dry run). State pieces of the previous call are read from
 # .gpu_ops/state/state.tgz.* ; the identity stage's shards stay out of them (regenerated when missing).
 set -u
-CALL=${1:-560}; STAGES=${2:-"clip faces eval_faces attributes"}; BACKBONE=${3:-yes}
+CALL=${1:-560}; STAGES=${2-"clip faces eval_faces attributes"}; BACKBONE=${3:-yes}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl >/dev/null 2>&1

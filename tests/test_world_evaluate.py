@@ -106,6 +106,10 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
     assert all(np.isfinite(v) and v >= 0 for row in grid.values() for v in row.values())
     assert data["frechet_world_clip_real_vs_real"] >= 0
+    dependence = data["text_dependence"]["r2_mean_colour"]
+    assert set(dependence) == {"800", "900", "950", "1000"}
+    assert all(set(row) == {"own_caption", "shuffled_caption", "noise_image"} and all(np.isfinite(v) and v <= 1.0
+               for v in row.values()) for row in dependence.values())
     sizes = data["demo_parts_mb"]
     files = [p for p in world.rglob("*") if p.is_file()]
     assert len(sizes["files"]) == len(files)

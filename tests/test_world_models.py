@@ -69,6 +69,21 @@ def test_pixel_space_is_the_identity_with_autoencoder_methods():
         ps.encode_moments(torch.zeros(1, 4, 8, 8))
 
 
+def test_pixel_space_gain_scales_the_latent_and_decode_undoes_it():
+    """signal_scale g: the latent is g x (through the moments too, as shards store them), decode gives x."""
+    from models.autoencoder import latent_from_moments
+
+    ps = PixelSpace(PixelSpaceConfig(signal_scale=0.3))
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    z = ps.encode(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(z, 0.3 * x, atol=1e-5) and torch.allclose(ps.decode(z), x, atol=1e-5)
+    assert torch.allclose(latent_from_moments(ps.encode_moments(x)), 0.3 * x, atol=1e-5)
+    older = {"kind": "pixel_space", "embed_dim": 3, "scale_factor": 0.18215}  # written before the gain
+    assert PixelSpaceConfig.from_dict(older).signal_scale == 1
+    with pytest.raises(ValueError, match="signal_scale"):
+        PixelSpaceConfig(signal_scale=0.0)
+
+
 def test_load_autoencoder_gives_pixel_space_for_its_config(tmp_path: Path):
     from models import WeightsError, load_autoencoder
     from models.weights import save_state_dict

@@ -3,8 +3,9 @@
     python -m pretrain.world train backbone --out runs/world --world checkpoints/world --minutes 9
 
 Needs the world-CLIP (<world>/world_clip/, the clip stage), frozen. One step on a batch of training
-renders (pixel space: the latent z0 is the image in [-1, 1], models.pixel_space):
+renders (pixel space: the latent z0 is the image x in [-1, 1] times a gain, models.pixel_space):
 
+    z0 = g x (models.pixel_space with signal_scale g: the world's noise schedule shifted towards noise)
     clip0 = world-CLIP image embedding [B, 1, 64]         text0 = prefix features of the caption [B, 24, 32]
     n_img ~ U{1..1000}; z_n, clip_n = noised z0, clip0 (one timestep for both, noises eps_z, eps_c)
     text: with p_clean_text clean (t_text = 0), with p_noise_text N(0, I) at t_text = 1000 (the
@@ -17,7 +18,10 @@ The plain noise MSE ("eps") gives the high-noise timesteps, where the prompt dec
 almost no weight (their noise MSE is two orders of magnitude below the low-noise ones): the first
 3,159 steps of the world's backbone learnt to denoise and not to follow its prompt at all. The "v"
 weighting is the noise MSE with the velocity objective's weights, so the model and its sampler still
-predict noise.
+predict noise. Even so the prompt barely mattered: at UniDiffuser's noisiest timestep a 64x64 image's
+large colour areas are still readable, so the model took the image's colours from the noise (and, when
+sampling, from the pure noise it starts from). The pixel space's gain g = signal_scale < 1 lowers
+every timestep's signal-to-noise ratio by g^2 (see models.pixel_space).
 
 The two text end points are the ones text-to-image uses (conditional and unconditional pass); giving
 them extra mass focuses a short run on text-to-image while the uniform part keeps the joint
@@ -84,6 +88,7 @@ class BackboneConfig:
     p_noise_text: float = 0.15
     data_type: int = 1
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
+    signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -154,9 +159,9 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     return loss, {"loss_z": loss_z.detach(), "loss_clip": loss_c.detach(), "loss_text": loss_t.detach()}
 
 
-def write_pixel_space(world: Path, channels: int) -> Path:
+def write_pixel_space(world: Path, channels: int, signal_scale: float = 1.0) -> Path:
     """<world>/models/pixel_space.safetensors and its model_configs.json entry ("autoencoder")."""
-    pixel = PixelSpace(PixelSpaceConfig(embed_dim=channels))
+    pixel = PixelSpace(PixelSpaceConfig(embed_dim=channels, signal_scale=signal_scale))
     path = world / "models" / "pixel_space.safetensors"
     save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, path)
     merge_model_configs(world, {"autoencoder": as_json_config(pixel.config)})
@@ -203,7 +208,7 @@ class BackboneStage(Stage):
         # The pixel space has no training and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
-        write_pixel_space(opts.world, self.uvit_config.in_chans)
+        write_pixel_space(opts.world, self.uvit_config.in_chans, c.signal_scale)
         merge_model_configs(opts.world, {"uvit": as_json_config(self.uvit_config)})
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -238,7 +243,8 @@ class BackboneStage(Stage):
         batch = self.data.get(step)
         clip0, text0 = self.condition(batch.pixels, batch.captions)
         with self.autocast():
-            loss, terms = joint_loss(self.uvit, batch.pixels, clip0, text0, self.noise, self.c, generator)
+            z0 = batch.pixels * self.c.signal_scale  # the pixel space's latent (its encode, less its 1e-7 noise)
+            loss, terms = joint_loss(self.uvit, z0, clip0, text0, self.noise, self.c, generator)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
         return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
@@ -252,7 +258,7 @@ class BackboneStage(Stage):
         uvit_path, pixel_path, configs_path = self.export_paths(world)
         save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in self.ema.shadow.state_dict().items()},
                         uvit_path)
-        write_pixel_space(world, self.uvit_config.in_chans)
+        write_pixel_space(world, self.uvit_config.in_chans, self.c.signal_scale)
         merge_model_configs(world, {"uvit": as_json_config(self.uvit_config)})
         self.sample_grid(world)
         return [uvit_path, pixel_path, configs_path]

@@ -19,6 +19,11 @@ on their own seed's training identities; test identities come from the test rang
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
+- text_dependence: does the backbone take the image from its prompt? At the noisiest training
+  timesteps, the R^2 of the predicted clean image's mean colour against the render's, given the
+  render's own caption, another render's caption (shuffled), and the own caption with pure noise as the
+  noisy image (where sampling starts). A backbone that follows its prompts scores far higher with the
+  own caption than shuffled; one that reads the colours off the noise scores the same. Minutes on the CPU.
 - sizes: every file under the world folder (and --demo folders), in MB, and the total.
 """
 
@@ -38,7 +43,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "text_to_image", "frechet", "sizes")
+SECTIONS = ("faces", "attributes", "text_to_image", "frechet", "text_dependence", "sizes")
+DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 FAR = 1e-3
 STEPS_GRID = (10, 20, 30)
 GUIDANCE_GRID = (1.0, 3.0, 7.0)
@@ -60,11 +66,12 @@ class EvalConfig:
     guidance: float = 7.0
     t2i_grid: bool = True
     batch: int = 512
+    dependence_renders: int = 256
 
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
-                   batch=64)
+                   batch=64, dependence_renders=8)
 
 
 # -------------------------------------------------------------------------------------------- Frechet
@@ -239,6 +246,49 @@ def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.devic
 
 
 @torch.no_grad()
+def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """R^2 of the predicted clean image's mean colour at the noisiest timesteps (see the module docstring)."""
+    from data_prep.faceworld.attributes import split_range
+    from data_prep.faceworld.render import FaceWorld
+    from models.world_clip import load_world_clip
+
+    n = cfg.dependence_renders
+    lo, _ = split_range("test")
+    renders = FaceWorld(seed, pipe.image_size, device, chunk=n).render(lo + np.arange(n, dtype=np.int64), 1)
+    pixels = renders.images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+    tokenizer, clip = load_world_clip(world_dir / "world_clip", device=device, dtype=torch.float32)
+    text = clip.text_features(tokenizer(list(renders.captions)).to(device)).float()
+    clip0 = clip.encode_image(pixels).float()[:, None]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
+    uvit = pipe.uvit
+    true_mean = pixels.mean(dim=(2, 3))
+    ones, zeros = torch.ones(n, dtype=torch.long, device=device), torch.zeros(n, device=device)
+
+    def r2(pred: torch.Tensor) -> float:
+        return float(1 - ((pred - true_mean) ** 2).sum() / ((true_mean - true_mean.mean(0)) ** 2).sum())
+
+    out = {}
+    for t in DEPENDENCE_TIMESTEPS:
+        ab = float(pipe.schedule.alphas_cumprod[t])
+        eps_z = torch.randn(z0.shape, generator=g).to(device)
+        eps_c = torch.randn(clip0.shape, generator=g).to(device)
+        z_n = pipe.schedule.add_noise(z0, eps_z, t)
+        clip_n = pipe.schedule.add_noise(clip0, eps_c, t)
+        row = {}
+        for name, txt, z in (("own_caption", text, z_n), ("shuffled_caption", text.roll(1, 0), z_n),
+                             ("noise_image", text, eps_z)):
+            with pipe.execution.autocast():
+                pred, _, _ = uvit(z.to(pipe.dtype), clip_n.to(pipe.dtype), txt.to(pipe.dtype),
+                                  torch.full((n,), float(t), device=device), zeros, ones)
+            x0 = pipe.autoencoder.decode((z - (1 - ab) ** 0.5 * pred.float()) / ab ** 0.5)
+            row[name] = round(r2(x0.float().mean(dim=(2, 3))), 4)
+        out[str(t)] = row
+    return {"text_dependence": {"r2_mean_colour": out, "renders": n,
+                                "measure": "R^2 of the predicted clean image's mean colour against the render's"}}
+
+
+@torch.no_grad()
 def _clip_features(clip, images: torch.Tensor, batch: int = 512) -> np.ndarray:
     """uint8 [B, H, W, 3] renders or float [B, 3, H, W] in [0, 1] -> image features [B, D] float64."""
     if images.dtype == torch.uint8:
@@ -294,7 +344,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     classifier = pipe = clip = None
     if {"attributes", "text_to_image"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"text_to_image", "frechet"} & set(sections):
+    if {"text_to_image", "frechet", "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if "frechet" in sections:
@@ -311,6 +361,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "frechet":
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
+        elif name == "text_dependence":
+            result.update(evaluate_text_dependence(world_dir, pipe, seed, cfg, device))
         else:
             result["demo_parts_mb"] = folder_sizes([world_dir, *map(Path, demo_dirs)])
         result["seconds"][name] = round(time.perf_counter() - t0, 2)
@@ -329,6 +381,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
     p.add_argument("--steps", type=int, default=30, help="headline steps of text_to_image (default 30)")
     p.add_argument("--guidance", type=float, default=7.0, help="headline guidance of text_to_image (default 7)")
+    p.add_argument("--headline-only", action="store_true",
+                   help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
 
 
@@ -342,6 +396,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     cfg = dataclasses.replace(EvalConfig.tiny() if args.tiny else EvalConfig(), steps=args.steps,
                               guidance=args.guidance)
+    if args.headline_only:
+        cfg = dataclasses.replace(cfg, t2i_grid=False)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
     t0 = time.perf_counter()
     result = evaluate_world(args.world, args.seed, device=device, cfg=cfg, sections=sections, demo_dirs=args.demo)
@@ -350,7 +406,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
-                                       "text_to_image_attribute_success", "frechet_world_clip") if k in result}
+                                       "text_to_image_attribute_success", "frechet_world_clip", "text_dependence")
+                if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
     print(json.dumps(headline, indent=1))
