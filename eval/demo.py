@@ -30,8 +30,8 @@ Rerun-safe: train.py rewrites its records, sample.py and text only skip prompts 
 when the world's weights, the data or the settings change, the previous images are removed first
 (<out>/run.json records what made them). Every file is written atomically.
 
-The web page (personalize/app.py) reuses `demo_world`, `demo_identities`, `choose_weights` and the contact
-sheet.
+Where the demo world is (`models.check_weights.demo_world`) and what the main job needs (`MAIN_JOB`) are
+shared with the web page (personalize/app.py), as is the contact sheet.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models.check_weights import DEMO_WORLD_ENV, demo_world
+
 REPO = Path(__file__).resolve().parent.parent
-WORLD = REPO / "checkpoints" / "world"
 DEMO_DATA = REPO / "checkpoints" / "demo"
-WORLD_ENV = "UNIDIFFUSER_DEMO_WORLD"  # another world folder for the demo (tests, a stand-in world)
 OUT = Path("outputs/demo")
 # the committed demo data: eval.world's test seed, the first identities of the renderer's test split
 DEMO_SEED, DEMO_IDENTITIES, DEMO_PHOTOS = 777, 2, 5
@@ -80,15 +80,6 @@ Per person: the renderer's first {sim} reproduction prompts and its edit prompts
 
 
 # ------------------------------------------------------------------------------------ which world
-def demo_world(world: str | os.PathLike | None = None) -> Path:
-    """The world folder the demo runs on: `world` when given, else $UNIDIFFUSER_DEMO_WORLD, else
-    checkpoints/world."""
-    if world:
-        return Path(world).expanduser()
-    env = os.environ.get(WORLD_ENV)
-    return Path(env).expanduser() if env else WORLD
-
-
 @dataclass(frozen=True)
 class WeightsChoice:
     """What the main job runs on: kind "real" (every weight it needs is found: `folder` is the weights
@@ -494,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m eval.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", default=None, help=f"world weights folder (default ${WORLD_ENV} or checkpoints/world)")
+    p.add_argument("--world", default=None,
+                   help=f"world weights folder (default ${DEMO_WORLD_ENV} or checkpoints/world)")
     p.add_argument("--data", type=Path, default=DEMO_DATA,
                    help="rendered identities: a folder `python -m data_prep.faceworld render` wrote "
                         "(default checkpoints/demo)")

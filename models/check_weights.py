@@ -39,8 +39,23 @@ from .paths import (
 )
 from .weights import README_HINT, check_weight_file, identify, read_state_dict
 
-# what the main job (scripts/run.sh: train.py and sample.py) needs
+# what the main job (scripts/run.sh: train.py and sample.py) needs, and so the web page
 MAIN_JOB = ("uvit", "autoencoder", "caption_decoder", "clip_text", "face_pack", "identity")
+DEMO_WORLD_ENV = "UNIDIFFUSER_DEMO_WORLD"  # another world folder for the demo (tests, a stand-in world)
+
+
+def demo_world(world=None, checkpoints=None) -> Path:
+    """The identity world the demo and the web page run on when no real weight is found: `world` when
+    given, else $UNIDIFFUSER_DEMO_WORLD, else <checkpoints>/world (default: the repository's checkpoints/)."""
+    import os
+
+    from .paths import REPO_ROOT
+
+    if world:
+        return Path(world).expanduser()
+    if os.environ.get(DEMO_WORLD_ENV):
+        return Path(os.environ[DEMO_WORLD_ENV]).expanduser()
+    return Path(checkpoints or REPO_ROOT / "checkpoints") / "world"
 
 
 def presence(names=MAIN_JOB, root=None) -> str:

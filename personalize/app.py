@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.check_weights import MAIN_JOB, demo_world, presence
 from models.errors import UserError, number
 from models.paths import ENV_VAR, KNOWN_WEIGHTS, REPO_ROOT, WeightsError, find_weights, missing_weights
 
@@ -55,8 +56,6 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 logger = logging.getLogger(__name__)
 
-DEMO_WORLD_ENV = "UNIDIFFUSER_DEMO_WORLD"  # another world folder for the demo (as the main job's demo reads it)
-NEEDED = ("uvit", "autoencoder", "caption_decoder", "clip_text", "face_pack", "identity")  # what the page runs
 MAX_PHOTOS = 10
 MAX_FILE_MB = 20
 MAX_PROMPTS = 50
@@ -91,26 +90,27 @@ def is_world(root: Path) -> bool:
 
 
 def _absent(root: Path) -> list[str]:
-    return [name for name in NEEDED if missing_weights([name], root)]
+    return [name for name in MAIN_JOB if missing_weights([name], root)]
 
 
 def pick_weights(explicit: str | None = None, checkpoints: str | Path | None = None) -> Weights:
     """The weights folder the page runs (see the module docstring). Raises WeightsError.
 
-    A private stand-in for the main job's rule (issue 17's demo), to be replaced by it once it lands.
+    Without --weights or $UNIDIFFUSER_WEIGHTS, the main job's rule (scripts/run.sh, eval.demo): the real
+    weights when all are found, the demo world when none is, else an error naming what is missing.
     """
     checkpoints = Path(checkpoints) if checkpoints else REPO_ROOT / "checkpoints"
-    world = Path(os.environ.get(DEMO_WORLD_ENV) or checkpoints / "world").expanduser()
+    world = demo_world(checkpoints=checkpoints)
     if explicit:
         root, why = Path(explicit).expanduser(), "given with --weights"
     elif os.environ.get(ENV_VAR):
         root, why = Path(os.environ[ENV_VAR]).expanduser(), f"from ${ENV_VAR}"
     else:
-        absent = _absent(checkpoints)
-        if not absent:
+        state = presence(MAIN_JOB, checkpoints)
+        if state == "all":
             root, why = checkpoints, f"every real weight found in {_short(checkpoints)}"
-        elif len(absent) < len(NEEDED):
-            names = ", ".join(KNOWN_WEIGHTS[n][1] for n in absent)
+        elif state == "some":
+            names = ", ".join(KNOWN_WEIGHTS[n][1] for n in _absent(checkpoints))
             raise WeightsError(f"{checkpoints} holds some real weights but not all: missing {names}",
                                hint="python -m models.check_weights says where to get each; or run the demo "
                                     f"world with --weights {world}")
