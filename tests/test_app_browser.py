@@ -77,8 +77,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
+    from models.check_weights import MAIN_JOB as NEEDED
     from models.paths import missing_weights
-    from personalize.app import NEEDED
 
     if os.environ.get("APP_TEST_WEIGHTS"):
         return Path(os.environ["APP_TEST_WEIGHTS"])
