@@ -785,12 +785,24 @@ def main(argv: list[str] | None = None) -> int:
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out),
         "wall_seconds_this_run": {**evaluation.wall, "total": round(time.perf_counter() - t0, 2)},
         "commands": {"evaluate": shlex.join(["python", "-m", "eval.world", *argv_list])},
+        "world_sha256": weights_sha256(args.world, args.encoder),
         **provenance()})
     write_json_atomic(args.json, result, indent=1)
     head = {k: result[k] for k in ("identity_similarity", "edit_success", "copy_paste", "seconds_per_identity")}
     print(json.dumps(head, indent=1))
     print(f"written to {args.json}")
     return 0
+
+
+def weights_sha256(world: Path, encoder: Path | None = None) -> dict[str, str]:
+    """{file: SHA-256} of the backbone and the identity module an evaluation used, so that a results JSON
+    names the exact weights behind its numbers (the commit alone does not when weights are swapped in)."""
+    from models.paths import file_sha256
+
+    module = Path(encoder or Path(world) / "faceid_encoder")
+    files = {"models/uvit_v1.safetensors": Path(world) / "models" / "uvit_v1.safetensors",
+             "faceid_encoder/identity.safetensors": module / "identity.safetensors"}
+    return {name: file_sha256(path) for name, path in files.items() if path.is_file()}
 
 
 # -------------------------------------------------------------------------------- fine-tuning grid

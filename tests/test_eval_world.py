@@ -55,6 +55,10 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     assert r["counts"]["seeds"] == 1 and r["counts"]["held_out_edit_prompts"] == 4  # two per person
     assert r["renderer_seed"] == 5 and r["renderer"]["split"] == "test"
     assert r["commands"]["evaluate"].startswith("python -m eval.world --seed 5") and r["git_commit"]
+    from models.paths import file_sha256
+    assert r["world_sha256"] == {  # the exact weights behind the numbers
+        "models/uvit_v1.safetensors": file_sha256(world / "models" / "uvit_v1.safetensors"),
+        "faceid_encoder/identity.safetensors": file_sha256(world / "faceid_encoder" / "identity.safetensors")}
     assert set(r["targets"]) >= {"identity_vs_ceiling", "edit_vs_text_only", "speedup_vs_finetune"}
     assert r["intervals"]["identity_similarity"]["encoder"]["n"] == 2
     # the ceiling is renders of the person: the (projection) recogniser finds them closer to the references
