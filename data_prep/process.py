@@ -1,9 +1,11 @@
 """Per image: decode, find exactly one dominant face, crop square, run the frozen models.
 
     RawSample --decode (EXIF, colour modes)--> RGB uint8
-              --FaceAnalyzer (detect, align, ArcFace + mirrored)--> the face, or a reject reason
+              --FaceAnalyzer.locate (detect, align)--> the face, or a reject reason
               --square crop keeping the face in frame, resize (encoder.crop)--> [R, R, 3] crop, face box
-              --ArcFace of an augmented view of the aligned face (data_prep.augment)--> arcface_aug
+              --augmented view of the aligned face (data_prep.augment)
+    kept photos --ArcFace of the aligned faces, their mirrors and the augmented views, EMBED_BATCH photos
+                  per recogniser call--> arcface, arcface_flip, arcface_aug
     batch of crops + captions --VAE encode_moments / CLIP-L + encode_prefix / ViT-B/32--> features
 
 A photo that is rejected is counted under one reason (REASONS); a photo that raises anything
@@ -32,7 +34,7 @@ from data_prep.augment import FaceAugment, augment_face, key_generator
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
 from encoder.crop import face_crop, square_crop
-from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, face_model_block
+from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, LocatedFace, face_model_block
 from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
 from models.paths import file_sha256
 
@@ -176,6 +178,23 @@ def rejection_category(reason: str) -> str:
     return "no_face"
 
 
+EMBED_BATCH = 64  # photos per recogniser call (3 crops each): one call per photo made the recogniser the
+# bottleneck of data_prep on small renders
+
+
+@dataclass
+class Located:
+    """A photo that passed every filter, its face not embedded yet (SampleProcessor.prepare)."""
+
+    raw: RawSample
+    index: int
+    crop: np.ndarray
+    box: np.ndarray
+    located: LocatedFace
+    meta: dict
+    aug_view: np.ndarray  # uint8 [S, S, 3]: the augmented view of the aligned face behind arcface_aug
+
+
 @dataclass
 class Prepared:
     """A photo that passed every filter: crop [R, R, 3] uint8, face box in crop pixels, metadata."""
@@ -202,15 +221,20 @@ class SampleProcessor:
         # the shards need no gender/age: the pack's attribute model is left out (it ran on every photo)
         self.faces = FaceAnalyzer(models.faces.detector, models.faces.recogniser, None, policy=self.policy)
 
-    def _dominant_face(self, rgb: np.ndarray) -> Face | str:
-        """One detection pass; the face is embedded only when the photo is accepted."""
+    def _dominant_face(self, rgb: np.ndarray) -> LocatedFace | str:
+        """One detection pass; the face is embedded later, with the other accepted photos' (embed)."""
         try:
-            return self.faces.analyze(rgb, max_other_face=self.config.max_other_face)
+            return self.faces.locate(rgb, max_other_face=self.config.max_other_face)
         except FaceRejected as e:
             return rejection_category(e.reason)
 
     def prepare(self, raw: RawSample, index: int = 0) -> Prepared | str:
-        """The cropped photo with its face, or a REASONS key."""
+        """The cropped photo with its face, or a REASONS key (one photo: process batches the recogniser)."""
+        located = self.locate(raw, index)
+        return located if isinstance(located, str) else self.embed([located])[0]
+
+    def locate(self, raw: RawSample, index: int = 0) -> Located | str:
+        """The cropped photo with its face found but not embedded yet, or a REASONS key."""
         c = self.config
         if raw.error or raw.image is None:
             return "unreadable"
@@ -240,13 +264,29 @@ class SampleProcessor:
                 "n_faces": int(face.n_faces), "face_box_px": [round(float(v), 2) for v in crop_box],
                 "crop": [x0, y0, side], "orig_size": [w, h]}
         view = augment_face(face.aligned, key_generator(safe_key(raw.key, index)), c.face_aug)
-        aug_embedding = self.faces.embed_aligned([view])[0]
-        return Prepared(raw, index, crop, crop_box, face, meta, aug_embedding)
+        return Located(raw, index, crop, crop_box, face, meta, view)
 
-    def _prepare_safely(self, job: tuple[RawSample, int]) -> Prepared | str:
+    def embed(self, photos: list[Located]) -> list[Prepared | str]:
+        """ArcFace of each photo's aligned face, its mirror and its augmented view, in one recogniser call;
+        a photo whose embedding is invalid is rejected alone (the call is redone one photo at a time)."""
+        if not photos:
+            return []
+        n = len(photos)
+        crops = ([p.located.aligned for p in photos] + [np.ascontiguousarray(p.located.aligned[:, ::-1])
+                                                         for p in photos] + [p.aug_view for p in photos])
+        try:
+            emb = self.faces.embed_aligned(crops)
+        except FaceRejected:
+            if n == 1:
+                return ["no_face"]
+            return [r for p in photos for r in self.embed([p])]
+        return [Prepared(p.raw, p.index, p.crop, p.box, p.located.with_embeddings(emb[i], emb[n + i]), p.meta,
+                         emb[2 * n + i]) for i, p in enumerate(photos)]
+
+    def _locate_safely(self, job: tuple[RawSample, int]) -> Located | str:
         raw, index = job
         try:
-            return self.prepare(raw, index)
+            return self.locate(raw, index)
         except Exception:  # never fatal: count it, log it with its key
             logger.exception("data_prep: unexpected error on %s", raw.key)
             return "error"
@@ -286,14 +326,28 @@ class SampleProcessor:
         reasons: Counter = Counter()
         kept: list[Prepared] = []
         jobs = [(raw, first_index + i) for i, raw in enumerate(raws)]
-        if self.threads > 1:  # decoding and the ONNX face models release the GIL
-            with ThreadPoolExecutor(self.threads) as pool:
-                results = list(pool.map(self._prepare_safely, jobs))
-        else:
-            results = [self._prepare_safely(job) for job in jobs]
-        for result in results:
+        with ThreadPoolExecutor(self.threads) if self.threads > 1 else _InlinePool() as pool:
+            # decoding and the ONNX face models release the GIL
+            located = list(pool.map(self._locate_safely, jobs))
+            accepted = [r for r in located if not isinstance(r, str)]
+            chunks = [accepted[i:i + EMBED_BATCH] for i in range(0, len(accepted), EMBED_BATCH)]
+            embedded = [r for chunk in pool.map(self.embed, chunks) for r in chunk]
+        for result in [r for r in located if isinstance(r, str)] + embedded:
             if isinstance(result, str):
                 reasons[result] += 1
             else:
                 kept.append(result)
         return self.features(kept), reasons
+
+
+class _InlinePool:
+    """ThreadPoolExecutor's map in the calling thread (threads = 1)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def map(self, fn, items):
+        return map(fn, items)

@@ -146,6 +146,27 @@ class Face:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
+@dataclass(eq=False)
+class LocatedFace:
+    """A face found and aligned but not embedded yet: `FaceAnalyzer.locate`'s result, so that a caller with
+    many photos (data_prep) can embed all their faces in one recogniser batch and skip the photos its own
+    filters reject. `with_embeddings` completes it into a Face."""
+
+    box: np.ndarray  # float32 [4] x1, y1, x2, y2 in the original photo
+    kps: np.ndarray  # float32 [5, 2]
+    det_score: float
+    aligned: np.ndarray  # uint8 [S, S, 3] RGB, S = the recogniser's input side
+    n_faces: int
+
+    @property
+    def size(self) -> float:
+        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+    def with_embeddings(self, embedding: np.ndarray, embedding_flip: np.ndarray) -> Face:
+        return Face(box=self.box.copy(), kps=self.kps.copy(), det_score=self.det_score, embedding=embedding,
+                    embedding_flip=embedding_flip, aligned=self.aligned, n_faces=self.n_faces)
+
+
 class FaceRejected(UserError):
     """The photo has no face usable under the policy; ``reason`` says why."""
 
@@ -380,11 +401,14 @@ class FaceAnalyzer:
         gender, age = result
         return ("male" if int(gender) == 1 else "female"), float(age)
 
-    def _faces(self, img_rgb: np.ndarray, dets: list[_Detection], n_faces: int) -> list[Face]:
+    def _align(self, img_rgb: np.ndarray, dets: list[_Detection]) -> list[np.ndarray]:
         try:
-            aligned = [align_face(img_rgb, d.kps, self.crop_size) for d in dets]
+            return [align_face(img_rgb, d.kps, self.crop_size) for d in dets]
         except ValueError as e:  # degenerate or non-finite landmarks: this photo only
             raise FaceRejected(f"landmarks unusable for alignment ({e})") from e
+
+    def _faces(self, img_rgb: np.ndarray, dets: list[_Detection], n_faces: int) -> list[Face]:
+        aligned = self._align(img_rgb, dets)
         flipped = [np.ascontiguousarray(a[:, ::-1]) for a in aligned]
         emb = self._embed(aligned + flipped)
         n = len(dets)
@@ -405,6 +429,20 @@ class FaceAnalyzer:
         before anything is embedded.
         """
         img_rgb = _as_rgb(img_rgb)
+        pick, n_faces = self._pick(img_rgb, max_other_face)
+        return self._faces(img_rgb, [pick], n_faces)[0]
+
+    def locate(self, img_rgb: np.ndarray, max_other_face: float | None = None) -> LocatedFace:
+        """analyze's face, found and aligned but not embedded (no recogniser call): embed many at once with
+        embed_aligned([aligned..., mirrored...]) and complete each with LocatedFace.with_embeddings."""
+        img_rgb = _as_rgb(img_rgb)
+        pick, n_faces = self._pick(img_rgb, max_other_face)
+        aligned = self._align(img_rgb, [pick])[0]
+        return LocatedFace(box=pick.box.copy(), kps=pick.kps.copy(), det_score=pick.score, aligned=aligned,
+                           n_faces=n_faces)
+
+    def _pick(self, img_rgb: np.ndarray, max_other_face: float | None) -> tuple[_Detection, int]:
+        """(the face the policy picks, detections passing the score threshold). Raises FaceRejected."""
         dets, scored = self._accepted(img_rgb)
         if self.policy.select == "largest":
             pick = max(dets, key=lambda d: d.area)  # max keeps the first (best score) on ties
@@ -414,7 +452,7 @@ class FaceAnalyzer:
             big = max((d.area for d in scored if d is not pick), default=0.0)
             if big > max_other_face * pick.area:
                 raise FaceRejected(f"several faces: another is {big / pick.area:.0%} of the main face's area")
-        return self._faces(img_rgb, [pick], len(scored))[0]
+        return pick, len(scored)
 
     def analyze_all(self, img_rgb: np.ndarray) -> list[Face]:
         """Every face passing the policy, highest detection score first (for scorers)."""

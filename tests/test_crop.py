@@ -12,7 +12,7 @@ from PIL import Image
 from data_prep.process import PrepConfig, SampleProcessor
 from data_prep.sources import RawSample
 from encoder.crop import face_crop, square_crop
-from encoder.face_analysis import Face
+from encoder.face_analysis import LocatedFace
 from personalize.record import PhotoInfo
 from personalize.refine import photo_crops
 
@@ -32,12 +32,11 @@ class _OneFace:
     def __init__(self, box):
         self.box = np.asarray(box, dtype=np.float32)
 
-    def analyze(self, rgb, max_other_face=None):
-        emb = np.ones(512, np.float32) / np.sqrt(512)
-        return Face(box=self.box, kps=np.zeros((5, 2), np.float32), det_score=0.9, embedding=emb,
-                    embedding_flip=emb, aligned=np.zeros((112, 112, 3), np.uint8), n_faces=1)
+    def locate(self, rgb, max_other_face=None):
+        return LocatedFace(box=self.box, kps=np.zeros((5, 2), np.float32), det_score=0.9,
+                           aligned=np.zeros((112, 112, 3), np.uint8), n_faces=1)
 
-    def embed_aligned(self, crops):  # the augmented view's embedding (data_prep.augment)
+    def embed_aligned(self, crops):  # the face, its mirror and the augmented view (data_prep.augment)
         return np.ones((len(crops), 512), np.float32) / np.sqrt(512)
 
 

@@ -220,6 +220,48 @@ def test_processor_never_raises(models):
     assert samples == [] and reasons == {"error": 1, "unreadable": 1}
 
 
+def test_kept_photos_are_embedded_in_one_recogniser_call_as_one_at_a_time_would(models, photos):
+    from data_prep.format import safe_key
+    from data_prep.process import EMBED_BATCH
+    from encoder.face_analysis import FaceRejected
+
+    names = ["eileen/astronaut.png", "noise.png", "hanks/hanks_a.png", "hanks/hanks_b.jpg"]
+    raws = [RawSample(n.replace("/", "_").replace(".", "_"), (photos / n).read_bytes(), "a photo") for n in names]
+    proc = SampleProcessor(models, _prep(), threads=2)
+    single = {safe_key(r.key, i): proc.prepare(r, i) for i, r in enumerate(raws)}
+    keys = list(single)
+    assert single[keys[1]] == "no_face"
+    calls = []
+    embed = proc.faces.embed_aligned
+
+    def counting(crops):
+        calls.append(len(crops))
+        return embed(crops)
+
+    proc.faces.embed_aligned = counting
+    samples, reasons = proc.process(raws)
+    assert calls == [9] and 3 <= EMBED_BATCH  # the 3 kept photos' faces, mirrors and augmented views at once
+    assert [s["__key__"] for s in samples] == [keys[0], keys[2], keys[3]] and reasons == {"no_face": 1}
+    for s in samples:
+        one = single[s["__key__"]]
+        a = decode_arrays(s, ("arcface", "arcface_flip", "arcface_aug"))
+        np.testing.assert_allclose(a["arcface"], one.face.embedding, atol=2e-3)  # float16 in the shard
+        np.testing.assert_allclose(a["arcface_flip"], one.face.embedding_flip, atol=2e-3)
+        np.testing.assert_allclose(a["arcface_aug"], one.aug_embedding, atol=2e-3)
+
+    # an invalid embedding rejects its photo alone: the batch is redone one photo at a time
+    bad = single[keys[2]].face.aligned
+
+    def failing(crops):
+        if any(c.shape == bad.shape and np.array_equal(c, bad) for c in crops):
+            raise FaceRejected("recogniser returned an invalid embedding")
+        return embed(crops)
+
+    proc.faces.embed_aligned = failing
+    samples, reasons = proc.process(raws)
+    assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == {"no_face": 2}
+
+
 # ------------------------------------------------------------------------------------- the loader
 def test_loader_reads_back_shapes_and_dtypes_and_pairs(shards):
     paths = list_shards(str(shards))
