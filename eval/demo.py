@@ -46,13 +46,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from data_prep.faceworld import DEMO_IDENTITIES, DEMO_PHOTOS, DEMO_SEED
 from models.check_weights import DEMO_WORLD_ENV, demo_world
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "checkpoints" / "demo"
 OUT = Path("outputs/demo")
 # the committed demo data: eval.world's test seed, the first identities of the renderer's test split
-DEMO_SEED, DEMO_IDENTITIES, DEMO_PHOTOS = 777, 2, 5
 RENDER_EDITS = 3  # edit prompts drawn per person; kept: KEEP_EDITS (0: a held-out pair, 2: an ordinary edit)
 KEEP_SIM, KEEP_EDITS = 2, (0, 2)
 # sampling: sample.py's seed and guidance, 3 images per prompt (the competition's), fewer steps than its

@@ -59,9 +59,6 @@ logger = logging.getLogger(__name__)
 MAX_PHOTOS = 10
 MAX_FILE_MB = 20
 MAX_PROMPTS = 50
-DEMO_SEED = 777  # the renderer seed of the demo identities drawn when no demo folder is there
-DEMO_IDENTITIES = 2
-DEMO_PHOTOS = 5
 SYSTEM_FONTS = ("system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif")
 MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
 THUMB = 192  # side of the face thumbnails
@@ -157,7 +154,8 @@ def demo_identities(folder: str | Path) -> list[DemoIdentity]:
 
 
 def render_demo(out: Path) -> list[DemoIdentity]:
-    """Demo identities drawn by the world's renderer (test split, DEMO_SEED) into `out`."""
+    """Demo identities drawn by the world's renderer (test split, the demo's seed) into `out`."""
+    from data_prep.faceworld import DEMO_IDENTITIES, DEMO_PHOTOS, DEMO_SEED
     from data_prep.faceworld.folders import write_folders
 
     write_folders(out, seed=DEMO_SEED, identities=DEMO_IDENTITIES, photos=DEMO_PHOTOS, progress=False)
