@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import pickle
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -230,7 +231,9 @@ class ImageCLIP(nn.Module):
         except WeightsError:
             raise
         except (RuntimeError, KeyError, ValueError, OSError, EOFError, AssertionError, pickle.UnpicklingError,
-                zipfile.BadZipFile) as e:  # what torch.load and open_clip raise for damaged or other files
+                zipfile.BadZipFile, IndexError, TypeError, struct.error) as e:
+            # what torch.load and open_clip raise for damaged or other files (garbage bytes reach torch's
+            # unpickler as opcodes: an empty stack's IndexError, a wrong argument's TypeError)
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # its first sentence
             raise WeightsError(f"could not load image CLIP weights {path} into open_clip {model_name} "
                                f"({type(e).__name__}: {detail}); the file is damaged (an interrupted download?) "

@@ -243,7 +243,9 @@ def test_score_with_a_damaged_clip_file_is_one_line(stack, tmp_path, capsys):
     good = (stack["weights"] / "models" / "ViT-B-32.pt").read_bytes()
     for name, data, words in (("empty.pt", b"", "the file is empty"),
                               ("cut.pt", good[: len(good) // 2], "could not load image CLIP weights"),
-                              ("noise.pt", os.urandom(4096), "could not load image CLIP weights")):
+                              ("noise.pt", np.random.default_rng(0).bytes(4096), "could not load image CLIP weights"),
+                              # an opcode on an empty stack: IndexError inside torch's unpickler
+                              ("opcodes.pt", b"\x80\x02\x86.", "could not load image CLIP weights")):
         (tmp_path / name).write_bytes(data)
         assert run_cli(main, ["--clip", str(tmp_path / name), "--face-pack", str(stack["pack"]), "--outputs",
                               str(tmp_path), "--prompts", str(tmp_path), "--train-data", str(tmp_path),
