@@ -178,13 +178,12 @@ def rejection_category(reason: str) -> str:
     return "no_face"
 
 
-EMBED_BATCH = 64  # photos per recogniser call (3 crops each): one call per photo made the recogniser the
-# bottleneck of data_prep on small renders
+EMBED_BATCH = 64  # photos per recogniser call (3 crops each), instead of two calls per photo
 
 
 @dataclass
 class Located:
-    """A photo that passed every filter, its face not embedded yet (SampleProcessor.prepare)."""
+    """A photo that passed every filter, its face not embedded yet (SampleProcessor.locate)."""
 
     raw: RawSample
     index: int
@@ -283,6 +282,15 @@ class SampleProcessor:
         return [Prepared(p.raw, p.index, p.crop, p.box, p.located.with_embeddings(emb[i], emb[n + i]), p.meta,
                          emb[2 * n + i]) for i, p in enumerate(photos)]
 
+    def _embed_safely(self, photos: list[Located]) -> list[Prepared | str]:
+        try:
+            return self.embed(photos)
+        except Exception:  # never fatal: find the photo (one at a time), count it, log it with its key
+            if len(photos) > 1:
+                return [r for p in photos for r in self._embed_safely([p])]
+            logger.exception("data_prep: unexpected error on %s", photos[0].raw.key)
+            return ["error"]
+
     def _locate_safely(self, job: tuple[RawSample, int]) -> Located | str:
         raw, index = job
         try:
@@ -331,7 +339,7 @@ class SampleProcessor:
             located = list(pool.map(self._locate_safely, jobs))
             accepted = [r for r in located if not isinstance(r, str)]
             chunks = [accepted[i:i + EMBED_BATCH] for i in range(0, len(accepted), EMBED_BATCH)]
-            embedded = [r for chunk in pool.map(self.embed, chunks) for r in chunk]
+            embedded = [r for chunk in pool.map(self._embed_safely, chunks) for r in chunk]
         for result in [r for r in located if isinstance(r, str)] + embedded:
             if isinstance(result, str):
                 reasons[result] += 1

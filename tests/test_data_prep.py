@@ -261,6 +261,16 @@ def test_kept_photos_are_embedded_in_one_recogniser_call_as_one_at_a_time_would(
     samples, reasons = proc.process(raws)
     assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == {"no_face": 2}
 
+    # an unexpected error in the recogniser is that photo's "error", as everywhere in data_prep: never fatal
+    def exploding(crops):
+        if any(c.shape == bad.shape and np.array_equal(c, bad) for c in crops):
+            raise RuntimeError("boom")
+        return embed(crops)
+
+    proc.faces.embed_aligned = exploding
+    samples, reasons = proc.process(raws)
+    assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == {"no_face": 1, "error": 1}
+
 
 # ------------------------------------------------------------------------------------- the loader
 def test_loader_reads_back_shapes_and_dtypes_and_pairs(shards):
