@@ -24,6 +24,10 @@ class IdentityConfig:
         attention term (per block and head, zero-initialised).
       "text_slots": K tokens of width `text_dim` overwrite the last K positions of the 77-token
         text context (CLIP padding for short prompts), blended by a zero-initialised gate.
+    kv_rank (extra_tokens only): rank of a trainable low-rank term that each block adds to the identity
+      tokens' keys and values (IP-Adapter's decoupled keys and values, as a low-rank delta on the frozen
+      projection); its up-projections start at zero, so a new module computes what kv_rank 0 does.
+      0: none, the frozen block's projections alone.
     """
 
     face_dim: int = 512  # ArcFace embedding width
@@ -31,6 +35,7 @@ class IdentityConfig:
     hidden_dim: int = 1024  # projector MLP width
     injection: Injection = "extra_tokens"
     use_flip: bool = True  # average each photo's embedding with its mirrored crop's
+    kv_rank: int = 0  # per-block low-rank identity key/value delta (0: none)
     # backbone dimensions (UViT v1)
     embed_dim: int = 1536
     text_dim: int = 64
@@ -43,6 +48,9 @@ class IdentityConfig:
             raise ValueError(f"injection must be 'extra_tokens' or 'text_slots', got {self.injection!r}")
         if self.injection == "text_slots" and not 0 < self.num_tokens < self.num_text_tokens:
             raise ValueError(f"text_slots needs 0 < num_tokens < {self.num_text_tokens}")
+        if self.kv_rank < 0 or (self.kv_rank and self.injection != "extra_tokens"):
+            raise ValueError(f"kv_rank must be 0, or positive with extra_tokens injection; got {self.kv_rank} "
+                             f"with {self.injection}")
 
     @property
     def token_dim(self) -> int:

@@ -5,11 +5,12 @@ extra_tokens injection, per block (the frozen block's own weights serve both str
     main stream x   [B, L, D]: o = attn(q, k, v) + g * attn(q, k_id, v_id)
     identity stream [B, K, D]: o_id = attn(q_id, [k; k_id], [v; v_id])
 
-where g = gate[block] [H] x id_scale [B]. The identity tokens thus sit in the joint sequence (they
-attend to everything and everything may attend to them), but the main stream sees them only
-through a zero-initialised gate: at g = 0 every main-stream operation is exactly the plain
-UViT's, so the untrained module reproduces UniDiffuser bit for bit. This is LLaMA-Adapter's
-zero-init gated attention applied to IP-Adapter-style identity tokens.
+where g = gate[block] [H] x id_scale [B], and k_id, v_id are the block's keys and values of the
+identity stream (plus the module's low-rank delta when its kv_rank > 0). The identity tokens thus sit
+in the joint sequence (they attend to everything and everything may attend to them), but the main
+stream sees them only through a zero-initialised gate: at g = 0 every main-stream operation is
+exactly the plain UViT's, so the untrained module reproduces UniDiffuser bit for bit. This is
+LLaMA-Adapter's zero-init gated attention applied to IP-Adapter-style identity tokens.
 
 text_slots injection writes the identity tokens into the last K text positions, blended by
 the gate, and calls the plain UViT.
@@ -101,7 +102,7 @@ class IDConditionedUViT(nn.Module):
         gates = self.identity.gate.to(x.dtype)  # [n_blocks, H]
 
         def block(i, blk, streams, skips):  # streams, skips: (main [B, L, D], identity [B, K, D])
-            return self._run(self._block, blk, *streams, gates[i], scale, *(skips or (None, None)))
+            return self._run(self._block, blk, *streams, gates[i], scale, *(skips or (None, None)), self._kv(i))
 
         x, _ = u.run_blocks((x, xi), block)
         return u.heads(u.norm(x), h, w)
@@ -113,11 +114,24 @@ class IDConditionedUViT(nn.Module):
         n_main = x.shape[1]
         x = torch.cat([x, id_tokens + self.identity.pos.to(x.dtype)], dim=1)  # [B, L + K, D]
         g = rearrange(self.identity.gate.to(x.dtype), "n h -> n 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
-        x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._fused_block, blk, x, n_main, g[i], skip))
+        x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._fused_block, blk, x, n_main, g[i], skip,
+                                                               self._kv(i)))
         return u.heads(u.norm(x[:, :n_main]), h, w)
 
+    def _kv(self, i: int):
+        """Block i's identity key/value delta, x_id [B, K, D] -> heads-split ([B, H, K, d], [B, H, K, d]);
+        None without one (kv_rank 0)."""
+        if not self.identity.config.kv_rank:
+            return None
+        heads = self.uvit.config.num_heads
+
+        def delta(xi):
+            k, v = self.identity.kv_delta(i, xi)
+            return (rearrange(k, "b k (h d) -> b h k d", h=heads), rearrange(v, "b k (h d) -> b h k d", h=heads))
+        return delta
+
     @staticmethod
-    def _fused_block(blk, x, n_main, g, skip=None):
+    def _fused_block(blk, x, n_main, g, skip=None, kv=None):
         """x [B, L + K, D] (identity tokens last), g [B, H, 1, 1] -> [B, L + K, D].
 
         Main queries attend to the main keys in one kernel and to the K identity keys in a small
@@ -129,23 +143,31 @@ class IDConditionedUViT(nn.Module):
         """
         x = blk.fuse_skip(x, skip)
         q, k, v = blk.attn.heads(x)
-        km, vm = k[:, :, :n_main], v[:, :, :n_main]
+        km, vm, ki, vi = k[:, :, :n_main], v[:, :, :n_main], k[:, :, n_main:], v[:, :, n_main:]
+        if kv is not None:  # the identity tokens' keys and values get the module's delta
+            dk, dv = kv(x[:, n_main:])
+            ki, vi = ki + dk, vi + dv
+            k, v = torch.cat([km, ki], dim=2), torch.cat([vm, vi], dim=2)
         if torch.is_grad_enabled():
-            o_few, _ = attend_few(q[:, :, :n_main], k[:, :, n_main:], v[:, :, n_main:])
+            o_few, _ = attend_few(q[:, :, :n_main], ki, vi)
             o_main, o_id = attend(q[:, :, :n_main], km, vm), attend(q[:, :, n_main:], k, v)
             o = torch.cat([o_main + g * o_few, o_id], dim=2)
         else:  # in place in the attention kernel's fresh output: no concatenation pass
             o, lse = attend_lse(q, km, vm)
-            gated_few_key_attention_(o, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main)
+            gated_few_key_attention_(o, lse, q, ki, vi, g, n_main)
         x = blk.norm2(x + blk.attn.merge(o))
         return blk.norm3(x + blk.mlp(x))
 
     @staticmethod
-    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None):
-        """One frozen block over both streams. x [B, L, D], xi [B, K, D], gate [H], scale [B]."""
+    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None, kv=None):
+        """One frozen block over both streams. x [B, L, D], xi [B, K, D], gate [H], scale [B]; kv: the
+        identity keys' and values' delta (IDConditionedUViT._kv) or None."""
         x, xi = blk.fuse_skip(x, skip), blk.fuse_skip(xi, skip_i)
         q, k, v = blk.attn.heads(x)
         qi, ki, vi = blk.attn.heads(xi)
+        if kv is not None:
+            dk, dv = kv(xi)
+            ki, vi = ki + dk, vi + dv
         g = rearrange(gate, "h -> 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
         o = attend(q, k, v) + g * attend(q, ki, vi)
         oi = attend(qi, torch.cat([k, ki], dim=2), torch.cat([v, vi], dim=2))

@@ -27,7 +27,10 @@ class IdentityModule(nn.Module):
     """Identity embedding(s) -> tokens, plus the parameters that inject them into the UViT.
 
     extra_tokens: `pos` [1, K, D] position embeddings of the identity tokens and `gate`
-      [n_blocks, heads], the weight of the identity attention term in each block (zero at init).
+      [n_blocks, heads], the weight of the identity attention term in each block (zero at init);
+      with kv_rank r > 0 also `kv_down` [n_blocks, 2, D, r] and `kv_up` [n_blocks, 2, r, D] (zero at
+      init): block i adds x_id kv_down[i, 0] kv_up[i, 0] to the identity tokens' keys and
+      x_id kv_down[i, 1] kv_up[i, 1] to their values (`kv_delta`).
     text_slots: `gate` [1], the blend of identity tokens into the text slots (zero at init).
     """
 
@@ -39,12 +42,23 @@ class IdentityModule(nn.Module):
             self.pos = nn.Parameter(torch.zeros(1, c.num_tokens, c.embed_dim))
             nn.init.trunc_normal_(self.pos, std=0.02)
             self.gate = nn.Parameter(torch.zeros(c.num_blocks, c.num_heads))
+            if c.kv_rank:
+                self.kv_down = nn.Parameter(torch.randn(c.num_blocks, 2, c.embed_dim, c.kv_rank) / c.embed_dim ** 0.5)
+                self.kv_up = nn.Parameter(torch.zeros(c.num_blocks, 2, c.kv_rank, c.embed_dim))
         else:
             self.gate = nn.Parameter(torch.zeros(1))
 
     def tokens(self, face: torch.Tensor) -> torch.Tensor:
         """[B, face_dim] pooled L2-normalised embedding -> [B, K, token_dim] identity tokens."""
         return self.projector(face)
+
+    def kv_delta(self, block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block `block`'s additions to the identity tokens' keys and values: x [B, K, D] (the block's
+        attention input for the identity tokens) -> ([B, K, D], [B, K, D]), before the split into heads."""
+        down, up = self.kv_down[block].to(x.dtype), self.kv_up[block].to(x.dtype)
+        low = torch.einsum("bkd,tdr->tbkr", x, down)  # t: keys, values
+        k, v = torch.einsum("tbkr,tre->tbke", low, up)
+        return k, v
 
     def tokens_from_photos(self, emb: torch.Tensor, emb_flip: torch.Tensor | None = None) -> torch.Tensor:
         """One person's photos [N, face_dim] (+ mirrored) -> tokens [1, K, token_dim]."""

@@ -44,7 +44,8 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _ASIDE_DIR = re.compile(r"^\.step_(\d{8})\.old$")  # a checkpoint being replaced by one of the same step
-MODEL_SHAPE_FIELDS = ("injection", "num_tokens", "hidden_dim", "uvit")  # a run's weights only fit these
+MODEL_SHAPE_FIELDS = ("injection", "num_tokens", "hidden_dim", "kv_rank", "uvit")  # a run's weights only fit these
+SHAPE_FIELDS_ADDED = {"kv_rank": 0}  # shape fields newer than some runs: absent means this value
 
 
 class CheckpointError(UserError, FileNotFoundError):
@@ -188,6 +189,7 @@ def check_same_model(path: Path, config: PretrainConfig) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return
     now = json.loads(json.dumps(config.to_dict()))  # the JSON form the saved one has
+    saved = {**SHAPE_FIELDS_ADDED, **saved}
     changed = [k for k in MODEL_SHAPE_FIELDS if k in saved and saved[k] != now[k]]
     if not changed:
         return

@@ -73,6 +73,7 @@ class PretrainConfig:
     num_tokens: int = 4
     hidden_dim: int = 1024
     injection: str = "extra_tokens"  # or "text_slots"
+    kv_rank: int = 0  # extra_tokens: rank of the per-block identity key/value delta (0: none)
     init_from: str | None = None  # start from a saved identity-module folder instead of the zero-gate init
     # ---- objective (encoder.objective.LossConfig; its fields also go flat: see `with_flat_loss_fields`)
     loss: LossConfig = LossConfig()
@@ -123,6 +124,8 @@ class PretrainConfig:
             (self.mixed_precision != "no" or self.backbone_dtype == "float32",
              "mixed_precision no needs backbone_dtype float32 (a half-precision backbone runs under autocast)"),
             (self.injection in ("extra_tokens", "text_slots"), "injection must be extra_tokens or text_slots"),
+            (self.kv_rank >= 0 and (not self.kv_rank or self.injection == "extra_tokens"),
+             "kv_rank must be 0, or positive with extra_tokens injection"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),

@@ -55,7 +55,7 @@ def build_identity(config, uvit_config: UViTConfig) -> IdentityModule:
     """A fresh identity module (zero gates: the untouched backbone; initialised from config.seed) or
     `config.init_from`'s, in float32, on the CPU."""
     want = IdentityConfig.for_uvit(uvit_config, num_tokens=config.num_tokens, hidden_dim=config.hidden_dim,
-                                   injection=config.injection)
+                                   injection=config.injection, kv_rank=config.kv_rank)
     if config.init_from:
         return IdentityModule.load(config.init_from, expect=want, uvit_config=uvit_config).float()
     with torch.random.fork_rng(devices=[]):

@@ -21,7 +21,7 @@ diagnostic.
 Ctrl-C (SIGINT) stops the run after the step in progress with a checkpoint at that step, then
 raises KeyboardInterrupt (the CLI exits 130 with one line); rerunning the command resumes exactly.
 A third Ctrl-C stops at once, keeping the last checkpoint. Resuming a run with another model shape
-(num_tokens, hidden_dim, injection, uvit) is refused before anything is built.
+(num_tokens, hidden_dim, injection, kv_rank, uvit) is refused before anything is built.
 """
 
 from __future__ import annotations
@@ -194,10 +194,11 @@ def train(config: PretrainConfig) -> TrainResult:
     # ---- model, optimizer, step randomness, and the checkpoint's state
     uvit, identity, net, ema, optimizer, scheduler = build(config, device)
     generator = torch.Generator(device).manual_seed(config.seed * 100_003 + rank)
-    log.info("backbone %s UViT (%s, %.0f M params, frozen); identity module %.2f M params (%s, K=%d); "
+    log.info("backbone %s UViT (%s, %.0f M params, frozen); identity module %.2f M params (%s, K=%d%s); "
              "%d process(es) on %s", "random" if config.random_backbone else "pretrained", config.backbone_dtype,
              sum(p.numel() for p in uvit.parameters()) / 1e6, sum(p.numel() for p in identity.parameters()) / 1e6,
-             config.injection, config.num_tokens, world, device)
+             config.injection, config.num_tokens, f", key/value rank {config.kv_rank}" if config.kv_rank else "",
+             world, device)
     progress = Progress.start(workers)
     if last_ckpt is not None:
         progress = restore(last_ckpt, config, identity=identity, ema=ema, optimizer=optimizer, scheduler=scheduler,

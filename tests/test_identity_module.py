@@ -30,9 +30,10 @@ def _inputs(b=2):
             torch.ones(b, dtype=torch.long))
 
 
-def _module(injection, uvit, k=3):
+def _module(injection, uvit, k=3, kv_rank=0):
     torch.manual_seed(2)
-    return IdentityModule(IdentityConfig.for_uvit(uvit.config, injection=injection, num_tokens=k, hidden_dim=32))
+    return IdentityModule(IdentityConfig.for_uvit(uvit.config, injection=injection, num_tokens=k, hidden_dim=32,
+                                                  kv_rank=kv_rank))
 
 
 def _tokens(module, b=2):
@@ -155,11 +156,14 @@ def test_wrapper_rejects_mismatched_backbone():
         IDConditionedUViT(uvit, module)
 
 
-def test_fused_path_equals_two_stream_path():
+@pytest.mark.parametrize("kv_rank", [0, 2])
+def test_fused_path_equals_two_stream_path(kv_rank):
     uvit = _random_uvit()
-    module = _module("extra_tokens", uvit)
+    module = _module("extra_tokens", uvit, kv_rank=kv_rank)
     with torch.no_grad():
         module.gate.normal_(0, 0.5)
+        if kv_rank:
+            module.kv_up.normal_(0, 0.3)
     args = _inputs()
     tok = _tokens(module)
     scale = torch.tensor([1.0, 0.0])
@@ -170,13 +174,16 @@ def test_fused_path_equals_two_stream_path():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
-def test_fused_path_with_gradients_equals_two_stream_path():
+@pytest.mark.parametrize("kv_rank", [0, 2])
+def test_fused_path_with_gradients_equals_two_stream_path(kv_rank):
     """Training takes the fused form's other branch (no log-sum-exp merge): same values and
     the same gradients to the identity tokens."""
     uvit = _random_uvit()
-    module = _module("extra_tokens", uvit)
+    module = _module("extra_tokens", uvit, kv_rank=kv_rank)
     with torch.no_grad():
         module.gate.normal_(0, 0.5)
+        if kv_rank:
+            module.kv_up.normal_(0, 0.3)
     args = _inputs()
     scale = torch.tensor([1.0, 0.0])
     outs, grads = [], []
@@ -189,3 +196,41 @@ def test_fused_path_with_gradients_equals_two_stream_path():
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+
+
+def test_kv_rank_starts_as_the_plain_extra_token_module_then_learns_its_own_keys_and_values(tmp_path):
+    uvit = _random_uvit()
+    plain, kv = _module("extra_tokens", uvit), _module("extra_tokens", uvit, kv_rank=2)
+    assert kv.kv_down.shape == (5, 2, 64, 2) and kv.kv_up.shape == (5, 2, 2, 64)  # tiny: 5 blocks, width 64
+    with torch.no_grad():
+        for m in (plain, kv):
+            m.gate.fill_(0.5)
+    args, scale = _inputs(), torch.tensor([1.0, 0.0])
+    for fused in (False, True):
+        with torch.no_grad():
+            a = IDConditionedUViT(uvit, plain, fused=fused)(*args, id_tokens=_tokens(plain), id_scale=scale)
+            b = IDConditionedUViT(uvit, kv, fused=fused)(*args, id_tokens=_tokens(kv), id_scale=scale)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)  # zero up-projections: exactly the module without them
+    # the up-projections get the gradient first (LoRA's order), the down-projections once they are open
+    net = IDConditionedUViT(uvit, kv)
+    out = net(*args, id_tokens=_tokens(kv), id_scale=scale)
+    out[0].square().mean().backward()
+    assert kv.kv_up.grad.abs().sum() > 0 and kv.kv_down.grad.abs().sum() == 0
+    assert all(p.grad is None for p in uvit.parameters())
+    with torch.no_grad():
+        kv.kv_up.normal_(0, 0.3)
+        moved = net(*args, id_tokens=_tokens(kv), id_scale=scale)
+        plain_out = uvit(*args)
+    assert (moved[0][0] - b[0][0]).abs().max() > 1e-4  # the keys and values matter
+    assert torch.equal(moved[0][1], plain_out[0][1])  # id_scale 0 rows stay the plain UViT's
+    # saved and loaded with its config; a module saved before kv_rank existed loads as kv_rank 0
+    loaded = IdentityModule.load(kv.save(tmp_path / "kv"), uvit_config=uvit.config)
+    assert loaded.config.kv_rank == 2 and torch.equal(loaded.kv_up, kv.kv_up)
+    folder = plain.save(tmp_path / "old")
+    meta = json.loads((folder / CONFIG_FILE).read_text())
+    del meta["config"]["kv_rank"]
+    (folder / CONFIG_FILE).write_text(json.dumps(meta))
+    assert IdentityModule.load(folder, uvit_config=uvit.config).config.kv_rank == 0
+    with pytest.raises(ValueError, match="kv_rank"):
+        IdentityConfig.for_uvit(uvit.config, injection="text_slots", num_tokens=2, kv_rank=2)

@@ -304,6 +304,15 @@ def test_damaged_shard_is_named_with_the_samples_lost(tmp_path, capsys):
     assert lost in capsys.readouterr().err
 
 
+def test_a_run_with_identity_key_value_deltas_trains_them_and_exports_them(shards, tmp_path):
+    c = _config(tmp_path, shards, kv_rank=2, max_steps=6, warmup_steps=1, lr=1e-2, lr_schedule="constant",
+                checkpoint_every=1000, log_every=3)
+    result = train(c)
+    module = IdentityModule.load(result.export_dir, uvit_config=UVIT)
+    assert module.config.kv_rank == 2 and module.kv_up.abs().sum() > 0  # it trained from its zero start
+    assert "key/value rank 2" in (tmp_path / "run" / "train.log").read_text()
+
+
 def test_rerun_with_another_model_shape_is_refused_before_loading(shards, tmp_path, monkeypatch, capsys):
     train(_config(tmp_path, shards, max_steps=4, stop_at_step=2))
     monkeypatch.setattr(train_mod, "build", lambda *a, **k: pytest.fail("built a model for a refused run"))
@@ -314,6 +323,13 @@ def test_rerun_with_another_model_shape_is_refused_before_loading(shards, tmp_pa
     assert "num_tokens: run 4, config 8" in err and "step_00000002" in err
     assert "hint: to start a new run with this shape, give a new --output_dir" in err and "--num_tokens 4" in err
     assert "Traceback" not in err
+    # a run from before kv_rank existed (no such field in its state) is a kv_rank 0 run
+    state = next((tmp_path / "run" / "checkpoints").glob("step_*")) / "trainer_state.json"
+    saved = json.loads(state.read_text())
+    saved["config"].pop("kv_rank")
+    state.write_text(json.dumps(saved))
+    assert run_cli(main, argv[:-2] + ["--kv_rank", "2"]) == 2
+    assert "kv_rank: run 0, config 2" in capsys.readouterr().err
 
 
 class _CtrlCAt:
