@@ -14,7 +14,8 @@
 # backbone is exported, e.g. an evaluation), BB_END (the backbone's deadline in seconds), BB_ARGS (added to
 # the backbone's command, e.g. --init-from a UViT to continue), STAGE_ARGS (added to every stage command: --tiny for a
 # CPU dry run). State pieces of the previous call are read from
-# .gpu_ops/state/state.tgz.* ; the identity stage's shards stay out of them (regenerated when missing).
+# .gpu_ops/state/state.tgz.* ; the identity stage's shards stay out of them (regenerated when missing), and
+# its pretraining run keeps only its newest checkpoint (the call returns at most 8 pieces).
 set -u
 CALL=${1:-560}; STAGES=${2-"clip faces eval_faces attributes"}; BACKBONE=${3:-yes}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
@@ -101,6 +102,9 @@ for f in $L/*.log; do echo "== $f"; grep -v Warning $f | tail -4; done
 ls -la $W $W/* 2>/dev/null | head -40
 [ -f $R/backbone/samples.png ] && cp $R/backbone/samples.png $R/backbone/samples.txt $OUTD/
 for d in $R/*/; do [ -f $d/checkpoint/state.json ] || continue; python3 -c "import json,sys; sys.exit(0 if json.load(open('$d/checkpoint/state.json')).get('done') else 1)" 2>/dev/null && rm -rf $d && echo "finished: $d (checkpoint dropped)"; done
+for c in $R/*/run/checkpoints; do  # pretraining runs: resuming needs their newest checkpoint only
+  [ -d $c ] && ls -d $c/step_* 2>/dev/null | sort | head -n -1 | xargs -r rm -rf
+done
 du -sh $W/* $R/* 2>/dev/null
 tar czf /tmp/state.tgz -C $B --exclude=runs/identity/shards runs world && split -b 15M -d /tmp/state.tgz $OUTD/state.tgz.
 tar czf $OUTD/logs.tgz -C $OUTD logs; rm -rf $L
