@@ -266,8 +266,9 @@ class SampleProcessor:
         return Located(raw, index, crop, crop_box, face, meta, view)
 
     def embed(self, photos: list[Located]) -> list[Prepared | str]:
-        """ArcFace of each photo's aligned face, its mirror and its augmented view, in one recogniser call;
-        a photo whose embedding is invalid is rejected alone (the call is redone one photo at a time)."""
+        """ArcFace of each photo's aligned face, its mirror and its augmented view, in one recogniser call.
+        One photo whose embedding is invalid is "no_face"; for several, the recogniser's FaceRejected is
+        raised (_embed_safely then redoes them one at a time)."""
         if not photos:
             return []
         n = len(photos)
@@ -278,7 +279,7 @@ class SampleProcessor:
         except FaceRejected:
             if n == 1:
                 return ["no_face"]
-            return [r for p in photos for r in self.embed([p])]
+            raise
         return [Prepared(p.raw, p.index, p.crop, p.box, p.located.with_embeddings(emb[i], emb[n + i]), p.meta,
                          emb[2 * n + i]) for i, p in enumerate(photos)]
 
@@ -286,6 +287,7 @@ class SampleProcessor:
         try:
             return self.embed(photos)
         except Exception:  # never fatal: find the photo (one at a time), count it, log it with its key
+            # (an invalid embedding is its photo's "no_face", anything else its "error")
             if len(photos) > 1:
                 return [r for p in photos for r in self._embed_safely([p])]
             logger.exception("data_prep: unexpected error on %s", photos[0].raw.key)

@@ -158,10 +158,6 @@ class LocatedFace:
     aligned: np.ndarray  # uint8 [S, S, 3] RGB, S = the recogniser's input side
     n_faces: int
 
-    @property
-    def size(self) -> float:
-        return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
-
     def with_embeddings(self, embedding: np.ndarray, embedding_flip: np.ndarray) -> Face:
         return Face(box=self.box.copy(), kps=self.kps.copy(), det_score=self.det_score, embedding=embedding,
                     embedding_flip=embedding_flip, aligned=self.aligned, n_faces=self.n_faces)

@@ -249,27 +249,22 @@ def test_kept_photos_are_embedded_in_one_recogniser_call_as_one_at_a_time_would(
         np.testing.assert_allclose(a["arcface_flip"], one.face.embedding_flip, atol=2e-3)
         np.testing.assert_allclose(a["arcface_aug"], one.aug_embedding, atol=2e-3)
 
-    # an invalid embedding rejects its photo alone: the batch is redone one photo at a time
+    # a recogniser failure on one photo's face costs that photo alone (the batch is redone one photo at a
+    # time): an invalid embedding is its "no_face", an unexpected error its "error" (never fatal)
     bad = single[keys[2]].face.aligned
 
-    def failing(crops):
-        if any(c.shape == bad.shape and np.array_equal(c, bad) for c in crops):
-            raise FaceRejected("recogniser returned an invalid embedding")
-        return embed(crops)
+    def failing_on_bad(error):
+        def embed_aligned(crops):
+            if any(c.shape == bad.shape and np.array_equal(c, bad) for c in crops):
+                raise error
+            return embed(crops)
+        return embed_aligned
 
-    proc.faces.embed_aligned = failing
-    samples, reasons = proc.process(raws)
-    assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == {"no_face": 2}
-
-    # an unexpected error in the recogniser is that photo's "error", as everywhere in data_prep: never fatal
-    def exploding(crops):
-        if any(c.shape == bad.shape and np.array_equal(c, bad) for c in crops):
-            raise RuntimeError("boom")
-        return embed(crops)
-
-    proc.faces.embed_aligned = exploding
-    samples, reasons = proc.process(raws)
-    assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == {"no_face": 1, "error": 1}
+    for error, expected in ((FaceRejected("recogniser returned an invalid embedding"), {"no_face": 2}),
+                            (RuntimeError("boom"), {"no_face": 1, "error": 1})):
+        proc.faces.embed_aligned = failing_on_bad(error)
+        samples, reasons = proc.process(raws)
+        assert [s["__key__"] for s in samples] == [keys[0], keys[3]] and reasons == expected, error
 
 
 # ------------------------------------------------------------------------------------- the loader
