@@ -20,6 +20,11 @@ the main sequence for every per-token operation (one GEMM chain over L + K rows 
 second chain over K rows, which would re-read every weight matrix), and only the attention is
 split as above. The default two-stream form is the exact reference (bit-identical to the plain
 UViT at gate 0); the fused form equals it to float rounding.
+
+`compile_blocks=True` (training on CUDA) compiles the per-block function once with torch.compile
+(regional compilation): the 31 blocks share its code, their weights being inputs rather than
+constants, so compiling costs a block's graph (forward and backward, with and without the long skip),
+not the network's. Inference compiles the whole net instead (models/execution.py).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from encoder.few_keys import gated_few_key_attention_
-from encoder.identity import IdentityModule
+from encoder.identity import IdentityModule, low_rank_kv
 from models.attention import attend, attend_few, attend_lse
 from models.uvit import UViT
 
@@ -45,7 +50,7 @@ class IDConditionedUViT(nn.Module):
     """
 
     def __init__(self, uvit: UViT, identity: IdentityModule, fused: bool = False,
-                 checkpoint_blocks: bool = False):
+                 checkpoint_blocks: bool = False, compile_blocks: bool = False):
         super().__init__()
         if bad := identity.config.backbone_mismatch(uvit.config):
             raise ValueError("identity module does not fit this UViT: " + "; ".join(bad))
@@ -53,6 +58,9 @@ class IDConditionedUViT(nn.Module):
         self.identity = identity
         self.fused = fused
         self.checkpoint_blocks = checkpoint_blocks  # recompute block activations in the backward pass
+        self._block_fn = self._fused_block if fused else self._block
+        if compile_blocks:
+            self._block_fn = torch.compile(self._block_fn, dynamic=False)
 
     def _run(self, fn, *args):
         """fn(*args), under activation checkpointing when enabled and gradients are being recorded."""
@@ -102,7 +110,7 @@ class IDConditionedUViT(nn.Module):
         gates = self.identity.gate.to(x.dtype)  # [n_blocks, H]
 
         def block(i, blk, streams, skips):  # streams, skips: (main [B, L, D], identity [B, K, D])
-            return self._run(self._block, blk, *streams, gates[i], scale, *(skips or (None, None)), self._kv(i))
+            return self._run(self._block_fn, blk, *streams, gates[i], scale, *(skips or (None, None)), *self._kv(i))
 
         x, _ = u.run_blocks((x, xi), block)
         return u.heads(u.norm(x), h, w)
@@ -114,24 +122,26 @@ class IDConditionedUViT(nn.Module):
         n_main = x.shape[1]
         x = torch.cat([x, id_tokens + self.identity.pos.to(x.dtype)], dim=1)  # [B, L + K, D]
         g = rearrange(self.identity.gate.to(x.dtype), "n h -> n 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
-        x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._fused_block, blk, x, n_main, g[i], skip,
-                                                               self._kv(i)))
+        x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._block_fn, blk, x, n_main, g[i], skip,
+                                                               *self._kv(i)))
         return u.heads(u.norm(x[:, :n_main]), h, w)
 
-    def _kv(self, i: int):
-        """Block i's identity key/value delta, x_id [B, K, D] -> heads-split ([B, H, K, d], [B, H, K, d]);
-        None without one (kv_rank 0)."""
+    def _kv(self, i: int) -> tuple:
+        """Block i's identity key/value low-rank factors (kv_down[i] [2, D, r], kv_up[i] [2, r, D]), or
+        (None, None) without them (kv_rank 0). Tensors, not a closure: a compiled block then serves
+        every block."""
         if not self.identity.config.kv_rank:
-            return None
-        heads = self.uvit.config.num_heads
-
-        def delta(xi):
-            k, v = self.identity.kv_delta(i, xi)
-            return (rearrange(k, "b k (h d) -> b h k d", h=heads), rearrange(v, "b k (h d) -> b h k d", h=heads))
-        return delta
+            return None, None
+        return self.identity.kv_down[i], self.identity.kv_up[i]
 
     @staticmethod
-    def _fused_block(blk, x, n_main, g, skip=None, kv=None):
+    def _kv_heads(xi, kv_down, kv_up, heads: int):
+        """The identity tokens' key and value deltas, heads split: x_id [B, K, D] -> 2 x [B, H, K, d]."""
+        k, v = low_rank_kv(xi, kv_down, kv_up)
+        return rearrange(k, "b k (h d) -> b h k d", h=heads), rearrange(v, "b k (h d) -> b h k d", h=heads)
+
+    @staticmethod
+    def _fused_block(blk, x, n_main, g, skip=None, kv_down=None, kv_up=None):
         """x [B, L + K, D] (identity tokens last), g [B, H, 1, 1] -> [B, L + K, D].
 
         Main queries attend to the main keys in one kernel and to the K identity keys in a small
@@ -144,8 +154,8 @@ class IDConditionedUViT(nn.Module):
         x = blk.fuse_skip(x, skip)
         q, k, v = blk.attn.heads(x)
         km, vm, ki, vi = k[:, :, :n_main], v[:, :, :n_main], k[:, :, n_main:], v[:, :, n_main:]
-        if kv is not None:  # the identity tokens' keys and values get the module's delta
-            dk, dv = kv(x[:, n_main:])
+        if kv_down is not None:  # the identity tokens' keys and values get the module's delta
+            dk, dv = IDConditionedUViT._kv_heads(x[:, n_main:], kv_down, kv_up, q.shape[1])
             ki, vi = ki + dk, vi + dv
             k, v = torch.cat([km, ki], dim=2), torch.cat([vm, vi], dim=2)
         if torch.is_grad_enabled():
@@ -159,14 +169,14 @@ class IDConditionedUViT(nn.Module):
         return blk.norm3(x + blk.mlp(x))
 
     @staticmethod
-    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None, kv=None):
-        """One frozen block over both streams. x [B, L, D], xi [B, K, D], gate [H], scale [B]; kv: the
-        identity keys' and values' delta (IDConditionedUViT._kv) or None."""
+    def _block(blk, x, xi, gate, scale, skip=None, skip_i=None, kv_down=None, kv_up=None):
+        """One frozen block over both streams. x [B, L, D], xi [B, K, D], gate [H], scale [B]; kv_down,
+        kv_up: the identity keys' and values' low-rank factors (IDConditionedUViT._kv) or None."""
         x, xi = blk.fuse_skip(x, skip), blk.fuse_skip(xi, skip_i)
         q, k, v = blk.attn.heads(x)
         qi, ki, vi = blk.attn.heads(xi)
-        if kv is not None:
-            dk, dv = kv(xi)
+        if kv_down is not None:
+            dk, dv = IDConditionedUViT._kv_heads(xi, kv_down, kv_up, q.shape[1])
             ki, vi = ki + dk, vi + dv
         g = rearrange(gate, "h -> 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
         o = attend(q, k, v) + g * attend(q, ki, vi)

@@ -55,10 +55,7 @@ class IdentityModule(nn.Module):
     def kv_delta(self, block: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Block `block`'s additions to the identity tokens' keys and values: x [B, K, D] (the block's
         attention input for the identity tokens) -> ([B, K, D], [B, K, D]), before the split into heads."""
-        down, up = self.kv_down[block].to(x.dtype), self.kv_up[block].to(x.dtype)
-        low = torch.einsum("bkd,tdr->tbkr", x, down)  # t: keys, values
-        k, v = torch.einsum("tbkr,tre->tbke", low, up)
-        return k, v
+        return low_rank_kv(x, self.kv_down[block], self.kv_up[block])
 
     def tokens_from_photos(self, emb: torch.Tensor, emb_flip: torch.Tensor | None = None) -> torch.Tensor:
         """One person's photos [N, face_dim] (+ mirrored) -> tokens [1, K, token_dim]."""
@@ -145,3 +142,10 @@ def checkpoint_hash(folder: str | os.PathLike) -> str:
     """SHA-256 of the identity module's weights file (recorded in identity records)."""
     return file_sha256(Path(folder) / WEIGHTS_FILE)
 
+
+def low_rank_kv(x: torch.Tensor, down: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, K, D] through one block's factors down [2, D, r], up [2, r, D] -> (keys, values) deltas,
+    [B, K, D] each, in x's dtype."""
+    low = torch.einsum("bkd,tdr->tbkr", x, down.to(x.dtype))  # t: keys, values
+    k, v = torch.einsum("tbkr,tre->tbke", low, up.to(x.dtype))
+    return k, v

@@ -6,10 +6,12 @@
 q [B, H, Lq, d], k and v [B, H, Lk, d]; outputs [B, H, Lq, d] and lse [B, H, Lq] float32.
 
 Kernel choice (the function is the same in every case, only the rounding differs):
-- Inference in half precision on a Hopper-or-newer GPU (no input needs a gradient): cuDNN's fused
-  attention. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is faster than
-  PyTorch's default choice, FlashAttention-2 (docs/performance.md, the cuDNN attention lever).
-- Everything else (training, fp32, the CPU): PyTorch's SDPA, which picks flash, memory-efficient
+- Half precision on a Hopper-or-newer GPU: cuDNN's fused attention, forward and (when an input needs
+  a gradient) backward. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is
+  faster than PyTorch's default choice, FlashAttention-2, in both directions (docs/performance.md:
+  the cuDNN attention lever for sampling, the pretraining levers for training). `CUDNN_TRAINING`
+  False keeps training on SDPA's choice (the pretraining benchmark compares both).
+- Everything else (fp32, older GPUs, the CPU): PyTorch's SDPA, which picks flash, memory-efficient
   or the exact math path itself.
 """
 
@@ -19,19 +21,24 @@ import torch
 import torch.nn.functional as F
 
 _CUDNN_MAX_HEAD_DIM = 128
+CUDNN_TRAINING = True  # cuDNN also when an input needs a gradient (its backward); False: SDPA's choice
+
+
+def _needs_grad(*xs: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
 def _use_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and not (q.requires_grad or k.requires_grad or v.requires_grad)
+            and (CUDNN_TRAINING or not _needs_grad(q, k, v))
             and q.shape[-1] <= _CUDNN_MAX_HEAD_DIM and q.shape[-1] % 8 == 0
             and torch.backends.cudnn.enabled and torch.cuda.get_device_properties(q.device).major >= 9)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v. q [B, H, Lq, d], k/v [B, H, Lk, d] -> [B, H, Lq, d]."""
-    if _use_cudnn(q, k, v):
-        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, False)[0]
+    if _use_cudnn(q, k, v):  # the backward needs the log-sum-exp: computed only then
+        return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, _needs_grad(q, k, v))[0]
     return F.scaled_dot_product_attention(q, k, v)
 
 

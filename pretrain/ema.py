@@ -21,8 +21,10 @@ class EMA:
     def update(self, module: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow.parameters(), module.parameters(), strict=True):
-            s.lerp_(p.detach().float(), 1.0 - d)
+        shadow, live = list(self.shadow.parameters()), [p.detach().float() for p in module.parameters()]
+        if len(shadow) != len(live):
+            raise ValueError(f"EMA: the module has {len(live)} parameters, its shadow {len(shadow)}")
+        torch._foreach_lerp_(shadow, live, 1.0 - d)  # one kernel launch for all parameters
         for s, b in zip(self.shadow.buffers(), module.buffers(), strict=True):
             s.copy_(b)
 

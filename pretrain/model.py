@@ -72,9 +72,10 @@ class PretrainNet(nn.Module):
     """
 
     def __init__(self, uvit: UViT, identity: IdentityModule, activation_checkpointing: bool = False,
-                 fused: bool = False):
+                 fused: bool = False, compile_blocks: bool = False):
         super().__init__()
-        self.net = IDConditionedUViT(uvit, identity, fused=fused, checkpoint_blocks=activation_checkpointing)
+        self.net = IDConditionedUViT(uvit, identity, fused=fused, checkpoint_blocks=activation_checkpointing,
+                                     compile_blocks=compile_blocks)
 
     @property
     def identity(self) -> IdentityModule:

@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,12 +161,28 @@ def build(config: PretrainConfig, device: torch.device):
     """(backbone, identity module, PretrainNet, EMA, optimizer, scheduler) for a config, on `device`."""
     uvit = build_backbone(config, device)
     identity = build_identity(config, uvit.config).to(device)
-    net = PretrainNet(uvit, identity, config.activation_checkpointing, fused=config.fused_identity)
+    cuda = torch.device(device).type == "cuda"
+    net = PretrainNet(uvit, identity, config.activation_checkpointing, fused=config.fused_identity,
+                      compile_blocks=config.compile_blocks and cuda)
     ema = EMA(identity, config.ema_decay)
     optimizer = torch.optim.AdamW(param_groups(identity, config.weight_decay), lr=config.lr,
-                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+                                  betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+                                  fused=cuda or None)  # one kernel for the whole module on the GPU
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     return uvit, identity, net, ema, optimizer, scheduler
+
+
+def open_batches(config: PretrainConfig, shards: list[Path], uvit_config, device: torch.device, *, rank: int = 0,
+                 world: int = 1, data: dict | None = None) -> tuple[ShardStream, Iterator[dict]]:
+    """The shard stream of this rank and its batches through the DataLoader's workers (pinned memory on
+    CUDA), from a resumed position `data` (Progress.data) or the start."""
+    stream = ShardStream(shards, batch_size=config.batch_size, shapes=expected_shapes(uvit_config), rank=rank,
+                         world=world, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
+                         shards_per_group=config.shards_per_group, pair_identities=config.pair_identities,
+                         reservoir_size=config.reservoir_size, start=(data or {}).get("workers", {}),
+                         clusters=load_clusters(shards) if config.pair_identities else None)
+    return stream, make_loader(stream, config.num_workers, pin_memory=torch.device(device).type == "cuda",
+                               first_worker=(data or {}).get("next_worker", 0))
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -206,16 +222,11 @@ def train(config: PretrainConfig) -> TrainResult:
     net, optimizer = accelerator.prepare(net, optimizer)
 
     # ---- the data stream, from the resumed position
-    stream = ShardStream(shards, batch_size=config.batch_size, shapes=expected_shapes(uvit.config), rank=rank,
-                         world=world, seed=config.seed, shuffle_buffer=config.shuffle_buffer,
-                         shards_per_group=config.shards_per_group, pair_identities=config.pair_identities,
-                         reservoir_size=config.reservoir_size, start=progress.data["workers"],
-                         clusters=load_clusters(shards) if config.pair_identities else None)
+    stream, batches = open_batches(config, shards, uvit.config, device, rank=rank, world=world,
+                                   data=progress.data)
     for folder, clusters in stream.clusters.items():
         log.info("identity clusters of %s: %d faces in %d clusters (threshold %s)", folder, len(clusters),
                  clusters.report["clusters"], clusters.report["config"]["threshold"])
-    batches = make_loader(stream, config.num_workers, pin_memory=device.type == "cuda",
-                          first_worker=progress.data["next_worker"])
     log.info("data: %d shards from %s, %d worker(s) per process, batch %d x %d micro-steps x %d processes; "
              "face model: %s", len(shards), config.shards, config.num_workers, config.batch_size, config.grad_accum,
              world, describe_face_model(face_model))
@@ -408,42 +419,78 @@ def synthetic_batch(uvit_config, batch_size: int, device: torch.device, seed: in
     return to_device(batch, device)
 
 
-def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3) -> dict:
-    """Time full optimizer steps (the training loop's optimizer_step) on synthetic batches.
+def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3, data: str = "synthetic",
+              autocast: str | None = None) -> dict:
+    """Time full optimizer steps (the training loop's optimizer_step).
 
     Builds the backbone exactly as train() does (use config.random_backbone for no weight files),
-    runs `warmup` untimed steps, then `steps` timed ones. Returns samples_per_s (all processes),
-    step_s, peak_allocated_gib / peak_reserved_gib (this process's GPU), and the settings.
+    runs `warmup` untimed steps (compilation happens there), then `steps` timed ones. data:
+    "synthetic" (random batches made once on the device: the step alone) or "shards" (batches of
+    config.shards through the training loop's loader and host-to-device copies, as train() takes them;
+    "none" times that loader alone, the model replaced by nothing). autocast "float16" runs the step
+    under fp16 autocast without loss scaling instead of the config's mixed precision (the unoptimised
+    comparison form, like the reference code's naive step; timing only). Returns samples_per_s (all
+    processes), step_s, warmup_s, peak_allocated_gib / peak_reserved_gib (this process's GPU), the
+    mean loss of the timed steps and the settings.
     """
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(mixed_precision="no" if autocast else config.mixed_precision)
     device = accelerator.device
-    uvit, identity, net, ema, optimizer, scheduler = build(config, device)
-    net, optimizer = accelerator.prepare(net, optimizer)
-    batches = [synthetic_batch(uvit.config, config.batch_size, device, seed=i) for i in range(config.grad_accum)]
-    generator = torch.Generator(device).manual_seed(config.seed)
-    schedule = NoiseScheduleVP.stable_diffusion()
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            optimizer_step(accelerator, net, optimizer, scheduler, ema, batches, schedule, config.loss, generator,
-                           config.grad_clip)
-
     cuda = device.type == "cuda"
-    run(warmup)
+    uvit_config = backbone_config(config)
+    if data in ("shards", "none"):
+        shards = list_shards(config.shards)
+        check_shards(shards, uvit_config)
+        if message := too_few_shards(len(shards), accelerator.num_processes, max(config.num_workers, 1)):
+            raise DataError(message)
+        _, loader = open_batches(config, shards, uvit_config, device, rank=accelerator.process_index,
+                                 world=accelerator.num_processes)
+        batches = lambda: [to_device(next(loader), device) for _ in range(config.grad_accum)]  # noqa: E731
+    elif data == "synthetic":
+        fixed = [synthetic_batch(uvit_config, config.batch_size, device, seed=i) for i in range(config.grad_accum)]
+        batches = lambda: fixed  # noqa: E731
+    else:
+        raise ValueError(f"benchmark data must be synthetic, shards or none, not {data!r}")
+    losses: list[torch.Tensor] = []
+    if data == "none":
+        def step() -> None:
+            batches()
+    else:
+        uvit, identity, net, ema, optimizer, scheduler = build(config, device)
+        net, optimizer = accelerator.prepare(net, optimizer)
+        generator = torch.Generator(device).manual_seed(config.seed)
+        schedule = NoiseScheduleVP.stable_diffusion()
+        dtype = getattr(torch, autocast) if autocast else None
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype) if autocast else contextlib.nullcontext():
+                _, terms, _, _ = optimizer_step(accelerator, net, optimizer, scheduler, ema, batches(), schedule,
+                                                config.loss, generator, config.grad_clip)
+            losses.append(terms[0])
+
+    def run(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    warmup_s = run(warmup)
     if cuda:
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    run(steps)
-    if cuda:
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t0
+    losses.clear()
+    dt = run(steps)
+    if data in ("shards", "none"):
+        loader.close()
     samples = steps * config.batch_size * config.grad_accum * accelerator.num_processes
-    return {"samples_per_s": samples / dt, "step_s": dt / steps, "steps": steps,
-            "batch_size": config.batch_size, "grad_accum": config.grad_accum,
-            "processes": accelerator.num_processes,
+    return {"samples_per_s": samples / dt, "step_s": dt / steps, "steps": steps, "warmup_steps": warmup,
+            "warmup_s": warmup_s, "data": data, "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+            "processes": accelerator.num_processes, "num_workers": config.num_workers if data != "synthetic" else None,
+            "mean_loss": float(torch.stack(losses).mean()) if losses else None,
             "activation_checkpointing": config.activation_checkpointing,
-            "mixed_precision": config.mixed_precision, "backbone_dtype": config.backbone_dtype,
+            "mixed_precision": f"{autocast} autocast, no loss scaling" if autocast else config.mixed_precision,
+            "backbone_dtype": config.backbone_dtype, "fused_identity": config.fused_identity,
+            "compile_blocks": config.compile_blocks and cuda,
             "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
             "device": torch.cuda.get_device_name(device) if cuda else str(device)}

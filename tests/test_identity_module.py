@@ -198,6 +198,35 @@ def test_fused_path_with_gradients_equals_two_stream_path(kv_rank):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_blocks_compute_the_same_values_and_gradients_with_one_graph_per_kind_of_block():
+    """Pretraining's regional compilation (compile_blocks): the fused training form, compiled once and
+    reused by every block (their weights are graph inputs, the low-rank key/value factors tensors), gives
+    the eager values and gradients; the compiler sees a few kinds of block, not one graph per block."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit, kv_rank=2)
+    with torch.no_grad():
+        module.gate.normal_(0, 0.5)
+        module.kv_up.normal_(0, 0.3)
+    args = _inputs()
+    outs, grads = [], []
+    for compiled in (False, True):
+        module.zero_grad(set_to_none=True)
+        out = IDConditionedUViT(uvit, module, fused=True, compile_blocks=compiled)(
+            *args, id_tokens=_tokens(module), id_scale=torch.tensor([1.0, 0.0]))
+        sum(o.square().sum() for o in out).backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten() for p in module.parameters()]))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-5)
+    n_blocks = len(uvit.in_blocks) + 1 + len(uvit.out_blocks)
+    assert 1 <= counters["stats"]["unique_graphs"] <= 3 < n_blocks  # in/mid (no skip) and out (skip) blocks
+
+
 def test_kv_rank_starts_as_the_plain_extra_token_module_then_learns_its_own_keys_and_values(tmp_path):
     uvit = _random_uvit()
     plain, kv = _module("extra_tokens", uvit), _module("extra_tokens", uvit, kv_rank=2)

@@ -273,10 +273,20 @@ def test_synthetic_shards_cli(tmp_path, capsys):
     assert "3 shards, 10 samples" in capsys.readouterr().out
 
 
-def test_benchmark_api_on_cpu():
-    c = dataclasses.replace(PretrainConfig.from_file(TINY), batch_size=2)
+def test_benchmark_api_on_cpu(shards):
+    c = dataclasses.replace(PretrainConfig.from_file(TINY), batch_size=2, shards=str(shards), num_workers=2)
     r = benchmark(c, steps=2, warmup=1)
     assert r["samples_per_s"] > 0 and r["steps"] == 2 and r["peak_allocated_gib"] is None
+    assert r["data"] == "synthetic" and math.isfinite(r["mean_loss"])
+    from_shards = benchmark(c, steps=3, warmup=1, data="shards")  # the training loop's loader feeds the step
+    assert from_shards["data"] == "shards" and from_shards["num_workers"] == 2
+    assert math.isfinite(from_shards["mean_loss"])
+    loader = benchmark(c, steps=3, warmup=1, data="none")  # the loader alone: no model, no loss
+    assert loader["samples_per_s"] > 0 and loader["mean_loss"] is None
+    plain = benchmark(dataclasses.replace(c, backbone_dtype="float32"), steps=1, warmup=0, autocast="bfloat16")
+    assert plain["mixed_precision"] == "bfloat16 autocast, no loss scaling"
+    with pytest.raises(ValueError, match="synthetic, shards or none"):
+        benchmark(c, data="photos")
 
 
 # ----------------------------------------------------------------------- interruptions and damage

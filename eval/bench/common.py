@@ -90,6 +90,28 @@ def environment(weights: str = "random") -> dict:
             "command": " ".join(["python"] + sys.argv)}
 
 
+def run_rows(module: str, arg_lists: list[list[str]], timeout_s: float | None = None) -> list[dict]:
+    """`python -m module *args` for each argument list, each in its own process (so that every row's peak
+    memory is its own); each row is the JSON its last stdout line holds, or {"args", "error"} with the end
+    of its stderr (or the timeout it ran past). Rows are printed as they come."""
+    results = []
+    for args in arg_lists:
+        try:
+            proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                                  timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            results.append({"args": " ".join(args), "error": f"ran past {timeout_s} s"})
+            continue
+        sys.stderr.write(proc.stderr[-3000:])
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            results.append({"args": " ".join(args), "error": proc.stderr[-1500:]})
+            continue
+        results.append(json.loads(lines[-1]))
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def finish(result, out: str | Path) -> Path:
     """Write the JSON result atomically."""
     return write_json_atomic(out, result)

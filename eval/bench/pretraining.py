@@ -1,61 +1,256 @@
 """Pretraining throughput on the GPU: samples/s, model FLOP utilisation, peak memory; prints JSON.
 
-Times the training loop's own optimizer step (pretrain.train.benchmark) through the full-size
-frozen UViT (random weights unless --weights is given) at a per-GPU batch, with and without
-activation checkpointing. MFU counts the useful work of a step through a frozen backbone as two
-UViT forwards per sample (forward + gradient to the inputs): 2 x 2.329 = 4.66 TFLOP
-(reference/anchors.md), against the measured dense bf16 rate of the GPU (798 TFLOP/s on the H100).
+Times the training loop's own optimizer step (pretrain.train.benchmark) through the full-size frozen
+UViT (random weights unless --weights is given; speed does not depend on their values). MFU counts the
+useful work of a step through a frozen backbone as two UViT forwards per sample (forward + gradient
+to the inputs): 2 x 2.329 = 4.66 TFLOP (reference/anchors.md), against the dense bf16 rate of this
+GPU measured in the same process (--gemm-peak; a large bf16 GEMM).
 
-    python -m eval.bench.pretraining --batch_size 16 --out eval/results/pretrain_h100.json
+One row per process (clean peak memory):
+    python -m eval.bench.pretraining                          # the config's step, synthetic batches
+    python -m eval.bench.pretraining --data shards --shards S --steps 200   # with the loader
+    python -m eval.bench.pretraining --data none --shards S   # the loader alone (no model)
+    python -m eval.bench.pretraining --form unoptimised --batch_size 16     # fp16 autocast, eager, no fusion
+    python -m eval.bench.pretraining --check-losses           # both forms' losses and gradients on one batch
+The standard set, each row in its own process, with full-size synthetic shards made first:
+    python -m eval.bench.pretraining --all --shards /tmp/shards --out eval/results/pretrain_h200.json
+--levers runs the exploratory set (each lever on and off, batch sizes) instead.
+
+Forms: "optimised" is the config as written (pretrain/configs/v1.json: bf16 frozen weights, fused
+identity tokens, compiled blocks, cuDNN attention in both directions). "unoptimised" is this project's
+step in its plainest form, the way the public reference code trains: float32 weights under fp16
+autocast (no loss scaling: timing only), the two-stream identity form, no compilation, and PyTorch's
+own choice of attention kernel.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import subprocess
 import sys
+from pathlib import Path
 
-from eval.bench.common import environment, finish
-from models.device import require_gpu
+from eval.bench.common import environment, finish, run_rows
+from models.device import prefer_expandable_segments, require_gpu
 from models.errors import run_cli
 from pretrain.config import PretrainConfig, apply_overrides
 
 TFLOP_PER_SAMPLE = 2 * 2.329  # forward + input gradient through the frozen UViT at 512x512
-PEAK_TFLOPS = {"H100": 798.0, "H200": 788.0}  # measured dense bf16 (anchors.md, device notes)
+FORMS = ("optimised", "unoptimised")
 
 
-def peak_for(device_name: str) -> float | None:
-    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+def unoptimised(config: PretrainConfig) -> PretrainConfig:
+    """The config in the unoptimised form (float32 weights, two streams, eager); attention is set apart
+    (models.attention.CUDNN_TRAINING) and autocast by the caller."""
+    return dataclasses.replace(config, backbone_dtype="float32", fused_identity=False, compile_blocks=False)
+
+
+def gemm_peak(device, n: int = 8192, repeats: int = 20) -> float:
+    """Dense bf16 matrix rate of this GPU in TFLOP/s: the best of `repeats` n x n x n GEMMs."""
+    import torch
+
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize(device)
+        best = min(best, start.elapsed_time(end) / 1000)
+    return 2 * n**3 / best / 1e12
+
+
+def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
+    """One batch through three forms of the step with the same weights, noise and dropout: float32 (the
+    truth: float32 weights, no autocast, two streams), unoptimised (fp16 autocast) and the config's.
+    The identity module's gates are set to 0.1 (an untrained module's are 0, which would leave its
+    tokens out of the loss) and its up-projections, if any, to small random values. Reports each
+    form's loss terms and the relative L2 error of its loss and identity gradients against float32."""
+    import torch
+
+    from encoder.objective import TERMS
+    from models import attention
+    from models.noise_schedule import NoiseScheduleVP
+    from pretrain.losses import diffusion_loss
+    from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
+    from pretrain.train import synthetic_batch
+
+    uvit_config = backbone_config(config)
+    batch = synthetic_batch(uvit_config, config.batch_size, device, seed=seed)
+    identity0 = build_identity(config, uvit_config)
+    with torch.no_grad():
+        identity0.gate.fill_(0.1)
+        if config.kv_rank:
+            identity0.kv_up.normal_(0, 0.02)
+    schedule = NoiseScheduleVP.stable_diffusion()
+    forms = {"float32": (unoptimised(config), None, False),
+             "unoptimised": (unoptimised(config), torch.float16, False),
+             "optimised": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None, True)}
+    out = {}
+    for name, (cfg, dtype, cudnn) in forms.items():
+        attention.CUDNN_TRAINING = cudnn
+        uvit = build_backbone(cfg, device)
+        identity = build_identity(cfg, uvit_config).to(device)
+        identity.load_state_dict(identity0.state_dict())
+        net = PretrainNet(uvit, identity, cfg.activation_checkpointing, fused=cfg.fused_identity,
+                          compile_blocks=cfg.compile_blocks)
+        for _ in range(2 if cfg.compile_blocks else 1):  # compiled: the second call is what training runs
+            identity.zero_grad(set_to_none=True)
+            generator = torch.Generator(device).manual_seed(seed)
+            with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
+                loss, terms = diffusion_loss(net, batch, schedule, cfg.loss, generator)
+            loss.backward()
+        grads = torch.cat([p.grad.float().flatten() for p in identity.parameters() if p.grad is not None])
+        out[name] = {"terms": {k: float(terms[k]) for k in TERMS}, "grads": grads}
+        del net, uvit, identity
+        torch.cuda.empty_cache()
+    truth = out["float32"]
+    res = {}
+    for name, r in out.items():
+        res[name] = {**r["terms"],
+                     "loss_rel_err": abs(r["terms"]["loss"] - truth["terms"]["loss"]) / abs(truth["terms"]["loss"]),
+                     "grad_rel_l2": float((r["grads"] - truth["grads"]).norm() / truth["grads"].norm())}
+    res["optimised_vs_unoptimised"] = {
+        "loss_rel_diff": abs(out["optimised"]["terms"]["loss"] - out["unoptimised"]["terms"]["loss"])
+        / abs(out["unoptimised"]["terms"]["loss"]),
+        "grad_rel_l2": float((out["optimised"]["grads"] - out["unoptimised"]["grads"]).norm()
+                             / out["unoptimised"]["grads"].norm())}
+    return {"workload": "check_losses", "batch_size": config.batch_size, "forms": res}
+
+
+def measure(args, config: PretrainConfig) -> dict:
+    import torch
+
+    from models import attention
+    from models.uvit import UViTConfig
+    from pretrain.model import backbone_config
+    from pretrain.train import benchmark
+
+    device = torch.device("cuda")
+    if args.gemm_peak:
+        return {"workload": "gemm_peak", "bf16_tflops": gemm_peak(device)}
+    if args.check_losses:
+        return check_losses(config, device)
+    autocast = None
+    if args.form == "unoptimised":
+        config, autocast, attention.CUDNN_TRAINING = unoptimised(config), "float16", False
+    elif args.attention == "sdpa":
+        attention.CUDNN_TRAINING = False
+    res = {"workload": "pretrain_step" if args.data != "none" else "loader", "form": args.form,
+           "attention": "cudnn" if attention.CUDNN_TRAINING else "sdpa",
+           **benchmark(config, steps=args.steps, warmup=args.warmup, data=args.data, autocast=autocast)}
+    if args.data != "none" and backbone_config(config) == UViTConfig.v1():  # the FLOP count is the v1 model's
+        res["tflops_per_gpu"] = res["samples_per_s"] * TFLOP_PER_SAMPLE / res["processes"]
+    return res
+
+
+def standard_rows(shards: str, steps: int) -> list[list[str]]:
+    """--all: the measured peak, the unoptimised form (batch 16, the anchor's batch), the config's step
+    on synthetic batches and from shards through the loader (`steps` steps), the loader alone, the losses."""
+    return [["--gemm-peak"],
+            ["--form", "unoptimised", "--batch_size", "16"],
+            [],
+            ["--data", "shards", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
+            ["--data", "none", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
+            ["--check-losses", "--batch_size", "4"]]
+
+
+def lever_rows(shards: str | None) -> list[list[str]]:
+    """--levers: each lever from the eager bf16 step up, then the batch size; with shards, the loader
+    alone and the step fed by it."""
+    eager = ["--compile_blocks", "false"]
+    rows = [["--gemm-peak"],
+            ["--form", "unoptimised", "--batch_size", "16"],
+            [*eager, "--attention", "sdpa", "--batch_size", "16", "--fused_identity", "false"],
+            [*eager, "--attention", "sdpa", "--batch_size", "16"],
+            [*eager, "--batch_size", "16"],
+            ["--batch_size", "16"],
+            ["--attention", "sdpa", "--batch_size", "16"],
+            ["--batch_size", "32"]]
+    if shards:
+        rows += [["--data", "none", "--shards", shards, "--batch_size", "32", "--steps", "50"],
+                 ["--data", "shards", "--shards", shards, "--batch_size", "32", "--steps", "40"]]
+    return rows + [["--batch_size", "48"], ["--batch_size", "64"], ["--batch_size", "32", "--activation_checkpointing"]]
+
+
+def make_shards(folder: str, samples: int) -> None:
+    """Full-size synthetic shards (data_prep.synthetic) unless the folder holds some already."""
+    if any(Path(folder).glob("*.tar")):
+        return
+    subprocess.run([sys.executable, "-m", "data_prep.synthetic", "--out", folder, "--samples", str(samples),
+                    "--shard-size", "128", "--identities", "64"], check=True, stdout=subprocess.DEVNULL)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="pretrain/configs/v1.json")
+    p.add_argument("--form", choices=FORMS, default="optimised")
+    p.add_argument("--attention", choices=["cudnn", "sdpa"], default="cudnn",
+                   help="optimised form: cuDNN attention in training (default) or PyTorch SDPA's choice")
+    p.add_argument("--data", choices=["synthetic", "shards", "none"], default="synthetic",
+                   help="synthetic batches on the GPU (the step alone), shards through the loader, or the "
+                        "loader alone (none)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default=None)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--gemm-peak", action="store_true", help="measure the dense bf16 rate only")
+    p.add_argument("--check-losses", action="store_true", help="compare the forms' losses and gradients")
+    p.add_argument("--all", action="store_true", help="the standard set, each row in its own process")
+    p.add_argument("--levers", action="store_true", help="the exploratory set of levers")
+    p.add_argument("--shard-samples", type=int, default=2048, help="samples of the synthetic shards written")
+    p.add_argument("--row-timeout", type=float, default=None, help="--all / --levers: seconds a row may take")
+    p.add_argument("--out", default=None, help="write the JSON here (a list with --all / --levers)")
     args, overrides = p.parse_known_args(argv)
     require_gpu("python -m eval.bench.pretraining")  # it measures GPU throughput (bf16 on the CPU: a dtype error)
-    from pretrain.train import benchmark
-
+    if args.all or args.levers:
+        shards = next((overrides[i + 1] for i, o in enumerate(overrides[:-1]) if o == "--shards"), None)
+        if args.all and shards is None:
+            p.error("--all needs --shards FOLDER (synthetic full-size shards are written there if missing)")
+        if shards:
+            make_shards(shards, args.shard_samples)
+        rows = standard_rows(shards, args.steps) if args.all else lever_rows(shards)
+        base = ["--config", args.config, *[o for o in overrides if o != "--shards" and o != shards]]
+        peak = None
+        results = []
+        for r in run_rows("eval.bench.pretraining", [[*base, *row] for row in rows], timeout_s=args.row_timeout):
+            if r.get("workload") == "gemm_peak":
+                peak = r["bf16_tflops"]
+            elif peak and r.get("tflops_per_gpu"):
+                r["mfu"] = r["tflops_per_gpu"] / peak
+            results.append(r)
+        summarise(results)
+        if args.out:
+            finish({"rows": results, **environment("random")}, args.out)
+        return 0
+    prefer_expandable_segments()  # before the first CUDA allocation
     config = apply_overrides(PretrainConfig.from_file(args.config), overrides)
-    weights = "real" if (config.weights and not config.random_backbone) else "random"
-    if weights == "random":
+    if not (config.weights and not config.random_backbone):
         config = dataclasses.replace(config, random_backbone=True)
-    from models.uvit import UViTConfig
-    from pretrain.model import backbone_config
-
-    res = {"workload": "pretrain", **benchmark(config, steps=args.steps, warmup=args.warmup)}
-    full_size = backbone_config(config) == UViTConfig.v1()  # the FLOP count is the v1 model's
-    peak = peak_for(res["device"])
-    res["tflops_per_gpu"] = res["samples_per_s"] * TFLOP_PER_SAMPLE / res["processes"] if full_size else None
-    res["mfu"] = res["tflops_per_gpu"] / peak if (peak and full_size) else None
-    res["peak_tflops_used"] = peak
-    res.update(environment(weights))
-    print(__import__("json").dumps(res))
+    res = measure(args, config)
+    res.update(environment("real" if not config.random_backbone else "random"))
+    print(json.dumps(res))
     if args.out:
         finish(res, args.out)
     return 0
+
+
+def summarise(rows: list[dict]) -> None:
+    """Print the rows as a table on stderr, with the optimised rows' ratio to the unoptimised one."""
+    base = next((r["samples_per_s"] for r in rows if r.get("form") == "unoptimised" and "samples_per_s" in r), None)
+    for r in rows:
+        if "samples_per_s" in r:
+            ratio = f" {r['samples_per_s'] / base:.2f}x unoptimised" if base and r["workload"] != "loader" else ""
+            mfu = f" MFU {r['mfu']:.1%}" if r.get("mfu") else ""
+            print(f"{r['workload']:14s} {r['form']:11s} {r['data']:9s} b{r['batch_size']:<3d} "
+                  f"compile={r['compile_blocks']!s:5s} attn={r['attention']:5s} {r['samples_per_s']:7.1f} samples/s"
+                  f"{mfu}{ratio} peak {r['peak_allocated_gib'] or 0:.1f} GiB (warm-up {r['warmup_s']:.0f} s)",
+                  file=sys.stderr)
+        else:
+            print(json.dumps(r)[:400], file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ and memory do not depend on the values, and the JSON says "weights": "random".
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 
@@ -32,7 +30,7 @@ import torch
 
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
-from eval.bench.common import Timer, finish, max_reserved_gb, random_text_encoder, report, sync
+from eval.bench.common import Timer, finish, max_reserved_gb, random_text_encoder, report, run_rows, sync
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.device import pick_device, prefer_expandable_segments
 from models.errors import run_cli
@@ -183,7 +181,6 @@ def main(argv=None) -> int:
     device = pick_device(args.device)  # a GPU benchmark: no GPU is one line, before any work
     compile_mode = None if args.compile == "none" else args.compile
     if args.all:
-        results = []
         runs = [["--check-accuracy"], ["--check-accuracy", "--compile", "none"],
                 ["--workload", "sample_bench", "--path", "fast"],
                 ["--workload", "sample_bench", "--path", "fast", "--identity"],
@@ -197,20 +194,14 @@ def main(argv=None) -> int:
         if args.with_reference:
             runs[1:1] = [["--workload", "sample_bench", "--path", "reference"],
                          ["--workload", "sample_prompt", "--path", "reference"]]
+        arg_lists = []
         for extra in runs:
             extra = extra if "--compile" in extra else [*extra, "--compile", args.compile]
-            cmd = [sys.executable, "-m", "eval.bench.sample",
-                   "--repeats", str(args.repeats), "--device", args.device, *extra]
+            cmd = ["--repeats", str(args.repeats), "--device", args.device, *extra]
             cmd += ["--tiny"] if args.tiny else []
             cmd += [] if "--allocator" in extra else ["--allocator", args.allocator]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            sys.stderr.write(proc.stderr[-3000:])
-            lines = proc.stdout.strip().splitlines()
-            if proc.returncode != 0 or not lines:
-                results.append({"command": " ".join(extra), "error": proc.stderr[-1500:]})
-                continue
-            results.append(json.loads(lines[-1]))
-            print(json.dumps(results[-1]), flush=True)
+            arg_lists.append(cmd)
+        results = run_rows("eval.bench.sample", arg_lists)
         if args.out:
             finish(results, args.out)
         return 0
