@@ -6,13 +6,13 @@
 q [B, H, Lq, d], k and v [B, H, Lk, d]; outputs [B, H, Lq, d] and lse [B, H, Lq] float32.
 
 Kernel choice (the function is the same in every case, only the rounding differs):
-- Half precision on a Hopper-or-newer GPU: cuDNN's fused attention, forward and (when an input needs
-  a gradient) backward. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is
-  faster than PyTorch's default choice, FlashAttention-2, in both directions (docs/performance.md:
-  the cuDNN attention lever for sampling, the pretraining levers for training). `CUDNN_TRAINING`
-  False keeps training on SDPA's choice (the pretraining benchmark compares both).
-- Everything else (fp32, older GPUs, the CPU): PyTorch's SDPA, which picks flash, memory-efficient
-  or the exact math path itself.
+- Inference in half precision on a Hopper-or-newer GPU (no input needs a gradient): cuDNN's fused
+  attention. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is faster than
+  PyTorch's default choice, FlashAttention-2 (docs/performance.md, the cuDNN attention lever).
+  `CUDNN_TRAINING` True takes cuDNN's backward too; in pretraining it was no faster than SDPA's
+  choice (docs/performance.md, the pretraining levers), so it is off.
+- Everything else (training, fp32, older GPUs, the CPU): PyTorch's SDPA, which picks flash,
+  memory-efficient or the exact math path itself.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 _CUDNN_MAX_HEAD_DIM = 128
-CUDNN_TRAINING = True  # cuDNN also when an input needs a gradient (its backward); False: SDPA's choice
+CUDNN_TRAINING = False  # True: cuDNN also when an input needs a gradient (no faster in pretraining, see the docs)
 
 
 def _needs_grad(*xs: torch.Tensor) -> bool:

@@ -69,7 +69,7 @@ class PretrainConfig:
     backbone_dtype: str = "bfloat16"  # the frozen UViT's weights
     activation_checkpointing: bool = False  # recompute each block in the backward pass (less memory)
     fused_identity: bool = True  # identity tokens in the main GEMM chain (same function, faster on GPUs)
-    compile_blocks: bool = False  # CUDA: torch.compile the per-block function once (regional; docs/performance.md)
+    compile_blocks: bool = True  # CUDA: torch.compile the per-block function once (regional; docs/performance.md)
     # ---- identity module (encoder.config.IdentityConfig)
     num_tokens: int = 4
     hidden_dim: int = 1024

@@ -77,8 +77,8 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     from models import attention
     from models.noise_schedule import NoiseScheduleVP
     from pretrain.losses import diffusion_loss
-    from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
-    from pretrain.train import synthetic_batch
+    from pretrain.model import backbone_config, build_identity
+    from pretrain.train import build, synthetic_batch
 
     uvit_config = backbone_config(config)
     batch = synthetic_batch(uvit_config, config.batch_size, device, seed=seed)
@@ -90,15 +90,13 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     schedule = NoiseScheduleVP.stable_diffusion()
     forms = {"float32": (unoptimised(config), None, False),
              "unoptimised": (unoptimised(config), torch.float16, False),
-             "optimised": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None, True)}
+             "optimised": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None,
+                           attention.CUDNN_TRAINING)}
     out = {}
     for name, (cfg, dtype, cudnn) in forms.items():
         attention.CUDNN_TRAINING = cudnn
-        uvit = build_backbone(cfg, device)
-        identity = build_identity(cfg, uvit_config).to(device)
+        uvit, identity, net, *_ = build(cfg, device)  # as training builds it
         identity.load_state_dict(identity0.state_dict())
-        net = PretrainNet(uvit, identity, cfg.activation_checkpointing, fused=cfg.fused_identity,
-                          compile_blocks=cfg.compile_blocks)
         for _ in range(2 if cfg.compile_blocks else 1):  # compiled: the second call is what training runs
             identity.zero_grad(set_to_none=True)
             generator = torch.Generator(device).manual_seed(seed)
@@ -123,6 +121,41 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     return {"workload": "check_losses", "batch_size": config.batch_size, "forms": res}
 
 
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn")), ("gemm", ("gemm", "xmma", "cutlass", "nvjet",
+                                                                          "wgmma")),
+                ("fused elementwise (compiled)", ("triton",)), ("optimizer and EMA", ("foreach", "adam")))
+
+
+def profile(config: PretrainConfig, device, steps: int = 4) -> dict:
+    """GPU kernel time of `steps` optimizer steps (after a warm-up, compilation included), by kind of
+    kernel (attention, GEMM, compiled elementwise, optimizer, other) and the ten largest kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from pretrain.train import benchmark
+
+    benchmark(config, steps=1, warmup=2)  # compiles outside the profiler; the profiled net reuses the code
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        res = benchmark(config, steps=steps, warmup=1)
+    kernels = {}
+    for e in prof.key_averages():
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0:
+            kernels[e.key] = kernels.get(e.key, 0.0) + e.self_device_time_total / 1000 / (steps + 1)  # ms a step
+    kinds: dict[str, float] = {}
+    for name, ms in kernels.items():
+        low = name.lower()
+        kind = next((k for k, marks in KERNEL_KINDS if any(m in low for m in marks)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:10]
+    return {"workload": "profile", "batch_size": config.batch_size, "step_s": res["step_s"],
+            "kernel_ms_per_step": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "kernel_ms_total": round(sum(kinds.values()), 2),
+            "top_kernels_ms": [[name[:120], round(ms, 2)] for name, ms in top],
+            "note": "kernel times averaged over one warm-up and the timed steps, compiled beforehand; step_s is "
+                    "the timed steps' wall time under the profiler"}
+
+
 def measure(args, config: PretrainConfig) -> dict:
     import torch
 
@@ -134,13 +167,14 @@ def measure(args, config: PretrainConfig) -> dict:
     device = torch.device("cuda")
     if args.gemm_peak:
         return {"workload": "gemm_peak", "bf16_tflops": gemm_peak(device)}
+    attention.CUDNN_TRAINING = args.attention == "cudnn" and args.form == "optimised"
     if args.check_losses:
         return check_losses(config, device)
+    if args.profile:
+        return profile(config, device)
     autocast = None
     if args.form == "unoptimised":
-        config, autocast, attention.CUDNN_TRAINING = unoptimised(config), "float16", False
-    elif args.attention == "sdpa":
-        attention.CUDNN_TRAINING = False
+        config, autocast = unoptimised(config), "float16"
     res = {"workload": "pretrain_step" if args.data != "none" else "loader", "form": args.form,
            "attention": "cudnn" if attention.CUDNN_TRAINING else "sdpa",
            **benchmark(config, steps=args.steps, warmup=args.warmup, data=args.data, autocast=autocast)}
@@ -151,13 +185,16 @@ def measure(args, config: PretrainConfig) -> dict:
 
 def standard_rows(shards: str, steps: int) -> list[list[str]]:
     """--all: the measured peak, the unoptimised form (batch 16, the anchor's batch), the config's step
-    on synthetic batches and from shards through the loader (`steps` steps), the loader alone, the losses."""
+    on synthetic batches (and in the two-stream identity form), from shards through the loader (`steps`
+    steps), the loader alone, the losses, the kernel profile."""
     return [["--gemm-peak"],
             ["--form", "unoptimised", "--batch_size", "16"],
             [],
+            ["--fused_identity", "false"],
             ["--data", "shards", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
             ["--data", "none", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
-            ["--check-losses", "--batch_size", "4"]]
+            ["--check-losses", "--batch_size", "4"],
+            ["--profile"]]
 
 
 def lever_rows(shards: str | None) -> list[list[str]]:
@@ -190,8 +227,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="pretrain/configs/v1.json")
     p.add_argument("--form", choices=FORMS, default="optimised")
-    p.add_argument("--attention", choices=["cudnn", "sdpa"], default="cudnn",
-                   help="optimised form: cuDNN attention in training (default) or PyTorch SDPA's choice")
+    p.add_argument("--attention", choices=["cudnn", "sdpa"], default="sdpa",
+                   help="optimised form: PyTorch SDPA's choice of attention kernel (default) or cuDNN's")
     p.add_argument("--data", choices=["synthetic", "shards", "none"], default="synthetic",
                    help="synthetic batches on the GPU (the step alone), shards through the loader, or the "
                         "loader alone (none)")
@@ -199,6 +236,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--gemm-peak", action="store_true", help="measure the dense bf16 rate only")
     p.add_argument("--check-losses", action="store_true", help="compare the forms' losses and gradients")
+    p.add_argument("--profile", action="store_true", help="kernel time of a few steps, by kind of kernel")
     p.add_argument("--all", action="store_true", help="the standard set, each row in its own process")
     p.add_argument("--levers", action="store_true", help="the exploratory set of levers")
     p.add_argument("--shard-samples", type=int, default=2048, help="samples of the synthetic shards written")
