@@ -68,8 +68,8 @@ class PretrainConfig:
     uvit: dict | None = None  # UViTConfig fields; None: v1, or the weights folder's model_configs.json
     backbone_dtype: str = "bfloat16"  # the frozen UViT's weights
     activation_checkpointing: bool = False  # recompute each block in the backward pass (less memory)
-    fused_identity: bool = True  # identity tokens in the main GEMM chain (same function, faster on GPUs)
-    compile_blocks: bool = True  # CUDA: torch.compile the per-block function once (regional; docs/performance.md)
+    fused_identity: bool = False  # identity tokens in the main GEMM chain (same function; slower to train eager)
+    compile_blocks: bool = False  # CUDA: torch.compile each block (faster, but its gradients measured wrong: docs)
     # ---- identity module (encoder.config.IdentityConfig)
     num_tokens: int = 4
     hidden_dim: int = 1024

@@ -16,11 +16,12 @@ The standard set, each row in its own process, with full-size synthetic shards m
     python -m eval.bench.pretraining --all --shards /tmp/shards --out eval/results/pretrain_h200.json
 --levers runs the exploratory set (each lever on and off, batch sizes) instead.
 
-Forms: "optimised" is the config as written (pretrain/configs/v1.json: bf16 frozen weights, fused
-identity tokens, compiled blocks, cuDNN attention in both directions). "unoptimised" is this project's
-step in its plainest form, the way the public reference code trains: float32 weights under fp16
-autocast (no loss scaling: timing only), the two-stream identity form, no compilation, and PyTorch's
-own choice of attention kernel.
+Forms: "config" is the step as the config file sets it (pretrain/configs/v1.json: bf16 frozen
+weights, the two-stream identity form, eager; options override it, e.g. --compile_blocks true, and
+--attention picks the kernel). "unoptimised" is this project's step in its plainest form, the way the
+public reference code trains: float32 weights under fp16 autocast (no loss scaling: timing only), the
+two-stream identity form, no compilation, and PyTorch's own choice of attention kernel. (Results
+written before this naming call the config form "optimised".)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from models.errors import run_cli
 from pretrain.config import PretrainConfig, apply_overrides
 
 TFLOP_PER_SAMPLE = 2 * 2.329  # forward + input gradient through the frozen UViT at 512x512
-FORMS = ("optimised", "unoptimised")
+FORMS = ("config", "unoptimised")
 
 
 def unoptimised(config: PretrainConfig) -> PretrainConfig:
@@ -67,7 +68,8 @@ def gemm_peak(device, n: int = 8192, repeats: int = 20) -> float:
 
 def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     """One batch through three forms of the step with the same weights, noise and dropout: float32 (the
-    truth: float32 weights, no autocast, two streams), unoptimised (fp16 autocast) and the config's.
+    truth: float32 weights, no autocast, two streams), unoptimised (fp16 autocast) and the config's
+    (compiled when it says so: gradients to check before trusting compiled blocks).
     The identity module's gates are set to 0.1 (an untrained module's are 0, which would leave its
     tokens out of the loss) and its up-projections, if any, to small random values. Reports each
     form's loss terms and the relative L2 error of its loss and identity gradients against float32."""
@@ -90,8 +92,8 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     schedule = NoiseScheduleVP.stable_diffusion()
     forms = {"float32": (unoptimised(config), None, False),
              "unoptimised": (unoptimised(config), torch.float16, False),
-             "optimised": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None,
-                           attention.CUDNN_TRAINING)}
+             "config": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None,
+                        attention.CUDNN_TRAINING)}
     out = {}
     for name, (cfg, dtype, cudnn) in forms.items():
         attention.CUDNN_TRAINING = cudnn
@@ -113,10 +115,10 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
         res[name] = {**r["terms"],
                      "loss_rel_err": abs(r["terms"]["loss"] - truth["terms"]["loss"]) / abs(truth["terms"]["loss"]),
                      "grad_rel_l2": float((r["grads"] - truth["grads"]).norm() / truth["grads"].norm())}
-    res["optimised_vs_unoptimised"] = {
-        "loss_rel_diff": abs(out["optimised"]["terms"]["loss"] - out["unoptimised"]["terms"]["loss"])
+    res["config_vs_unoptimised"] = {
+        "loss_rel_diff": abs(out["config"]["terms"]["loss"] - out["unoptimised"]["terms"]["loss"])
         / abs(out["unoptimised"]["terms"]["loss"]),
-        "grad_rel_l2": float((out["optimised"]["grads"] - out["unoptimised"]["grads"]).norm()
+        "grad_rel_l2": float((out["config"]["grads"] - out["unoptimised"]["grads"]).norm()
                              / out["unoptimised"]["grads"].norm())}
     return {"workload": "check_losses", "batch_size": config.batch_size, "forms": res}
 
@@ -167,7 +169,7 @@ def measure(args, config: PretrainConfig) -> dict:
     device = torch.device("cuda")
     if args.gemm_peak:
         return {"workload": "gemm_peak", "bf16_tflops": gemm_peak(device)}
-    attention.CUDNN_TRAINING = args.attention == "cudnn" and args.form == "optimised"
+    attention.CUDNN_TRAINING = args.attention == "cudnn" and args.form == "config"
     if args.check_losses:
         return check_losses(config, device)
     if args.profile:
@@ -185,34 +187,40 @@ def measure(args, config: PretrainConfig) -> dict:
 
 def standard_rows(shards: str, steps: int) -> list[list[str]]:
     """--all: the measured peak, the unoptimised form (batch 16, the anchor's batch), the config's step
-    on synthetic batches (and in the two-stream identity form), from shards through the loader (`steps`
-    steps), the loader alone, the losses, the kernel profile."""
+    on synthetic batches (also at batch 16, and with compiled blocks), from shards through the loader
+    (`steps` steps), the loader alone, the losses and gradients (also with compiled blocks), the
+    kernel profile."""
     return [["--gemm-peak"],
             ["--form", "unoptimised", "--batch_size", "16"],
             [],
-            ["--fused_identity", "false"],
+            ["--batch_size", "16"],
+            ["--compile_blocks", "true"],
             ["--data", "shards", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
             ["--data", "none", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
             ["--check-losses", "--batch_size", "4"],
+            ["--check-losses", "--batch_size", "4", "--compile_blocks", "true"],
             ["--profile"]]
 
 
 def lever_rows(shards: str | None) -> list[list[str]]:
-    """--levers: each lever from the eager bf16 step up, then the batch size; with shards, the loader
-    alone and the step fed by it."""
-    eager = ["--compile_blocks", "false"]
+    """--levers: each lever from the eager bf16 step up (identity form, attention kernel, compiled
+    blocks), then the batch size and activation checkpointing with compiled blocks; with shards, the
+    loader alone and the step fed by it. (eval/results/pretrain_levers_h200.json ran this set with
+    fused identity tokens and compiled blocks as the defaults, each row naming what it turned off.)"""
+    fused, compiled = ["--fused_identity", "true"], ["--fused_identity", "true", "--compile_blocks", "true"]
     rows = [["--gemm-peak"],
             ["--form", "unoptimised", "--batch_size", "16"],
-            [*eager, "--attention", "sdpa", "--batch_size", "16", "--fused_identity", "false"],
-            [*eager, "--attention", "sdpa", "--batch_size", "16"],
-            [*eager, "--batch_size", "16"],
             ["--batch_size", "16"],
-            ["--attention", "sdpa", "--batch_size", "16"],
-            ["--batch_size", "32"]]
+            [*fused, "--batch_size", "16"],
+            [*fused, "--attention", "cudnn", "--batch_size", "16"],
+            [*compiled, "--attention", "cudnn", "--batch_size", "16"],
+            [*compiled, "--batch_size", "16"],
+            [*compiled, "--batch_size", "32"]]
     if shards:
         rows += [["--data", "none", "--shards", shards, "--batch_size", "32", "--steps", "50"],
-                 ["--data", "shards", "--shards", shards, "--batch_size", "32", "--steps", "40"]]
-    return rows + [["--batch_size", "48"], ["--batch_size", "64"], ["--batch_size", "32", "--activation_checkpointing"]]
+                 [*compiled, "--data", "shards", "--shards", shards, "--batch_size", "32", "--steps", "40"]]
+    return rows + [[*compiled, "--batch_size", "48"], [*compiled, "--batch_size", "64"],
+                   [*compiled, "--batch_size", "32", "--activation_checkpointing"]]
 
 
 def make_shards(folder: str, samples: int) -> None:
@@ -226,9 +234,9 @@ def make_shards(folder: str, samples: int) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="pretrain/configs/v1.json")
-    p.add_argument("--form", choices=FORMS, default="optimised")
+    p.add_argument("--form", choices=FORMS, default="config")
     p.add_argument("--attention", choices=["cudnn", "sdpa"], default="sdpa",
-                   help="optimised form: PyTorch SDPA's choice of attention kernel (default) or cuDNN's")
+                   help="config form: PyTorch SDPA's choice of attention kernel (default) or cuDNN's")
     p.add_argument("--data", choices=["synthetic", "shards", "none"], default="synthetic",
                    help="synthetic batches on the GPU (the step alone), shards through the loader, or the "
                         "loader alone (none)")
@@ -277,7 +285,7 @@ def main(argv=None) -> int:
 
 
 def summarise(rows: list[dict]) -> None:
-    """Print the rows as a table on stderr, with the optimised rows' ratio to the unoptimised one."""
+    """Print the rows as a table on stderr, with each step's ratio to the unoptimised form's."""
     base = next((r["samples_per_s"] for r in rows if r.get("form") == "unoptimised" and "samples_per_s" in r), None)
     for r in rows:
         if "samples_per_s" in r:
