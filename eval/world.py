@@ -83,7 +83,7 @@ SIM_TEMPLATES = ("a photo of a {w}", "a {w}", "a close-up photo of a {w}", "a po
                  "a close-up photo of a {w} without glasses", "a photograph of a {w} with no hat",
                  "a photo of a {w} without glasses")
 # metric -> the prompt layout its headline number is taken on
-HEADLINE = {"identity_similarity": "all", "edit_success": "edit", "copy_paste": "all", "clip_text": "edit",
+HEADLINE = {"identity_similarity": "all", "identity_similarity_found": "all", "edit_success": "edit", "copy_paste": "all", "clip_text": "edit",
             "face_found": "all", "class_word": "all", "pose_diversity": "all", "expression_diversity": "all"}
 LAYOUTS = ("all", "sim", "edit")
 RESULTS = Path("eval/results/synthworld.json")
@@ -290,8 +290,10 @@ def score_images(feats: ImageFeatures, person: Person, n: int, cond: FaceFeature
     for layout in LAYOUTS:
         rows = [r for r in prompts if layout == "all" or r["layout"] == layout]
         flat = lambda key, rows=rows: [v for r in rows for v in r[key]]  # noqa: E731
+        found = [v for v, f in zip(flat("identity_similarity"), flat("face_found"), strict=True) if f]
         means[layout] = {
             "identity_similarity": _nanmean(flat("identity_similarity")),
+            "identity_similarity_found": _nanmean(found),
             "face_found": _nanmean(flat("face_found")), "copy_paste": _nanmean(flat("copy_paste")),
             "edit_success": _nanmean(flat("edit_success")), "class_word": _nanmean(flat("class_word")),
             "clip_text": _nanmean(flat("clip_text")),
@@ -606,7 +608,8 @@ def per_identity(out: Path, method: str, k: int, people: list[Person], seeds: in
     values = []
     for person in people:
         units = [unit_path(out, method, k, j, person.name) for j in range(seeds)]
-        vals = [json.loads(u.read_text())["means"][layout][metric] for u in units if u.is_file()]
+        # .get: units scored before a metric was added lack it (None, like an undefined mean)
+        vals = [json.loads(u.read_text())["means"][layout].get(metric) for u in units if u.is_file()]
         v = _nanmean(vals)
         if v is not None:
             values.append(v)

@@ -13,7 +13,10 @@ kept is the one insightface's `get(img, max_num=1)` keeps (eval.competition_face
 image in which no face is found scores 0 identity similarity.
 
 - identity similarity of an image: the mean cosine between its face and the person's reference
-  renders (renders that were not among the conditioning photos), 0 without a face.
+  renders (renders that were not among the conditioning photos), 0 without a face (the competition's
+  rule). In this world an unrelated face's cosine to a person is often well below 0, so an image
+  without a face can score above one with the wrong face: eval.world and the demo also report
+  `identity_similarity_found`, the mean over the images with a face, next to the rate of faces found.
 - copy-paste of an image: its highest cosine to a conditioning photo minus its mean cosine to the
   references (a method that pastes its input scores high; renders of the person score about 0);
   undefined (NaN) without a face.

@@ -69,6 +69,12 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     unit = json.loads(units[0].read_text())
     assert [p["layout"] for p in unit["prompts"]] == ["sim", "sim", "edit", "edit"]
     assert all(len(p["identity_similarity"]) == 2 for p in unit["prompts"])
+    # identity similarity over the images with a face (no face scores 0 in the headline figure)
+    pairs = [(v, f) for p in unit["prompts"] for v, f in zip(p["identity_similarity"], p["face_found"])]
+    found = [v for v, f in pairs if f]
+    assert unit["means"]["all"]["identity_similarity_found"] == (pytest.approx(sum(found) / len(found)) if found
+                                                                else None)
+    assert set(r["identity_similarity_found"]) == set(METHODS)
     assert sorted(p.name for p in (out / "images" / "encoder" / "p2" / "girl1").glob("*.jpg")) == \
         [f"{i}-{k:03}.jpg" for i in range(4) for k in range(2)]
     stamps = {u: u.stat().st_mtime_ns for u in units}
