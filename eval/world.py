@@ -83,7 +83,8 @@ SIM_TEMPLATES = ("a photo of a {w}", "a {w}", "a close-up photo of a {w}", "a po
                  "a close-up photo of a {w} without glasses", "a photograph of a {w} with no hat",
                  "a photo of a {w} without glasses")
 # metric -> the prompt layout its headline number is taken on
-HEADLINE = {"identity_similarity": "all", "identity_similarity_found": "all", "edit_success": "edit", "copy_paste": "all", "clip_text": "edit",
+HEADLINE = {"identity_similarity": "all", "identity_similarity_found": "all", "edit_success": "edit",
+            "copy_paste": "all", "clip_text": "edit",
             "face_found": "all", "class_word": "all", "pose_diversity": "all", "expression_diversity": "all"}
 LAYOUTS = ("all", "sim", "edit")
 RESULTS = Path("eval/results/synthworld.json")
