@@ -9,10 +9,12 @@ Kernel choice (the function is the same in every case, only the rounding differs
 - Inference in half precision on a Hopper-or-newer GPU (no input needs a gradient): cuDNN's fused
   attention. At the UViT's shape (1105 tokens, head dim 64, strided q/k/v views) it is faster than
   PyTorch's default choice, FlashAttention-2 (docs/performance.md, the cuDNN attention lever).
-  `CUDNN_TRAINING` True takes cuDNN's backward too; in pretraining it was no faster than SDPA's
-  choice (docs/performance.md, the pretraining levers), so it is off.
-- Everything else (training, fp32, older GPUs, the CPU): PyTorch's SDPA, which picks flash,
-  memory-efficient or the exact math path itself.
+- Everything else (fp32, older GPUs, the CPU) and, by default, training: PyTorch's SDPA, which picks
+  cuDNN, flash, memory-efficient or the exact math path itself.
+- `TRAINING_KERNEL` picks training's kernel explicitly (half precision on CUDA, an input needing a
+  gradient): "cudnn" or "flash" (FlashAttention-2) instead of "sdpa". cuDNN's was no faster than
+  SDPA's choice in pretraining (docs/performance.md, the pretraining levers); both exist to measure
+  kernels and to check compiled training's gradients kernel by kernel.
 """
 
 from __future__ import annotations
@@ -21,24 +23,30 @@ import torch
 import torch.nn.functional as F
 
 _CUDNN_MAX_HEAD_DIM = 128
-CUDNN_TRAINING = False  # True: cuDNN also when an input needs a gradient (no faster in pretraining, see the docs)
+TRAINING_KERNELS = ("sdpa", "cudnn", "flash")
+TRAINING_KERNEL = "sdpa"  # attention with gradients on CUDA in half precision: one of TRAINING_KERNELS
 
 
 def _needs_grad(*xs: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
+def _half_cuda(q: torch.Tensor, min_major: int) -> bool:
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0
+            and torch.cuda.get_device_properties(q.device).major >= min_major)
+
+
 def _use_cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and (CUDNN_TRAINING or not _needs_grad(q, k, v))
-            and q.shape[-1] <= _CUDNN_MAX_HEAD_DIM and q.shape[-1] % 8 == 0
-            and torch.backends.cudnn.enabled and torch.cuda.get_device_properties(q.device).major >= 9)
+    return (_half_cuda(q, 9) and q.shape[-1] <= _CUDNN_MAX_HEAD_DIM and torch.backends.cudnn.enabled
+            and (TRAINING_KERNEL == "cudnn" or not _needs_grad(q, k, v)))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v. q [B, H, Lq, d], k/v [B, H, Lk, d] -> [B, H, Lq, d]."""
     if _use_cudnn(q, k, v):  # the backward needs the log-sum-exp: computed only then
         return torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, _needs_grad(q, k, v))[0]
+    if TRAINING_KERNEL == "flash" and _needs_grad(q, k, v) and _half_cuda(q, 8) and q.shape[-1] <= 256:
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
     return F.scaled_dot_product_attention(q, k, v)
 
 
@@ -51,8 +59,7 @@ def attend_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch
     if _use_cudnn(q, k, v):
         o, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True)[:2]
         return o, lse.reshape(q.shape[:-1]).float()
-    if (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256 and q.shape[-1] % 8 == 0
-            and torch.cuda.get_device_properties(q.device).major >= 8):  # FlashAttention-2's range
+    if _half_cuda(q, 8) and q.shape[-1] <= 256:  # FlashAttention-2's range
         o, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
         return o, lse.float()
     s = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5

@@ -1,8 +1,10 @@
 """models.attention: the log-sum-exp, the few-key form and the exact merge of partial softmaxes."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from models import attention
 from models.attention import attend, attend_few, attend_lse, merge_partial
 from models.uvit import UViT, UViTConfig
 
@@ -65,3 +67,18 @@ def test_gelu_epilogue_is_close_to_exact_gelu_and_never_used_with_gradients():
         assert torch.equal(a, b)
     uvit.use_gelu_epilogue(False)
     assert not any(getattr(m, "gelu_epilogue", False) for m in uvit.modules())
+
+
+@pytest.mark.parametrize("kernel", attention.TRAINING_KERNELS)
+def test_training_kernel_choice_leaves_the_cpu_on_sdpa_with_the_same_gradients(kernel, monkeypatch):
+    """TRAINING_KERNEL names a CUDA kernel for training; on the CPU every choice is SDPA's, gradients included."""
+    monkeypatch.setattr(attention, "TRAINING_KERNEL", kernel)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    attention.attend(q, k, v).square().sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    F.scaled_dot_product_attention(q, k, v).square().sum().backward()
+    for got, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(got, t.grad)

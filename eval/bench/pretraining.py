@@ -44,7 +44,7 @@ FORMS = ("config", "unoptimised")
 
 def unoptimised(config: PretrainConfig) -> PretrainConfig:
     """The config in the unoptimised form (float32 weights, two streams, eager); attention is set apart
-    (models.attention.CUDNN_TRAINING) and autocast by the caller."""
+    (models.attention.TRAINING_KERNEL) and autocast by the caller."""
     return dataclasses.replace(config, backbone_dtype="float32", fused_identity=False, compile_blocks=False)
 
 
@@ -90,13 +90,13 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
         if config.kv_rank:
             identity0.kv_up.normal_(0, 0.02)
     schedule = NoiseScheduleVP.stable_diffusion()
-    forms = {"float32": (unoptimised(config), None, False),
-             "unoptimised": (unoptimised(config), torch.float16, False),
+    forms = {"float32": (unoptimised(config), None, "sdpa"),
+             "unoptimised": (unoptimised(config), torch.float16, "sdpa"),
              "config": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None,
-                        attention.CUDNN_TRAINING)}
+                        attention.TRAINING_KERNEL)}
     out = {}
-    for name, (cfg, dtype, cudnn) in forms.items():
-        attention.CUDNN_TRAINING = cudnn
+    for name, (cfg, dtype, kernel) in forms.items():
+        attention.TRAINING_KERNEL = kernel
         uvit, identity, net, *_ = build(cfg, device)  # as training builds it
         identity.load_state_dict(identity0.state_dict())
         for _ in range(2 if cfg.compile_blocks else 1):  # compiled: the second call is what training runs
@@ -169,7 +169,7 @@ def measure(args, config: PretrainConfig) -> dict:
     device = torch.device("cuda")
     if args.gemm_peak:
         return {"workload": "gemm_peak", "bf16_tflops": gemm_peak(device)}
-    attention.CUDNN_TRAINING = args.attention == "cudnn" and args.form == "config"
+    attention.TRAINING_KERNEL = args.attention if args.form == "config" else "sdpa"
     if args.check_losses:
         return check_losses(config, device)
     if args.profile:
@@ -178,7 +178,7 @@ def measure(args, config: PretrainConfig) -> dict:
     if args.form == "unoptimised":
         config, autocast = unoptimised(config), "float16"
     res = {"workload": "pretrain_step" if args.data != "none" else "loader", "form": args.form,
-           "attention": "cudnn" if attention.CUDNN_TRAINING else "sdpa",
+           "attention": attention.TRAINING_KERNEL,
            **benchmark(config, steps=args.steps, warmup=args.warmup, data=args.data, autocast=autocast)}
     if args.data != "none" and backbone_config(config) == UViTConfig.v1():  # the FLOP count is the v1 model's
         res["tflops_per_gpu"] = res["samples_per_s"] * TFLOP_PER_SAMPLE / res["processes"]
@@ -235,8 +235,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="pretrain/configs/v1.json")
     p.add_argument("--form", choices=FORMS, default="config")
-    p.add_argument("--attention", choices=["cudnn", "sdpa"], default="sdpa",
-                   help="config form: PyTorch SDPA's choice of attention kernel (default) or cuDNN's")
+    p.add_argument("--attention", choices=["sdpa", "cudnn", "flash"], default="sdpa",
+                   help="config form: PyTorch SDPA's choice of attention kernel (default), cuDNN's or "
+                        "FlashAttention-2's (models.attention.TRAINING_KERNEL)")
     p.add_argument("--data", choices=["synthetic", "shards", "none"], default="synthetic",
                    help="synthetic batches on the GPU (the step alone), shards through the loader, or the "
                         "loader alone (none)")
