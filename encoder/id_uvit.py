@@ -24,7 +24,9 @@ UViT at gate 0); the fused form equals it to float rounding.
 `compile_blocks=True` (training on CUDA) compiles the per-block function once with torch.compile
 (regional compilation): the 31 blocks share its code, their weights being inputs rather than
 constants, so compiling costs a block's graph (forward and backward, with and without the long skip),
-not the network's. Inference compiles the whole net instead (models/execution.py).
+not the network's. Inference compiles the whole net instead (models/execution.py). On the CPU the
+compiled block gives the eager values and gradients; on an H200 its gradients came out wrong, so
+pretraining leaves it off (docs/performance.md, pretraining throughput).
 """
 
 from __future__ import annotations

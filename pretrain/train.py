@@ -428,10 +428,10 @@ def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3, data:
     """Time full optimizer steps (the training loop's optimizer_step).
 
     Builds the backbone exactly as train() does (use config.random_backbone for no weight files),
-    runs `warmup` untimed steps (compilation happens there), then `steps` timed ones. data:
-    "synthetic" (random batches made once on the device: the step alone) or "shards" (batches of
-    config.shards through the training loop's loader and host-to-device copies, as train() takes them;
-    "none" times that loader alone, the model replaced by nothing). autocast "float16" runs the step
+    runs `warmup` untimed steps (compilation happens there), then `steps` timed ones. data: "synthetic"
+    (random batches made once on the device: the step alone), "shards" (batches of config.shards
+    through the training loop's loader and host-to-device copies, as train() takes them) or "none"
+    (that loader alone, no model). autocast "float16" runs the step
     under fp16 autocast without loss scaling instead of the config's mixed precision (the unoptimised
     comparison form, like the reference code's naive step; timing only). Returns samples_per_s (all
     processes), step_s, warmup_s, peak_allocated_gib / peak_reserved_gib (this process's GPU), the
