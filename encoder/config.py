@@ -44,13 +44,10 @@ class IdentityConfig:
     num_blocks: int = 31  # in + mid + out blocks = depth + 1
 
     def __post_init__(self):
-        if self.injection not in ("extra_tokens", "text_slots"):
-            raise ValueError(f"injection must be 'extra_tokens' or 'text_slots', got {self.injection!r}")
+        if problem := injection_problem(self.injection, self.kv_rank):
+            raise ValueError(problem)
         if self.injection == "text_slots" and not 0 < self.num_tokens < self.num_text_tokens:
             raise ValueError(f"text_slots needs 0 < num_tokens < {self.num_text_tokens}")
-        if self.kv_rank < 0 or (self.kv_rank and self.injection != "extra_tokens"):
-            raise ValueError(f"kv_rank must be 0, or positive with extra_tokens injection; got {self.kv_rank} "
-                             f"with {self.injection}")
 
     @property
     def token_dim(self) -> int:
@@ -77,3 +74,13 @@ class IdentityConfig:
     @classmethod
     def from_dict(cls, d: dict) -> IdentityConfig:
         return config_from_dict(cls, d, "identity")
+
+
+def injection_problem(injection: str, kv_rank: int) -> str | None:
+    """What is wrong with an injection and key/value rank pair, or None (also checked by pretraining's
+    config before anything is built)."""
+    if injection not in ("extra_tokens", "text_slots"):
+        return f"injection must be 'extra_tokens' or 'text_slots', got {injection!r}"
+    if kv_rank < 0 or (kv_rank and injection != "extra_tokens"):
+        return f"kv_rank must be 0, or positive with extra_tokens injection; got {kv_rank} with {injection}"
+    return None

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from encoder.config import injection_problem
 from encoder.objective import LossConfig
 from models.config_dict import ConfigError, config_from_dict
 
@@ -124,9 +125,7 @@ class PretrainConfig:
              "backbone_dtype must be float32, bfloat16 or float16"),
             (self.mixed_precision != "no" or self.backbone_dtype == "float32",
              "mixed_precision no needs backbone_dtype float32 (a half-precision backbone runs under autocast)"),
-            (self.injection in ("extra_tokens", "text_slots"), "injection must be extra_tokens or text_slots"),
-            (self.kv_rank >= 0 and (not self.kv_rank or self.injection == "extra_tokens"),
-             "kv_rank must be 0, or positive with extra_tokens injection"),
+            (not (problem := injection_problem(self.injection, self.kv_rank)), problem),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),
