@@ -67,6 +67,10 @@ def test_config_files_and_overrides(tmp_path):
         PretrainConfig(p_drop_id=0.6, p_drop_text=0.6)
     with pytest.raises(ValueError, match="needs backbone_dtype float32"):
         PretrainConfig(mixed_precision="no")
+    with pytest.raises(ValueError, match="injection must be 'extra_tokens' or 'text_slots'"):
+        PretrainConfig(injection="prefix")
+    with pytest.raises(ValueError, match="kv_rank must be 0, or positive with extra_tokens injection"):
+        PretrainConfig(injection="text_slots", kv_rank=4)
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
         PretrainConfig(mixed_precision="fp16")
 
