@@ -606,15 +606,39 @@ class Evaluation:
 def per_identity(out: Path, method: str, k: int, people: list[Person], seeds: int, layout: str, metric: str
                  ) -> list[float]:
     """One value per identity with scores: the mean over its seeds of a unit's layout mean."""
-    values = []
+    return list(per_identity_by_name(out, method, k, people, seeds, layout, metric).values())
+
+
+def per_identity_by_name(out: Path, method: str, k: int, people: list[Person], seeds: int, layout: str,
+                         metric: str) -> dict[str, float]:
+    """{identity: the mean over its seeds of a unit's layout mean}, for the identities with a value."""
+    values = {}
     for person in people:
         units = [unit_path(out, method, k, j, person.name) for j in range(seeds)]
         # .get: units scored before a metric was added lack it (None, like an undefined mean)
         vals = [json.loads(u.read_text())["means"][layout].get(metric) for u in units if u.is_file()]
         v = _nanmean(vals)
         if v is not None:
-            values.append(v)
+            values[person.name] = v
     return values
+
+
+def paired_differences(out: Path, plan: Plan, people: list[Person], k: int) -> dict:
+    """{"encoder - <baseline>": {metric: bootstrap interval of the per-identity differences}} for each
+    baseline run beside the identity module, over the identities both have. The same identities, photos,
+    prompts and seeds on both sides, so a person's difficulty cancels: a far narrower interval than the
+    two methods' own intervals side by side."""
+    out_pairs = {}
+    for base in ("text_only", "finetune"):
+        if "encoder" not in plan.methods or base not in plan.methods:
+            continue
+        rows = {}
+        for metric, layout in HEADLINE.items():
+            a = per_identity_by_name(out, "encoder", k, people, plan.seeds, layout, metric)
+            b = per_identity_by_name(out, base, k, people, plan.seeds, layout, metric)
+            rows[metric] = bootstrap_interval([a[n] - b[n] for n in a if n in b])
+        out_pairs[f"encoder - {base}"] = rows
+    return out_pairs
 
 
 def seconds_of(out: Path, method: str, k: int, people: list[Person], key: str) -> list[float]:
@@ -692,6 +716,8 @@ def aggregate(plan: Plan, out: Path, people: list[Person]) -> dict:
     for key in ("identity_similarity", "edit_success", "copy_paste"):
         result[key].setdefault("ceiling", None)
     result["intervals"] = {names.get(k, k): v for k, v in intervals.items()}
+    result["paired"] = {pair: {names.get(k, k): v for k, v in rows.items()}
+                        for pair, rows in paired_differences(out, plan, people, plan.headline).items()}
     result["by_photos"] = by_photos
     result["targets"] = targets(result)
     return result
@@ -793,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
         **provenance()})
     write_json_atomic(args.json, result, indent=1)
     head = {k: result[k] for k in ("identity_similarity", "edit_success", "copy_paste", "seconds_per_identity")}
+    head["paired"] = {pair: {m: rows[m] for m in ("identity_similarity", "identity_similarity_found", "edit_success")}
+                      for pair, rows in result["paired"].items()}
     print(json.dumps(head, indent=1))
     print(f"written to {args.json}")
     return 0

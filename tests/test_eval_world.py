@@ -75,6 +75,14 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     assert unit["means"]["all"]["identity_similarity_found"] == (pytest.approx(sum(found) / len(found)) if found
                                                                 else None)
     assert set(r["identity_similarity_found"]) == set(METHODS)
+    # paired differences over the same identities: encoder minus each baseline, per identity
+    def unit_means(method):
+        return {u.stem: json.loads(u.read_text())["means"]["all"]["identity_similarity"]
+                for u in (out / "scores" / method / "p2" / "s0").glob("*.json")}
+    enc, text = unit_means("encoder"), unit_means("text_only")
+    paired = r["paired"]["encoder - text_only"]["identity_similarity"]
+    assert paired["n"] == 2 and paired["mean"] == pytest.approx(sum(enc[n] - text[n] for n in enc) / 2)
+    assert set(r["paired"]) == {"encoder - text_only", "encoder - finetune"}
     assert sorted(p.name for p in (out / "images" / "encoder" / "p2" / "girl1").glob("*.jpg")) == \
         [f"{i}-{k:03}.jpg" for i in range(4) for k in range(2)]
     stamps = {u: u.stat().st_mtime_ns for u in units}
