@@ -241,8 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", choices=["synthetic", "shards", "none"], default="synthetic",
                    help="synthetic batches on the GPU (the step alone), shards through the loader, or the "
                         "loader alone (none)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--steps", type=int, default=20,
+                   help="timed steps (--all: of the rows fed by shards, the others time 20; --levers: every row's)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (--levers: every row's)")
     p.add_argument("--gemm-peak", action="store_true", help="measure the dense bf16 rate only")
     p.add_argument("--check-losses", action="store_true", help="compare the forms' losses and gradients")
     p.add_argument("--profile", action="store_true", help="kernel time of a few steps, by kind of kernel")
@@ -261,6 +262,8 @@ def main(argv=None) -> int:
             make_shards(shards, args.shard_samples)
         rows = standard_rows(shards, args.steps) if args.all else lever_rows(shards)
         base = ["--config", args.config, *[o for o in overrides if o != "--shards" and o != shards]]
+        if args.levers:  # a row's own --steps, later on its command line, wins
+            base += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         peak = None
         results = []
         for r in run_rows("eval.bench.pretraining", [[*base, *row] for row in rows], timeout_s=args.row_timeout):
