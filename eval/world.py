@@ -628,16 +628,18 @@ def paired_differences(out: Path, plan: Plan, people: list[Person], k: int) -> d
     baseline run beside the identity module, over the identities both have. The same identities, photos,
     prompts and seeds on both sides, so a person's difficulty cancels: a far narrower interval than the
     two methods' own intervals side by side."""
+    def values(method):
+        return {metric: per_identity_by_name(out, method, k, people, plan.seeds, layout, metric)
+                for metric, layout in HEADLINE.items()}
+
+    bases = [b for b in ("text_only", "finetune") if b in plan.methods] if "encoder" in plan.methods else []
+    enc = values("encoder") if bases else {}
     out_pairs = {}
-    for base in ("text_only", "finetune"):
-        if "encoder" not in plan.methods or base not in plan.methods:
-            continue
-        rows = {}
-        for metric, layout in HEADLINE.items():
-            a = per_identity_by_name(out, "encoder", k, people, plan.seeds, layout, metric)
-            b = per_identity_by_name(out, base, k, people, plan.seeds, layout, metric)
-            rows[metric] = bootstrap_interval([a[n] - b[n] for n in a if n in b])
-        out_pairs[f"encoder - {base}"] = rows
+    for base in bases:
+        other = values(base)
+        out_pairs[f"encoder - {base}"] = {metric: bootstrap_interval([a[n] - other[metric][n] for n in a
+                                                                      if n in other[metric]])
+                                          for metric, a in enc.items()}
     return out_pairs
 
 
