@@ -34,7 +34,7 @@ from data_prep.augment import FaceAugment, augment_face, key_generator
 from data_prep.format import encode_sample, safe_key
 from data_prep.sources import RawSample
 from encoder.crop import face_crop, square_crop
-from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, LocatedFace, face_model_block
+from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, LocatedFace, face_model_block, mirrored
 from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
 from models.paths import file_sha256
 
@@ -272,8 +272,8 @@ class SampleProcessor:
         if not photos:
             return []
         n = len(photos)
-        crops = ([p.located.aligned for p in photos] + [np.ascontiguousarray(p.located.aligned[:, ::-1])
-                                                         for p in photos] + [p.aug_view for p in photos])
+        crops = ([p.located.aligned for p in photos] + [mirrored(p.located.aligned) for p in photos]
+                 + [p.aug_view for p in photos])
         try:
             emb = self.faces.embed_aligned(crops)
         except FaceRejected:

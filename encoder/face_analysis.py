@@ -146,6 +146,11 @@ class Face:
         return float(min(self.box[2] - self.box[0], self.box[3] - self.box[1]))
 
 
+def mirrored(aligned: np.ndarray) -> np.ndarray:
+    """An aligned crop [S, S, 3] mirrored left-right: the input of a face's flip embedding."""
+    return np.ascontiguousarray(aligned[:, ::-1])
+
+
 @dataclass(eq=False)
 class LocatedFace:
     """A face found and aligned but not embedded yet: `FaceAnalyzer.locate`'s result, so that a caller with
@@ -405,7 +410,7 @@ class FaceAnalyzer:
 
     def _faces(self, img_rgb: np.ndarray, dets: list[_Detection], n_faces: int) -> list[Face]:
         aligned = self._align(img_rgb, dets)
-        flipped = [np.ascontiguousarray(a[:, ::-1]) for a in aligned]
+        flipped = [mirrored(a) for a in aligned]
         emb = self._embed(aligned + flipped)
         n = len(dets)
         img_bgr = None if self.attribute is None else np.ascontiguousarray(img_rgb[:, :, ::-1])

@@ -234,10 +234,9 @@ def check_world(world: Path) -> None:
 
 def world_fingerprint(world: Path) -> dict:
     """{relative path: sha256} of every file of the world folder (a few tens of MB: well under a second)."""
-    from models.paths import file_sha256
+    from models.paths import files_sha256
 
-    return {str(p.relative_to(world)): file_sha256(p) for p in sorted(world.rglob("*"))
-            if p.is_file() and p.suffix != ".md"}
+    return files_sha256(world, [p for p in sorted(world.rglob("*")) if p.is_file() and p.suffix != ".md"])
 
 
 # -------------------------------------------------------------------------------------- running

@@ -110,6 +110,8 @@ class Plan:
     split: str = "test"
     headline_photos: int | None = None
     command_timing: int = 3
+    id_scale: float = 1.0  # sample.py --id-scale of the identity module
+    id_guidance: float | None = None  # sample.py --id-guidance (None: the text guidance scale, two passes)
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -123,6 +125,18 @@ class Plan:
     @property
     def headline(self) -> int:
         return self.headline_photos or self.photos[0]
+
+    @property
+    def identity_sampling(self) -> dict:
+        """The identity module's sampling settings where they differ from sample.py's defaults (so that
+        units scored at the defaults keep their keys)."""
+        return {k: v for k, v in (("id_scale", self.id_scale), ("id_guidance", self.id_guidance))
+                if v != {"id_scale": 1.0, "id_guidance": None}[k]}
+
+    def sample_flags(self) -> list[str]:
+        """sample.py's flags for the identity module's sampling settings."""
+        flags = ["--id-scale", f"{self.id_scale:g}"]
+        return flags + ([] if self.id_guidance is None else ["--id-guidance", f"{self.id_guidance:g}"])
 
     @staticmethod
     def sampling_seed(j: int, prompts: int) -> int:
@@ -453,6 +467,8 @@ class Evaluation:
                "seed": plan.sampling_seed(j, len(person.prompts)), "refs": plan.refs, "photos": k}
         if method == "finetune":
             key["setting"] = self.finetune_setting[0].to_dict()
+        if method.startswith("encoder"):
+            key.update(plan.identity_sampling)
         return json.loads(json.dumps(key))
 
     def done(self, method: str, k: int, j: int, person: Person) -> bool:
@@ -473,15 +489,17 @@ class Evaluation:
         write_json_atomic(path, data, indent=1)
 
     # ---- the methods
-    def run_encoder(self, people: list[Person]) -> None:
-        """train.py, then sample.py on the seeded prompt file, per photo count and identity."""
+    def run_encoder(self, people: list[Person], method: str = "encoder") -> None:
+        """train.py, then sample.py on the seeded prompt file, per photo count and identity, at the plan's
+        identity sampling settings. `method` names the units and images (eval.identity_grid runs one name
+        per setting); train.py's records do not depend on it."""
         train_cli, sample_cli = _load_cli("train"), _load_cli("sample")
         for module in WARM_IMPORTS:  # imported once, so that the first identity's time is not import time
             importlib.import_module(module)
         dev, plan = self.device.type, self.plan
         for person in people:
             for k in plan.photos:
-                todo = self.todo("encoder", person, k)
+                todo = self.todo(method, person, k)
                 if not todo:
                     continue
                 record = self.out / "records" / f"p{k}" / person.name
@@ -494,14 +512,15 @@ class Evaluation:
                     self._timing("encoder", k, person.name, "in_process", seconds,
                                  {"face_models_loading": float(parts[1]) if parts else None,
                                   "photos_processing": float(parts[2]) if parts else None})
-                images = self.out / "images" / "encoder" / f"p{k}" / person.name
+                images = self.out / "images" / method / f"p{k}" / person.name
                 run_cli(sample_cli, ["--restore_path", str(record), "--prompt_path", str(self.prompt_file(person)),
                                      "--output_path", str(images), "--weights", str(self.world), "--encoder",
                                      str(self.encoder), "--seed", str(SEED_BASE), "--steps", str(plan.steps),
-                                     "--cfg", str(plan.cfg), "--n", str(plan.n), "--device", dev, "--quiet"],
+                                     "--cfg", str(plan.cfg), "--n", str(plan.n), *plan.sample_flags(), "--device",
+                                     dev, "--quiet"],
                         self.out / "logs" / "sample.log")
                 for _, j in todo:
-                    self.score_unit("encoder", k, j, person, images, {"record": str(record)})
+                    self.score_unit(method, k, j, person, images, {"record": str(record)})
 
     def prompt_file(self, person: Person) -> Path:
         return self.out / "prompts" / f"{person.name}.json"
@@ -623,24 +642,26 @@ def per_identity_by_name(out: Path, method: str, k: int, people: list[Person], s
     return values
 
 
-def paired_differences(out: Path, plan: Plan, people: list[Person], k: int) -> dict:
-    """{"encoder - <baseline>": {metric: bootstrap interval of the per-identity differences}} for each
-    baseline run beside the identity module, over the identities both have. The same identities, photos,
-    prompts and seeds on both sides, so a person's difficulty cancels: a far narrower interval than the
-    two methods' own intervals side by side."""
-    def values(method):
-        return {metric: per_identity_by_name(out, method, k, people, plan.seeds, layout, metric)
-                for metric, layout in HEADLINE.items()}
+def headline_values(out: Path, method: str, k: int, people: list[Person], seeds: int) -> dict[str, dict]:
+    """{metric: {identity: value}} of a method's headline metrics (each on its HEADLINE layout)."""
+    return {metric: per_identity_by_name(out, method, k, people, seeds, layout, metric)
+            for metric, layout in HEADLINE.items()}
 
+
+def paired(a: dict[str, dict], b: dict[str, dict]) -> dict:
+    """{metric: bootstrap interval of the per-identity differences a - b}, over the identities both have
+    (a, b: headline_values of two methods). The same identities, photos, prompts and seeds on both sides,
+    so a person's difficulty cancels: a far narrower interval than the two methods' own intervals side by
+    side."""
+    return {metric: bootstrap_interval([v - b[metric][n] for n, v in vals.items() if n in b[metric]])
+            for metric, vals in a.items()}
+
+
+def paired_differences(out: Path, plan: Plan, people: list[Person], k: int) -> dict:
+    """{"encoder - <baseline>": paired(encoder, baseline)} for each baseline run beside the identity module."""
     bases = [b for b in ("text_only", "finetune") if b in plan.methods] if "encoder" in plan.methods else []
-    enc = values("encoder") if bases else {}
-    out_pairs = {}
-    for base in bases:
-        other = values(base)
-        out_pairs[f"encoder - {base}"] = {metric: bootstrap_interval([a[n] - other[metric][n] for n in a
-                                                                      if n in other[metric]])
-                                          for metric, a in enc.items()}
-    return out_pairs
+    enc = headline_values(out, "encoder", k, people, plan.seeds) if bases else {}
+    return {f"encoder - {base}": paired(enc, headline_values(out, base, k, people, plan.seeds)) for base in bases}
 
 
 def seconds_of(out: Path, method: str, k: int, people: list[Person], key: str) -> list[float]:
@@ -764,6 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--cfg", type=float, default=7.0, help="text guidance scale (default 7)")
     p.add_argument("--refs", type=int, default=5, help="reference renders per identity (default 5)")
+    p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
+    p.add_argument("--id-guidance", type=float, default=None,
+                   help="its sample.py --id-guidance (default: none, the text guidance scale)")
     p.add_argument("--headline-photos", type=int, default=None, help="photo count of the headline numbers")
     p.add_argument("--command-timing", type=int, default=3,
                    help="identities whose personalisation is also timed as a whole command (default 3; 0: none)")
@@ -793,7 +817,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan(seed=args.seed, identities=args.identities, photos=tuple(int(x) for x in args.photos.split(",")),
                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), prompts=args.prompts,
                 seeds=args.seeds, n=args.n, steps=args.steps, cfg=args.cfg, refs=args.refs,
-                headline_photos=args.headline_photos, command_timing=args.command_timing)
+                headline_photos=args.headline_photos, command_timing=args.command_timing,
+                id_scale=args.id_scale, id_guidance=args.id_guidance)
     out = args.out or Path("runs/eval_world") / f"seed{plan.seed}"
     device = pick_device(args.device)
     t0 = time.perf_counter()
@@ -811,7 +836,8 @@ def main(argv: list[str] | None = None) -> int:
         "renderer_seed": plan.seed,
         "renderer": {"seed": plan.seed, "split": plan.split, "version": RENDERER_VERSION,
                      "identities": [lo, lo + plan.identities]},
-        "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds,
+        "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
+                     "id_guidance": plan.id_guidance,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out),

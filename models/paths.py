@@ -124,6 +124,13 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def files_sha256(root: str | os.PathLike, files) -> dict[str, str]:
+    """{path relative to root (POSIX): SHA-256} of the given files under root, in the order given: what a
+    results JSON records to name the exact weights behind its numbers."""
+    root = Path(root)
+    return {Path(f).relative_to(root).as_posix(): file_sha256(f) for f in files}
+
+
 def missing_weights(names, root: str | os.PathLike | None = None) -> list[str]:
     """The WeightsError message of every name in `names` that cannot be found (empty: all present)."""
     missing = []

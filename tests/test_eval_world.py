@@ -99,3 +99,54 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     again = json.loads(results.read_text())
     assert again["identity_similarity"] == r["identity_similarity"] and again["edit_success"] == r["edit_success"]
     assert {u: u.stat().st_mtime_ns for u in units} == stamps
+
+
+def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(world, tmp_path, monkeypatch):
+    import eval.identity_grid as grid
+    import eval.world as ew
+    import personalize.generate as generate
+
+    out, results = tmp_path / "work", tmp_path / "grid.json"
+    argv = ["--seed", "3", "--identities", "2", "--photos", "2", "--prompts", "1", "--n", "1", "--steps", "2",
+            "--id-scales", "1,2", "--id-guidances", "none,5", "--device", "cpu", "--world", str(world),
+            "--out", str(out), "--json", str(results), "--no-progress"]
+    assert grid.main(argv) == 0
+    r = json.loads(results.read_text())
+    assert [(row["id_scale"], row["id_guidance"]) for row in r["rows"]] == [(1, None), (1, 5), (2, None), (2, 5)]
+    assert r["validation"]["split"] == "val" and r["commands"]["grid"].startswith("python -m eval.identity_grid")
+    # each setting's images are its own, sampled with its flags; the records are shared
+    logs = (out / "logs" / "sample.log").read_text()
+    assert "--id-scale 2 --id-guidance 5" in logs
+    for row in r["rows"]:
+        units = sorted((out / "scores" / row["method"] / "p2" / "s0").glob("*.json"))
+        assert len(units) == 2
+        key = json.loads(units[0].read_text())["key"]
+        assert key.get("id_scale", 1.0) == row["id_scale"] and key.get("id_guidance") == row["id_guidance"]
+        # the paired difference is the mean of per-identity differences against text only
+        mine = {u.stem: json.loads(u.read_text())["means"]["edit"]["edit_success"] for u in units}
+        text = {u.stem: json.loads(u.read_text())["means"]["edit"]["edit_success"]
+                for u in (out / "scores" / "text_only" / "p2" / "s0").glob("*.json")}
+        assert row["paired"]["edit_success"]["mean"] == pytest.approx(sum(mine[n] - text[n] for n in mine) / 2)
+    assert len(list((out / "records" / "p2").iterdir())) == 2
+    assert r["best"] is None or (r["best"]["id_scale"], r["best"]["id_guidance"]) in {(1, None), (1, 5), (2, None),
+                                                                                      (2, 5)}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished unit was done again")
+
+    monkeypatch.setattr(ew, "run_cli", forbidden)
+    monkeypatch.setattr(generate, "generate_prompts", forbidden)
+    assert grid.main(argv) == 0
+    assert json.loads(results.read_text())["rows"] == r["rows"]
+
+
+def test_identity_grid_picks_the_largest_identity_gain_that_keeps_edits_and_faces():
+    from eval.identity_grid import pick_best
+
+    def row(gain, edit, faces):
+        return {"paired": {"identity_similarity_found": {"mean": gain}},
+                "ratio_to_text_only": {"edit_success": edit, "face_found": faces}}
+
+    rows = [row(0.01, 1.0, 1.0), row(0.05, 0.95, 0.92), row(0.2, 0.5, 1.0), row(0.3, 1.0, 0.6)]
+    assert pick_best(rows) is rows[1]
+    assert pick_best([row(0.2, 0.5, 1.0)]) is None

@@ -337,11 +337,11 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     from data_prep.faceworld.attributes import split_range
-    from models.paths import file_sha256
+    from models.paths import files_sha256
 
     weights = sorted(p for p in (world_dir / "models").glob("*.safetensors")) if (world_dir / "models").is_dir() else []
     result: dict = {"format": "world-foundation", "version": 1, "world": str(world_dir), "renderer_seed": seed,
-                    "world_sha256": {f"models/{p.name}": file_sha256(p) for p in weights},
+                    "world_sha256": files_sha256(world_dir, weights),
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None

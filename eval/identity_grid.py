@@ -1,0 +1,158 @@
+"""python -m eval.identity_grid: how strongly to sample the identity module (issue 16's identity scale x
+guidance ablation), chosen on validation identities.
+
+    python -m eval.identity_grid --seed S [--identities 8] [--id-scales 1,2,4] [--id-guidances none,7,15]
+        [--device cpu|cuda] [--json eval/results/identity_grid.json]
+
+Renders validation identities (renderer split `val`: nobody's test identities), runs text only once and
+the identity module once per (identity scale, identity guidance) setting through the same machinery as
+`python -m eval.world` (train.py once per identity, then sample.py with `--id-scale` and `--id-guidance`),
+and reports for each setting the paired differences against text only over identities (identity
+similarity, over all images and over the images with a face found; edit success; faces found; world-CLIP
+text similarity). Identity guidance "none" is sample.py's default: the identity rides on the text guidance
+(two network passes); a number g adds the third pass, eps = uncond + (1 + cfg)(text - uncond)
++ (1 + g)(cond - text).
+
+The chosen setting (`best`) has the largest paired identity similarity over faces found among the settings
+whose edit success and faces found both stay at least `KEEP` of text only's; an evaluation on test
+identities then runs it with `python -m eval.world ... --id-scale A --id-guidance G`. Work folder (default
+runs/identity_grid/seed<S>): eval.world's layout, one method name per setting, so a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from eval.world import Evaluation, Plan, headline_values, paired, per_identity, prepare_data, provenance, weights_sha256
+from eval.world_scores import bootstrap_interval
+
+RESULTS = Path("eval/results/identity_grid.json")
+KEEP = 0.9  # a setting must keep this fraction of text only's edit success and faces found
+REPORTED = ("identity_similarity", "identity_similarity_found", "edit_success", "face_found", "clip_text")
+
+
+def parse_guidance(text: str) -> float | None:
+    return None if text.strip().lower() in ("none", "-", "") else float(text)
+
+
+def label(scale: float, guidance: float | None) -> str:
+    """The method name of one setting (its units and images in the work folder)."""
+    return f"encoder_scale{scale:g}_guidance{'none' if guidance is None else f'{guidance:g}'}"
+
+
+def pick_best(rows: list[dict]) -> dict | None:
+    """The row with the largest paired identity similarity over faces found among those that keep KEEP
+    of text only's edit success and faces found (None when no row does)."""
+    def keeps(row):
+        ratios = [row["ratio_to_text_only"][m] for m in ("edit_success", "face_found")]
+        return all(r is not None and r >= KEEP for r in ratios)
+
+    ok = [r for r in rows if keeps(r) and r["paired"]["identity_similarity_found"]["mean"] is not None]
+    return max(ok, key=lambda r: r["paired"]["identity_similarity_found"]["mean"], default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m eval.identity_grid", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seed", type=int, required=True, help="renderer seed of the validation identities")
+    p.add_argument("--identities", type=int, default=8, help="validation identities (default 8)")
+    p.add_argument("--photos", type=int, default=3, help="photos per identity (default 3)")
+    p.add_argument("--id-scales", default="1,2,4", help="identity scales, comma-separated (default 1,2,4)")
+    p.add_argument("--id-guidances", default="none,7,15",
+                   help="identity guidance scales, comma-separated; none = the text guidance, two passes "
+                        "(default none,7,15)")
+    p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
+    p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
+    p.add_argument("--cfg", type=float, default=7.0, help="text guidance scale (default 7)")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
+    p.add_argument("--encoder", type=Path, default=None, help="identity module (default <world>/faceid_encoder)")
+    p.add_argument("--out", type=Path, default=None, help="work folder (default runs/identity_grid/seed<S>)")
+    p.add_argument("--json", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.atomic import write_json_atomic
+    from models.device import pick_device
+    from models.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    argv_list = sys.argv[1:] if argv is None else list(argv)
+    try:
+        scales = [float(x) for x in args.id_scales.split(",") if x.strip()]
+        guidances = [parse_guidance(x) for x in args.id_guidances.split(",")]
+    except ValueError as e:
+        raise UserError(f"--id-scales / --id-guidances: {e} (numbers, comma-separated; 'none' for guidance)") from e
+    plan = Plan(seed=args.seed, identities=args.identities, photos=(args.photos,), methods=("encoder", "text_only"),
+                prompts=args.prompts, seeds=1, n=args.n, steps=args.steps, cfg=args.cfg, split="val",
+                command_timing=0)
+    out = args.out or Path("runs/identity_grid") / f"seed{plan.seed}"
+    k, progress = args.photos, not args.no_progress
+    people = prepare_data(plan, out, progress=progress)
+    ev = Evaluation(plan, out, args.world, pick_device(args.device), args.encoder, None, progress=progress)
+    ev.run_text_only(people)
+    text = headline_values(out, "text_only", k, people, 1)
+    text_means = {m: bootstrap_interval(list(text[m].values()))["mean"] for m in REPORTED}
+    rows = []
+    for scale in scales:
+        for guidance in guidances:
+            name = label(scale, guidance)
+            ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance)
+            print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
+            ev.run_encoder(people, method=name)
+            values = headline_values(out, name, k, people, 1)
+            means = {m: bootstrap_interval(list(values[m].values()))["mean"] for m in REPORTED}
+            rows.append({"id_scale": scale, "id_guidance": guidance, "method": name, "means": means,
+                         "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
+                                                    else means[m] / text_means[m]) for m in REPORTED},
+                         "paired": {m: v for m, v in paired(values, text).items() if m in REPORTED},
+                         "copy_paste": bootstrap_interval(per_identity(out, name, k, people, 1, "all",
+                                                                       "copy_paste"))})
+    best = pick_best(rows)
+    result = {"format": "identity-grid", "version": 1, "rows": rows, "text_only": text_means,
+              "best": None if best is None else {"id_scale": best["id_scale"], "id_guidance": best["id_guidance"]},
+              "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text only's "
+                      "edit success and faces found",
+              "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,
+                             "prompts": {"sim": plan.prompts, "edit": plan.prompts}, "images_per_prompt": plan.n,
+                             "sampling_steps": plan.steps, "cfg": plan.cfg},
+              "work_folder": str(out), "world_sha256": weights_sha256(args.world, args.encoder),
+              "commands": {"grid": shlex.join(["python", "-m", "eval.identity_grid", *argv_list])}, **provenance()}
+    write_json_atomic(args.json, result, indent=1)
+    print(table(result))
+    print(f"written to {args.json}")
+    return 0
+
+
+def table(result: dict) -> str:
+    """The grid as a text table: paired differences against text only, with their intervals."""
+    def cell(iv):
+        return "-" if iv["mean"] is None else f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
+
+    head = f"{'id scale':>8} {'id guid':>7}  {'identity - text':>26}  {'found - text':>26}  {'edit - text':>26}  faces"
+    lines = [head]
+    for r in result["rows"]:
+        g = "none" if r["id_guidance"] is None else f"{r['id_guidance']:g}"
+        p = r["paired"]
+        faces = r["means"]["face_found"]
+        lines.append(f"{r['id_scale']:>8g} {g:>7}  {cell(p['identity_similarity']):>26}  "
+                     f"{cell(p['identity_similarity_found']):>26}  {cell(p['edit_success']):>26}  "
+                     f"{'-' if faces is None else f'{faces:.2f}'}")
+    best = result["best"]
+    lines.append("best: none keeps the floors" if best is None else
+                 f"best: --id-scale {best['id_scale']:g}" + ("" if best["id_guidance"] is None
+                                                              else f" --id-guidance {best['id_guidance']:g}"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from models.errors import run_cli as run_user_cli
+
+    sys.exit(run_user_cli(main))
