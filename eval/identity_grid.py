@@ -39,9 +39,13 @@ def parse_guidance(text: str) -> float | None:
     return None if text.strip().lower() in ("none", "-", "") else float(text)
 
 
+def guidance_text(guidance: float | None) -> str:
+    return "none" if guidance is None else f"{guidance:g}"
+
+
 def label(scale: float, guidance: float | None) -> str:
     """The method name of one setting (its units and images in the work folder)."""
-    return f"encoder_scale{scale:g}_guidance{'none' if guidance is None else f'{guidance:g}'}"
+    return f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}"
 
 
 def pick_best(rows: list[dict]) -> dict | None:
@@ -74,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path, default=None, help="identity module (default <world>/faceid_encoder)")
     p.add_argument("--out", type=Path, default=None, help="work folder (default runs/identity_grid/seed<S>)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
+    p.add_argument("--plot", type=Path, default=None, help="also write the plot (PNG) here")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -126,6 +131,15 @@ def main(argv: list[str] | None = None) -> int:
               "work_folder": str(out), "world_sha256": weights_sha256(args.world, args.encoder),
               "commands": {"grid": shlex.join(["python", "-m", "eval.identity_grid", *argv_list])}, **provenance()}
     write_json_atomic(args.json, result, indent=1)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from models.atomic import atomic_write
+
+        figure = plot(result)
+        atomic_write(args.plot, lambda path: figure.savefig(path, format="png", dpi=110))
+        print(f"plot written to {args.plot}")
     print(table(result))
     print(f"written to {args.json}")
     return 0
@@ -139,7 +153,7 @@ def table(result: dict) -> str:
     head = f"{'id scale':>8} {'id guid':>7}  {'identity - text':>26}  {'found - text':>26}  {'edit - text':>26}  faces"
     lines = [head]
     for r in result["rows"]:
-        g = "none" if r["id_guidance"] is None else f"{r['id_guidance']:g}"
+        g = guidance_text(r["id_guidance"])
         p = r["paired"]
         faces = r["means"]["face_found"]
         lines.append(f"{r['id_scale']:>8g} {g:>7}  {cell(p['identity_similarity']):>26}  "
@@ -150,6 +164,40 @@ def table(result: dict) -> str:
                  f"best: --id-scale {best['id_scale']:g}" + ("" if best["id_guidance"] is None
                                                               else f" --id-guidance {best['id_guidance']:g}"))
     return "\n".join(lines)
+
+
+PLOTTED = (("identity_similarity_found", "identity similarity (faces found)"),
+           ("identity_similarity", "identity similarity (no face = 0)"),
+           ("edit_success", "edit success"), ("face_found", "faces found"))
+
+
+def plot(result: dict):
+    """Each setting's paired difference against text only (mean and 95 % interval over identities), one
+    panel per metric. Returns a matplotlib Figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = result["rows"]
+    names = [f"{r['id_scale']:g} / {guidance_text(r['id_guidance'])}" for r in rows]
+    xs = np.arange(len(rows))
+    fig, panels = plt.subplots(1, len(PLOTTED), figsize=(3.6 * len(PLOTTED), 3.6), sharex=True)
+    for ax, (metric, title) in zip(panels, PLOTTED):
+        ivs = [r["paired"][metric] for r in rows]
+        mean = np.array([np.nan if iv["mean"] is None else iv["mean"] for iv in ivs])
+        lo = np.array([np.nan if iv["lo"] is None else iv["lo"] for iv in ivs])
+        hi = np.array([np.nan if iv["hi"] is None else iv["hi"] for iv in ivs])
+        ax.errorbar(xs, mean, yerr=[mean - lo, hi - mean], fmt="o", capsize=3)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(xs, names, rotation=60, fontsize=8)
+        ax.set_xlabel("identity scale / identity guidance")
+        ax.grid(alpha=0.3)
+    panels[0].set_ylabel("minus text only (per identity)")
+    v = result["validation"]
+    fig.suptitle(f"identity module's sampling strength: {v['identities']} validation identities (seed {v['seed']}), "
+                 f"{v['photos']} photos, {v['sampling_steps']} steps, cfg {v['cfg']:g}", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 if __name__ == "__main__":

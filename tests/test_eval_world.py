@@ -128,6 +128,7 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
                 for u in (out / "scores" / "text_only" / "p2" / "s0").glob("*.json")}
         assert row["paired"]["edit_success"]["mean"] == pytest.approx(sum(mine[n] - text[n] for n in mine) / 2)
     assert len(list((out / "records" / "p2").iterdir())) == 2
+    _run_notebook(results, tmp_path, monkeypatch)
     assert r["best"] is None or (r["best"]["id_scale"], r["best"]["id_guidance"]) in {(1, None), (1, 5), (2, None),
                                                                                       (2, 5)}
 
@@ -150,3 +151,24 @@ def test_identity_grid_picks_the_largest_identity_gain_that_keeps_edits_and_face
     rows = [row(0.01, 1.0, 1.0), row(0.05, 0.95, 0.92), row(0.2, 0.5, 1.0), row(0.3, 1.0, 0.6)]
     assert pick_best(rows) is rows[1]
     assert pick_best([row(0.2, 0.5, 1.0)]) is None
+
+
+def _run_notebook(result_json, tmp_path, monkeypatch):
+    """eval/notebooks/identity_grid.ipynb top to bottom in a fresh kernel on a grid's JSON."""
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "eval" / "notebooks" / "identity_grid.ipynb", as_version=4)
+    monkeypatch.setenv("IDENTITY_GRID", str(result_json))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "python -m eval.identity_grid" in text and "best:" in text
+    assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
