@@ -2,27 +2,29 @@
 guidance ablation), chosen on validation identities.
 
     python -m eval.identity_grid --seed S [--identities 8] [--id-scales 1,2,4] [--id-guidances none,7,15]
-        [--device cpu|cuda] [--json eval/results/identity_grid.json]
+        [--refine-steps 0,50] [--device cpu|cuda] [--json eval/results/identity_grid.json] [--plot PNG]
 
 Renders validation identities (renderer split `val`: nobody's test identities), runs text only once and
-the identity module once per (identity scale, identity guidance) setting through the same machinery as
-`python -m eval.world` (train.py once per identity, then sample.py with `--id-scale` and `--id-guidance`),
-and reports for each setting the paired differences against text only over identities (identity
-similarity, over all images and over the images with a face found; edit success; faces found; world-CLIP
-text similarity). Identity guidance "none" is sample.py's default: the identity rides on the text guidance
-(two network passes); a number g adds the third pass, eps = uncond + (1 + cfg)(text - uncond)
-+ (1 + g)(cond - text).
+the identity module once per (refinement steps, identity scale, identity guidance) setting through the
+same machinery as `python -m eval.world` (train.py once per identity and refinement setting, with
+`--refine-steps`; then sample.py with `--id-scale` and `--id-guidance`), and reports for each setting the
+paired differences against text only over identities (identity similarity, over all images and over the
+images with a face found; edit success; faces found; world-CLIP text similarity). Identity guidance "none"
+is sample.py's default: the identity rides on the text guidance (two network passes); a number g adds the
+third pass, eps = uncond + (1 + cfg)(text - uncond) + (1 + g)(cond - text).
 
 The chosen setting (`best`) has the largest paired identity similarity over faces found among the settings
 whose edit success and faces found both stay at least `KEEP` of text only's; an evaluation on test
-identities then runs it with `python -m eval.world ... --id-scale A --id-guidance G`. Work folder (default
-runs/identity_grid/seed<S>): eval.world's layout, one method name per setting, so a rerun resumes.
+identities then runs it with `python -m eval.world ... --id-scale A --id-guidance G [--refine-steps N]`.
+Work folder (default runs/identity_grid/seed<S>): eval.world's layout, one method name per setting, so a
+rerun resumes.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import shlex
 import sys
 from pathlib import Path
@@ -43,9 +45,17 @@ def guidance_text(guidance: float | None) -> str:
     return "none" if guidance is None else f"{guidance:g}"
 
 
-def label(scale: float, guidance: float | None) -> str:
+def flags(setting: dict) -> str:
+    """The command-line flags of a setting (a row or `best`): sample.py's and train.py's."""
+    out = f"--id-scale {setting['id_scale']:g}"
+    if setting["id_guidance"] is not None:
+        out += f" --id-guidance {setting['id_guidance']:g}"
+    return out + (f" --refine-steps {setting['refine_steps']}" if setting.get("refine_steps") else "")
+
+
+def label(scale: float, guidance: float | None, refine: int = 0) -> str:
     """The method name of one setting (its units and images in the work folder)."""
-    return f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}"
+    return f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}" + (f"_refine{refine}" if refine else "")
 
 
 def pick_best(rows: list[dict]) -> dict | None:
@@ -69,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-guidances", default="none,7,15",
                    help="identity guidance scales, comma-separated; none = the text guidance, two passes "
                         "(default none,7,15)")
+    p.add_argument("--refine-steps", default="0",
+                   help="train.py --refine-steps values, comma-separated (default 0: no refinement)")
     p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
     p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -93,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scales = [float(x) for x in args.id_scales.split(",") if x.strip()]
         guidances = [parse_guidance(x) for x in args.id_guidances.split(",")]
+        refines = [int(x) for x in args.refine_steps.split(",") if x.strip()]
     except ValueError as e:
         raise UserError(f"--id-scales / --id-guidances: {e} (numbers, comma-separated; 'none' for guidance)") from e
     plan = Plan(seed=args.seed, identities=args.identities, photos=(args.photos,), methods=("encoder", "text_only"),
@@ -106,23 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     text = headline_values(out, "text_only", k, people, 1)
     text_means = {m: bootstrap_interval(list(text[m].values()))["mean"] for m in REPORTED}
     rows = []
-    for scale in scales:
-        for guidance in guidances:
-            name = label(scale, guidance)
-            ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance)
-            print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
-            ev.run_encoder(people, method=name)
-            values = headline_values(out, name, k, people, 1)
-            means = {m: bootstrap_interval(list(values[m].values()))["mean"] for m in REPORTED}
-            rows.append({"id_scale": scale, "id_guidance": guidance, "method": name, "means": means,
-                         "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
-                                                    else means[m] / text_means[m]) for m in REPORTED},
-                         "paired": {m: v for m, v in paired(values, text).items() if m in REPORTED},
-                         "copy_paste": bootstrap_interval(per_identity(out, name, k, people, 1, "all",
-                                                                       "copy_paste"))})
+    for refine, scale, guidance in itertools.product(refines, scales, guidances):
+        name = label(scale, guidance, refine)
+        ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine)
+        print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
+        ev.run_encoder(people, method=name)
+        values = headline_values(out, name, k, people, 1)
+        means = {m: bootstrap_interval(list(values[m].values()))["mean"] for m in REPORTED}
+        rows.append({"id_scale": scale, "id_guidance": guidance, "refine_steps": refine, "method": name,
+                     "means": means,
+                     "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
+                                                else means[m] / text_means[m]) for m in REPORTED},
+                     "paired": {m: v for m, v in paired(values, text).items() if m in REPORTED},
+                     "copy_paste": bootstrap_interval(per_identity(out, name, k, people, 1, "all", "copy_paste"))})
     best = pick_best(rows)
     result = {"format": "identity-grid", "version": 1, "rows": rows, "text_only": text_means,
-              "best": None if best is None else {"id_scale": best["id_scale"], "id_guidance": best["id_guidance"]},
+              "best": None if best is None else {k: best[k] for k in ("id_scale", "id_guidance", "refine_steps")},
               "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text only's "
                       "edit success and faces found",
               "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,
@@ -150,19 +162,16 @@ def table(result: dict) -> str:
     def cell(iv):
         return "-" if iv["mean"] is None else f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
 
-    head = f"{'id scale':>8} {'id guid':>7}  {'identity - text':>26}  {'found - text':>26}  {'edit - text':>26}  faces"
+    head = (f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  {'found - text':>26}  "
+            f"{'edit - text':>26}  faces")
     lines = [head]
     for r in result["rows"]:
-        g = guidance_text(r["id_guidance"])
-        p = r["paired"]
-        faces = r["means"]["face_found"]
-        lines.append(f"{r['id_scale']:>8g} {g:>7}  {cell(p['identity_similarity']):>26}  "
-                     f"{cell(p['identity_similarity_found']):>26}  {cell(p['edit_success']):>26}  "
-                     f"{'-' if faces is None else f'{faces:.2f}'}")
+        p, faces = r["paired"], r["means"]["face_found"]
+        lines.append(f"{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} {r.get('refine_steps', 0):>6}  "
+                     f"{cell(p['identity_similarity']):>26}  {cell(p['identity_similarity_found']):>26}  "
+                     f"{cell(p['edit_success']):>26}  {'-' if faces is None else f'{faces:.2f}'}")
     best = result["best"]
-    lines.append("best: none keeps the floors" if best is None else
-                 f"best: --id-scale {best['id_scale']:g}" + ("" if best["id_guidance"] is None
-                                                              else f" --id-guidance {best['id_guidance']:g}"))
+    lines.append("best: none keeps the floors" if best is None else f"best: {flags(best)}")
     return "\n".join(lines)
 
 
@@ -178,7 +187,8 @@ def plot(result: dict):
     import numpy as np
 
     rows = result["rows"]
-    names = [f"{r['id_scale']:g} / {guidance_text(r['id_guidance'])}" for r in rows]
+    names = [f"{r['id_scale']:g} / {guidance_text(r['id_guidance'])}"
+             + (f" / {r['refine_steps']}" if r.get("refine_steps") else "") for r in rows]
     xs = np.arange(len(rows))
     fig, panels = plt.subplots(1, len(PLOTTED), figsize=(3.6 * len(PLOTTED), 3.6), sharex=True)
     for ax, (metric, title) in zip(panels, PLOTTED):
@@ -190,7 +200,7 @@ def plot(result: dict):
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(xs, names, rotation=60, fontsize=8)
-        ax.set_xlabel("identity scale / identity guidance")
+        ax.set_xlabel("identity scale / identity guidance [/ refinement steps]")
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("minus text only (per identity)")
     v = result["validation"]

@@ -112,6 +112,7 @@ class Plan:
     command_timing: int = 3
     id_scale: float = 1.0  # sample.py --id-scale of the identity module
     id_guidance: float | None = None  # sample.py --id-guidance (None: the text guidance scale, two passes)
+    refine_steps: int = 0  # train.py --refine-steps: identity-token refinement on the photos
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -127,11 +128,19 @@ class Plan:
         return self.headline_photos or self.photos[0]
 
     @property
-    def identity_sampling(self) -> dict:
-        """The identity module's sampling settings where they differ from sample.py's defaults (so that
-        units scored at the defaults keep their keys)."""
-        return {k: v for k, v in (("id_scale", self.id_scale), ("id_guidance", self.id_guidance))
-                if v != {"id_scale": 1.0, "id_guidance": None}[k]}
+    def identity_settings(self) -> dict:
+        """The identity module's personalisation and sampling settings where they differ from train.py's
+        and sample.py's defaults (so that units scored at the defaults keep their keys)."""
+        defaults = {"id_scale": 1.0, "id_guidance": None, "refine_steps": 0}
+        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+
+    def records(self, k: int) -> str:
+        """The folder of train.py's records for photo count k (one per refinement setting)."""
+        return f"p{k}" + (f"_refine{self.refine_steps}" if self.refine_steps else "")
+
+    def train_flags(self, world: Path) -> list[str]:
+        """train.py's flags for the identity module's personalisation settings."""
+        return ["--weights", str(world), "--refine-steps", str(self.refine_steps)] if self.refine_steps else []
 
     def sample_flags(self) -> list[str]:
         """sample.py's flags for the identity module's sampling settings."""
@@ -468,7 +477,7 @@ class Evaluation:
         if method == "finetune":
             key["setting"] = self.finetune_setting[0].to_dict()
         if method.startswith("encoder"):
-            key.update(plan.identity_sampling)
+            key.update(plan.identity_settings)
         return json.loads(json.dumps(key))
 
     def done(self, method: str, k: int, j: int, person: Person) -> bool:
@@ -502,11 +511,12 @@ class Evaluation:
                 todo = self.todo(method, person, k)
                 if not todo:
                     continue
-                record = self.out / "records" / f"p{k}" / person.name
+                record = self.out / "records" / plan.records(k) / person.name
                 if not (record / "identity.json").is_file():
                     seconds, text = run_cli(train_cli, ["-d", str(photo_dir(self.out, k, person.name)), "-o",
                                                         str(record), "--face-pack", str(self.world / "faces"),
-                                                        "--encoder", str(self.encoder), "--device", dev, "--quiet"],
+                                                        "--encoder", str(self.encoder), *plan.train_flags(self.world),
+                                                        "--device", dev, "--quiet"],
                                             self.out / "logs" / "train.log")
                     parts = TRAIN_TIMES.search(text)  # train.py's own split: loading its face models, the photos
                     self._timing("encoder", k, person.name, "in_process", seconds,
@@ -597,8 +607,8 @@ class Evaluation:
                 folder, world = str(photo_dir(self.out, k, person.name).resolve()), self.world.resolve()
                 if method == "encoder":
                     argv = [sys.executable, "train.py", "-d", folder, "-o", str(target), "--face-pack",
-                            str(world / "faces"), "--encoder", str(self.encoder.resolve()), "--device",
-                            self.device.type, "--quiet"]
+                            str(world / "faces"), "--encoder", str(self.encoder.resolve()),
+                            *self.plan.train_flags(world), "--device", self.device.type, "--quiet"]
                 else:
                     cfg = self.finetune_setting[0]
                     argv = [sys.executable, "-m", "eval.finetune_baseline", "train", "-d", folder, "-o", str(target),
@@ -788,6 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
     p.add_argument("--id-guidance", type=float, default=None,
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
+    p.add_argument("--refine-steps", type=int, default=0,
+                   help="its train.py --refine-steps: identity-token refinement on the photos (default 0)")
     p.add_argument("--headline-photos", type=int, default=None, help="photo count of the headline numbers")
     p.add_argument("--command-timing", type=int, default=3,
                    help="identities whose personalisation is also timed as a whole command (default 3; 0: none)")
@@ -818,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), prompts=args.prompts,
                 seeds=args.seeds, n=args.n, steps=args.steps, cfg=args.cfg, refs=args.refs,
                 headline_photos=args.headline_photos, command_timing=args.command_timing,
-                id_scale=args.id_scale, id_guidance=args.id_guidance)
+                id_scale=args.id_scale, id_guidance=args.id_guidance, refine_steps=args.refine_steps)
     out = args.out or Path("runs/eval_world") / f"seed{plan.seed}"
     device = pick_device(args.device)
     t0 = time.perf_counter()
@@ -837,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
         "renderer": {"seed": plan.seed, "split": plan.split, "version": RENDERER_VERSION,
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
-                     "id_guidance": plan.id_guidance,
+                     "id_guidance": plan.id_guidance, "refine_steps": plan.refine_steps,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out),

@@ -108,11 +108,13 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
 
     out, results = tmp_path / "work", tmp_path / "grid.json"
     argv = ["--seed", "3", "--identities", "2", "--photos", "2", "--prompts", "1", "--n", "1", "--steps", "2",
-            "--id-scales", "1,2", "--id-guidances", "none,5", "--device", "cpu", "--world", str(world),
+            "--id-scales", "1,2", "--id-guidances", "none,5", "--refine-steps", "0,1", "--device", "cpu",
+            "--world", str(world),
             "--out", str(out), "--json", str(results), "--no-progress"]
     assert grid.main(argv) == 0
     r = json.loads(results.read_text())
-    assert [(row["id_scale"], row["id_guidance"]) for row in r["rows"]] == [(1, None), (1, 5), (2, None), (2, 5)]
+    settings = [(0, 1, None), (0, 1, 5), (0, 2, None), (0, 2, 5), (1, 1, None), (1, 1, 5), (1, 2, None), (1, 2, 5)]
+    assert [(row["refine_steps"], row["id_scale"], row["id_guidance"]) for row in r["rows"]] == settings
     assert r["validation"]["split"] == "val" and r["commands"]["grid"].startswith("python -m eval.identity_grid")
     # each setting's images are its own, sampled with its flags; the records are shared
     logs = (out / "logs" / "sample.log").read_text()
@@ -122,15 +124,18 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
         assert len(units) == 2
         key = json.loads(units[0].read_text())["key"]
         assert key.get("id_scale", 1.0) == row["id_scale"] and key.get("id_guidance") == row["id_guidance"]
+        assert key.get("refine_steps", 0) == row["refine_steps"]
         # the paired difference is the mean of per-identity differences against text only
         mine = {u.stem: json.loads(u.read_text())["means"]["edit"]["edit_success"] for u in units}
         text = {u.stem: json.loads(u.read_text())["means"]["edit"]["edit_success"]
                 for u in (out / "scores" / "text_only" / "p2" / "s0").glob("*.json")}
         assert row["paired"]["edit_success"]["mean"] == pytest.approx(sum(mine[n] - text[n] for n in mine) / 2)
+    # one set of records per refinement setting, the refined ones made with train.py --refine-steps
     assert len(list((out / "records" / "p2").iterdir())) == 2
+    refined = json.loads(next((out / "records" / "p2_refine1").iterdir()).joinpath("identity.json").read_text())
+    assert "refine" in json.dumps(refined) and "--refine-steps 1" in (out / "logs" / "train.log").read_text()
     _run_notebook(results, tmp_path, monkeypatch)
-    assert r["best"] is None or (r["best"]["id_scale"], r["best"]["id_guidance"]) in {(1, None), (1, 5), (2, None),
-                                                                                      (2, 5)}
+    assert r["best"] is None or (r["best"]["refine_steps"], r["best"]["id_scale"], r["best"]["id_guidance"]) in settings
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished unit was done again")
