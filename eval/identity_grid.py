@@ -2,7 +2,8 @@
 guidance ablation), chosen on validation identities.
 
     python -m eval.identity_grid --seed S [--identities 8] [--id-scales 1,2,4] [--id-guidances none,7,15]
-        [--refine-steps 0,50] [--device cpu|cuda] [--json eval/results/identity_grid.json] [--plot PNG]
+        [--refine-steps 0,50] [--settings 1:none:0,2:none:0,...] [--device cpu|cuda]
+        [--json eval/results/identity_grid.json] [--plot PNG]
 
 Renders validation identities (renderer split `val`: nobody's test identities), runs text only once and
 the identity module once per (refinement steps, identity scale, identity guidance) setting through the
@@ -45,6 +46,17 @@ def guidance_text(guidance: float | None) -> str:
     return "none" if guidance is None else f"{guidance:g}"
 
 
+def parse_settings(text: str) -> list[tuple[int, float, float | None]]:
+    """--settings "1:none:0,2:none:0,1:20:0" -> [(refine steps, identity scale, identity guidance), ...]."""
+    out = []
+    for item in (x for x in text.split(",") if x.strip()):
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"{item!r} is not scale:guidance:refine")
+        out.append((int(parts[2]), float(parts[0]), parse_guidance(parts[1])))
+    return out
+
+
 def flags(setting: dict) -> str:
     """The command-line flags of a setting (a row or `best`): sample.py's and train.py's."""
     out = f"--id-scale {setting['id_scale']:g}"
@@ -81,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default none,7,15)")
     p.add_argument("--refine-steps", default="0",
                    help="train.py --refine-steps values, comma-separated (default 0: no refinement)")
+    p.add_argument("--settings", default=None,
+                   help="explicit settings instead of the product of the three lists: scale:guidance:refine, "
+                        "comma-separated (e.g. 1:none:0,2:none:0,1:20:0,1:none:50)")
     p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
     p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -103,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
     try:
-        scales = [float(x) for x in args.id_scales.split(",") if x.strip()]
-        guidances = [parse_guidance(x) for x in args.id_guidances.split(",")]
-        refines = [int(x) for x in args.refine_steps.split(",") if x.strip()]
+        settings = parse_settings(args.settings) if args.settings else [
+            (r, s, g) for r, s, g in itertools.product([int(x) for x in args.refine_steps.split(",") if x.strip()],
+                                                       [float(x) for x in args.id_scales.split(",") if x.strip()],
+                                                       [parse_guidance(x) for x in args.id_guidances.split(",")])]
     except ValueError as e:
-        raise UserError(f"--id-scales / --id-guidances: {e} (numbers, comma-separated; 'none' for guidance)") from e
+        raise UserError(f"--settings / --id-scales / --id-guidances / --refine-steps: {e} (numbers, comma-separated; "
+                        "'none' for guidance; --settings as scale:guidance:refine,...)") from e
     plan = Plan(seed=args.seed, identities=args.identities, photos=(args.photos,), methods=("encoder", "text_only"),
                 prompts=args.prompts, seeds=1, n=args.n, steps=args.steps, cfg=args.cfg, split="val",
                 command_timing=0)
@@ -119,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     text = headline_values(out, "text_only", k, people, 1)
     text_means = {m: bootstrap_interval(list(text[m].values()))["mean"] for m in REPORTED}
     rows = []
-    for refine, scale, guidance in itertools.product(refines, scales, guidances):
+    for refine, scale, guidance in settings:
         name = label(scale, guidance, refine)
         ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine)
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)

@@ -158,6 +158,20 @@ def test_identity_grid_picks_the_largest_identity_gain_that_keeps_edits_and_face
     assert pick_best([row(0.2, 0.5, 1.0)]) is None
 
 
+def test_identity_grid_settings_are_a_product_or_an_explicit_list():
+    from eval.identity_grid import flags, main, parse_settings
+    from models.errors import UserError
+
+    assert parse_settings("1:none:0, 2:20:50") == [(0, 1.0, None), (50, 2.0, 20.0)]
+    with pytest.raises(ValueError, match="scale:guidance:refine"):
+        parse_settings("1:none")
+    assert flags({"id_scale": 2.0, "id_guidance": None, "refine_steps": 0}) == "--id-scale 2"
+    assert flags({"id_scale": 1.0, "id_guidance": 20.0, "refine_steps": 50}) == \
+        "--id-scale 1 --id-guidance 20 --refine-steps 50"
+    with pytest.raises(UserError, match="scale:guidance:refine"):  # before any work is done
+        main(["--seed", "1", "--settings", "1:none"])
+
+
 def _run_notebook(result_json, tmp_path, monkeypatch):
     """eval/notebooks/identity_grid.ipynb top to bottom in a fresh kernel on a grid's JSON."""
     import os
