@@ -217,9 +217,9 @@ def plot(result: dict):
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(xs, names, rotation=60, fontsize=8)
-        ax.set_xlabel("identity scale / identity guidance [/ refinement steps]")
         ax.grid(alpha=0.3)
     panels[0].set_ylabel("minus text only (per identity)")
+    fig.supxlabel("identity scale / identity guidance [/ refinement steps]", fontsize=9)
     v = result["validation"]
     fig.suptitle(f"identity module's sampling strength: {v['identities']} validation identities (seed {v['seed']}), "
                  f"{v['photos']} photos, {v['sampling_steps']} steps, cfg {v['cfg']:g}", fontsize=10)
