@@ -83,6 +83,10 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     paired = r["paired"]["encoder - text_only"]["identity_similarity"]
     assert paired["n"] == 2 and paired["mean"] == pytest.approx(sum(enc[n] - text[n] for n in enc) / 2)
     assert set(r["paired"]) == {"encoder - text_only", "encoder - finetune"}
+    # pooled over folders (here one folder twice): every identity of each, the same mean
+    from eval.world_pooled import pooled
+    both = pooled([out, out], 2, 1)["identity_similarity"]
+    assert both["n"] == 4 and both["mean"] == pytest.approx(paired["mean"])
     assert sorted(p.name for p in (out / "images" / "encoder" / "p2" / "girl1").glob("*.jpg")) == \
         [f"{i}-{k:03}.jpg" for i in range(4) for k in range(2)]
     stamps = {u: u.stat().st_mtime_ns for u in units}
