@@ -17,7 +17,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from eval.world import Person, headline_values, paired
+from eval.world import Person, headline_values, paired, provenance
 
 
 def people_of(folder: Path, method: str, k: int) -> list[Person]:
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"format": "synthworld-pooled", "version": 1, "pair": f"{methods[0]} - {methods[1]}",
               "folders": [str(f) for f in args.folders], "photos": args.photos,
               "paired": pooled(args.folders, args.photos, args.seeds, *methods),
-              "command": shlex.join(["python", "-m", "eval.world_pooled", *(sys.argv[1:] if argv is None else argv)])}
+              "command": shlex.join(["python", "-m", "eval.world_pooled", *(sys.argv[1:] if argv is None else argv)]),
+              **provenance()}
     for metric, iv in result["paired"].items():
         if iv["mean"] is not None:
             print(f"{metric:>26}  {iv['mean']:+.4f} [{iv['lo']:+.4f}, {iv['hi']:+.4f}]  n={iv['n']}")
