@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                      "copy_paste": bootstrap_interval(per_identity(out, name, k, people, 1, "all", "copy_paste"))})
     best = pick_best(rows)
     result = {"format": "identity-grid", "version": 1, "rows": rows, "text_only": text_means,
-              "best": None if best is None else {k: best[k] for k in ("id_scale", "id_guidance", "refine_steps")},
+              "best": None if best is None else {key: best[key] for key in ("id_scale", "id_guidance", "refine_steps")},
               "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text only's "
                       "edit success and faces found",
               "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,
