@@ -30,7 +30,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from eval.world import Evaluation, Plan, headline_values, paired, per_identity, prepare_data, provenance, weights_sha256
+from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
 
 RESULTS = Path("eval/results/identity_grid.json")
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ev = Evaluation(plan, out, args.world, pick_device(args.device), args.encoder, None, progress=progress)
     ev.run_text_only(people)
     text = headline_values(out, "text_only", k, people, 1)
-    text_means = {m: bootstrap_interval(list(text[m].values()))["mean"] for m in REPORTED}
+    text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
     rows = []
     for refine, scale, guidance in settings:
         name = label(scale, guidance, refine)
@@ -142,13 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
         ev.run_encoder(people, method=name)
         values = headline_values(out, name, k, people, 1)
-        means = {m: bootstrap_interval(list(values[m].values()))["mean"] for m in REPORTED}
+        means = {m: _nanmean(values[m].values()) for m in REPORTED}
         rows.append({"id_scale": scale, "id_guidance": guidance, "refine_steps": refine, "method": name,
                      "means": means,
                      "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
                                                 else means[m] / text_means[m]) for m in REPORTED},
                      "paired": {m: v for m, v in paired(values, text).items() if m in REPORTED},
-                     "copy_paste": bootstrap_interval(per_identity(out, name, k, people, 1, "all", "copy_paste"))})
+                     "copy_paste": bootstrap_interval(list(values["copy_paste"].values()))})
     best = pick_best(rows)
     result = {"format": "identity-grid", "version": 1, "rows": rows, "text_only": text_means,
               "best": None if best is None else {key: best[key] for key in ("id_scale", "id_guidance", "refine_steps")},

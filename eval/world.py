@@ -51,7 +51,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,9 @@ WARM_IMPORTS = ("encoder.face_analysis", "encoder.identity", "personalize.extrac
                 "onnxruntime")
 
 
+IDENTITY_SETTINGS = ("id_scale", "id_guidance", "refine_steps")  # Plan fields of the identity module only
+
+
 @dataclass(frozen=True)
 class Plan:
     """What is evaluated (the command line's numbers)."""
@@ -131,8 +134,8 @@ class Plan:
     def identity_settings(self) -> dict:
         """The identity module's personalisation and sampling settings where they differ from train.py's
         and sample.py's defaults (so that units scored at the defaults keep their keys)."""
-        defaults = {"id_scale": 1.0, "id_guidance": None, "refine_steps": 0}
-        return {k: getattr(self, k) for k, v in defaults.items() if getattr(self, k) != v}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in IDENTITY_SETTINGS
+                and getattr(self, f.name) != f.default}
 
     def records(self, k: int) -> str:
         """The folder of train.py's records for photo count k (one per refinement setting)."""
