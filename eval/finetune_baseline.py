@@ -5,7 +5,7 @@
     python -m eval.finetune_baseline sample --restore_path OUT --prompt_path P.json --output_path DIR
         --weights checkpoints/world
     python -m eval.finetune_baseline grid --world checkpoints/world --seed S --identities 8
-        [--out runs/finetune_grid] [--json eval/results/finetune_grid.json] [--device cuda]
+        [--out runs/finetune_grid] [--json eval/results/finetune_grid.json] [--device cuda] [--workers 4]
 
 Per identity, the backbone UViT is tuned on the person's photos with a rare-token caption, "a photo of
 a sks <class word>" ("sks" is outside the world's word vocabulary, so it reads as <unk>, a token no
@@ -417,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=None, help="work folder (default runs/finetune_grid/seed<S>)")
     g.add_argument("--json", type=Path, default=DEFAULT_GRID_JSON)
     g.add_argument("--device", default="auto")
+    g.add_argument("--workers", type=int, default=1,
+                   help="train the grid's (mode, LR) runs in this many processes at once on the one device "
+                        "(a small backbone leaves a GPU mostly idle); default 1")
+    g.add_argument("--part", default=None, help=argparse.SUPPRESS)  # I/N: a worker's share (--workers)
     return p
 
 

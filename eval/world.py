@@ -881,6 +881,19 @@ def weights_sha256(world: Path, encoder: Path | None = None) -> dict[str, str]:
 
 
 # -------------------------------------------------------------------------------- fine-tuning grid
+def _grid_workers(argv: list[str], workers: int) -> None:
+    """The grid's runs in `workers` processes at once (`--workers`), each with its share (--part I/N);
+    they write score units only, which the caller then finds done and aggregates."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "eval.finetune_baseline", *argv]
+    procs = [subprocess.Popen([*cmd, "--part", f"{i}/{workers}"]) for i in range(workers)]
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"fine-tuning grid workers {failed} failed (their errors are printed above); "
+                           "rerun the same command to resume")
+
+
 def grid_search(args) -> dict:
     """`python -m eval.finetune_baseline grid`: the baseline's steps x LR x mode grid on validation
     identities, with text only on the same prompts; writes and returns the grid JSON."""
@@ -896,38 +909,47 @@ def grid_search(args) -> dict:
                 prompts=args.prompts, seeds=1, steps=args.sample_steps, split="val", command_timing=0)
     out = args.out or Path("runs/finetune_grid") / f"seed{plan.seed}"
     device = pick_device(args.device)
+    runs = [(mode, lr) for mode in modes for lr in GRID_LRS[mode]]
+    part = getattr(args, "part", None)
     people = prepare_data(plan, out, progress=False)
     ev = Evaluation(plan, out, args.world, device, None, (FinetuneConfig(), "grid"), progress=False)
-    ev.run_text_only(people)
+    if part:  # a worker of --workers: its share of the runs, scored unit by unit; the parent aggregates
+        i, n = (int(x) for x in part.split("/"))
+        runs = runs[i::n]
+    else:
+        ev.run_text_only(people)
+        if getattr(args, "workers", 1) > 1:
+            _grid_workers(args.argv, args.workers)
     k = args.photos
+    names = {(mode, lr): {s: f"finetune_{mode}_lr{lr:g}_steps{s}" for s in steps} for mode, lr in runs}
+    for (mode, lr), named in names.items():
+        cfg = FinetuneConfig(mode=mode, lr=lr, steps=max(steps))
+        for person in people:
+            if all(ev.done(named[s], k, 0, person) for s in steps):
+                continue
+            for snap in ev.tuner.train(photo_dir(out, k, person.name), cfg, snapshots=steps,
+                                       class_word=person.class_word):
+                images = out / "images" / named[snap.step] / person.name
+                sample_tuned(ev.pipe, snap.uvit, person.texts, person.class_word, images, ev.options(),
+                             token=cfg.token)
+                setting = dataclasses.replace(cfg, steps=snap.step).to_dict()
+                ev.score_unit(named[snap.step], k, 0, person, images, {"setting": setting, "seconds": snap.seconds})
+    if part:
+        return {}
     rows = []
-    for mode in modes:
-        for lr in GRID_LRS[mode]:
-            cfg = FinetuneConfig(mode=mode, lr=lr, steps=max(steps))
-            names = {s: f"finetune_{mode}_lr{lr:g}_steps{s}" for s in steps}
-            for person in people:
-                if all(ev.done(names[s], k, 0, person) for s in steps):
-                    continue
-                for snap in ev.tuner.train(photo_dir(out, k, person.name), cfg, snapshots=steps,
-                                           class_word=person.class_word):
-                    images = out / "images" / names[snap.step] / person.name
-                    sample_tuned(ev.pipe, snap.uvit, person.texts, person.class_word, images, ev.options(),
-                                 token=cfg.token)
-                    setting = dataclasses.replace(cfg, steps=snap.step).to_dict()
-                    ev.score_unit(names[snap.step], k, 0, person, images, {"setting": setting,
-                                                                          "seconds": snap.seconds})
-            for s in steps:
-                ident = per_identity(out, names[s], k, people, 1, "all", "identity_similarity")
-                edit = per_identity(out, names[s], k, people, 1, "edit", "edit_success")
-                secs = [json.loads(unit_path(out, names[s], k, 0, p.name).read_text())["seconds"] for p in people]
-                rows.append({"mode": mode, "lr": lr, "steps": s, "identity_similarity": _nanmean(ident),
-                             "edit_success": _nanmean(edit),
-                             "copy_paste": _nanmean(per_identity(out, names[s], k, people, 1, "all", "copy_paste")),
-                             "clip_text_similarity": _nanmean(per_identity(out, names[s], k, people, 1, "edit",
-                                                                           "clip_text")),
-                             "seconds_per_identity": _nanmean(secs),
-                             "intervals": {"identity_similarity": bootstrap_interval(ident),
-                                           "edit_success": bootstrap_interval(edit)}})
+    for (mode, lr), named in names.items():
+        for s in steps:
+            ident = per_identity(out, named[s], k, people, 1, "all", "identity_similarity")
+            edit = per_identity(out, named[s], k, people, 1, "edit", "edit_success")
+            secs = [json.loads(unit_path(out, named[s], k, 0, p.name).read_text())["seconds"] for p in people]
+            rows.append({"mode": mode, "lr": lr, "steps": s, "identity_similarity": _nanmean(ident),
+                         "edit_success": _nanmean(edit),
+                         "copy_paste": _nanmean(per_identity(out, named[s], k, people, 1, "all", "copy_paste")),
+                         "clip_text_similarity": _nanmean(per_identity(out, named[s], k, people, 1, "edit",
+                                                                       "clip_text")),
+                         "seconds_per_identity": _nanmean(secs),
+                         "intervals": {"identity_similarity": bootstrap_interval(ident),
+                                       "edit_success": bootstrap_interval(edit)}})
     text_edit = _nanmean(per_identity(out, "text_only", k, people, 1, "edit", "edit_success")) or 0.0
     text_ident = _nanmean(per_identity(out, "text_only", k, people, 1, "all", "identity_similarity"))
     result = {"format": "finetune-grid", "version": 1, "grid": rows, "best": pick_best(rows, text_edit),

@@ -21,7 +21,7 @@ def test_finetune_grid_scores_every_point_and_picks_one(world, tmp_path):
     out = tmp_path / "grid.json"
     assert main(["grid", "--world", str(world), "--seed", "9", "--identities", "1", "--photos", "2", "--prompts", "1",
                  "--steps", "1,2", "--modes", "lora", "--sample-steps", "2", "--out", str(tmp_path / "work"),
-                 "--json", str(out), "--device", "cpu"]) == 0
+                 "--json", str(out), "--device", "cpu", "--workers", "2"]) == 0  # each LR in its own process
     grid = json.loads(out.read_text())
     points = {(r["mode"], r["lr"], r["steps"]) for r in grid["grid"]}
     assert points == {("lora", lr, s) for lr in GRID_LRS["lora"] for s in (1, 2)}

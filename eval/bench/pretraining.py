@@ -12,6 +12,7 @@ One row per process (clean peak memory):
     python -m eval.bench.pretraining --data none --shards S   # the loader alone (no model)
     python -m eval.bench.pretraining --form unoptimised --batch_size 16     # fp16 autocast, eager, no fusion
     python -m eval.bench.pretraining --check-losses           # both forms' losses and gradients on one batch
+    python -m eval.bench.pretraining --check-block --batch_size 4   # one block, eager vs compiled, vs float32
 The standard set, each row in its own process, with full-size synthetic shards made first:
     python -m eval.bench.pretraining --all --shards /tmp/shards --out eval/results/pretrain_h200.json
 --levers runs the exploratory set (each lever on and off, batch sizes) instead.
@@ -123,6 +124,84 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     return {"workload": "check_losses", "batch_size": config.batch_size, "forms": res}
 
 
+BLOCK_VARIANTS = (("eager", "sdpa", "all"), ("eager", "sdpa", "identity"), ("inductor", "sdpa", "all"),
+                  ("inductor", "sdpa", "identity"), ("aot_eager", "sdpa", "all"), ("inductor", "flash", "all"),
+                  ("inductor", "cudnn", "all"))
+
+
+def check_block(config: PretrainConfig, device, seed: int = 0) -> dict:
+    """The identity model's per-block function alone (what `compile_blocks` compiles), in both identity
+    forms, against a float32 eager truth: one full-size out-block (long skip included) in bf16 under
+    autocast, random inputs, a fixed random projection of both streams' outputs as the loss. Each
+    variant is (compiler backend, attention kernel, inputs needing a gradient): "eager" runs uncompiled,
+    "aot_eager" traces the forward and backward as training's compilation does but runs them without
+    Inductor's generated code, "inductor" is what training compiles; "identity" leaves only the identity
+    stream's inputs and the gate needing a gradient (the first block of a step), "all" every input.
+    Reports the relative L2 error of the outputs and of every input's gradient, so that a compiled
+    gradient fault can be placed in Inductor's code, in the attention kernel or in the block."""
+    import torch
+
+    from encoder.id_uvit import IDConditionedUViT
+    from models import attention
+    from models.uvit import Block
+    from pretrain.model import backbone_config
+
+    c = backbone_config(config)
+    b, k, d, h = config.batch_size, config.num_tokens, c.embed_dim, c.num_heads
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    block32 = Block(d, h, c.mlp_ratio, c.qkv_bias, skip=True).to(device).requires_grad_(False)
+    block16 = Block(d, h, c.mlp_ratio, c.qkv_bias, skip=True).to(device, torch.bfloat16).requires_grad_(False)
+    block16.load_state_dict(block32.state_dict())
+    shapes = {"x": (b, c.seq_len, d), "xi": (b, k, d), "skip": (b, c.seq_len, d), "skip_i": (b, k, d)}
+    values = {n: torch.randn(s, generator=gen).to(device) for n, s in shapes.items()}
+    values["gate"] = (0.1 + 0.05 * torch.randn(h, generator=gen)).to(device)
+    weights = {"x": torch.randn(shapes["x"], generator=gen).to(device),
+               "xi": torch.randn(shapes["xi"], generator=gen).to(device)}
+    scale = torch.ones(b, device=device)
+
+    def two_stream(fn, blk, t):
+        return fn(blk, t["x"], t["xi"], t["gate"], scale.to(t["x"].dtype), t["skip"], t["skip_i"])
+
+    def fused(fn, blk, t):
+        n = t["x"].shape[1]
+        g = t["gate"][None, :, None, None] * scale.to(t["x"].dtype)[:, None, None, None]
+        out = fn(blk, torch.cat([t["x"], t["xi"]], 1), n, g, torch.cat([t["skip"], t["skip_i"]], 1))
+        return out[:, :n], out[:, n:]
+
+    def run(form, fn, blk, dtype, grads: str, repeats: int = 1):
+        for _ in range(repeats):  # compiled: the second call is the one training repeats
+            t = {n: v.to(dtype, copy=True).requires_grad_(grads == "all" or n in ("xi", "skip_i", "gate"))
+                 for n, v in values.items()}
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                o, oi = form(fn, blk, t)
+                loss = (o.float() * weights["x"]).sum() + (oi.float() * weights["xi"]).sum()
+            loss.backward()
+        return {"out": o.detach().float(), "out_id": oi.detach().float(),
+                **{f"grad_{n}": v.grad.float() for n, v in t.items() if v.grad is not None}}
+
+    def rel(a, b):
+        return float((a - b).norm() / b.norm())
+
+    forms = {"two_stream": (two_stream, IDConditionedUViT._block),
+             "fused": (fused, IDConditionedUViT._fused_block)}
+    res = {}
+    for form_name, (form, fn) in forms.items():
+        attention.TRAINING_KERNEL = "sdpa"
+        truth = run(form, fn, block32, torch.float32, "all")
+        for backend, kernel, grads in BLOCK_VARIANTS:
+            torch._dynamo.reset()
+            attention.TRAINING_KERNEL = kernel
+            f = fn if backend == "eager" else torch.compile(fn, backend=backend, dynamic=False)
+            got = run(form, f, block16, torch.bfloat16, grads, repeats=1 if backend == "eager" else 2)
+            res[f"{form_name} {backend} {kernel} grads={grads}"] = {n: rel(v, truth[n]) for n, v in got.items()}
+            print(form_name, backend, kernel, grads, json.dumps(res[f"{form_name} {backend} {kernel} grads={grads}"]),
+                  file=sys.stderr, flush=True)
+    attention.TRAINING_KERNEL = "sdpa"
+    return {"workload": "check_block", "batch_size": b, "seq_len": c.seq_len, "identity_tokens": k,
+            "variants": res}
+
+
 KERNEL_KINDS = (("attention", ("flash", "fmha", "attention", "cudnn")), ("gemm", ("gemm", "xmma", "cutlass", "nvjet",
                                                                           "wgmma")),
                 ("fused elementwise (compiled)", ("triton",)), ("optimizer and EMA", ("foreach", "adam")))
@@ -172,6 +251,8 @@ def measure(args, config: PretrainConfig) -> dict:
     attention.TRAINING_KERNEL = args.attention if args.form == "config" else "sdpa"
     if args.check_losses:
         return check_losses(config, device)
+    if args.check_block:
+        return check_block(config, device)
     if args.profile:
         return profile(config, device)
     autocast = None
@@ -246,6 +327,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (--levers: every row's)")
     p.add_argument("--gemm-peak", action="store_true", help="measure the dense bf16 rate only")
     p.add_argument("--check-losses", action="store_true", help="compare the forms' losses and gradients")
+    p.add_argument("--check-block", action="store_true",
+                   help="one block's outputs and gradients, eager and compiled (backends, kernels), against float32")
     p.add_argument("--profile", action="store_true", help="kernel time of a few steps, by kind of kernel")
     p.add_argument("--all", action="store_true", help="the standard set, each row in its own process")
     p.add_argument("--levers", action="store_true", help="the exploratory set of levers")
