@@ -373,6 +373,8 @@ def cmd_grid(args) -> int:
     from eval.world import grid_search
 
     result = grid_search(args)
+    if args.part:  # a worker of --workers: its units are written, the parent aggregates
+        return 0
     print(json.dumps({"best": result["best"]}, indent=1))
     print(f"written to {args.json}")
     return 0
