@@ -24,9 +24,10 @@ UViT at gate 0); the fused form equals it to float rounding.
 `compile_blocks=True` (training on CUDA) compiles the per-block function once with torch.compile
 (regional compilation): the 31 blocks share its code, their weights being inputs rather than
 constants, so compiling costs a block's graph (forward and backward, with and without the long skip),
-not the network's. Inference compiles the whole net instead (models/execution.py). On the CPU the
-compiled block gives the eager values and gradients; on an H200 its gradients came out wrong, so
-pretraining leaves it off (docs/performance.md, pretraining throughput).
+not the network's. Inference compiles the whole net instead (models/execution.py). The compiled
+two-stream block gives the eager values and gradients on the CPU and on an H200; the compiled fused
+block does on the CPU, but on an H200 Inductor's code for its backward gets the identity stream's
+gradients wrong, so pretraining's config refuses that pair (docs/performance.md, pretraining throughput).
 """
 
 from __future__ import annotations

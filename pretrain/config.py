@@ -70,7 +70,7 @@ class PretrainConfig:
     backbone_dtype: str = "bfloat16"  # the frozen UViT's weights
     activation_checkpointing: bool = False  # recompute each block in the backward pass (less memory)
     fused_identity: bool = False  # identity tokens in the main GEMM chain (same function; slower to train eager)
-    compile_blocks: bool = False  # CUDA: torch.compile each block (faster, but its gradients measured wrong: docs)
+    compile_blocks: bool = True  # CUDA: torch.compile the block once (regional); not with fused_identity (docs)
     # ---- identity module (encoder.config.IdentityConfig)
     num_tokens: int = 4
     hidden_dim: int = 1024
@@ -126,6 +126,10 @@ class PretrainConfig:
             (self.mixed_precision != "no" or self.backbone_dtype == "float32",
              "mixed_precision no needs backbone_dtype float32 (a half-precision backbone runs under autocast)"),
             (not (problem := injection_problem(self.injection, self.kv_rank)), problem),
+            (not (self.fused_identity and self.compile_blocks),
+             "fused_identity with compile_blocks: Inductor's GPU code for the fused block's backward gives wrong "
+             "identity gradients (docs/performance.md); set compile_blocks false, or fused_identity false (the "
+             "two-stream form, which compiles right and trains as fast)"),
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),

@@ -215,10 +215,6 @@ def train(config: PretrainConfig) -> TrainResult:
              sum(p.numel() for p in uvit.parameters()) / 1e6, sum(p.numel() for p in identity.parameters()) / 1e6,
              config.injection, config.num_tokens, f", key/value rank {config.kv_rank}" if config.kv_rank else "",
              world, device)
-    if config.compile_blocks and device.type == "cuda":
-        log.warning("compile_blocks: compiled blocks train faster, but on an H200 their gradients differed from "
-                    "the eager ones by far more than rounding (docs/performance.md); check them with "
-                    "`python -m eval.bench.pretraining --check-losses --compile_blocks true` before relying on them")
     progress = Progress.start(workers)
     if last_ckpt is not None:
         progress = restore(last_ckpt, config, identity=identity, ema=ema, optimizer=optimizer, scheduler=scheduler,

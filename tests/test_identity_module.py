@@ -263,3 +263,23 @@ def test_kv_rank_starts_as_the_plain_extra_token_module_then_learns_its_own_keys
     assert IdentityModule.load(folder, uvit_config=uvit.config).config.kv_rank == 0
     with pytest.raises(ValueError, match="kv_rank"):
         IdentityConfig.for_uvit(uvit.config, injection="text_slots", num_tokens=2, kv_rank=2)
+
+
+def test_the_block_check_compares_each_variant_with_float32(monkeypatch):
+    """eval.bench.pretraining --check-block (run on the GPU; here the tiny backbone on the CPU): every
+    variant reports its outputs' and input gradients' error against float32, at bf16's level here."""
+    import dataclasses
+
+    import eval.bench.pretraining as bench
+    from pretrain.config import PretrainConfig
+
+    monkeypatch.setattr(bench, "BLOCK_VARIANTS", (("eager", "sdpa", "all"), ("aot_eager", "sdpa", "identity")))
+    config = dataclasses.replace(PretrainConfig(random_backbone=True), uvit=dataclasses.asdict(UViTConfig.tiny()),
+                                 batch_size=2)
+    res = bench.check_block(config, torch.device("cpu"))
+    assert set(res["variants"]) == {f"{form} {v}" for form in ("two_stream", "fused")
+                                    for v in ("eager sdpa grads=all", "aot_eager sdpa grads=identity")}
+    for name, errors in res["variants"].items():
+        wanted = {"out", "out_id", "grad_xi", "grad_skip_i", "grad_gate"} | (
+            {"grad_x", "grad_skip"} if name.endswith("all") else set())
+        assert set(errors) == wanted and all(0 < e < 0.05 for e in errors.values()), (name, errors)

@@ -73,6 +73,9 @@ def test_config_files_and_overrides(tmp_path):
         PretrainConfig(injection="text_slots", kv_rank=4)
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
         PretrainConfig(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="fused_identity with compile_blocks"):  # wrong gradients on the GPU
+        PretrainConfig(fused_identity=True)
+    assert PretrainConfig(fused_identity=True, compile_blocks=False).fused_identity
 
 
 def test_cli_print_config(capsys):

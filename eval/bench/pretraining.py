@@ -18,8 +18,8 @@ The standard set, each row in its own process, with full-size synthetic shards m
 --levers runs the exploratory set (each lever on and off, batch sizes) instead.
 
 Forms: "config" is the step as the config file sets it (pretrain/configs/v1.json: bf16 frozen
-weights, the two-stream identity form, eager; options override it, e.g. --compile_blocks true, and
---attention picks the kernel). "unoptimised" is this project's step in its plainest form, the way the
+weights, the two-stream identity form, compiled blocks; options override it, e.g. --compile_blocks
+false, and --attention picks the kernel). "unoptimised" is this project's step in its plainest form, the way the
 public reference code trains: float32 weights under fp16 autocast (no loss scaling: timing only), the
 two-stream identity form, no compilation, and PyTorch's own choice of attention kernel. (Results
 written before this naming call the config form "optimised".)
@@ -268,40 +268,39 @@ def measure(args, config: PretrainConfig) -> dict:
 
 def standard_rows(shards: str, steps: int) -> list[list[str]]:
     """--all: the measured peak, the unoptimised form (batch 16, the anchor's batch), the config's step
-    on synthetic batches (also at batch 16, and with compiled blocks), from shards through the loader
-    (`steps` steps), the loader alone, the losses and gradients (also with compiled blocks), the
-    kernel profile."""
+    on synthetic batches (also at batch 16, and eager), from shards through the loader (`steps` steps),
+    the loader alone, the losses and gradients (also eager), the kernel profile."""
     return [["--gemm-peak"],
             ["--form", "unoptimised", "--batch_size", "16"],
             [],
             ["--batch_size", "16"],
-            ["--compile_blocks", "true"],
+            ["--compile_blocks", "false"],
             ["--data", "shards", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
             ["--data", "none", "--shards", shards, "--steps", str(steps), "--warmup", "10"],
             ["--check-losses", "--batch_size", "4"],
-            ["--check-losses", "--batch_size", "4", "--compile_blocks", "true"],
+            ["--check-losses", "--batch_size", "4", "--compile_blocks", "false"],
             ["--profile"]]
 
 
 def lever_rows(shards: str | None) -> list[list[str]]:
     """--levers: each lever from the eager bf16 step up (identity form, attention kernel, compiled
     blocks), then the batch size and activation checkpointing with compiled blocks; with shards, the
-    loader alone and the step fed by it. (eval/results/pretrain_levers_h200.json ran this set with
-    fused identity tokens and compiled blocks as the defaults, each row naming what it turned off.)"""
-    fused, compiled = ["--fused_identity", "true"], ["--fused_identity", "true", "--compile_blocks", "true"]
+    loader alone and the step fed by it. (eval/results/pretrain_levers_h200.json ran an earlier form of
+    this set, with fused identity tokens and compiled blocks as the defaults, each row naming what it
+    turned off; the fused form no longer compiles: pretrain.config refuses it.)"""
+    eager, fused = ["--compile_blocks", "false"], ["--compile_blocks", "false", "--fused_identity", "true"]
     rows = [["--gemm-peak"],
             ["--form", "unoptimised", "--batch_size", "16"],
-            ["--batch_size", "16"],
+            [*eager, "--batch_size", "16"],
             [*fused, "--batch_size", "16"],
             [*fused, "--attention", "cudnn", "--batch_size", "16"],
-            [*compiled, "--attention", "cudnn", "--batch_size", "16"],
-            [*compiled, "--batch_size", "16"],
-            [*compiled, "--batch_size", "32"]]
+            ["--attention", "cudnn", "--batch_size", "16"],
+            ["--batch_size", "16"],
+            ["--batch_size", "32"]]
     if shards:
         rows += [["--data", "none", "--shards", shards, "--batch_size", "32", "--steps", "50"],
-                 [*compiled, "--data", "shards", "--shards", shards, "--batch_size", "32", "--steps", "40"]]
-    return rows + [[*compiled, "--batch_size", "48"], [*compiled, "--batch_size", "64"],
-                   [*compiled, "--batch_size", "32", "--activation_checkpointing"]]
+                 ["--data", "shards", "--shards", shards, "--batch_size", "32", "--steps", "40"]]
+    return rows + [["--batch_size", "48"], ["--batch_size", "64"], ["--batch_size", "32", "--activation_checkpointing"]]
 
 
 def make_shards(folder: str, samples: int) -> None:
