@@ -6,8 +6,9 @@
 Each folder holds one evaluation (its own renderer seed, so its own people). The per-identity differences
 (first method minus second, each identity's mean over its sampling seeds, headline layouts as in eval.world)
 of every folder are pooled into one bootstrap interval over all identities: several small evaluations on
-seeds nobody tuned on read as one larger one. The folders must have been run with the same settings
-(prompts, steps, guidance) for the pooled number to mean anything; their `plan` is not checked here.
+seeds nobody tuned on read as one larger one. The folders must have been run with the same settings for
+the pooled number to mean anything: the units' keys (images per prompt, steps, guidance, references,
+identity settings, prompts per identity) must agree across folders, else it stops and names them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,22 @@ def people_of(folder: Path, method: str, k: int) -> list[Person]:
     """The identities with scored units of `method` at photo count k (names from the unit files)."""
     names = sorted({u.stem for u in (folder / "scores" / method / f"p{k}").glob("s*/*.json")})
     return [Person(name=n, identity=-1, class_word="") for n in names]
+
+
+def unit_settings(folder: Path, methods: tuple[str, ...], k: int) -> dict:
+    """{method: the settings its units at photo count k were scored with} (eval.world's unit keys without
+    the prompt texts and sampling seed, which differ by person and seed index, plus the prompt count)."""
+    import json
+
+    out = {}
+    for method in methods:
+        seen = set()
+        for unit in (folder / "scores" / method / f"p{k}").glob("s*/*.json"):
+            key = json.loads(unit.read_text())["key"]
+            rest = {n: v for n, v in key.items() if n not in ("prompts", "seed")}
+            seen.add(json.dumps({**rest, "prompts_per_identity": len(key["prompts"])}, sort_keys=True))
+        out[method] = [json.loads(x) for x in sorted(seen)]
+    return out
 
 
 def pooled(folders: list[Path], k: int, seeds: int, a: str = "encoder", b: str = "text_only") -> dict:
@@ -56,8 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise UserError(f"no {methods[0]} scores at {args.photos} photos in: {', '.join(missing)}",
                         hint="pass eval.world work folders (--out of python -m eval.world)")
+    settings = [unit_settings(f, tuple(methods), args.photos) for f in args.folders]
+    if any(s != settings[0] for s in settings) or any(len(v) != 1 for v in settings[0].values()):
+        raise UserError("the folders' units were scored with different settings: "
+                        + "; ".join(f"{f}: {s}" for f, s in zip(args.folders, settings)),
+                        hint="pool only evaluations run with the same eval.world options (bar --seed and --identities)")
     result = {"format": "synthworld-pooled", "version": 1, "pair": f"{methods[0]} - {methods[1]}",
-              "folders": [str(f) for f in args.folders], "photos": args.photos,
+              "folders": [str(f) for f in args.folders], "photos": args.photos, "settings": settings[0],
               "paired": pooled(args.folders, args.photos, args.seeds, *methods),
               "command": shlex.join(["python", "-m", "eval.world_pooled", *(sys.argv[1:] if argv is None else argv)]),
               **provenance()}

@@ -592,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
                         max_file_size=f"{MAX_FILE_MB}mb", footer_links=[], run_history=False,
                         enable_monitoring=False, mcp_server=False, ssr_mode=False, pwa=False, show_error=False,
                         theme=page_theme(), css=CSS)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM before Gradio's own wait took it: a server's normal end
+            page.close()
         except OSError as e:
             raise UserError(f"cannot serve on 127.0.0.1:{args.port} ({e})",
                             hint="pass another --port, or stop what uses this one") from None

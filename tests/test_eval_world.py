@@ -2,6 +2,7 @@
 issue 16 asks for, and a rerun that resumes (does no work); the fine-tuning grid that feeds it."""
 
 import json
+import shutil
 
 import pytest
 
@@ -87,6 +88,17 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     from eval.world_pooled import pooled
     both = pooled([out, out], 2, 1)["identity_similarity"]
     assert both["n"] == 4 and both["mean"] == pytest.approx(paired["mean"])
+    from eval.world_pooled import main as pooled_main
+    from models.errors import UserError
+    assert pooled_main([str(out), str(out), "--photos", "2"]) == 0
+    other = tmp_path / "other"  # the same units, one of them scored with other sampling steps
+    shutil.copytree(out / "scores", other / "scores")
+    unit_file = sorted((other / "scores" / "text_only").rglob("*.json"))[0]
+    changed = json.loads(unit_file.read_text())
+    changed["key"]["steps"] += 1
+    unit_file.write_text(json.dumps(changed))
+    with pytest.raises(UserError, match="different settings"):
+        pooled_main([str(out), str(other), "--photos", "2"])
     assert sorted(p.name for p in (out / "images" / "encoder" / "p2" / "girl1").glob("*.jpg")) == \
         [f"{i}-{k:03}.jpg" for i in range(4) for k in range(2)]
     stamps = {u: u.stat().st_mtime_ns for u in units}
