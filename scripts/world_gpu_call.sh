@@ -20,8 +20,7 @@ set -u
 CALL=${1:-560}; STAGES=${2-"clip faces eval_faces attributes"}; BACKBONE=${3:-yes}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHEELS:-.whl}/*.whl >/dev/null 2>&1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+source scripts/device_env.sh  # the carried wheels (scripts/device_wheels.sh)
 OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p $L
 B=${BASE:-/tmp}; R=$B/runs; W=$B/world; mkdir -p $B
 if ls ${STATE:-.gpu_ops/state}/state.tgz.* >/dev/null 2>&1; then cat ${STATE:-.gpu_ops/state}/state.tgz.* | tar xz -C $B; echo "state restored at $(el) s"; fi

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The packages this project needs that the GPU machine's image lacks, as wheels for its Python (3.12),
+# written to .whl/ (git-ignored; carry it: the device tool's `carry: [".whl"]`, about 5 MB).
+#   bash scripts/device_wheels.sh            # here, once per checkout (needs a python3.12: PY312=...)
+# On the GPU machine, first thing in a command:
+#   source scripts/device_env.sh             # installs them into /tmp/site and sets PYTHONPATH
+# insightface has no wheel on the registry: it is built here (a C extension, so for 3.12 exactly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY312=${PY312:-$(command -v python3.12 || ls ~/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}
+if [ -z "$PY312" ] || ! "$PY312" --version >/dev/null 2>&1; then
+  echo "error: no python3.12 here (the GPU machine's Python); set PY312=/path/to/python3.12" >&2
+  exit 2
+fi
+mkdir -p .whl
+"$PY312" -m pip wheel -q --no-deps "insightface==0.7.3" -w .whl
+"$PY312" -m pip download -q --no-deps -d .whl open_clip_torch ftfy wcwidth webdataset braceexpand "facenet-pytorch==2.6.0"
+ls .whl
