@@ -13,6 +13,7 @@ precision (float32 weights under float16 autocast) is not an "auto" rule but an 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -81,6 +82,22 @@ def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise UserError(f"unknown dtype {name!r}", hint=f"use auto or one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16, as Linux lists its flags).
+    Elsewhere PyTorch emulates bfloat16 matrix work, several times slower than float32 (docs/demo.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fastest_dtype_name(device: torch.device) -> str:
+    """The dtype name (of `DTYPES`) that samples fastest here: "bf16" on CUDA and on CPUs with native
+    bfloat16, else "fp32"."""
+    return "bf16" if torch.device(device).type == "cuda" or cpu_has_native_bf16() else "fp32"
 
 
 def prefer_expandable_segments() -> bool:

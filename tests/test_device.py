@@ -48,3 +48,13 @@ def test_a_device_that_is_not_here_is_refused_naming_the_ones_that_are():
         with pytest.raises(DeviceError, match="tool X needs a CUDA GPU"):
             require_gpu("tool X")
         assert pick_device("auto").type == "cpu"
+
+
+def test_the_fastest_dtype_is_bf16_only_where_it_is_native(monkeypatch):
+    import models.device as dev
+
+    for native, wanted in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
+        assert dev.fastest_dtype_name(torch.device("cpu")) == wanted
+    assert dev.fastest_dtype_name(torch.device("cuda")) == "bf16"  # no GPU needed: it only reads the type
+    assert dev.fastest_dtype_name(torch.device("cpu")) in dev.DTYPES
