@@ -329,6 +329,13 @@ def score_images(feats: ImageFeatures, person: Person, n: int, cond: FaceFeature
     return {"prompts": prompts, "means": means}
 
 
+def unit_settings(key: dict) -> dict:
+    """The part of a unit's key (Evaluation.unit_key) that a whole evaluation shares: without the prompt
+    texts and the sampling seed, which differ by person and seed index, and with the prompt count."""
+    shared = {n: v for n, v in key.items() if n not in ("prompts", "seed")}
+    return {**shared, "prompts_per_identity": len(key["prompts"])}
+
+
 def unit_path(out: Path, method: str, k: int, j: int, name: str) -> Path:
     return out / "scores" / method / f"p{k}" / f"s{j}" / f"{name}.json"
 

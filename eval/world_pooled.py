@@ -18,7 +18,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from eval.world import Person, headline_values, paired, provenance
+from eval.world import Person, headline_values, paired, provenance, unit_settings
 
 
 def people_of(folder: Path, method: str, k: int) -> list[Person]:
@@ -27,18 +27,14 @@ def people_of(folder: Path, method: str, k: int) -> list[Person]:
     return [Person(name=n, identity=-1, class_word="") for n in names]
 
 
-def unit_settings(folder: Path, methods: tuple[str, ...], k: int) -> dict:
-    """{method: the settings its units at photo count k were scored with} (eval.world's unit keys without
-    the prompt texts and sampling seed, which differ by person and seed index, plus the prompt count)."""
+def folder_settings(folder: Path, methods: tuple[str, ...], k: int) -> dict:
+    """{method: the distinct settings (eval.world.unit_settings) its units at photo count k were scored with}."""
     import json
 
     out = {}
     for method in methods:
-        seen = set()
-        for unit in (folder / "scores" / method / f"p{k}").glob("s*/*.json"):
-            key = json.loads(unit.read_text())["key"]
-            rest = {n: v for n, v in key.items() if n not in ("prompts", "seed")}
-            seen.add(json.dumps({**rest, "prompts_per_identity": len(key["prompts"])}, sort_keys=True))
+        seen = {json.dumps(unit_settings(json.loads(unit.read_text())["key"]), sort_keys=True)
+                for unit in (folder / "scores" / method / f"p{k}").glob("s*/*.json")}
         out[method] = [json.loads(x) for x in sorted(seen)]
     return out
 
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise UserError(f"no {methods[0]} scores at {args.photos} photos in: {', '.join(missing)}",
                         hint="pass eval.world work folders (--out of python -m eval.world)")
-    settings = [unit_settings(f, tuple(methods), args.photos) for f in args.folders]
+    settings = [folder_settings(f, tuple(methods), args.photos) for f in args.folders]
     if any(s != settings[0] for s in settings) or any(len(v) != 1 for v in settings[0].values()):
         raise UserError("the folders' units were scored with different settings: "
                         + "; ".join(f"{f}: {s}" for f, s in zip(args.folders, settings)),

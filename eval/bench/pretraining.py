@@ -194,9 +194,9 @@ def check_block(config: PretrainConfig, device, seed: int = 0) -> dict:
             attention.TRAINING_KERNEL = kernel
             f = fn if backend == "eager" else torch.compile(fn, backend=backend, dynamic=False)
             got = run(form, f, block16, torch.bfloat16, grads, repeats=1 if backend == "eager" else 2)
-            res[f"{form_name} {backend} {kernel} grads={grads}"] = {n: rel(v, truth[n]) for n, v in got.items()}
-            print(form_name, backend, kernel, grads, json.dumps(res[f"{form_name} {backend} {kernel} grads={grads}"]),
-                  file=sys.stderr, flush=True)
+            name = f"{form_name} {backend} {kernel} grads={grads}"
+            res[name] = {n: rel(v, truth[n]) for n, v in got.items()}
+            print(name, json.dumps(res[name]), file=sys.stderr, flush=True)
     attention.TRAINING_KERNEL = "sdpa"
     return {"workload": "check_block", "batch_size": b, "seq_len": c.seq_len, "identity_tokens": k,
             "variants": res}
