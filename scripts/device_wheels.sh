@@ -7,7 +7,8 @@
 # insightface has no wheel on the registry: it is built here (a C extension, so for 3.12 exactly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY312=${PY312:-$(command -v python3.12 || ls ~/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}
+PY312=${PY312:-$(ls ~/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | head -1)}
+PY312=${PY312:-$(command -v python3.12 || true)}  # a pyenv shim answers only where 3.12 is selected, so the version folder first
 if [ -z "$PY312" ] || ! "$PY312" --version >/dev/null 2>&1; then
   echo "error: no python3.12 here (the GPU machine's Python); set PY312=/path/to/python3.12" >&2
   exit 2
