@@ -62,6 +62,16 @@ class IdentityModule(nn.Module):
         pooled = pool_embeddings(emb, emb_flip if self.config.use_flip else None)
         return self.tokens(pooled[None])
 
+    @torch.no_grad()
+    def fold_scale_(self, scale: float) -> IdentityModule:
+        """Multiply the gates by `scale` in place: the module then samples at --id-scale s as it did at
+        --id-scale scale * s, exactly (every injection uses g = gate x id_scale, and nothing else reads the
+        gate or the scale). This is how a strength chosen on validation identities becomes the default."""
+        if not scale > 0:
+            raise ValueError(f"the folded identity scale must be positive, got {scale}")
+        self.gate.mul_(scale)
+        return self
+
     # ----------------------------------------------------------------------------- disk format
     def save(self, folder: str | os.PathLike, extra: dict | None = None) -> Path:
         """Write `identity.safetensors` and `config.json` into folder, each atomically."""

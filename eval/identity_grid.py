@@ -81,6 +81,30 @@ def pick_best(rows: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["paired"]["identity_similarity_found"]["mean"], default=None)
 
 
+def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path) -> Path:
+    """The module at `encoder` with the chosen identity scale folded into its gates
+    (`IdentityModule.fold_scale_`), written to `target` with a `strength` block in its config.json: the
+    scale folded in all (scales folded earlier multiply), the weights it came from, the results that chose it."""
+    from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
+    from models.errors import UserError
+
+    if best is None:
+        raise UserError("--export: no setting kept the floors, so there is no chosen scale to export")
+    if best["id_guidance"] is not None or best.get("refine_steps"):
+        raise UserError(f"--export: the chosen setting ({flags(best)}) needs identity guidance or refinement at "
+                        "sampling time, which weights cannot hold; pass it to sample.py / train.py instead")
+    meta = read_metadata(encoder)
+    source = checkpoint_hash(encoder)
+    module = IdentityModule.load(encoder).fold_scale_(best["id_scale"])
+    extra = {k: v for k, v in meta.items() if k not in ("format", "version", "config")}
+    before = float(meta.get("strength", {}).get("folded_id_scale", 1.0))
+    extra["strength"] = {"folded_id_scale": before * best["id_scale"], "this_fold": best["id_scale"],
+                         "source_sha256": source, "chosen_by": str(chosen_by),
+                         "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text "
+                                 "only's edit success and faces found (validation identities)"}
+    return module.save(target, extra)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.identity_grid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="work folder (default runs/identity_grid/seed<S>)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
     p.add_argument("--plot", type=Path, default=None, help="also write the plot (PNG) here")
+    p.add_argument("--export", type=Path, default=None,
+                   help="write the identity module with the chosen identity scale folded into its gates to this "
+                        "folder (its --id-scale 1 is then the chosen setting); the chosen setting must use no "
+                        "separate identity guidance and no refinement")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -170,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.plot, lambda path: figure.savefig(path, format="png", dpi=110))
         print(f"plot written to {args.plot}")
     print(table(result))
+    if args.export:
+        folder = export_best(result["best"], args.encoder or args.world / "faceid_encoder", args.export, args.json)
+        print(f"identity module at the chosen scale written to {folder} (its --id-scale 1 is {flags(result['best'])})")
     print(f"written to {args.json}")
     return 0
 

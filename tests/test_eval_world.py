@@ -207,3 +207,31 @@ def _run_notebook(result_json, tmp_path, monkeypatch):
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "python -m eval.identity_grid" in text and "best:" in text
     assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
+
+
+def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
+    import torch
+
+    from encoder.config import IdentityConfig
+    from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
+    from eval.identity_grid import export_best
+    from models.errors import UserError
+    from models.uvit import UViTConfig
+
+    module = IdentityModule(IdentityConfig.for_uvit(UViTConfig.tiny(), num_tokens=2, hidden_dim=16))
+    with torch.no_grad():
+        module.gate.normal_(0, 0.3)
+    src = module.save(tmp_path / "src", {"pretraining": {"step": 7}})
+    best = {"id_scale": 0.5, "id_guidance": None, "refine_steps": 0}
+    out = export_best(best, src, tmp_path / "out", tmp_path / "grid.json")
+    torch.testing.assert_close(IdentityModule.load(out).gate, 0.5 * module.gate, rtol=0, atol=0)
+    meta = read_metadata(out)
+    assert meta["pretraining"] == {"step": 7} and meta["strength"]["source_sha256"] == checkpoint_hash(src)
+    assert meta["strength"]["folded_id_scale"] == 0.5 and meta["strength"]["chosen_by"] == str(tmp_path / "grid.json")
+    again = export_best(best, out, tmp_path / "again", tmp_path / "grid2.json")  # folds multiply
+    assert read_metadata(again)["strength"]["folded_id_scale"] == 0.25
+    with pytest.raises(UserError, match="no setting kept the floors"):
+        export_best(None, src, tmp_path / "x", tmp_path / "grid.json")
+    with pytest.raises(UserError, match="identity guidance or refinement"):
+        export_best({"id_scale": 1.0, "id_guidance": 20.0, "refine_steps": 0}, src, tmp_path / "x", tmp_path / "g.json")
+    assert not (tmp_path / "x").exists()

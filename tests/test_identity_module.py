@@ -283,3 +283,21 @@ def test_the_block_check_compares_each_variant_with_float32(monkeypatch):
         wanted = {"out", "out_id", "grad_xi", "grad_skip_i", "grad_gate"} | (
             {"grad_x", "grad_skip"} if name.endswith("all") else set())
         assert set(errors) == wanted and all(0 < e < 0.05 for e in errors.values()), (name, errors)
+
+
+@pytest.mark.parametrize("injection,kv_rank", [("extra_tokens", 0), ("extra_tokens", 2), ("text_slots", 0)])
+def test_a_folded_scale_samples_as_that_scale_did(injection, kv_rank):
+    """fold_scale_(s): the module at id_scale 1 computes what the unfolded one did at id_scale s."""
+    uvit = _random_uvit()
+    module = _module(injection, uvit, kv_rank=kv_rank)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+        args, tok = _inputs(), _tokens(module)
+        at_scale = IDConditionedUViT(uvit, module)(*args, id_tokens=tok, id_scale=torch.tensor([0.6, 1.5]))
+        module.fold_scale_(0.6)
+        folded = IDConditionedUViT(uvit, module)(*args, id_tokens=tok, id_scale=torch.tensor([1.0, 2.5]))
+    for a, b in zip(at_scale, folded):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        module.fold_scale_(0.0)

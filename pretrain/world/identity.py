@@ -219,17 +219,27 @@ def export(source: Path, target: Path) -> Path:
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} of the run's TensorBoard logs (<run_dir>/tb), empty when there are none."""
+    """{tag: [(step, value)]} of the run's TensorBoard logs (<run_dir>/tb), or, where those are missing
+    or empty (no tensorboard where it ran), of its log.json records (pretrain.logs: "loss/loss", ...;
+    the identity diagnostic's fields as "identity/<field>"). Empty when the run has neither."""
+    scalars: dict[str, list[tuple[int, float]]] = {}
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
-        return {}
+        EventAccumulator = None
     tb = run_dir / "tb"
-    if not tb.is_dir():
-        return {}
-    acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])}
+    if EventAccumulator is not None and tb.is_dir():
+        acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+        acc.Reload()
+        scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])}
+    if scalars or not (run_dir / "log.json").is_file():
+        return scalars
+    for record in json.loads((run_dir / "log.json").read_text()).get("records", []):
+        prefix = "identity/" if record.get("kind") == "identity" else ""
+        for key, value in record.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                scalars.setdefault(prefix + key, []).append((int(record["step"]), float(value)))
+    return scalars
 
 
 def plot_curves(run_dir: Path, path: Path) -> Path | None:
