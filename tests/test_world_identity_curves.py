@@ -1,14 +1,14 @@
-"""The identity stage's curves come from the run's log.json where TensorBoard left nothing (a GPU host
-without tensorboard), with the diagnostic's fields under identity/."""
+"""The identity stage's curves come from the run's log.json (the whole run, also across resumed calls),
+with the diagnostic's fields under identity/."""
 
 import json
 
 from pretrain.world.identity import plot_curves, read_scalars
 
 
-def test_curves_from_log_json_when_tensorboard_is_empty(tmp_path):
+def test_curves_from_log_json(tmp_path):
     run = tmp_path / "run"
-    (run / "tb").mkdir(parents=True)  # the writer made the folder, wrote nothing
+    (run / "tb").mkdir(parents=True)  # TensorBoard's folder is not read beside a log.json
     records = [{"kind": "train", "step": s, "loss/loss": s / 1e3, "train/lr": 1e-4, "data/corrupt_samples": 0}
                for s in (100, 200)]
     records.append({"kind": "identity", "step": 200, "id_gain": 0.004, "id_gain_se": 0.001, "samples": 256})

@@ -14,7 +14,7 @@ subprocesses (so that a time budget can stop them; each resumes on its own):
    the world folder as weights and identity pairing on, into <out>/identity/run/ (a rerun resumes
    exactly from its last checkpoint; checkpoint files are a few MB each);
 3. export: the run's EMA module (<out>/identity/run/faceid_encoder/) is copied to
-   <world>/faceid_encoder/, and the run's loss curves are drawn to <out>/identity/curves.png.
+   <world>/faceid_encoder/, and the run's logged curves (log.json) are drawn to <out>/identity/curves.png.
 
 `--total-steps N` sets pretraining's `max_steps` (a new run); without it, a new run under `--minutes`
 gets the steps that fit the time left after the shards (`sized_steps`: a short `--benchmark` first).
@@ -52,8 +52,8 @@ class IdentityStageConfig:
     """The shards (identities x photos renders of training identities, data_prep's batch and threads)
     and the pretraining config file with its overrides (PretrainConfig fields as `--name value`)."""
 
-    identities: int = 4000
-    photos: int = 6
+    identities: int = 12000
+    photos: int = 4
     first_identity: int = 0
     shard_size: int = 2000
     prep_batch: int = 256
@@ -219,26 +219,26 @@ def export(source: Path, target: Path) -> Path:
 
 
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """{tag: [(step, value)]} of the run's TensorBoard logs (<run_dir>/tb), or, where those are missing
-    or empty (no tensorboard where it ran), of its log.json records (pretrain.logs: "loss/loss", ...;
-    the identity diagnostic's fields as "identity/<field>"). Empty when the run has neither."""
+    """{tag: [(step, value)]} of the run's log.json records (pretrain.logs: "loss/loss", ...; the identity
+    diagnostic's fields as "identity/<field>"): the whole run, also across resumed calls, where TensorBoard's
+    reader drops the steps before a restart. Its TensorBoard logs (<run_dir>/tb) where there is no log.json;
+    empty when there is neither."""
     scalars: dict[str, list[tuple[int, float]]] = {}
+    if (run_dir / "log.json").is_file():
+        for record in json.loads((run_dir / "log.json").read_text()).get("records", []):
+            prefix = "identity/" if record.get("kind") == "identity" else ""
+            for key, value in record.items():
+                if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    scalars.setdefault(prefix + key, []).append((int(record["step"]), float(value)))
+        return scalars
     try:
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     except ImportError:
-        EventAccumulator = None
-    tb = run_dir / "tb"
-    if EventAccumulator is not None and tb.is_dir():
-        acc = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+        return scalars
+    if (run_dir / "tb").is_dir():
+        acc = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
         acc.Reload()
         scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])}
-    if scalars or not (run_dir / "log.json").is_file():
-        return scalars
-    for record in json.loads((run_dir / "log.json").read_text()).get("records", []):
-        prefix = "identity/" if record.get("kind") == "identity" else ""
-        for key, value in record.items():
-            if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                scalars.setdefault(prefix + key, []).append((int(record["step"]), float(value)))
     return scalars
 
 
