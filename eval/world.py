@@ -45,13 +45,14 @@ import contextlib
 import importlib.util
 import io
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -816,6 +817,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-grid", type=Path, default=None,
                    help="grid JSON (default eval/results/finetune_grid.json)")
     p.add_argument("--finetune-setting", default=None, help="mode,lr,steps instead of the grid's best")
+    p.add_argument("--workers", type=int, default=1,
+                   help="split the identities over this many processes on the one device (a small world leaves "
+                        "a GPU mostly idle); in-process personalisation times then share the device. Default 1")
+    p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # I/N: a worker's share (--workers)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -846,8 +851,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     people = prepare_data(plan, out, progress=not args.no_progress)
     setting = finetune_setting(args.finetune_grid, args.finetune_setting)
+    if args.part:  # a worker of --workers: its share of the identities, scored unit by unit; the parent aggregates
+        i, n = parse_part(args.part)
+        worker_plan = replace(plan, command_timing=0)
+        Evaluation(worker_plan, out, args.world, device, args.encoder, setting, progress=False).run(people[i::n])
+        return 0
     evaluation = Evaluation(plan, out, args.world, device, args.encoder, setting, progress=not args.no_progress)
-    evaluation.run(people)
+    if args.workers > 1:
+        t1 = time.perf_counter()
+        run_workers("eval.world", argv_list, args.workers)
+        evaluation.wall["workers"] = round(time.perf_counter() - t1, 2)
+    evaluation.run(people)  # after workers: finds their units done; times whole commands alone on the device
     result = {"format": "synthworld", "version": 1, **aggregate(plan, out, people)}
     lo, _ = split_range(plan.split)
     result.update({
@@ -862,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
                      "id_guidance": plan.id_guidance, "refine_steps": plan.refine_steps,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},
-        "plan": asdict(plan), "world": str(args.world), "work_folder": str(out),
+        "plan": asdict(plan), "world": str(args.world), "work_folder": str(out), "workers": args.workers,
         "wall_seconds_this_run": {**evaluation.wall, "total": round(time.perf_counter() - t0, 2)},
         "commands": {"evaluate": shlex.join(["python", "-m", "eval.world", *argv_list])},
         "world_sha256": weights_sha256(args.world, args.encoder),
@@ -888,17 +902,25 @@ def weights_sha256(world: Path, encoder: Path | None = None) -> dict[str, str]:
 
 
 # -------------------------------------------------------------------------------- fine-tuning grid
-def _grid_workers(argv: list[str], workers: int) -> None:
-    """The grid's runs in `workers` processes at once (`--workers`), each with its share (--part I/N);
-    they write score units only, which the caller then finds done and aggregates."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "eval.finetune_baseline", *argv]
-    procs = [subprocess.Popen([*cmd, "--part", f"{i}/{workers}"]) for i in range(workers)]
+def run_workers(module: str, argv: list[str], workers: int) -> None:
+    """`workers` processes of `python -m module argv --part I/N` at once on the one device (a small world
+    leaves a GPU mostly idle), each its share; they write score units only, which the caller then finds
+    done and aggregates. Each worker gets an equal share of the CPU threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    cmd = [sys.executable, "-m", module, *argv]
+    procs = [subprocess.Popen([*cmd, "--part", f"{i}/{workers}"], env=env) for i in range(workers)]
     failed = [i for i, p in enumerate(procs) if p.wait() != 0]
     if failed:
-        raise RuntimeError(f"fine-tuning grid workers {failed} failed (their errors are printed above); "
+        raise RuntimeError(f"{module} workers {failed} failed (their errors are printed above); "
                            "rerun the same command to resume")
+
+
+def parse_part(part: str) -> tuple[int, int]:
+    """--part I/N -> (I, N)."""
+    i, n = (int(x) for x in part.split("/"))
+    if not 0 <= i < n:
+        raise ValueError(f"--part {part}: expected I/N with 0 <= I < N")
+    return i, n
 
 
 def grid_search(args) -> dict:
@@ -921,12 +943,12 @@ def grid_search(args) -> dict:
     people = prepare_data(plan, out, progress=False)
     ev = Evaluation(plan, out, args.world, device, None, (FinetuneConfig(), "grid"), progress=False)
     if part:  # a worker of --workers: its share of the runs, scored unit by unit; the parent aggregates
-        i, n = (int(x) for x in part.split("/"))
+        i, n = parse_part(part)
         runs = runs[i::n]
     else:
         ev.run_text_only(people)
         if getattr(args, "workers", 1) > 1:
-            _grid_workers(args.argv, args.workers)
+            run_workers("eval.finetune_baseline", args.argv, args.workers)
     k = args.photos
     names = {(mode, lr): {s: f"finetune_{mode}_lr{lr:g}_steps{s}" for s in steps} for mode, lr in runs}
     for (mode, lr), named in names.items():

@@ -117,6 +117,27 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     assert {u: u.stat().st_mtime_ns for u in units} == stamps
 
 
+def test_eval_world_workers_split_the_identities_and_match_one_process(world, tmp_path):
+    import eval.world as ew
+
+    def run(name, *extra):
+        out, results = tmp_path / name, tmp_path / f"{name}.json"
+        assert ew.main(["--seed", "6", "--identities", "2", "--photos", "2", "--prompts", "1", "--seeds", "1",
+                        "--n", "1", "--steps", "2", "--refs", "2", "--device", "cpu", "--world", str(world),
+                        "--out", str(out), "--json", str(results), "--methods", "encoder,text_only",
+                        "--command-timing", "0", "--no-progress", *extra]) == 0
+        return out, json.loads(results.read_text())
+
+    out, split = run("split", "--workers", "2")  # one identity per worker process
+    assert split["workers"] == 2 and split["wall_seconds_this_run"]["workers"] > 0
+    assert split["intervals"]["identity_similarity"]["encoder"]["n"] == 2
+    assert len(list((out / "scores").rglob("*.json"))) == 4  # 2 methods x 2 identities, by the workers
+    _, single = run("single")
+    for metric in ("identity_similarity", "edit_success", "copy_paste"):
+        for method in ("encoder", "text_only"):
+            assert split[metric][method] == pytest.approx(single[metric][method], abs=2e-3), (metric, method)
+
+
 def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(world, tmp_path, monkeypatch):
     import eval.identity_grid as grid
     import eval.world as ew
