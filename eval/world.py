@@ -881,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
         "commands": {"evaluate": shlex.join(["python", "-m", "eval.world", *argv_list])},
         "world_sha256": weights_sha256(args.world, args.encoder),
         **provenance()})
+    if args.workers > 1:
+        result["note"] = (f"in-process personalisation seconds were measured while {args.workers} worker processes "
+                          "shared the device (upper bounds; seconds_per_identity and speedup_vs_finetune inherit "
+                          "that); the whole-command timings ran alone after the workers")
     write_json_atomic(args.json, result, indent=1)
     head = {k: result[k] for k in ("identity_similarity", "edit_success", "copy_paste", "seconds_per_identity")}
     head["paired"] = {pair: {m: rows[m] for m in ("identity_similarity", "identity_similarity_found", "edit_success")}

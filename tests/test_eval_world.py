@@ -129,7 +129,7 @@ def test_eval_world_workers_split_the_identities_and_match_one_process(world, tm
         return out, json.loads(results.read_text())
 
     out, split = run("split", "--workers", "2")  # one identity per worker process
-    assert split["workers"] == 2 and split["wall_seconds_this_run"]["workers"] > 0
+    assert split["workers"] == 2 and split["wall_seconds_this_run"]["workers"] > 0 and "shared" in split["note"]
     assert split["intervals"]["identity_similarity"]["encoder"]["n"] == 2
     assert len(list((out / "scores").rglob("*.json"))) == 4  # 2 methods x 2 identities, by the workers
     _, single = run("single")
