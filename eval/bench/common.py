@@ -68,6 +68,18 @@ class Timer:
         return False
 
 
+def seconds_per_call(fn, device: torch.device, reps: int, warmup: int = 3, args: tuple = ()) -> float:
+    """Seconds per call of fn(*args): `warmup` calls (compilation, caches), a sync, then CUDA events (wall
+    time on the CPU) around `reps` calls. Every benchmark here times a callable this one way."""
+    for _ in range(warmup):
+        fn(*args)
+    sync(device)
+    with Timer(device) as t:
+        for _ in range(reps):
+            fn(*args)
+    return t.seconds / reps
+
+
 def max_reserved_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None
 

@@ -19,7 +19,7 @@ import sys
 import torch
 from einops import rearrange
 
-from eval.bench.common import Timer, report
+from eval.bench.common import Timer, report, seconds_per_call
 from eval.bench.sample import random_identity, random_pipeline
 from models.attention import attend
 from models.device import pick_device
@@ -69,15 +69,6 @@ def _variant_forward(net, block_fn, gate_fn):
     return forward
 
 
-def time_fn(fn, args, device, iters: int) -> float:
-    for _ in range(3):
-        fn(*args)
-    with Timer(device) as t:
-        for _ in range(iters):
-            fn(*args)
-    return t.seconds / iters
-
-
 @torch.no_grad()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +111,7 @@ def main(argv=None) -> int:
         fn, a = variants[name]
         try:
             compiled = torch.compile(fn, mode=mode, dynamic=False) if mode else fn
-            s = time_fn(compiled, a, device, args.iters)
+            s = seconds_per_call(compiled, device, args.iters, args=a)
             res["variants"][name] = {"ms": s * 1e3, "tflops": TFLOP_PER_SAMPLE * b / s}
         except Exception as e:  # a variant that does not compile here is reported, not fatal
             res["variants"][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}

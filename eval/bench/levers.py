@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from encoder.id_uvit import IDConditionedUViT
-from eval.bench.common import report
-from eval.bench.forward import TFLOP_PER_SAMPLE, time_fn
+from eval.bench.common import report, seconds_per_call
+from eval.bench.forward import TFLOP_PER_SAMPLE
 from eval.bench.sample import random_identity, random_pipeline
 from models.device import pick_device
 from models.errors import run_cli
@@ -55,7 +55,7 @@ def bench_attention(device, b: int, c, iters: int) -> dict:
     for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
         try:
             with _backend(name):
-                s = time_fn(F.scaled_dot_product_attention, (q, k, v), device, iters)
+                s = seconds_per_call(F.scaled_dot_product_attention, device, iters, args=(q, k, v))
             out[name] = {"ms": s * 1e3, "tflops": flop / s / 1e12}
         except RuntimeError as e:
             out[name] = {"error": str(e)[:200]}
@@ -76,7 +76,7 @@ def bench_mlp_gemm(device, b: int, c, iters: int) -> dict:
     }
     out = {}
     for name, fn in forms.items():
-        s = time_fn(fn, (), device, iters)
+        s = seconds_per_call(fn, device, iters)
         out[name] = {"ms": s * 1e3, "tflops": flop / s / 1e12}
     exact = F.gelu(F.linear(x.float(), w.float(), bias.float()))
     for name in ("linear_then_gelu", "addmm_gelu_epilogue"):
@@ -107,7 +107,7 @@ def bench_few_keys(device, b: int, c, iters: int, n_keys: int = 4) -> dict:
         def step(work=work, kernel=kernel):
             gated_few_key_attention_(work, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main, kernel=kernel)
 
-        s = time_fn(step, (), device, iters)
+        s = seconds_per_call(step, device, iters)
         fresh = o.clone()
         gated_few_key_attention_(fresh, lse, q, k[:, :, n_main:], v[:, :, n_main:], g, n_main, kernel=kernel)
         results[name] = fresh.float()
@@ -146,7 +146,7 @@ def bench_vae(pipe, device, iters: int) -> dict:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated() if device.type == "cuda" else 0
-            s = time_fn(f, (z.contiguous(memory_format=fmt),), device, max(iters // 2, 2))
+            s = seconds_per_call(f, device, max(iters // 2, 2), args=(z.contiguous(memory_format=fmt),))
             peak = (torch.cuda.max_memory_allocated() - base) / 1e9 if device.type == "cuda" else None
             out[name] = {"ms": s * 1e3, "tflops": 2.51 / s, "peak_extra_gb": peak}
         except Exception as e:  # noqa: BLE001
@@ -254,7 +254,7 @@ def main(argv=None) -> int:
         pipe.uvit.use_gelu_epilogue(epilogue)
         f = torch.compile(fn, mode=m, dynamic=False) if m else fn
         try:
-            s = time_fn(f, x16, device, args.iters)
+            s = seconds_per_call(f, device, args.iters, args=x16)
             entry = {"ms": s * 1e3, "tflops": TFLOP_PER_SAMPLE * b / s}
             if fn is pipe.uvit:
                 out = f(*x16)

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.bench.common import report
-from eval.bench.forward import time_fn
+from eval.bench.common import report, seconds_per_call
 from eval.bench.sample import accuracy_inputs
 from models.device import pick_device
 from models.errors import UserError, run_cli
@@ -154,9 +153,9 @@ def probe_speed(device: torch.device, b: int = 4, iters: int = 50) -> dict:
         w8, sw = _quantize_rowwise(w)
         x8, sx = quantize(x)
         flop = 2 * m * k * n
-        t_bf16 = time_fn(F.linear, (x, w, bias), device, iters)
-        t_fp8 = time_fn(_fp8_linear, (x8, w8, sx, sw, bias), device, iters)
-        t_q = time_fn(quantize, (x,), device, iters)
+        t_bf16 = seconds_per_call(F.linear, device, iters, args=(x, w, bias))
+        t_fp8 = seconds_per_call(_fp8_linear, device, iters, args=(x8, w8, sx, sw, bias))
+        t_q = seconds_per_call(quantize, device, iters, args=(x,))
         rows.append({"gemm": name, "m": m, "k": k, "n": n, "per_forward": count,
                      "bf16_ms": t_bf16 * 1e3, "bf16_tflops": flop / t_bf16 / 1e12,
                      "fp8_ms": t_fp8 * 1e3, "fp8_tflops": flop / t_fp8 / 1e12, "quantize_ms": t_q * 1e3})

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.bench.common import Timer, max_reserved_gb, report, sync
+from eval.bench.common import max_reserved_gb, report, seconds_per_call, sync
 
 
 def _render_worker(args: tuple[int, int, int]) -> float:
@@ -55,17 +55,6 @@ def render_cpu(processes: int, batch: int, batches: int) -> dict:
     per_process = batch * batches / float(np.mean(seconds))
     return {"processes": processes, "samples_per_s": round(per_process * processes, 1),
             "samples_per_s_per_process": round(per_process, 1), "wall_s_with_start": round(wall, 1)}
-
-
-def timed(fn, device: torch.device, warmup: int, reps: int) -> float:
-    """Seconds per call of fn after `warmup` calls (CUDA events around `reps` calls)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    with Timer(device) as t:
-        for _ in range(reps):
-            fn()
-    return t.seconds / reps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         parts = result["parts"]
 
         k = iter(range(10**6))
-        s = timed(lambda: stage.data.make(next(k)), device, warmup, reps)
+        s = seconds_per_call(lambda: stage.data.make(next(k)), device, reps, warmup)
         parts["render_gpu" if device.type == "cuda" else "render_same_device"] = {"samples_per_s": round(b / s, 1)}
         print(parts, flush=True)
 
         batch = stage.data.make(0)
-        s = timed(lambda: stage.condition(batch.pixels, batch.captions), device, warmup, reps)
+        s = seconds_per_call(lambda: stage.condition(batch.pixels, batch.captions), device, reps, warmup)
         parts["condition"] = {"samples_per_s": round(b / s, 1)}
         clip0, text0 = stage.condition(batch.pixels, batch.captions)
         z0 = batch.pixels * stage.c.signal_scale
@@ -115,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 stage.ema.update(stage.uvit)
             return run
 
-        s = timed(step(stage.uvit), device, warmup, reps)
+        s = seconds_per_call(step(stage.uvit), device, reps, warmup)
         parts["step_eager"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2)}
         print(parts, flush=True)
         if device.type == "cuda":
@@ -124,12 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             step(compiled)()
             sync(device)
             compile_s = time.perf_counter() - t0
-            s = timed(step(compiled), device, warmup, reps)
+            s = seconds_per_call(step(compiled), device, reps, warmup)
             parts["step_compiled"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2),
                                       "compile_s": round(compile_s, 1)}
             print(parts, flush=True)
 
-        s = timed(lambda: stage.train_step(next(k), gen), device, warmup, reps)
+        s = seconds_per_call(lambda: stage.train_step(next(k), gen), device, reps, warmup)
         parts["stage"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2)}
         print(parts, flush=True)
         result["peak_reserved_gb"] = max_reserved_gb(device)
