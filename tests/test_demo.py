@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.demo import DEMO_DATA, METHODS, choose_weights, demo_identities, demo_world, make_demo_data
+from eval.demo import DEMO_DATA, METHODS, choose_weights, demo_identities, make_demo_data
 from models.check_weights import MAIN_JOB
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,36 +148,7 @@ def test_demo_end_to_end_on_the_committed_world(tmp_path):
     # without one scores 0, above a wrong face's usual cosine here), on every demo identity
     ident = {m: result["scores"][m]["per_identity"] for m in METHODS}
     assert set(result["identity_above_text_only"]) == {p.name for p in people}
-    above = all(result["identity_above_text_only"].values())
-    if not above and _is_excused_world(demo_world()):
-        pytest.xfail(f"the committed world does not carry identity yet (checkpoints/world/README.md): {ident}")
-    assert above, ident
-
-
-# Committed worlds on which the identity module does not beat text only on every demo identity
-# (checkpoints/world/README.md); only these exact files are excused, so a retrained world must pass.
-# first: backbone of 3,159 steps that ignores its prompts, identity module with id_gain 0.0007
-#        (identity similarity -0.079 against -0.072 for girl1);
-# second: the backbone continued 5,120 steps with "v" weighting and the pixel gain 0.3 (it follows its
-#        prompts, with noisy images), identity module with id_gain 0.0065 (girl1 -0.174 against -0.199
-#        for text only, girl2 -0.249 against -0.176);
-# third: that backbone continued 4,167 more steps at the same settings, identity module retrained on it
-#        (id_gain 0.0068; girl1 -0.276 against -0.300 for text only, girl2 -0.283 against -0.257).
-EXCUSED_WORLDS = (
-    {"models/uvit_v1.safetensors": "979630a6641a523497c875955f05c136ed41bdb9f9c524d5986e951696fd61c5",
-     "faceid_encoder/identity.safetensors": "ef192b0af8fb185cfde90815159b7261095b7a3d0e4782274d01fb222563151c"},
-    {"models/uvit_v1.safetensors": "523b8c86e99382ba5776e18f8a60c65e7e054c2d22258cfb371f55a633a7abbc",
-     "faceid_encoder/identity.safetensors": "91cbb71a6d7247bb26338412c0027ab61486571c94cf0c1d72b1344f60148f63"},
-    {"models/uvit_v1.safetensors": "1b46e3a2384e989326581ec6a2a320819dab53f47f05e34b19b012dc457b499c",
-     "faceid_encoder/identity.safetensors": "af1e51988849e61ee146d093f19c8001344d3aaf04b5ccf9d457ed4e21cca512"},
-)
-
-
-def _is_excused_world(world: Path) -> bool:
-    from models.paths import file_sha256
-
-    return any(all((world / rel).is_file() and file_sha256(world / rel) == sha for rel, sha in files.items())
-               for files in EXCUSED_WORLDS)
+    assert all(result["identity_above_text_only"].values()), ident
 
 
 def test_a_rerun_keeps_images_only_when_weights_data_and_settings_are_the_same(tmp_path):

@@ -256,3 +256,39 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     with pytest.raises(UserError, match="identity guidance or refinement"):
         export_best({"id_scale": 1.0, "id_guidance": 20.0, "refine_steps": 0}, src, tmp_path / "x", tmp_path / "g.json")
     assert not (tmp_path / "x").exists()
+
+
+def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_path, monkeypatch):
+    """eval.world_ablations on the committed results (the photo counts of eval/results/synthworld.json, the
+    modules' id_gain from their training logs) and eval/notebooks/world_ablations.ipynb top to bottom."""
+    import os
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    from eval import world_ablations as wa
+
+    result = json.loads((wa.RESULTS / "synthworld.json").read_text())
+    rows = wa.photo_rows(result)
+    assert {r["photos"] for r in rows} == set(result["counts"]["photos"])
+    enc = {r["photos"]: r for r in rows if r["method"] == "encoder"}
+    k = result["counts"]["headline_photos"]
+    assert enc[k]["identity_similarity"] == pytest.approx(result["identity_similarity"]["encoder"])
+    points = wa.module_points()
+    assert len(points) == len(wa.MODULES) and all(p["id_gain"] > 0 and p["lo"] <= p["identity_gain"] <= p["hi"]
+                                                   for p in points)
+    log = tmp_path / "train.log"
+    log.write_text("step 10 id_gain 0.00100 +- 0.00020\nstep 20 id_gain 0.00300 +- 0.00050\n")
+    assert wa.last_id_gain(log) == (0.003, 0.0005)
+    assert wa.main(["--plot", str(tmp_path / "ablations.png")]) == 0 and (tmp_path / "ablations.png").is_file()
+
+    repo = Path(__file__).resolve().parent.parent
+    nb = nbformat.read(repo / "eval" / "notebooks" / "world_ablations.ipynb", as_version=4)
+    monkeypatch.setenv("WORLD_RESULTS", str(wa.RESULTS / "synthworld.json"))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
