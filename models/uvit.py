@@ -45,6 +45,7 @@ class UViTConfig:
     text_dim: int = 64
     num_text_tokens: int = 77
     clip_img_dim: int = 512
+    conv: bool = False  # U-ViT's final 3x3 conv over the unpatchified image output (v1 has none)
 
     @classmethod
     def v1(cls) -> UViTConfig:
@@ -221,6 +222,8 @@ class UViT(nn.Module):
         self.out_blocks = nn.ModuleList([Block(**block, skip=True) for _ in range(c.depth // 2)])
         self.norm = nn.LayerNorm(d)
         self.decoder_pred = nn.Linear(d, c.patch_size**2 * c.in_chans)
+        # U-ViT's optional final conv mixes each output pixel with its neighbours across patch borders
+        self.final_layer = nn.Conv2d(c.in_chans, c.in_chans, 3, padding=1) if c.conv else None
 
     def use_gelu_epilogue(self, enabled: bool = True) -> UViT:
         """Fuse each MLP's bias + GELU into its first GEMM at GPU inference (see `Mlp`)."""
@@ -277,6 +280,8 @@ class UViT(nn.Module):
         _, text, clip_img, img = x.split([3, n_text, 1, n_img], dim=1)
         img = rearrange(self.decoder_pred(img), "b (h w) (p1 p2 c) -> b c (h p1) (w p2)",
                         h=h // c.patch_size, p1=c.patch_size, p2=c.patch_size)
+        if self.final_layer is not None:
+            img = self.final_layer(img)
         return img, self.clip_img_out(clip_img), self.text_out(text)
 
     def forward(self, img, clip_img, text, t_img, t_text, data_type):

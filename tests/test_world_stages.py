@@ -3,6 +3,7 @@ folder that the real pipeline loads."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -86,6 +87,44 @@ def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_e
     with pytest.raises(UserError, match="backbone stage only"):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
               "--init-from", str(root / "models/uvit_v1.safetensors")])
+
+
+def test_final_conv_continues_an_export_without_it_unchanged_then_trains_and_loads(world, tmp_path):
+    """--final-conv from weights without U-ViT's conv: the conv starts as the identity (the same outputs),
+    the stage trains and exports it, and the pipeline loads the exported world with it."""
+    import torch
+
+    from models.uvit import UViT
+    from models.weights import read_state_dict
+    from pretrain.world.backbone import BackboneStage
+    from pretrain.world.common import StageOptions, run_stage
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    opts = StageOptions(out=tmp_path / "runs", world=fresh, device=torch.device("cpu"), tiny=True,
+                        init_from=root / "models/uvit_v1.safetensors", final_conv=True)
+    stage = BackboneStage(opts)
+    assert stage.uvit_config.conv and stage.uvit.final_layer is not None
+    plain = UViT(dataclasses.replace(stage.uvit_config, conv=False))
+    plain.load_state_dict({k: v.float() for k, v in read_state_dict(root / "models/uvit_v1.safetensors").items()})
+    c = stage.uvit_config
+    gen = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, c.in_chans, c.img_size, c.img_size, generator=gen),
+              torch.randn(2, 1, c.clip_img_dim, generator=gen),
+              torch.randn(2, c.num_text_tokens, c.text_dim, generator=gen), torch.full((2,), 300.0),
+              torch.zeros(2), torch.ones(2, dtype=torch.long))
+    with torch.no_grad():
+        for a, b in zip(stage.uvit.eval()(*inputs), plain.eval()(*inputs), strict=True):
+            torch.testing.assert_close(a, b)
+    stage.uvit.train()
+    run_stage(stage)
+    assert "final_layer.weight" in read_state_dict(fresh / "models/uvit_v1.safetensors")
+    assert json.loads((fresh / "model_configs.json").read_text())["uvit"]["conv"] is True
+    from models.pipeline import UniDiffuserT2I
+    assert UniDiffuserT2I.from_pretrained(fresh, device=torch.device("cpu")).uvit.final_layer is not None
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--final-conv"])
 
 
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):

@@ -89,6 +89,7 @@ class BackboneConfig:
     data_type: int = 1
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
     signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
+    conv: bool = False  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv`
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -101,7 +102,7 @@ def world_uvit_config(c: BackboneConfig, text_dim: int, context_length: int, cli
     """The world's UViT: pixel space (3 channels of img_size), text and CLIP-image widths of the world-CLIP."""
     return UViTConfig(img_size=img_size, in_chans=3, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
                       num_heads=c.num_heads, mlp_ratio=4.0, text_dim=text_dim, num_text_tokens=context_length,
-                      clip_img_dim=clip_dim)
+                      clip_img_dim=clip_dim, conv=c.conv)
 
 
 def init_uvit(model: UViT) -> UViT:
@@ -120,6 +121,15 @@ def init_uvit(model: UViT) -> UViT:
     nn.init.trunc_normal_(model.pos_embed, std=0.02)
     nn.init.trunc_normal_(model.pos_embed_token, std=0.02)
     return model
+
+
+def identity_conv_state(conv: nn.Conv2d) -> dict[str, torch.Tensor]:
+    """{final_layer.weight, final_layer.bias} of a 3x3 conv that passes its input through unchanged: a
+    run continued from weights without U-ViT's final conv starts where those weights were."""
+    weight = torch.zeros_like(conv.weight)
+    channels = torch.arange(weight.shape[0])
+    weight[channels, channels, 1, 1] = 1.0
+    return {"final_layer.weight": weight, "final_layer.bias": torch.zeros_like(conv.bias)}
 
 
 def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
@@ -180,6 +190,8 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, total_steps=opts.total_steps)
         if opts.init_from is not None:
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
+        if opts.final_conv:
+            c = dataclasses.replace(c, conv=True)
         self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
@@ -198,6 +210,8 @@ class BackboneStage(Stage):
             if not Path(opts.init_from).is_file():
                 raise UserError(f"--init-from: no weights file {opts.init_from}")
             state = {k: v.float() for k, v in read_state_dict(opts.init_from, "the world UViT").items()}
+            if self.uvit.final_layer is not None and "final_layer.weight" not in state:
+                state.update(identity_conv_state(self.uvit.final_layer))  # adding the conv changes nothing yet
             load_strict(self.uvit, state, opts.init_from, "the world UViT")
         self.uvit = self.uvit.to(self.device).train()
         self.ema = EMA(self.uvit, c.ema_decay)

@@ -60,7 +60,8 @@ class StageOptions:
     most this many steps this call (None: no limit); total_steps: replaces the stage's step budget (its
     LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
     few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
-    new run starts from these exported weights (the backbone stage only: a continued run).
+    new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
+    backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it).
     """
 
     out: Path
@@ -74,6 +75,7 @@ class StageOptions:
     log_every: int = 50
     save_minutes: float = 4.0
     init_from: Path | None = None
+    final_conv: bool = False
 
 
 @dataclass(frozen=True)
