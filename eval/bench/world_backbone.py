@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON result path")
     a = p.parse_args(argv)
 
-    from pretrain.world.backbone import BackboneStage, joint_loss
+    from pretrain.world.backbone import BackboneStage
     from pretrain.world.common import StageOptions
 
     device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
@@ -93,16 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         s = seconds_per_call(lambda: stage.condition(batch.pixels, batch.captions), device, reps, warmup)
         parts["condition"] = {"samples_per_s": round(b / s, 1)}
         clip0, text0 = stage.condition(batch.pixels, batch.captions)
-        z0 = batch.pixels * stage.c.signal_scale
         gen = torch.Generator(device).manual_seed(0)
 
         def step(model):
-            def run():
-                with stage.autocast():
-                    loss, _ = joint_loss(model, z0, clip0, text0, stage.noise, stage.c, gen)
-                stage.optimize(stage.opt, loss, stage.uvit.parameters())
-                stage.ema.update(stage.uvit)
-            return run
+            return lambda: stage.optimize_on(batch.pixels, clip0, text0, gen, model)
 
         s = seconds_per_call(step(stage.uvit), device, reps, warmup)
         parts["step_eager"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2)}
@@ -122,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         parts["stage"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2)}
         print(parts, flush=True)
         result["peak_reserved_gb"] = max_reserved_gb(device)
-        stage.data._pool.shutdown(wait=True)
+        stage.data.close()
 
     counts = [1] if a.tiny else [int(x) for x in a.processes.split(",") if x]
     parts["render_cpu"] = [render_cpu(n, 8 if a.tiny else b, 1 if a.tiny else 3) for n in counts]

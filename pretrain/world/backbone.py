@@ -256,12 +256,19 @@ class BackboneStage(Stage):
         lr = self.set_lr(self.opt, step)
         batch = self.data.get(step)
         clip0, text0 = self.condition(batch.pixels, batch.captions)
+        return {**self.optimize_on(batch.pixels, clip0, text0, generator), "lr": lr}
+
+    def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
+                    generator: torch.Generator, model: nn.Module | None = None) -> dict[str, float | torch.Tensor]:
+        """One optimizer step of the joint objective on a conditioned batch, then the EMA update. `model`
+        (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both)."""
+        model = self.uvit if model is None else model
         with self.autocast():
-            z0 = batch.pixels * self.c.signal_scale  # the pixel space's latent (its encode, less its 1e-7 noise)
-            loss, terms = joint_loss(self.uvit, z0, clip0, text0, self.noise, self.c, generator)
+            z0 = pixels * self.c.signal_scale  # the pixel space's latent (its encode, less its 1e-7 noise)
+            loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
-        return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
+        return {"loss": loss.detach(), **terms, "grad": grad}
 
     # ---- export -------------------------------------------------------------------------------------------
     def export_paths(self, world: Path) -> list[Path]:

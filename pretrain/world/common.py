@@ -241,6 +241,13 @@ class WorldData:
         self._pending[step + 1] = self._pool.submit(self.make, step + 1)
         return batch
 
+    def close(self) -> None:
+        """Stop preparing batches ahead: pending ones are cancelled, the background thread ends."""
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+
     def captions(self, n: int, stream: str = "stats") -> list[str]:
         """Captions of n training renders of their own stream (not the training batches)."""
         out: list[str] = []
