@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 source scripts/device_env.sh  # the carried wheels (scripts/device_wheels.sh)
 OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p $L
 B=${BASE:-/tmp}; R=$B/runs; W=$B/world; mkdir -p $B
-if ls ${STATE:-.gpu_ops/state}/state.tgz.* >/dev/null 2>&1; then cat ${STATE:-.gpu_ops/state}/state.tgz.* | tar xz -C $B; echo "state restored at $(el) s"; fi
+source scripts/gpu_state.sh; restore_state state $B
 mkdir -p $R $W
 if [ ! -f $W/world_clip/config.json ] && [ -n "${WORLD_FROM:-}" ]; then cp -r $WORLD_FROM/. $W/; echo "world copied from $WORLD_FROM"; fi
 ls $W $R; ls $R/identity 2>/dev/null
@@ -105,6 +105,6 @@ for c in $R/*/run/checkpoints; do  # pretraining runs: resuming needs their newe
   [ -d $c ] && ls -d $c/step_* 2>/dev/null | sort | head -n -1 | xargs -r rm -rf
 done
 du -sh $W/* $R/* 2>/dev/null
-tar czf /tmp/state.tgz -C $B --exclude=runs/identity/shards runs world && split -b 15M -d /tmp/state.tgz $OUTD/state.tgz.
+pack_state state $B $OUTD --exclude=runs/identity/shards runs world
 tar czf $OUTD/logs.tgz -C $OUTD logs; rm -rf $L
 ls -la $OUTD

@@ -18,9 +18,7 @@ cd "$(dirname "$0")/.."
 source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
 B=${BASE:-/tmp/wi}; W=${WORLD:-checkpoints/world}; mkdir -p "$B"
-if ls "${STATE:-.gpu_ops/state}"/ident.tgz.* >/dev/null 2>&1; then
-  cat "${STATE:-.gpu_ops/state}"/ident.tgz.* | tar xz -C "$B"; echo "[$(el) s] state restored"
-fi
+source scripts/gpu_state.sh; restore_state ident "$B"
 python3 - "$B" "${IDS:-16000}" "${PHOTOS:-4}" "$W" <<'PY' > "$L/shards.log" 2>&1
 import sys, dataclasses, torch
 from pathlib import Path
@@ -46,6 +44,6 @@ done
 for p in "${pids[@]}"; do wait "$p"; done
 echo "[$(el) s] variants returned"
 for spec in "$@"; do name=${spec%%:*}; tail -2 "$L/v_$name.log"; ls "$B/runs/v_$name" 2>/dev/null; done
-tar czf /tmp/ident.tgz -C "$B" --exclude=runs/identity/shards runs && split -b 15M -d /tmp/ident.tgz "$OUTD/ident.tgz."
+pack_state ident "$B" "$OUTD" --exclude=runs/identity/shards runs
 tar czf "$OUTD/ident_logs.tgz" -C "$OUTD" logs; rm -rf "$L"
 ls -la "$OUTD"; echo "[$(el) s] done"
