@@ -83,29 +83,32 @@ def module_points(modules=MODULES) -> list[dict]:
     return points
 
 
-def plot(result: dict, points: list[dict]):
-    """Left: identity similarity by photo count and method; middle: edit success; right: modules'
-    identity gain against their id_gain. Returns a matplotlib Figure."""
+def plot(results: list[dict], points: list[dict]):
+    """Left: identity similarity by photo count and method, one line style per eval.world run; middle: edit
+    success; right: modules' identity gain against their id_gain. Returns a matplotlib Figure."""
     import matplotlib.pyplot as plt
 
-    rows = photo_rows(result)
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(13, 3.8))
-    for method in METHOD_ORDER:
-        mine = [r for r in rows if r["method"] == method]
-        if not mine:
-            continue
-        ks = [r["photos"] for r in mine]
-        a.plot(ks, [r["identity_similarity"] for r in mine], "o-", label=method)
-        b.plot(ks, [r["edit_success"] for r in mine], "o-", label=method)
-    n = result["counts"]["identities"]
+    colours = {m: f"C{i}" for i, m in enumerate(METHOD_ORDER)}
+    ks: set[int] = set()
+    for result, style in zip(results, ("o-", "s--", "^:", "d-."), strict=False):
+        run = f"{result['counts']['identities']} ids, seed {result['renderer_seed']}"
+        for method in METHOD_ORDER:
+            mine = [r for r in photo_rows(result) if r["method"] == method]
+            if not mine:
+                continue
+            x = [r["photos"] for r in mine]
+            ks.update(x)
+            a.plot(x, [r["identity_similarity"] for r in mine], style, color=colours[method], label=f"{method} ({run})")
+            b.plot(x, [r["edit_success"] for r in mine], style, color=colours[method])
     for ax, title in ((a, "identity similarity"), (b, "edit success (edit prompts)")):
         ax.set_xscale("log")
         ax.minorticks_off()
-        ax.set_xticks(sorted({r["photos"] for r in rows}), [str(k) for k in sorted({r["photos"] for r in rows})])
+        ax.set_xticks(sorted(ks), [str(k) for k in sorted(ks)])
         ax.set_xlabel("photos per identity")
-        ax.set_title(f"{title}: {n} test identities, seed {result['renderer_seed']}", fontsize=9)
+        ax.set_title(f"{title}, test identities", fontsize=9)
         ax.grid(alpha=0.3)
-    a.legend(fontsize=8)
+    a.legend(fontsize=6)
     for p in points:
         c.errorbar(p["id_gain"], p["identity_gain"], xerr=p["id_gain_se"],
                    yerr=[[p["identity_gain"] - p["lo"]], [p["hi"] - p["identity_gain"]]], fmt="o", capsize=3)
@@ -124,16 +127,18 @@ def plot(result: dict, points: list[dict]):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.world_ablations", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", type=Path, default=RESULTS / "synthworld.json", help="an eval.world JSON")
+    p.add_argument("--results", type=Path, nargs="+", default=[RESULTS / "synthworld.json"],
+                   help="eval.world JSONs whose photo counts are drawn (default: eval/results/synthworld.json)")
     p.add_argument("--plot", type=Path, default=None, help="write the figure here (PNG)")
     args = p.parse_args(argv)
     from models.errors import UserError
 
-    if not args.results.is_file():
-        raise UserError(f"no evaluation JSON at {args.results}: run python -m eval.world first")
-    result = json.loads(args.results.read_text())
+    missing = [str(r) for r in args.results if not r.is_file()]
+    if missing:
+        raise UserError(f"no evaluation JSON at {', '.join(missing)}: run python -m eval.world first")
+    results = [json.loads(r.read_text()) for r in args.results]
     points = module_points()
-    for r in photo_rows(result):
+    for r in (r for result in results for r in photo_rows(result)):
         print(f"photos {r['photos']:>2}  {r['method']:<10} identity {r['identity_similarity']:+.3f}  "
               f"edit {r['edit_success']:.3f}")
     for pt in points:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         from models.atomic import atomic_write
 
-        fig = plot(result, points)
+        fig = plot(results, points)
         atomic_write(args.plot, lambda path: fig.savefig(path, format="png", dpi=110))
         print(f"written to {args.plot}")
     return 0
