@@ -2,7 +2,7 @@
 
     python -m eval.world --seed S --identities N [--photos 3,10] [--device cuda|cpu]
         [--methods encoder,text_only,finetune,ceiling] [--out DIR] [--world checkpoints/world]
-        [--prompts 10] [--seeds 3] [--json eval/results/synthworld.json]
+        [--prompts 10] [--seeds 3] [--json eval/results/synthworld.json] [--workers 8]
 
 Renders N test identities of renderer seed S (data_prep.faceworld: photo folders, prompt files; no
 one tuned anything on them), personalises and generates with each method, scores every image with
