@@ -93,8 +93,9 @@ def plot(results: list[dict], points: list[dict]):
     ks: set[int] = set()
     for result, style in zip(results, ("o-", "s--", "^:", "d-."), strict=False):
         run = f"{result['counts']['identities']} ids, seed {result['renderer_seed']}"
+        rows = photo_rows(result)
         for method in METHOD_ORDER:
-            mine = [r for r in photo_rows(result) if r["method"] == method]
+            mine = [r for r in rows if r["method"] == method]
             if not mine:
                 continue
             x = [r["photos"] for r in mine]

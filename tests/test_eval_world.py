@@ -171,7 +171,9 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
     assert len(list((out / "records" / "p2").iterdir())) == 2
     refined = json.loads(next((out / "records" / "p2_refine1").iterdir()).joinpath("identity.json").read_text())
     assert "refine" in json.dumps(refined) and "--refine-steps 1" in (out / "logs" / "train.log").read_text()
-    _run_notebook(results, tmp_path, monkeypatch)
+    outputs = _run_notebook("identity_grid.ipynb", {"IDENTITY_GRID": str(results)}, tmp_path, monkeypatch)
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "python -m eval.identity_grid" in text and "best:" in text
     assert r["best"] is None or (r["best"]["refine_steps"], r["best"]["id_scale"], r["best"]["id_guidance"]) in settings
 
     def forbidden(*args, **kwargs):
@@ -209,8 +211,9 @@ def test_identity_grid_settings_are_a_product_or_an_explicit_list():
         main(["--seed", "1", "--settings", "1:none"])
 
 
-def _run_notebook(result_json, tmp_path, monkeypatch):
-    """eval/notebooks/identity_grid.ipynb top to bottom in a fresh kernel on a grid's JSON."""
+def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch) -> list:
+    """eval/notebooks/<name> top to bottom in a fresh kernel with `env` set; asserts that no cell failed and
+    that it drew one picture; returns the code cells' outputs."""
     import os
     from pathlib import Path
 
@@ -218,16 +221,16 @@ def _run_notebook(result_json, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     repo = Path(__file__).resolve().parent.parent
-    nb = nbformat.read(repo / "eval" / "notebooks" / "identity_grid.ipynb", as_version=4)
-    monkeypatch.setenv("IDENTITY_GRID", str(result_json))
+    nb = nbformat.read(repo / "eval" / "notebooks" / name, as_version=4)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "python -m eval.identity_grid" in text and "best:" in text
     assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
+    return outputs
 
 
 def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
@@ -261,12 +264,6 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
 def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_path, monkeypatch):
     """eval.world_ablations on the committed results (the photo counts of eval/results/synthworld.json, the
     modules' id_gain from their training logs) and eval/notebooks/world_ablations.ipynb top to bottom."""
-    import os
-    from pathlib import Path
-
-    import nbformat
-    from nbclient import NotebookClient
-
     from eval import world_ablations as wa
 
     result = json.loads((wa.RESULTS / "synthworld.json").read_text())
@@ -283,12 +280,5 @@ def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_pa
     assert wa.last_id_gain(log) == (0.003, 0.0005)
     assert wa.main(["--plot", str(tmp_path / "ablations.png")]) == 0 and (tmp_path / "ablations.png").is_file()
 
-    repo = Path(__file__).resolve().parent.parent
-    nb = nbformat.read(repo / "eval" / "notebooks" / "world_ablations.ipynb", as_version=4)
-    monkeypatch.setenv("WORLD_RESULTS", str(wa.RESULTS / "synthworld.json"))
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
+    _run_notebook("world_ablations.ipynb", {"WORLD_RESULTS": str(wa.RESULTS / "synthworld.json")}, tmp_path,
+                  monkeypatch)
