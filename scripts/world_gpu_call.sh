@@ -68,6 +68,7 @@ PY
     local r=$(rate $L/$s.probe.log); local b=$(batch $s); budget=$(( deadline - $(el) ))
     local extra=0 margin=0.85; [ $s = backbone ] && extra=${BB_EXTRA:-0} && margin=0.75
     st=$(python3 -c "print(max(200, int($margin*float('${r:-0}' or 0)/$b*($budget+$extra))))")
+    local ov; ov=$(eval "echo \${TOT_$s:-}"); [ -n "$ov" ] && st=$ov  # a given total wins over the probe's
     echo "[$(el) s] $s: probe $r samples/s, batch $b -> total steps $st for ${budget} s"
     python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" --out $R --world $W --total-steps $st --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
   fi

@@ -123,8 +123,11 @@ def test_final_conv_continues_an_export_without_it_unchanged_then_trains_and_loa
     assert json.loads((fresh / "model_configs.json").read_text())["uvit"]["conv"] is True
     from models.pipeline import UniDiffuserT2I
     assert UniDiffuserT2I.from_pretrained(fresh, device=torch.device("cpu")).uvit.final_layer is not None
-    with pytest.raises(UserError, match="backbone stage only"):
-        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--final-conv"])
+    for flag in ("--final-conv", "--compile"):
+        with pytest.raises(UserError, match="backbone stage only"):
+            main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), flag])
+    compiled = BackboneStage(dataclasses.replace(opts, compile=True))  # compiles on CUDA only
+    assert compiled.step_model is compiled.uvit
 
 
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):

@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--final-conv", action="store_true",
                    help="backbone only: add U-ViT's final 3x3 conv over the image output (smooths 4x4-patch "
                         "seams); with --init-from from weights without it, it starts as the identity")
+    t.add_argument("--compile", action="store_true",
+                   help="backbone only: run its training forward under torch.compile (CUDA only; time it first "
+                        "with `python -m eval.bench.world_backbone`)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -81,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
-                        init_from=args.init_from, final_conv=args.final_conv)
-    for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv)):
+                        init_from=args.init_from, final_conv=args.final_conv, compile=args.compile)
+    for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
+                        ("--compile", args.compile)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     stage = stage_class(args.stage)(opts)

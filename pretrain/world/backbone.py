@@ -214,6 +214,8 @@ class BackboneStage(Stage):
                 state.update(identity_conv_state(self.uvit.final_layer))  # adding the conv changes nothing yet
             load_strict(self.uvit, state, opts.init_from, "the world UViT")
         self.uvit = self.uvit.to(self.device).train()
+        # The training forward may run compiled; the module itself (weights, EMA, export) stays the eager one.
+        self.step_model = torch.compile(self.uvit) if opts.compile and self.device.type == "cuda" else self.uvit
         self.ema = EMA(self.uvit, c.ema_decay)
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
@@ -256,7 +258,7 @@ class BackboneStage(Stage):
         lr = self.set_lr(self.opt, step)
         batch = self.data.get(step)
         clip0, text0 = self.condition(batch.pixels, batch.captions)
-        return {**self.optimize_on(batch.pixels, clip0, text0, generator), "lr": lr}
+        return {**self.optimize_on(batch.pixels, clip0, text0, generator, self.step_model), "lr": lr}
 
     def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
                     generator: torch.Generator, model: nn.Module | None = None) -> dict[str, float | torch.Tensor]:

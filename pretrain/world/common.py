@@ -61,7 +61,9 @@ class StageOptions:
     LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
     few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
     new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
-    backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it).
+    backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it);
+    compile: the backbone's training forward runs under torch.compile (CUDA only; the weights, EMA and
+    checkpoints are the same module's).
     """
 
     out: Path
@@ -76,6 +78,7 @@ class StageOptions:
     save_minutes: float = 4.0
     init_from: Path | None = None
     final_conv: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
