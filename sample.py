@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-guidance", type=number(float, 0, 100), default=None,
                    help="separate identity guidance scale, 0 to 100 (adds a third network pass); "
                         "default: same as --cfg")
+    p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
+                   help="mean: the identity tokens of the photos' mean embedding, as pretrained (default); each: "
+                        "every photo's own tokens side by side (an ablation; needs an unrefined record)")
     p.add_argument("--n", type=number(int, 1), default=3, help="images per prompt, at least 1 (default 3)")
     p.add_argument("--encoder", default=None,
                    help="identity-module checkpoint folder (default: checkpoints/faceid_encoder)")
@@ -134,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
                          compile_mode=None if args.compile == "none" else args.compile,
                          cuda_graphs=not args.no_cuda_graphs)
     clock.lap("backbone weights")
-    net, tokens, source = identity_conditioning(pipe, encoder, record)
+    net, tokens, source = identity_conditioning(pipe, encoder, record, per_photo=args.photo_tokens == "each")
     clock.lap("identity module")
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
                            id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)
     fingerprint = {"record": record.fingerprint(), "encoder": source if encoder is None else checkpoint_hash(encoder),
-                   "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype)}
+                   "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype),
+                   **({"photo_tokens": "each"} if args.photo_tokens == "each" else {})}
     summary = generate_prompts(pipe, net, tokens, prompts, args.output_path, opts, progress=not args.quiet,
                                fingerprint=fingerprint)
     clock.lap("sampling")

@@ -47,7 +47,8 @@ class IDConditionedUViT(nn.Module):
     """forward(img, clip_img, text, t_img, t_text, data_type, id_tokens=None, id_scale=1.0)
         -> (img_out, clip_img_out, text_out), the UViT's signature plus identity.
 
-    id_tokens [B, K, token_dim] (or [1, K, token_dim], broadcast); id_scale a float or [B]
+    id_tokens [B, K, token_dim] (or [1, K, token_dim], broadcast; or N x K per-photo tokens, see
+    IdentityModule.tokens_from_photos); id_scale a float or [B]
     tensor (0 for a sample = plain UViT for that sample, so conditional and unconditional
     passes can share one batch).
     """
@@ -109,7 +110,7 @@ class IDConditionedUViT(nn.Module):
         _, _, h, w = img.shape
         u = self.uvit
         x = u.embed(img, clip_img, text, t_img, t_text, data_type)
-        xi = id_tokens + self.identity.pos.to(x.dtype)
+        xi = id_tokens + self.identity.position(id_tokens.shape[1]).to(x.dtype)
         gates = self.identity.gate.to(x.dtype)  # [n_blocks, H]
 
         def block(i, blk, streams, skips):  # streams, skips: (main [B, L, D], identity [B, K, D])
@@ -123,7 +124,7 @@ class IDConditionedUViT(nn.Module):
         u = self.uvit
         x = u.embed(img, clip_img, text, t_img, t_text, data_type)
         n_main = x.shape[1]
-        x = torch.cat([x, id_tokens + self.identity.pos.to(x.dtype)], dim=1)  # [B, L + K, D]
+        x = torch.cat([x, id_tokens + self.identity.position(id_tokens.shape[1]).to(x.dtype)], dim=1)  # [B, L + K, D]
         g = rearrange(self.identity.gate.to(x.dtype), "n h -> n 1 h 1 1") * rearrange(scale, "b -> b 1 1 1")
         x = u.run_blocks(x, lambda i, blk, x, skip: self._run(self._block_fn, blk, x, n_main, g[i], skip,
                                                                *self._kv(i)))

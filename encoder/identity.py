@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import torch
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -57,10 +58,28 @@ class IdentityModule(nn.Module):
         attention input for the identity tokens) -> ([B, K, D], [B, K, D]), before the split into heads."""
         return low_rank_kv(x, self.kv_down[block], self.kv_up[block])
 
-    def tokens_from_photos(self, emb: torch.Tensor, emb_flip: torch.Tensor | None = None) -> torch.Tensor:
-        """One person's photos [N, face_dim] (+ mirrored) -> tokens [1, K, token_dim]."""
-        pooled = pool_embeddings(emb, emb_flip if self.config.use_flip else None)
-        return self.tokens(pooled[None])
+    def tokens_from_photos(self, emb: torch.Tensor, emb_flip: torch.Tensor | None = None,
+                           per_photo: bool = False) -> torch.Tensor:
+        """One person's photos [N, face_dim] (+ mirrored) -> tokens [1, K, token_dim] of their pooled
+        embedding (what pretraining conditions on), or with `per_photo` [1, N x K, token_dim]: each photo's
+        own K tokens (pooled with its mirrored crop), side by side. Per-photo tokens need the extra_tokens
+        injection (text slots hold K tokens); they share the K position embeddings (`position`)."""
+        flip = emb_flip if self.config.use_flip else None
+        if not per_photo:
+            return self.tokens(pool_embeddings(emb, flip)[None])
+        if self.config.injection != "extra_tokens":
+            raise ValueError("per-photo identity tokens need a module with the extra_tokens injection; "
+                             f"this one uses {self.config.injection}")
+        each = pool_embeddings(emb[:, None], None if flip is None else flip[:, None])  # [N, face_dim]
+        return rearrange(self.tokens(each), "n k d -> 1 (n k) d")
+
+    def position(self, n: int) -> torch.Tensor:
+        """[1, n, D] position embeddings of n identity tokens: `pos` for the K trained ones, repeated for each
+        photo's K tokens when n = N x K (per-photo tokens)."""
+        k = self.config.num_tokens
+        if n % k:
+            raise ValueError(f"{n} identity tokens are not whole groups of this module's K = {k}")
+        return self.pos.repeat(1, n // k, 1)
 
     @torch.no_grad()
     def fold_scale_(self, scale: float) -> IdentityModule:

@@ -57,17 +57,23 @@ def parse_settings(text: str) -> list[tuple[int, float, float | None]]:
     return out
 
 
+SETTING_KEYS = ("id_scale", "id_guidance", "refine_steps", "photo_tokens")  # a row's setting (`best`)
+
+
 def flags(setting: dict) -> str:
     """The command-line flags of a setting (a row or `best`): sample.py's and train.py's."""
     out = f"--id-scale {setting['id_scale']:g}"
     if setting["id_guidance"] is not None:
         out += f" --id-guidance {setting['id_guidance']:g}"
+    if setting.get("photo_tokens", "mean") != "mean":
+        out += f" --photo-tokens {setting['photo_tokens']}"
     return out + (f" --refine-steps {setting['refine_steps']}" if setting.get("refine_steps") else "")
 
 
-def label(scale: float, guidance: float | None, refine: int = 0) -> str:
+def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: str = "mean") -> str:
     """The method name of one setting (its units and images in the work folder)."""
-    return f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}" + (f"_refine{refine}" if refine else "")
+    return (f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}" + (f"_refine{refine}" if refine else "")
+            + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
 
 
 def pick_best(rows: list[dict]) -> dict | None:
@@ -120,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", default=None,
                    help="explicit settings instead of the product of the three lists: scale:guidance:refine, "
                         "comma-separated (e.g. 1:none:0,2:none:0,1:20:0,1:none:50)")
+    p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
+                   help="every setting's sample.py --photo-tokens: the mean embedding's tokens (default) or each "
+                        "photo's (the mean-pooled against per-photo tokens ablation; refinement 0 only)")
     p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
     p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -153,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise UserError(f"--settings / --id-scales / --id-guidances / --refine-steps: {e} (numbers, comma-separated; "
                         "'none' for guidance; --settings as scale:guidance:refine,...)") from e
+    if args.photo_tokens == "each" and (args.export or any(refine for refine, _, _ in settings)):
+        raise UserError("--photo-tokens each: refined tokens and exported modules are the pooled photos'; "
+                        "run it without refinement and without --export")
     plan = Plan(seed=args.seed, identities=args.identities, photos=(args.photos,), methods=("encoder", "text_only"),
                 prompts=args.prompts, seeds=1, n=args.n, steps=args.steps, cfg=args.cfg, split="val",
                 command_timing=0)
@@ -165,13 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
     rows = []
     for refine, scale, guidance in settings:
-        name = label(scale, guidance, refine)
-        ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine)
+        name = label(scale, guidance, refine, args.photo_tokens)
+        ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine,
+                                      photo_tokens=args.photo_tokens)
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
         ev.run_encoder(people, method=name)
         values = headline_values(out, name, k, people, 1)
         means = {m: _nanmean(values[m].values()) for m in REPORTED}
-        rows.append({"id_scale": scale, "id_guidance": guidance, "refine_steps": refine, "method": name,
+        rows.append({"id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
+                     "photo_tokens": args.photo_tokens, "method": name,
                      "means": means,
                      "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
                                                 else means[m] / text_means[m]) for m in REPORTED},
@@ -179,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                      "copy_paste": bootstrap_interval(list(values["copy_paste"].values()))})
     best = pick_best(rows)
     result = {"format": "identity-grid", "version": 1, "rows": rows, "text_only": text_means,
-              "best": None if best is None else {key: best[key] for key in ("id_scale", "id_guidance", "refine_steps")},
+              "best": None if best is None else {key: best[key] for key in SETTING_KEYS},
               "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text only's "
                       "edit success and faces found",
               "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,

@@ -94,7 +94,7 @@ WARM_IMPORTS = ("encoder.face_analysis", "encoder.identity", "personalize.extrac
                 "onnxruntime")
 
 
-IDENTITY_SETTINGS = ("id_scale", "id_guidance", "refine_steps")  # Plan fields of the identity module only
+IDENTITY_SETTINGS = ("id_scale", "id_guidance", "refine_steps", "photo_tokens")  # the identity module's only
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,7 @@ class Plan:
     id_scale: float = 1.0  # sample.py --id-scale of the identity module
     id_guidance: float | None = None  # sample.py --id-guidance (None: the text guidance scale, two passes)
     refine_steps: int = 0  # train.py --refine-steps: identity-token refinement on the photos
+    photo_tokens: str = "mean"  # sample.py --photo-tokens: the mean embedding's tokens, or each photo's
 
     def __post_init__(self):
         bad = [m for m in self.methods if m not in METHODS]
@@ -126,6 +127,9 @@ class Plan:
             raise ValueError("--photos, --identities, --prompts and --seeds must be at least 1")
         if self.prompts > len(SIM_TEMPLATES):
             raise ValueError(f"at most {len(SIM_TEMPLATES)} prompts per layout (SIM_TEMPLATES)")
+        if self.photo_tokens not in ("mean", "each") or (self.photo_tokens == "each" and self.refine_steps):
+            raise ValueError("--photo-tokens is mean or each, and each needs --refine-steps 0 (refined tokens are "
+                             "the pooled photos')")
 
     @property
     def headline(self) -> int:
@@ -149,6 +153,7 @@ class Plan:
     def sample_flags(self) -> list[str]:
         """sample.py's flags for the identity module's sampling settings."""
         flags = ["--id-scale", f"{self.id_scale:g}"]
+        flags += [] if self.photo_tokens == "mean" else ["--photo-tokens", self.photo_tokens]
         return flags + ([] if self.id_guidance is None else ["--id-guidance", f"{self.id_guidance:g}"])
 
     @staticmethod
@@ -811,6 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="its train.py --refine-steps: identity-token refinement on the photos (default 0)")
+    p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
+                   help="its sample.py --photo-tokens: the mean embedding's tokens (default) or each photo's")
     p.add_argument("--headline-photos", type=int, default=None, help="photo count of the headline numbers")
     p.add_argument("--command-timing", type=int, default=3,
                    help="identities whose personalisation is also timed as a whole command (default 3; 0: none)")
@@ -845,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), prompts=args.prompts,
                 seeds=args.seeds, n=args.n, steps=args.steps, cfg=args.cfg, refs=args.refs,
                 headline_photos=args.headline_photos, command_timing=args.command_timing,
-                id_scale=args.id_scale, id_guidance=args.id_guidance, refine_steps=args.refine_steps)
+                id_scale=args.id_scale, id_guidance=args.id_guidance, refine_steps=args.refine_steps,
+                photo_tokens=args.photo_tokens)
     out = args.out or Path("runs/eval_world") / f"seed{plan.seed}"
     device = pick_device(args.device)
     t0 = time.perf_counter()
@@ -874,6 +882,7 @@ def main(argv: list[str] | None = None) -> int:
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
                      "id_guidance": plan.id_guidance, "refine_steps": plan.refine_steps,
+                     "photo_tokens": plan.photo_tokens,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out), "workers": args.workers,

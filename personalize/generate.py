@@ -25,6 +25,7 @@ from encoder.guidance import identity_guided_eps_fn
 from encoder.id_uvit import IDConditionedUViT
 from encoder.identity import IdentityModule, checkpoint_hash
 from models.atomic import atomic_write, write_json_atomic
+from models.errors import UserError
 from models.paths import WeightsError
 from personalize.record import IdentityRecord
 
@@ -78,14 +79,23 @@ def load_identity_module(folder: Path | None, uvit_config, record: IdentityRecor
     return IdentityModule.load(folder, uvit_config=uvit_config), str(folder)
 
 
-def identity_tokens(module: IdentityModule, record: IdentityRecord, device, dtype) -> torch.Tensor:
-    """[1, K, token_dim]: the record's refined tokens, else the projector's tokens of its photos."""
+def identity_tokens(module: IdentityModule, record: IdentityRecord, device, dtype,
+                    per_photo: bool = False) -> torch.Tensor:
+    """[1, K, token_dim]: the record's refined tokens, else the projector's tokens of its photos' pooled
+    embedding; with `per_photo` [1, N x K, token_dim], each photo's own tokens (sample.py --photo-tokens each)."""
     if record.tokens is not None:
+        if per_photo:
+            raise UserError("per-photo identity tokens (--photo-tokens each) need an unrefined identity record; "
+                            "this one holds refined tokens of the pooled photos (rerun train.py without "
+                            "--refine-steps, or sample with --photo-tokens mean)")
         return record.tokens[None].to(device, dtype)
     p = next(module.parameters())  # the module may be held in any dtype; its tokens take `dtype`
-    with torch.no_grad():
-        tokens = module.tokens_from_photos(record.embeddings.to(p.device, p.dtype),
-                                           record.embeddings_flip.to(p.device, p.dtype))
+    try:
+        with torch.no_grad():
+            tokens = module.tokens_from_photos(record.embeddings.to(p.device, p.dtype),
+                                               record.embeddings_flip.to(p.device, p.dtype), per_photo=per_photo)
+    except ValueError as e:  # per-photo tokens with a text-slot module
+        raise UserError(f"--photo-tokens each: {e}") from e
     return tokens.to(device, dtype)
 
 
@@ -116,13 +126,14 @@ def load_pipeline(weights, device: torch.device, dtype: torch.dtype, *, fast: bo
     return pipe
 
 
-def identity_conditioning(pipe, encoder: Path | None, record: IdentityRecord) -> tuple[object, torch.Tensor, str]:
+def identity_conditioning(pipe, encoder: Path | None, record: IdentityRecord,
+                          per_photo: bool = False) -> tuple[object, torch.Tensor, str]:
     """(net, tokens [1, K, token_dim], description of the module) for generate_prompts: the identity
     module in `encoder` (None: untrained, for testing) on the pipe's device, the ID-conditioned UViT
-    and the record's tokens in the pipe's dtype."""
+    and the record's tokens in the pipe's dtype (per photo: `identity_tokens`)."""
     module, source = load_identity_module(encoder, pipe.uvit.config, record)
     module = module.to(pipe.device).eval()  # float32: it is small; only its tokens take the sampling dtype
-    return identity_net(pipe, module), identity_tokens(module, record, pipe.device, pipe.dtype), source
+    return identity_net(pipe, module), identity_tokens(module, record, pipe.device, pipe.dtype, per_photo), source
 
 
 MANIFEST = ".generation.json"

@@ -103,6 +103,14 @@ def test_train_then_sample(setup):
     assert "2 prompts generated, 0 already done" in out.stdout
     assert _sha(out_dir / "0-000.jpg") != first["0-000.jpg"]
 
+    # per-photo tokens (an ablation): other conditioning, so other images, and not taken for the mean's
+    each_dir = s["tmp"] / "outputs" / "each"
+    each = [a if a != str(out_dir) else str(each_dir) for a in sample_args]
+    _run(*each, "--photo-tokens", "each")
+    assert _sha(each_dir / "0-000.jpg") != first["0-000.jpg"]
+    out = _run(*each)
+    assert "2 prompts generated, 0 already done" in out.stdout
+
     # the identity matters: id-scale 0 gives other images for the same seed
     plain_dir = s["tmp"] / "outputs" / "plain"
     _run(*[a if a != str(out_dir) else str(plain_dir) for a in sample_args], "--id-scale", "0")
@@ -160,6 +168,12 @@ def test_refine_steps(setup, tmp_path):
         start = module.tokens_from_photos(rec.embeddings, rec.embeddings_flip)[0]
     assert (rec.tokens - start).abs().max() > 0
     assert "3 photos used" in p.stdout
+    # refined tokens are the pooled photos': per-photo tokens are refused in one line, nothing written
+    p = _run("sample.py", "--restore_path", str(tmp_path / "rec"), "--prompt_path", str(s["prompts"]),
+             "--output_path", str(tmp_path / "o"), "--weights", str(s["weights"]), "--encoder", str(s["encoder"]),
+             "--steps", "2", "--device", "cpu", "--quiet", "--photo-tokens", "each", check=False)
+    assert p.returncode == 2 and "unrefined identity record" in p.stderr and "Traceback" not in p.stderr
+    assert not list((tmp_path / "o").glob("*.jpg"))
 
 
 def test_train_under_accelerate_launch(setup, tmp_path):

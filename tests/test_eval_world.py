@@ -209,6 +209,17 @@ def test_identity_grid_settings_are_a_product_or_an_explicit_list():
         "--id-scale 1 --id-guidance 20 --refine-steps 50"
     with pytest.raises(UserError, match="scale:guidance:refine"):  # before any work is done
         main(["--seed", "1", "--settings", "1:none"])
+    assert flags({"id_scale": 1.0, "id_guidance": None, "refine_steps": 0, "photo_tokens": "each"}) == \
+        "--id-scale 1 --photo-tokens each"
+    with pytest.raises(UserError, match="photo-tokens each"):
+        main(["--seed", "1", "--settings", "1:none:5", "--photo-tokens", "each"])
+    from eval.world import Plan
+
+    each = Plan(seed=1, identities=1, photo_tokens="each")
+    assert each.sample_flags() == ["--id-scale", "1", "--photo-tokens", "each"]
+    assert each.identity_settings == {"photo_tokens": "each"}  # units scored with the mean's keep their keys
+    with pytest.raises(ValueError, match="photo-tokens"):
+        Plan(seed=1, identities=1, photo_tokens="each", refine_steps=1)
 
 
 def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch) -> list:

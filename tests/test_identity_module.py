@@ -174,6 +174,37 @@ def test_fused_path_equals_two_stream_path(kv_rank):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
 
 
+def test_per_photo_tokens_are_each_photos_tokens_at_the_k_positions_and_run_both_paths():
+    """--photo-tokens each: N photos give N x K tokens (one photo: exactly the pooled tokens), sharing the K
+    position embeddings; the fused and two-stream forms agree on them; text slots refuse them."""
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)  # K = 3
+    with torch.no_grad():
+        module.gate.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(4)
+    emb, flip = (F.normalize(torch.randn(5, 512, generator=g), dim=-1) for _ in range(2))
+    with torch.no_grad():
+        each = module.tokens_from_photos(emb, flip, per_photo=True)
+        one = module.tokens_from_photos(emb[:1], flip[:1], per_photo=True)
+        second = module.tokens_from_photos(emb[1:2], flip[1:2])
+    assert each.shape == (1, 15, module.config.token_dim)
+    torch.testing.assert_close(one, module.tokens_from_photos(emb[:1], flip[:1]))
+    torch.testing.assert_close(each[:, 3:6], second)  # photo 2's tokens, in photo order
+    torch.testing.assert_close(module.position(15)[:, 6:9], module.pos)
+    with pytest.raises(ValueError, match="whole groups"):
+        module.position(4)
+    args = _inputs()
+    with torch.no_grad():
+        ref = IDConditionedUViT(uvit, module)(*args, id_tokens=each, id_scale=1.0)
+        fused = IDConditionedUViT(uvit, module, fused=True)(*args, id_tokens=each, id_scale=1.0)
+        pooled = IDConditionedUViT(uvit, module)(*args, id_tokens=module.tokens_from_photos(emb, flip))
+    for a, b in zip(ref, fused, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(ref[0], pooled[0])  # another conditioning than the mean embedding's
+    with pytest.raises(ValueError, match="extra_tokens"):
+        _module("text_slots", uvit).tokens_from_photos(emb, flip, per_photo=True)
+
+
 @pytest.mark.parametrize("kv_rank", [0, 2])
 def test_fused_path_with_gradients_equals_two_stream_path(kv_rank):
     """Training takes the fused form's other branch (no log-sum-exp merge): same values and
