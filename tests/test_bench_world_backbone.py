@@ -15,3 +15,4 @@ def test_world_backbone_bench_tiny(tmp_path):
     assert "step_compiled" not in parts  # compiled only on CUDA
     assert parts["render_cpu"][0]["processes"] == 1 and parts["render_cpu"][0]["samples_per_s"] > 0
     assert res["batch"] == 4 and res["uvit"]["embed_dim"] == 32 and res["parameters"] > 0
+    assert res["weights"] == "random (tiny smoke test)"

@@ -129,10 +129,10 @@ def finish(result, out: str | Path) -> Path:
     return write_json_atomic(out, result)
 
 
-def report(result: dict, out: str | Path | None, tiny: bool = False) -> int:
-    """Add the environment fields, print the result as one JSON line, write it to `out` if given;
-    returns 0 (the exit status)."""
-    result.update(environment("random (tiny smoke test)" if tiny else "random"))
+def report(result: dict, out: str | Path | None, tiny: bool = False, weights: str = "random") -> int:
+    """Add the environment fields (`weights`: what the timed model's weights were), print the result as one
+    JSON line, write it to `out` if given; returns 0 (the exit status)."""
+    result.update(environment(f"{weights} (tiny smoke test)" if tiny else weights))
     print(json.dumps(result))
     if out:
         finish(result, out)

@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = [1] if a.tiny else [int(x) for x in a.processes.split(",") if x]
     parts["render_cpu"] = [render_cpu(n, 8 if a.tiny else b, 1 if a.tiny else 3) for n in counts]
     result["cpu_count"] = mp.cpu_count()
-    return report(result, a.out, tiny=a.tiny)
+    weights = "random" if a.tiny else f"{Path(a.world) / 'models' / 'uvit_v1.safetensors'} (timing only)"
+    return report(result, a.out, tiny=a.tiny, weights=weights)
 
 
 if __name__ == "__main__":
