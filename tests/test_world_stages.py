@@ -138,3 +138,30 @@ def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     config = PretrainConfig(random_backbone=True, weights=str(root))
     assert backbone_config(config).num_text_tokens == 24  # the world's, not v1's 77
     assert backbone_config(PretrainConfig(random_backbone=True)).num_text_tokens == 77
+
+
+def test_render_workers_draw_the_same_batches_as_the_training_device():
+    """--render-workers: CPU processes render step k's batch ahead of time; it is the batch the training device
+    would render (same items and captions, same pixels on the CPU), also after a jump ahead, and closing ends
+    the processes (a later batch starts them again)."""
+    import numpy as np
+    import torch
+
+    from pretrain.world.common import WorldData
+
+    here = WorldData(0, "backbone", 4, torch.device("cpu"))
+    there = WorldData(0, "backbone", 4, torch.device("cpu"), render_workers=2)
+    try:
+        for step in (0, 1, 5, 6):
+            a, b = here.make(step), there.get(step)
+            assert b.captions == a.captions and np.array_equal(b.renders.identities, a.renders.identities)
+            torch.testing.assert_close(b.pixels, a.pixels)
+            assert sorted(there._pending) == [step + 1, step + 2]  # the next P steps are being rendered
+        there.close()
+        assert there._pool is None and not there._pending
+        torch.testing.assert_close(there.get(2).pixels, here.make(2).pixels)
+    finally:
+        there.close()
+        here.close()
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--render-workers", "2"])

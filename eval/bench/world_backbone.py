@@ -12,6 +12,9 @@ world-CLIP and takes one step of the joint objective. This times each part alone
   step_eager        joint loss, backward, AdamW, EMA on a fixed batch, the UViT eager
   step_compiled     the same with the UViT under torch.compile
   stage             the stage's own train_step (rendering in its thread included): the rate training gets
+  stage_render_workers_compiled
+                    the same with P CPU processes rendering ahead and the compiled step (--render-workers,
+                    --compile): the rate that training would get with both
 
 `--tiny` runs every part for a step or two on the CPU with the tiny backbone (a wiring check).
 """
@@ -62,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", default="checkpoints/world", help="world folder (its world_clip/ and models/)")
     p.add_argument("--reps", type=int, default=20, help="timed steps per part")
     p.add_argument("--processes", default="4,8,14", help="CPU render process counts to try")
+    p.add_argument("--render-workers", type=int, default=14,
+                   help="also time the stage with this many CPU render processes (and the compiled step on CUDA); "
+                        "0: not")
     p.add_argument("--tiny", action="store_true", help="tiny backbone on the CPU, a step each (wiring check)")
     p.add_argument("--out", help="JSON result path")
     a = p.parse_args(argv)
 
     from pretrain.world.backbone import BackboneStage
-    from pretrain.world.common import StageOptions
+    from pretrain.world.common import StageOptions, WorldData
 
     device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     warmup, reps = (1, 1) if a.tiny else (5, a.reps)
@@ -115,6 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         s = seconds_per_call(lambda: stage.train_step(next(k), gen), device, reps, warmup)
         parts["stage"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2)}
         print(parts, flush=True)
+        workers = 1 if a.tiny else a.render_workers
+        if workers:  # the stage as `--render-workers P` (and `--compile` on CUDA) trains
+            stage.data.close()
+            stage.data = WorldData(0, stage.name, b, device, size=stage.clip.config.image_size,
+                                   render_workers=workers)
+            name = "stage_render_workers"
+            if device.type == "cuda":
+                stage.step_model, name = compiled, name + "_compiled"
+            s = seconds_per_call(lambda: stage.train_step(next(k), gen), device, reps, warmup + workers)
+            parts[name] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2), "render_workers": workers}
+            print(parts, flush=True)
         result["peak_reserved_gb"] = max_reserved_gb(device)
         stage.data.close()
 

@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--compile", action="store_true",
                    help="backbone only: run its training forward under torch.compile (CUDA only; time it first "
                         "with `python -m eval.bench.world_backbone`)")
+    t.add_argument("--render-workers", type=int, default=0, metavar="P",
+                   help="backbone only: draw the training renders on P CPU processes instead of the training "
+                        "device (default 0; time it first with `python -m eval.bench.world_backbone`)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -84,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
-                        init_from=args.init_from, final_conv=args.final_conv, compile=args.compile)
+                        init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
+                        render_workers=args.render_workers)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
-                        ("--compile", args.compile)):
+                        ("--compile", args.compile), ("--render-workers", args.render_workers > 0)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
+    if args.render_workers < 0:
+        raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

@@ -220,7 +220,8 @@ class BackboneStage(Stage):
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.AdamW(param_groups(self.uvit, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
         self.noise = NoiseScheduleVP.stable_diffusion()
-        self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size)
+        self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size,
+                              render_workers=opts.render_workers)
         # The pixel space has no training and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.

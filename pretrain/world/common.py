@@ -30,7 +30,7 @@ import json
 import shutil
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -63,7 +63,8 @@ class StageOptions:
     new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
     backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it);
     compile: the backbone's training forward runs under torch.compile (CUDA only; the weights, EMA and
-    checkpoints are the same module's).
+    checkpoints are the same module's); render_workers: the backbone's training renders are drawn by this many
+    CPU processes instead of on the training device (WorldData).
     """
 
     out: Path
@@ -79,6 +80,7 @@ class StageOptions:
     init_from: Path | None = None
     final_conv: bool = False
     compile: bool = False
+    render_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -213,43 +215,80 @@ class WorldBatch:
 
 class WorldData:
     """Training renders of a stage: step k's batch is drawn from (seed, stage, k) alone (identities
-    uniform over the train split, render indices uniform), rendered on the training device, and the
-    next step's batch is prepared in a background thread while this one trains."""
+    uniform over the train split, render indices uniform). By default it is rendered on the training
+    device, the next step's batch in a background thread while this one trains (the thread does not run
+    beside the step's GPU work: eval.bench.world_backbone). With `render_workers` P > 0 the batches are
+    rendered on the CPU by P processes, up to P steps ahead, and only copied to the device: the same items
+    and captions, pixels equal to the device's renders up to float rounding."""
 
-    def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64):
+    def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64,
+                 render_workers: int = 0):
         from data_prep.faceworld.render import FaceWorld
 
         self.seed, self.stage, self.batch_size, self.device = seed, stage, batch_size, device
+        self.size, self.workers = size, render_workers
         self.world = FaceWorld(seed, size, device, chunk=batch_size)
-        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._pool: ThreadPoolExecutor | ProcessPoolExecutor | None = None  # started by the first batch asked for
         self._pending: dict[int, Future] = {}
 
-    def make(self, step: int, stream: str = "train", batch_size: int | None = None) -> WorldBatch:
+    def _executor(self) -> ThreadPoolExecutor | ProcessPoolExecutor:
+        if self._pool is None:
+            if self.workers:
+                import multiprocessing as mp
+
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                                 initializer=_start_render_worker,
+                                                 initargs=(self.seed, self.size, self.batch_size))
+            else:
+                self._pool = ThreadPoolExecutor(max_workers=1)
+        return self._pool
+
+    def draw(self, step: int, stream: str = "train", batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(identities, render indices) of step `step`'s batch of a stream."""
         from data_prep.faceworld.attributes import split_range
 
         digest = hashlib.sha256(f"{self.seed}/{self.stage}/{stream}/{step}".encode()).digest()
         rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
         lo, hi = split_range("train")
         n = batch_size or self.batch_size
-        renders = self.world.render(rng.integers(lo, hi, n), rng.integers(0, 2**31, n))
-        pixels = rearrange(renders.images, "b h w c -> b c h w").float().div(127.5).sub(1.0)
-        return WorldBatch(pixels, list(renders.captions), renders)
+        return rng.integers(lo, hi, n), rng.integers(0, 2**31, n)
+
+    def make(self, step: int, stream: str = "train", batch_size: int | None = None) -> WorldBatch:
+        """Step `step`'s batch, rendered here on the training device."""
+        return self._batch(self.world.render(*self.draw(step, stream, batch_size)))
+
+    def _batch(self, renders) -> WorldBatch:
+        images = renders.images.to(self.device)
+        pixels = rearrange(images, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+        return WorldBatch(pixels, list(renders.captions), dataclasses.replace(renders, images=images))
+
+    def _submit(self, step: int) -> Future:
+        if self.workers:
+            return self._executor().submit(_render_on_worker, *self.draw(step))
+        return self._executor().submit(self.make, step)
 
     def get(self, step: int) -> WorldBatch:
-        """Step `step`'s batch (prepared ahead when the previous step asked for step - 1)."""
+        """Step `step`'s batch (prepared ahead when an earlier step asked for it)."""
         pending = self._pending.pop(step, None)
-        for stale in list(self._pending):
+        for stale in [k for k in self._pending if k < step or k > step + max(1, self.workers)]:
             self._pending.pop(stale).cancel()
-        batch = pending.result() if pending is not None else self.make(step)
-        self._pending[step + 1] = self._pool.submit(self.make, step + 1)
-        return batch
+        if pending is None:
+            pending = self._submit(step)
+        for ahead in range(step + 1, step + 1 + max(1, self.workers)):
+            if ahead not in self._pending:
+                self._pending[ahead] = self._submit(ahead)
+        batch = pending.result()
+        return self._batch(batch) if self.workers else batch
 
     def close(self) -> None:
-        """Stop preparing batches ahead: pending ones are cancelled, the background thread ends."""
+        """Stop preparing batches ahead: pending ones are cancelled, the background thread or processes end
+        (a later batch starts them again)."""
         for pending in self._pending.values():
             pending.cancel()
         self._pending.clear()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def captions(self, n: int, stream: str = "stats") -> list[str]:
         """Captions of n training renders of their own stream (not the training batches)."""
@@ -259,6 +298,20 @@ class WorldData:
             out += self.make(k, stream, min(self.batch_size, n - len(out))).captions
             k += 1
         return out
+
+
+_WORKER_WORLD = None  # a render worker's FaceWorld (WorldData with render_workers)
+
+
+def _start_render_worker(seed: int, size: int, chunk: int) -> None:
+    global _WORKER_WORLD
+    from data_prep.faceworld.render import FaceWorld
+
+    _WORKER_WORLD = FaceWorld(seed, size, "cpu", chunk=chunk)
+
+
+def _render_on_worker(identities: np.ndarray, renders: np.ndarray):
+    return _WORKER_WORLD.render(identities, renders)
 
 
 # ---- checkpoint files ---------------------------------------------------------------------------------
@@ -429,6 +482,8 @@ def run_stage(stage: Stage) -> dict:
         if now - last_save >= opts.save_minutes * 60 and step < stage.total_steps:
             save_checkpoint(stage, folder, step, done=False)
             last_save = time.monotonic()
+    if isinstance(data := getattr(stage, "data", None), WorldData):
+        data.close()  # no renders ahead of a step that will not run (render workers end here)
     done = step >= stage.total_steps
     if steps_run or found is None:
         save_checkpoint(stage, folder, step, done=done)
