@@ -274,7 +274,8 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
 
 def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_path, monkeypatch):
     """eval.world_ablations on the committed results (the photo counts of eval/results/synthworld.json, the
-    modules' id_gain from their training logs) and eval/notebooks/world_ablations.ipynb top to bottom."""
+    modules' id_gain from their training logs, the variants and the guidance grids on validation identities)
+    and eval/notebooks/world_ablations.ipynb top to bottom."""
     from eval import world_ablations as wa
 
     result = json.loads((wa.RESULTS / "synthworld.json").read_text())
@@ -289,6 +290,17 @@ def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_pa
     log = tmp_path / "train.log"
     log.write_text("step 10 id_gain 0.00100 +- 0.00020\nstep 20 id_gain 0.00300 +- 0.00050\n")
     assert wa.last_id_gain(log) == (0.003, 0.0005)
+    variants = wa.variant_rows()
+    assert [v["name"] for v in variants] == [v.name for v in wa.VARIANTS]
+    assert all(v["lo"] <= v["identity_gain"] <= v["hi"] and v["seed"] == 101 for v in variants)
+    guidance = wa.guidance_rows()
+    assert {g["cfg"] for g in guidance} == {3.0, 7.0}
+    assert 1.0 in {g["id_scale"] for g in guidance if g["cfg"] == 7.0}  # the committed module's default
+    other = json.loads(wa.VARIANTS[0].grid.read_text())
+    other["validation"]["seed"] += 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="differs"):  # variants are compared on the same identities only
+        wa.variant_rows([wa.VARIANTS[0], wa.Variant("other", tmp_path / "other.json", wa.VARIANTS[0].log)])
     assert wa.main(["--plot", str(tmp_path / "ablations.png")]) == 0 and (tmp_path / "ablations.png").is_file()
 
     _run_notebook("world_ablations.ipynb", {"WORLD_RESULTS": str(wa.RESULTS / "synthworld.json")}, tmp_path,

@@ -219,7 +219,7 @@ class WorldData:
     device, the next step's batch in a background thread while this one trains (the thread does not run
     beside the step's GPU work: eval.bench.world_backbone). With `render_workers` P > 0 the batches are
     rendered on the CPU by P processes, up to P steps ahead, and only copied to the device: the same items
-    and captions, pixels equal to the device's renders up to float rounding."""
+    and captions, drawn by the CPU renderer (the same scenes; a GPU's float rounding may differ)."""
 
     def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64,
                  render_workers: int = 0):
