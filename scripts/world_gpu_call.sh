@@ -12,7 +12,8 @@
 # e.g. checkpoints/world), BENCH_IDENTITY=yes (time the identity module's step on a random backbone
 # of the world's shape: logs/identity_bench.json), EXTRA_CMD (a command run in the background once the
 # backbone is exported, e.g. an evaluation), BB_END (the backbone's deadline in seconds), BB_ARGS (added to
-# the backbone's command, e.g. --init-from a UViT to continue), STAGE_ARGS (added to every stage command: --tiny for a
+# the backbone's command and its rate probe, e.g. --init-from a UViT to continue), PACK (what of BASE the state
+# keeps, default "runs world"; files restored from it win over WORLD_FROM's), STAGE_ARGS (added to every stage command: --tiny for a
 # CPU dry run). State pieces of the previous call are read from
 # .gpu_ops/state/state.tgz.* ; the identity stage's shards stay out of them (regenerated when missing), and
 # its pretraining run keeps only its newest checkpoint (the call returns at most 8 pieces).
@@ -25,7 +26,7 @@ OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p $L
 B=${BASE:-/tmp}; R=$B/runs; W=$B/world; mkdir -p $B
 source scripts/gpu_state.sh; restore_state state $B
 mkdir -p $R $W
-if [ ! -f $W/world_clip/config.json ] && [ -n "${WORLD_FROM:-}" ]; then cp -r $WORLD_FROM/. $W/; echo "world copied from $WORLD_FROM"; fi
+if [ ! -f $W/world_clip/config.json ] && [ -n "${WORLD_FROM:-}" ]; then cp -rn $WORLD_FROM/. $W/; echo "world copied from $WORLD_FROM"; fi
 ls $W $R; ls $R/identity 2>/dev/null
 nvidia-smi --query-gpu=name,memory.used --format=csv
 rate() { grep -o '[0-9.]* samples/s' "$1" | tail -1 | cut -d' ' -f1; }
@@ -62,9 +63,9 @@ PY
 )
     local ov; ov=$(eval "echo \${TOT_$s:-}"); [ -n "$ov" ] && tot="--total-steps $ov"
     echo "[$(el) s] $s: resume ($tot) for $budget s"
-    python3 -m pretrain.world train $s ${STAGE_ARGS:-} $tot --out $R --world $W --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
+    python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" $tot --out $R --world $W --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
   else
-    python3 -m pretrain.world train $s ${STAGE_ARGS:-} --out /tmp/probe --world /tmp/probe_world --steps 40 --log-every 10 > $L/$s.probe.log 2>&1
+    python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" --out /tmp/probe --world /tmp/probe_world --steps 40 --log-every 10 > $L/$s.probe.log 2>&1
     local r=$(rate $L/$s.probe.log); local b=$(batch $s); budget=$(( deadline - $(el) ))
     local extra=0 margin=0.85; [ $s = backbone ] && extra=${BB_EXTRA:-0} && margin=0.75
     st=$(python3 -c "print(max(200, int($margin*float('${r:-0}' or 0)/$b*($budget+$extra))))")
@@ -106,6 +107,6 @@ for c in $R/*/run/checkpoints; do  # pretraining runs: resuming needs their newe
   [ -d $c ] && ls -d $c/step_* 2>/dev/null | sort | head -n -1 | xargs -r rm -rf
 done
 du -sh $W/* $R/* 2>/dev/null
-pack_state state $B $OUTD --exclude=runs/identity/shards runs world
+pack_state state $B $OUTD --exclude=runs/identity/shards ${PACK:-runs world}
 tar czf $OUTD/logs.tgz -C $OUTD logs; rm -rf $L
 ls -la $OUTD

@@ -130,6 +130,41 @@ def test_final_conv_continues_an_export_without_it_unchanged_then_trains_and_loa
     assert compiled.step_model is compiled.uvit
 
 
+def test_batch_reuse_trains_several_steps_on_each_rendered_batch(world, tmp_path):
+    """--batch-reuse R: steps kR .. kR+R-1 train on rendered batch k (rendered and conditioned once), the
+    run's config records R, and resuming it without the flag is refused."""
+    import torch
+
+    from pretrain.world.backbone import BackboneStage
+    from pretrain.world.common import StageOptions, run_stage
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    opts = StageOptions(out=tmp_path / "runs", world=fresh, device=torch.device("cpu"), tiny=True, batch_reuse=2,
+                        total_steps=5)
+    stage = BackboneStage(opts)
+    asked = []
+    get = stage.data.get
+    stage.data.get = lambda k: asked.append(k) or get(k)
+    seen = []
+    optimize_on = stage.optimize_on
+    stage.optimize_on = lambda pixels, *a: seen.append(pixels) or optimize_on(pixels, *a)
+    run_stage(stage)
+    assert asked == [0, 1, 2] and len(seen) == 5
+    assert seen[0] is seen[1] and seen[2] is seen[3] and not torch.equal(seen[1], seen[2])
+    torch.testing.assert_close(seen[2], get(1).pixels)
+    state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["batch_reuse"] == 2
+    with pytest.raises(UserError, match="another backbone configuration"):
+        main(["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh),
+              "--total-steps", "5"])
+    for bad, match in ((["backbone", "--batch-reuse", "0"], "1 or more"), (["clip", "--batch-reuse", "2"],
+                                                                          "backbone stage only")):
+        with pytest.raises(UserError, match=match):
+            main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), *bad[1:]])
+
+
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     from pretrain.config import PretrainConfig
     from pretrain.model import backbone_config

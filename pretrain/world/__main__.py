@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--render-workers", type=int, default=0, metavar="P",
                    help="backbone only: draw the training renders on P CPU processes instead of the training "
                         "device (default 0; time it first with `python -m eval.bench.world_backbone`)")
+    t.add_argument("--batch-reuse", type=int, default=1, metavar="R",
+                   help="backbone only: train R steps on each rendered batch, with fresh noise and timesteps "
+                        "(default 1; R > 1 when rendering, not the step, limits the rate; part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -88,13 +91,16 @@ def main(argv: list[str] | None = None) -> int:
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
-                        render_workers=args.render_workers)
+                        render_workers=args.render_workers, batch_reuse=args.batch_reuse)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
-                        ("--compile", args.compile), ("--render-workers", args.render_workers > 0)):
+                        ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
+                        ("--batch-reuse", args.batch_reuse != 1)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
+    if args.batch_reuse < 1:
+        raise UserError(f"--batch-reuse must be 1 or more, got {args.batch_reuse}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

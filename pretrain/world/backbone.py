@@ -23,6 +23,10 @@ large colour areas are still readable, so the model took the image's colours fro
 sampling, from the pure noise it starts from). The pixel space's gain g = signal_scale < 1 lowers
 every timestep's signal-to-noise ratio by g^2 (see models.pixel_space).
 
+Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
+`--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
+timesteps, so that the renders limit the rate R times less.
+
 The two text end points are the ones text-to-image uses (conditional and unconditional pass); giving
 them extra mass focuses a short run on text-to-image while the uniform part keeps the joint
 objective (p_clean_text = p_noise_text = 0 is UniDiffuser's plain independent-timestep objective).
@@ -90,6 +94,7 @@ class BackboneConfig:
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
     signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
     conv: bool = False  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv`
+    batch_reuse: int = 1  # each rendered batch trains this many steps (fresh noise and timesteps); `--batch-reuse`
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -192,6 +197,8 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
         if opts.final_conv:
             c = dataclasses.replace(c, conv=True)
+        if opts.batch_reuse != 1:
+            c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
@@ -222,6 +229,7 @@ class BackboneStage(Stage):
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size,
                               render_workers=opts.render_workers)
+        self._conditioned: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (k, batch k)
         # The pixel space has no training and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
@@ -257,9 +265,16 @@ class BackboneStage(Stage):
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
-        batch = self.data.get(step)
-        clip0, text0 = self.condition(batch.pixels, batch.captions)
-        return {**self.optimize_on(batch.pixels, clip0, text0, generator, self.step_model), "lr": lr}
+        pixels, clip0, text0 = self.conditioned_batch(step // self.c.batch_reuse)
+        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model), "lr": lr}
+
+    def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixels, clip0, text0) of rendered batch k, kept for the batch_reuse steps that train on it: with
+        reuse R, steps kR .. kR + R - 1 share batch k (a resumed run renders it again: the same batch)."""
+        if self._conditioned is None or self._conditioned[0] != k:
+            batch = self.data.get(k)
+            self._conditioned = (k, batch.pixels, *self.condition(batch.pixels, batch.captions))
+        return self._conditioned[1:]
 
     def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
                     generator: torch.Generator, model: nn.Module | None = None) -> dict[str, float | torch.Tensor]:

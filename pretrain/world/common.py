@@ -64,7 +64,8 @@ class StageOptions:
     backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it);
     compile: the backbone's training forward runs under torch.compile (CUDA only; the weights, EMA and
     checkpoints are the same module's); render_workers: the backbone's training renders are drawn by this many
-    CPU processes instead of on the training device (WorldData).
+    CPU processes instead of on the training device (WorldData); batch_reuse: the backbone trains this many steps
+    on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps).
     """
 
     out: Path
@@ -81,6 +82,7 @@ class StageOptions:
     final_conv: bool = False
     compile: bool = False
     render_workers: int = 0
+    batch_reuse: int = 1
 
 
 @dataclass(frozen=True)
