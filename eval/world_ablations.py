@@ -121,16 +121,21 @@ def last_id_gain(log: Path) -> tuple[float, float]:
     return float(found[-1][0]), float(found[-1][1])
 
 
+def _gain_point(name: str, log: str | Path, found: dict, seed: int) -> dict:
+    """A module's point: its training log's last id_gain (with its standard error) beside its paired identity
+    gain over text only over the faces found (`found`: a bootstrap entry, mean with its 95 % interval)."""
+    gain, se = last_id_gain(Path(log))
+    return {"name": name, "id_gain": gain, "id_gain_se": se, "identity_gain": found["mean"], "lo": found["lo"],
+            "hi": found["hi"], "identities": found["n"], "seed": seed}
+
+
 def module_points(modules=MODULES) -> list[dict]:
     """Per module: its id_gain and its paired identity gain over text only (mean and 95 % interval)."""
     points = []
     for m in modules:
         result = json.loads(Path(m.results).read_text())
-        gain, se = last_id_gain(Path(m.log))
-        paired = result["paired"]["encoder - text_only"]["identity_similarity_found"]
-        points.append({"name": m.name, "id_gain": gain, "id_gain_se": se, "identity_gain": paired["mean"],
-                       "lo": paired["lo"], "hi": paired["hi"], "identities": paired["n"],
-                       "seed": result["renderer_seed"]})
+        found = result["paired"]["encoder - text_only"]["identity_similarity_found"]
+        points.append(_gain_point(m.name, m.log, found, result["renderer_seed"]))
     return points
 
 
@@ -154,15 +159,11 @@ def variant_rows(variants=VARIANTS) -> list[dict]:
         if row is None:
             raise ValueError(f"{v.grid}: no row at identity scale {v.id_scale:g}, {v.photo_tokens} photo tokens, "
                              "without guidance or refinement")
-        gain, se = last_id_gain(Path(v.log))
         p = row["paired"]
-        found = p["identity_similarity_found"]
-        rows.append({"name": v.name, "id_gain": gain, "id_gain_se": se, "identity_gain": found["mean"],
-                     "lo": found["lo"], "hi": found["hi"], "identities": found["n"],
+        rows.append({**_gain_point(v.name, v.log, p["identity_similarity_found"], setup["seed"]),
                      "identity_gain_all": p["identity_similarity"]["mean"],
                      "edit_minus_text": p["edit_success"]["mean"], "faces_minus_text": p["face_found"]["mean"],
-                     "faces": row["means"]["face_found"], "copy_paste": row["copy_paste"]["mean"],
-                     "seed": setup["seed"]})
+                     "faces": row["means"]["face_found"], "copy_paste": row["copy_paste"]["mean"]})
     return rows
 
 
