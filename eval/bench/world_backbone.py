@@ -15,6 +15,8 @@ world-CLIP and takes one step of the joint objective. This times each part alone
   stage_render_workers_compiled
                     the same with P CPU processes rendering ahead and the compiled step (--render-workers,
                     --compile): the rate that training would get with both
+  stage_render_workers_compiled_reuseR
+                    the same training R steps on each rendered batch (--batch-reuse R)
 
 `--tiny` runs every part for a step or two on the CPU with the tiny backbone (a wiring check).
 """
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render-workers", type=int, default=14,
                    help="also time the stage with this many CPU render processes (and the compiled step on CUDA); "
                         "0: not")
+    p.add_argument("--batch-reuse", type=int, default=2, metavar="R",
+                   help="also time the stage with render workers training R steps on each batch; 1: not")
     p.add_argument("--tiny", action="store_true", help="tiny backbone on the CPU, a step each (wiring check)")
     p.add_argument("--out", help="JSON result path")
     a = p.parse_args(argv)
@@ -132,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
             s = seconds_per_call(lambda: stage.train_step(next(k), gen), device, reps, warmup + workers)
             parts[name] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2), "render_workers": workers}
             print(parts, flush=True)
+            if a.batch_reuse > 1:
+                r = a.batch_reuse
+                stage.c = dataclasses.replace(stage.c, batch_reuse=r)
+                s = seconds_per_call(lambda: stage.train_step(next(k), gen), device, r * reps, r * warmup)
+                parts[f"{name}_reuse{r}"] = {"samples_per_s": round(b / s, 1), "ms": round(1000 * s, 2),
+                                             "render_workers": workers, "batch_reuse": r}
+                print(parts, flush=True)
         result["peak_reserved_gb"] = max_reserved_gb(device)
         stage.data.close()
 
