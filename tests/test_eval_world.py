@@ -171,7 +171,8 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
     assert len(list((out / "records" / "p2").iterdir())) == 2
     refined = json.loads(next((out / "records" / "p2_refine1").iterdir()).joinpath("identity.json").read_text())
     assert "refine" in json.dumps(refined) and "--refine-steps 1" in (out / "logs" / "train.log").read_text()
-    outputs = _run_notebook("identity_grid.ipynb", {"IDENTITY_GRID": str(results)}, tmp_path, monkeypatch)
+    env = {"IDENTITY_GRID": str(results), "IDENTITY_GRID_REFINE": str(results)}
+    outputs = _run_notebook("identity_grid.ipynb", env, tmp_path, monkeypatch, pictures=2)
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "python -m eval.identity_grid" in text and "best:" in text
     assert r["best"] is None or (r["best"]["refine_steps"], r["best"]["id_scale"], r["best"]["id_guidance"]) in settings
@@ -222,9 +223,9 @@ def test_identity_grid_settings_are_a_product_or_an_explicit_list():
         Plan(seed=1, identities=1, photo_tokens="each", refine_steps=1)
 
 
-def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch) -> list:
+def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch, pictures: int = 1) -> list:
     """eval/notebooks/<name> top to bottom in a fresh kernel with `env` set; asserts that no cell failed and
-    that it drew one picture; returns the code cells' outputs."""
+    that it drew `pictures` pictures; returns the code cells' outputs."""
     import os
     from pathlib import Path
 
@@ -240,7 +241,7 @@ def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch) -> list
     NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == 1
+    assert sum(1 for o in outputs if o.output_type == "display_data" and "image/png" in o.data) == pictures
     return outputs
 
 
