@@ -41,6 +41,20 @@ def test_held_out_prompts_state_exactly_their_pair():
     assert held_out_prompts(7) == items  # deterministic
 
 
+def test_single_attribute_prompts_state_one_detail_or_only_the_class_word():
+    from data_prep.faceworld.attributes import ATTRIBUTES, CLASS_WORDS, class_word_of, parse_caption
+    from pretrain.world.evaluate import DETAILS, single_attribute_prompts
+
+    items = single_attribute_prompts(7)
+    asked = {(n, v) for it in items for n, v in it["wanted"].items()}
+    assert asked == {(n, v) for n in DETAILS for v in ATTRIBUTES[n] if v not in ("none", "neutral")}
+    for it in items:
+        assert parse_caption(it["prompt"]) == it["wanted"] and len(it["wanted"]) <= 1
+        assert class_word_of(it["prompt"]) == it["class_word"]
+    assert sorted(it["class_word"] for it in items if not it["wanted"]) == sorted(CLASS_WORDS)
+    assert single_attribute_prompts(7) == items
+
+
 def _tiny_world(root: Path) -> Path:
     """A world folder with random tiny weights of every part (backbone, pixel space, world-CLIP, face packs,
     attribute classifier), in the layout the stages export."""
@@ -101,6 +115,10 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     success = data["text_to_image_attribute_success"]
     assert set(ATTRIBUTES) | {CLASS_WORD, "overall", "overall_with_class_word"} == set(success)
     assert data["text_to_image"]["combinations"] >= 8
+    assert set(data["single_attribute_success"]) == set(data["single_attribute_unasked"])
+    assert {k.split("=")[0] for k in data["single_attribute_success"]} == {"hat", "glasses", "expression"}
+    assert all(0.0 <= v <= 1.0 for part in ("single_attribute_success", "single_attribute_unasked")
+               for v in data[part].values())
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())

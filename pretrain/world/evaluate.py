@@ -16,6 +16,11 @@ on their own seed's training identities; test identities come from the test rang
   rendered together for training identities, together covering every attribute), for every class
   word; an image succeeds when the attribute classifier finds all of its prompt's attributes. Rates
   per attribute and overall, at every (steps, guidance) of the grid; the headline at --steps / --guidance.
+- single_attribute: which small details can the backbone draw at all, outside held-out pairs? Prompts
+  that state one value of a detail attribute (hat, glasses, expression: every value seen in training
+  captions) for every class word, and prompts that state only the class word. Per value, the rate at
+  which the classifier finds it when asked and when not asked (the second is the rate a backbone that
+  ignores the word would score). Same sampling as text_to_image's headline.
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -43,7 +48,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "text_to_image", "frechet", "text_dependence", "sizes")
+SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "frechet", "text_dependence", "sizes")
+DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 FAR = 1e-3
 STEPS_GRID = (10, 20, 30)
@@ -99,21 +105,40 @@ def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
 def held_out_prompts(seed: int) -> list[dict]:
     """One prompt per (held-out pair, class word), in the renderer's grammar, stating exactly the pair:
     [{"prompt", "class_word", "pair": [[name, value], [name, value]], "wanted": {name: value}}]."""
-    from data_prep.faceworld.attributes import CLASS_WORDS, HELD_OUT, caption, parse_caption
+    from data_prep.faceworld.attributes import CLASS_WORDS, HELD_OUT
 
     out = []
     for p, pair in enumerate(HELD_OUT):
         attrs = dict(pair)
         for w, word in enumerate(CLASS_WORDS):
-            rng = np.random.default_rng([seed, p, w])
-            for _ in range(100):  # a phrasing that states the pair itself (not a generic "hat")
-                text = caption(attrs, word, rng, mention=set(attrs))
-                if parse_caption(text) == attrs:
-                    break
-            else:
-                raise RuntimeError(f"the grammar gave no caption stating exactly {attrs}")
+            text = _stating(attrs, word, np.random.default_rng([seed, p, w]))
             out.append({"prompt": text, "class_word": word, "pair": [list(kv) for kv in pair], "wanted": attrs})
     return out
+
+
+def single_attribute_prompts(seed: int) -> list[dict]:
+    """One prompt per (value of a DETAILS attribute other than none, class word) stating that value alone,
+    then one per class word stating nothing else: [{"prompt", "class_word", "wanted": {name: value} or {}}]."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, CLASS_WORDS
+
+    asks = [{name: value} for name in DETAILS for value in ATTRIBUTES[name] if value not in ("none", "neutral")]
+    out = []
+    for a, attrs in enumerate([*asks, {}]):
+        for w, word in enumerate(CLASS_WORDS):
+            text = _stating(attrs, word, np.random.default_rng([seed, 1000 + a, w]))
+            out.append({"prompt": text, "class_word": word, "wanted": attrs})
+    return out
+
+
+def _stating(attrs: dict[str, str], word: str, rng: np.random.Generator) -> str:
+    """A caption of the renderer's grammar with `word` that states exactly `attrs` (not a generic "hat")."""
+    from data_prep.faceworld.attributes import caption, parse_caption
+
+    for _ in range(100):
+        text = caption(attrs, word, rng, mention=set(attrs))
+        if parse_caption(text) == attrs:
+            return text
+    raise RuntimeError(f"the grammar gave no caption stating exactly {attrs}")
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -215,6 +240,25 @@ def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict
     return {"text_to_image_attribute_success": grid[s][g],
             "text_to_image": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
                               "prompts": per_pair, "combinations": len(per_pair), "success_grid": grid}}
+
+
+def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> dict:
+    """single_attribute_prompts at the headline setting: per "name=value", the rate at which the classifier finds
+    the value in images whose prompt asks for it, and in images whose prompt states only the class word."""
+    items = [it for it in single_attribute_prompts(seed) for _ in range(cfg.t2i_images)]
+    images = generate(pipe, [it["prompt"] for it in items], steps=cfg.steps, guidance=cfg.guidance, seed=seed,
+                      batch=cfg.batch)
+    preds = classifier.predict(images)
+    asked: dict[str, list[bool]] = {}
+    for pred, item in zip(preds, items):
+        for name, value in item["wanted"].items():
+            asked.setdefault(f"{name}={value}", []).append(pred.get(name) == value)
+    plain = [pred for pred, item in zip(preds, items) if not item["wanted"]]
+    unasked = {key: float(np.mean([p.get(key.split("=")[0]) == key.split("=")[1] for p in plain])) for key in asked}
+    return {"single_attribute_success": {k: float(np.mean(v)) for k, v in asked.items()},
+            "single_attribute_unasked": unasked,
+            "single_attribute": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
+                                 "prompts": sorted({it["prompt"] for it in items})}}
 
 
 def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
@@ -345,9 +389,9 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
-    if {"attributes", "text_to_image"} & set(sections):
+    if {"attributes", "text_to_image", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"text_to_image", "frechet", "text_dependence"} & set(sections):
+    if {"text_to_image", "single_attribute", "frechet", "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if "frechet" in sections:
@@ -362,6 +406,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
+        elif name == "single_attribute":
+            result.update(evaluate_single_attribute(pipe, classifier, seed, cfg))
         elif name == "frechet":
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
         elif name == "text_dependence":
@@ -384,6 +430,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
     p.add_argument("--steps", type=int, default=30, help="headline steps of text_to_image (default 30)")
     p.add_argument("--guidance", type=float, default=7.0, help="headline guidance of text_to_image (default 7)")
+    p.add_argument("--t2i-images", type=int, default=None, metavar="N",
+                   help="images per prompt of text_to_image and single_attribute (default 8; 1 with --tiny)")
     p.add_argument("--headline-only", action="store_true",
                    help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
@@ -394,6 +442,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     import dataclasses
     import json
 
+    from models.errors import UserError
     from pretrain.world.common import write_json
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
@@ -401,6 +450,10 @@ def run(args: argparse.Namespace, command: str) -> int:
                               guidance=args.guidance)
     if args.headline_only:
         cfg = dataclasses.replace(cfg, t2i_grid=False)
+    if args.t2i_images is not None:
+        if args.t2i_images < 1:
+            raise UserError(f"--t2i-images must be 1 or more, got {args.t2i_images}")
+        cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
     t0 = time.perf_counter()
     result = evaluate_world(args.world, args.seed, device=device, cfg=cfg, sections=sections, demo_dirs=args.demo)
@@ -409,7 +462,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
-                                       "text_to_image_attribute_success", "frechet_world_clip", "text_dependence")
+                                       "text_to_image_attribute_success", "single_attribute_success",
+                                       "single_attribute_unasked", "frechet_world_clip", "text_dependence")
                 if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
