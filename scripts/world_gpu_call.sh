@@ -65,6 +65,7 @@ PY
     echo "[$(el) s] $s: resume ($tot) for $budget s"
     python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" $tot --out $R --world $W --minutes $(python3 -c "print($budget/60)") --log-every 100 >> $L/$s.log 2>&1
   else
+    rm -rf /tmp/probe/$s  # a warm machine may hold an earlier call's probe, which would resume
     python3 -m pretrain.world train $s ${STAGE_ARGS:-} "$@" --out /tmp/probe --world /tmp/probe_world --steps 40 --log-every 10 > $L/$s.probe.log 2>&1
     local r=$(rate $L/$s.probe.log); local b=$(batch $s); budget=$(( deadline - $(el) ))
     local extra=0 margin=0.85; [ $s = backbone ] && extra=${BB_EXTRA:-0} && margin=0.75
