@@ -248,15 +248,17 @@ def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> d
     items = [it for it in single_attribute_prompts(seed) for _ in range(cfg.t2i_images)]
     images = generate(pipe, [it["prompt"] for it in items], steps=cfg.steps, guidance=cfg.guidance, seed=seed,
                       batch=cfg.batch)
+    from pretrain.world.attributes import attributes_found
+
     preds = classifier.predict(images)
-    asked: dict[str, list[bool]] = {}
+    asked: dict[tuple[str, str], list[bool]] = {}
     for pred, item in zip(preds, items):
-        for name, value in item["wanted"].items():
-            asked.setdefault(f"{name}={value}", []).append(pred.get(name) == value)
+        for name, ok in attributes_found(pred, item["wanted"]).items():
+            asked.setdefault((name, item["wanted"][name]), []).append(ok)
     plain = [pred for pred, item in zip(preds, items) if not item["wanted"]]
-    unasked = {key: float(np.mean([p.get(key.split("=")[0]) == key.split("=")[1] for p in plain])) for key in asked}
-    return {"single_attribute_success": {k: float(np.mean(v)) for k, v in asked.items()},
-            "single_attribute_unasked": unasked,
+    unasked = {(n, v): [attributes_found(p, {n: v})[n] for p in plain] for n, v in asked}
+    return {"single_attribute_success": {f"{n}={v}": float(np.mean(hits)) for (n, v), hits in asked.items()},
+            "single_attribute_unasked": {f"{n}={v}": float(np.mean(hits)) for (n, v), hits in unasked.items()},
             "single_attribute": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
                                  "prompts": sorted({it["prompt"] for it in items})}}
 
