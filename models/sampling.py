@@ -1,10 +1,12 @@
 """Text-to-image sampling of UniDiffuser's joint (z, image-CLIP) state: noise, DPM-Solver++, split.
 
     z, clip = sample_joint(eps_fn, batch, z_shape=(4, 64, 64), clip_dim=512, steps=30, generator=g)
+    z, clip = resample_joint(eps_fn, z0, clip0, t_start=0.4, steps=30, generator=g)   # SDEdit
 
 The one sampling loop of the project: the pipeline (`models.pipeline.UniDiffuserT2I.sample_latents`)
-and pretraining's validation grids (`pretrain/validation.py`) both call it. Precision is the
-caller's: run it under the autocast its nets need.
+and pretraining's validation grids (`pretrain/validation.py`) both call it; `resample_joint` starts
+the same solver from a clean state noised to an intermediate time (eval.world_reconstruction).
+Precision is the caller's: run it under the autocast its nets need.
 """
 
 from __future__ import annotations
@@ -49,3 +51,29 @@ def sample_joint(eps_fn: EpsFn, batch: int, *, z_shape: tuple[int, int, int], cl
         if bar is not None:
             bar.close()
     return split_joint(x.float(), z_shape, clip_dim)
+
+
+def resample_steps(steps: int, t_start: float) -> int:
+    """Evaluations of a run from t_start that keeps a full run's grid density: round(steps * t_start), >= 1."""
+    return max(1, round(steps * t_start))
+
+
+@torch.no_grad()
+def resample_joint(eps_fn: EpsFn, z0: torch.Tensor, clip0: torch.Tensor, *, t_start: float, steps: int = 30,
+                   schedule: NoiseScheduleVP | None = None,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDEdit (Meng et al., 2022): clean (z0 [B, C, h, w], clip0 [B, 1, D]) noised to the continuous time
+    t_start in (0, 1], x = alpha z0 + sigma eps, then integrated down with sample_joint's solver over
+    resample_steps(steps, t_start) evaluations (a full run's grid density). Returns (z, clip) float32
+    on z0's device. The noise of z is drawn first, then clip's, from `generator`."""
+    schedule = schedule or NoiseScheduleVP.stable_diffusion()
+    if not schedule.eps < t_start <= schedule.T:
+        raise ValueError(f"t_start must lie in ({schedule.eps}, {schedule.T}], got {t_start}")
+    t = torch.tensor([t_start], dtype=torch.float64)
+    alpha, sigma = float(schedule.marginal_alpha(t)), float(schedule.marginal_std(t))
+    device = z0.device
+    noise_z = randn(z0.shape, generator=generator, device=device)
+    noise_c = randn(clip0.shape, generator=generator, device=device)
+    x = combine_joint(alpha * z0.float() + sigma * noise_z, alpha * clip0.float() + sigma * noise_c)
+    x = dpm_solver.sample(eps_fn, x, steps=resample_steps(steps, t_start), schedule=schedule, t_start=t_start)
+    return split_joint(x.float(), tuple(z0.shape[1:]), clip0.shape[-1])

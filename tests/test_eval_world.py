@@ -306,3 +306,25 @@ def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_pa
 
     _run_notebook("world_ablations.ipynb", {"WORLD_RESULTS": str(wa.RESULTS / "synthworld.json")}, tmp_path,
                   monkeypatch)
+
+
+def test_world_reconstruction_scores_each_time_and_the_source_and_checks_its_input(world, tmp_path):
+    from eval.world_reconstruction import main
+    from models.errors import UserError
+
+    out, sheet = tmp_path / "rec.json", tmp_path / "rec.png"
+    assert main(["--world", str(world), "--seed", "9", "--identities", "2", "--references", "2", "--t", "0.5,1",
+                 "--steps", "2", "--device", "cpu", "--json", str(out), "--sheet", str(sheet)]) == 0
+    r = json.loads(out.read_text())
+    assert list(r["by_t"]) == ["0", "0.5", "1"]
+    for row in r["by_t"].values():
+        assert row["identity_similarity"]["n"] == 2 and 0 <= row["face_found"] <= 1
+        assert 0 <= row["attribute_success"] <= 1 and row["per_attribute"]
+    assert r["by_t"]["0"]["face_found"] == 1.0  # the source renders themselves
+    assert set(r["denoising"]) == {"5", "20", "50", "100", "200", "400", "700", "1000"}
+    assert all(v["input_mse"] > 0 and v["x0_mse"] >= 0 for v in r["denoising"].values())
+    assert r["renderer_seed"] == 9 and "command" in r and "git_commit" in r and sheet.stat().st_size > 0
+    for bad in (["--t", "0"], ["--t", "x"], ["--identities", "1"]):
+        with pytest.raises(UserError):
+            main(["--world", str(world), "--seed", "9", "--json", str(tmp_path / "bad.json"), *bad])
+    assert not (tmp_path / "bad.json").exists()

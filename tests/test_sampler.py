@@ -142,3 +142,29 @@ def test_add_noise_on_a_device_tensor_uses_device_tables():
     assert out.shape == x0.shape and out.dtype == torch.bfloat16 and out.device.type == "meta"
     a, s = sched._noise_tables(torch.device("cpu"))
     torch.testing.assert_close(a[500].double() ** 2 + s[500].double() ** 2, torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_resample_joint_with_an_exact_denoiser_returns_the_clean_state(schedule):
+    """SDEdit from t with a predictor that knows the clean state: the solver ends at alpha z0 + sigma eps
+    of t_end (sigma 0.03), after round(steps * t) evaluations; the noise of z is drawn before clip's."""
+    from models.guidance import combine_joint
+    from models.sampling import resample_joint, resample_steps
+
+    z0, clip0 = torch.randn(2, 3, 4, 4), torch.randn(2, 1, 5)
+    clean = combine_joint(z0, clip0)
+    calls = []
+
+    def eps_fn(x, t):
+        calls.append(float(t[0]))
+        a, s = schedule.marginal_alpha(t.double()).float()[:, None], schedule.marginal_std(t.double()).float()[:, None]
+        return (x - a * clean) / s
+
+    z, clip = resample_joint(eps_fn, z0, clip0, t_start=0.4, steps=30, schedule=schedule,
+                             generator=torch.Generator().manual_seed(0))
+    assert len(calls) == resample_steps(30, 0.4) == 12 and calls[0] == pytest.approx(0.4)
+    assert z.shape == z0.shape and clip.shape == clip0.shape
+    assert (z - z0).abs().max() < 0.15 and (clip - clip0).abs().max() < 0.15  # sigma(1/N) = 0.029
+    assert (z - z0).abs().max() > 0  # the residual noise of t_end is there, as in sample_joint
+    assert resample_steps(30, 0.01) == 1
+    with pytest.raises(ValueError, match="t_start"):
+        resample_joint(eps_fn, z0, clip0, t_start=0.0, schedule=schedule)
