@@ -51,7 +51,7 @@ def render_people(seed: int, identities: int, references: int, size: int):
     world = FaceWorld(seed, size)
     sources = world.render(ids, np.zeros(identities, np.int64), mode="portrait")
     refs = world.render(np.repeat(ids, references), np.tile(np.arange(1, references + 1), identities),
-                        mode="portrait", mention="all")
+                        mode="portrait")
     return sources, refs
 
 

@@ -146,7 +146,7 @@ def test_add_noise_on_a_device_tensor_uses_device_tables():
 
 def test_resample_joint_with_an_exact_denoiser_returns_the_clean_state(schedule):
     """SDEdit from t with a predictor that knows the clean state: the solver ends at alpha z0 + sigma eps
-    of t_end (sigma 0.03), after round(steps * t) evaluations; the noise of z is drawn before clip's."""
+    of t_end (sigma 0.03), after round(steps * t) evaluations."""
     from models.guidance import combine_joint
     from models.sampling import resample_joint, resample_steps
 
