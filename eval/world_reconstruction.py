@@ -2,7 +2,8 @@
 the person (issue 16's ceiling target: what any identity module could reach on this backbone).
 
     python -m eval.world_reconstruction --seed S [--identities 32] [--t 0.2,0.4,0.6,0.8,1] [--steps 30]
-        [--guidance 7] [--world checkpoints/world] [--device cpu|cuda] [--json PATH] [--sheet PNG]
+        [--guidance 7] [--final-denoise] [--world checkpoints/world] [--device cpu|cuda] [--json PATH]
+        [--sheet PNG]
 
 For each test identity of renderer seed S, render 0 (a portrait) is the source, its caption stating a random
 subset of its attributes as training captions do, and renders 1..R are the references. At each time t
@@ -57,7 +58,7 @@ def render_people(seed: int, identities: int, references: int, size: int):
 
 @torch.no_grad()
 def reconstruct(pipe, clip, images: torch.Tensor, captions: list[str], t: float, *, steps: int, guidance: float,
-                seed: int, batch: int = 64) -> np.ndarray:
+                seed: int, batch: int = 64, final_denoise: bool = False) -> np.ndarray:
     """uint8 [N, H, W, 3] renders -> uint8 [N, H, W, 3]: each noised to t and sampled back with its caption."""
     from models.sampling import resample_joint
 
@@ -71,7 +72,7 @@ def reconstruct(pipe, clip, images: torch.Tensor, captions: list[str], t: float,
         eps_fn = pipe.eps_fn(text, scale=guidance, mode="true_uncond", generator=generator)
         with pipe.execution.autocast():
             z, _ = resample_joint(eps_fn, z0, clip0, t_start=t, steps=steps, schedule=pipe.schedule,
-                                  generator=generator)
+                                  generator=generator, final_denoise=final_denoise)
         out.append(pipe.decode(z).float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
     return torch.cat(out).numpy()
 
@@ -138,7 +139,7 @@ def score(scorer, images: np.ndarray, ref_faces, references: int, wanted: list[d
 
 
 def evaluate(world: Path, seed: int, *, identities: int, references: int, times, steps: int, guidance: float,
-             device: torch.device) -> tuple[dict, dict[str, np.ndarray]]:
+             device: torch.device, final_denoise: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """(result, {t: images}) for the command; t "0" is the source renders."""
     from data_prep.faceworld.attributes import parse_caption
     from eval.world_scores import WorldScorer
@@ -157,7 +158,7 @@ def evaluate(world: Path, seed: int, *, identities: int, references: int, times,
     for t in times:
         t0 = time.perf_counter()
         images[f"{t:g}"] = reconstruct(pipe, clip, sources.images.cpu(), captions, t, steps=steps, guidance=guidance,
-                                       seed=seed)
+                                       seed=seed, final_denoise=final_denoise)
         print(f"[reconstruction] t = {t:g}: sampled in {time.perf_counter() - t0:.1f} s", flush=True)
     by_t = {key: score(scorer, imgs, ref_faces, references, wanted) for key, imgs in images.items()}
     denoising = denoising_error(pipe, clip, sources.images.cpu(), captions, seed=seed)
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=30,
                    help="a full run's solver steps (a run from t takes about t x steps)")
     p.add_argument("--guidance", type=float, default=7.0, help="text guidance (default 7, true_uncond)")
+    p.add_argument("--final-denoise", action="store_true",
+                   help="end each run with one more evaluation that returns its clean-image prediction "
+                        "(models.dpm_solver.sample's final_denoise)")
     p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"result file (default {RESULTS})")
@@ -203,11 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     result, images = evaluate(args.world, args.seed, identities=args.identities, references=args.references,
-                              times=times, steps=args.steps, guidance=args.guidance, device=device)
+                              times=times, steps=args.steps, guidance=args.guidance, device=device,
+                              final_denoise=args.final_denoise)
     result = {"format": "world-reconstruction", "version": 1, "world": str(args.world),
               "world_sha256": weights_sha256(args.world), "renderer_seed": args.seed, "split": "test",
               "identities": args.identities, "references": args.references, "steps": args.steps,
-              "guidance": args.guidance, **result, "seconds": round(time.perf_counter() - t0, 1),
+              "guidance": args.guidance, "final_denoise": args.final_denoise, **result,
+              "seconds": round(time.perf_counter() - t0, 1),
               "command": shlex.join(["python", "-m", "eval.world_reconstruction",
                                      *(sys.argv[1:] if argv is None else argv)]),
               **provenance()}

@@ -7,7 +7,8 @@ x0(x, u) = (x - sigma_u eps(x, u)) / alpha_u and needs k evaluations of it.
 
 Grid and step orders follow the reference settings: time-uniform grid linspace(1, 1/N, steps + 1);
 order-3 steps (plus a closing 2/1 or 1 or 2) spanning consecutive grid points, so the predictor runs
-at every grid point except the last: exactly `steps` network evaluations and no final denoise step.
+at every grid point except the last: exactly `steps` network evaluations and no final denoise step
+(`final_denoise` adds one, off by default: the reference sampler has none).
 
 The state x is updated in its own dtype; schedule coefficients are computed in float64 and applied
 as Python floats.
@@ -59,12 +60,15 @@ def step_orders(steps: int, order: int = 3) -> list[int]:
 
 def sample(eps_fn: EpsFn, x: torch.Tensor, steps: int = 30, order: int = 3, *,
            schedule: NoiseScheduleVP | None = None, t_start: float | None = None,
-           t_end: float | None = None) -> torch.Tensor:
+           t_end: float | None = None, final_denoise: bool = False) -> torch.Tensor:
     """Integrate from t_start (default T = 1) down to t_end (default 1/N) with `steps` evaluations.
 
     x [B, ...]: the initial noise (any shape, any float dtype); returns the final state, same shape
     and dtype. eps_fn(x, t_cont [B]) gets t_cont in float64 for a float64 x, float32 otherwise.
-    `schedule` defaults to the Stable Diffusion schedule (N = 1000).
+    `schedule` defaults to the Stable Diffusion schedule (N = 1000). final_denoise: one more
+    evaluation at t_end returns its data prediction instead of the state, which still holds noise of
+    std sigma(t_end) (DPM-Solver's "denoise to zero"); it matters where that noise is large next to
+    the data, as in a pixel space with a gain below 1 (models.pixel_space).
     """
     schedule = schedule or NoiseScheduleVP.stable_diffusion()
     grid = time_grid(steps, schedule.T if t_start is None else t_start,
@@ -87,7 +91,7 @@ def sample(eps_fn: EpsFn, x: torch.Tensor, steps: int = 30, order: int = 3, *,
     for k in step_orders(steps, order):
         x = _singlestep_update(x, data_pred, i, k, lam, alpha, sigma)
         i += k
-    return x
+    return data_pred(x, i) if final_denoise else x
 
 
 def _singlestep_update(x: torch.Tensor, data_pred: Callable[[torch.Tensor, int], torch.Tensor], s: int,

@@ -21,15 +21,16 @@ from .noise_schedule import NoiseScheduleVP
 @torch.no_grad()
 def sample_joint(eps_fn: EpsFn, batch: int, *, z_shape: tuple[int, int, int], clip_dim: int, steps: int = 30,
                  schedule: NoiseScheduleVP | None = None, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None,
-                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 device: torch.device | str | None = None, progress: bool = False,
+                 final_denoise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """From N(0, I) -> (z [B, C, h, w], clip [B, 1, clip_dim]), float32, on `device`.
 
     eps_fn(x [B, C*h*w + clip_dim] float32, t_cont [B]) -> the noise prediction of the joint state
     (models.guidance.text_guided_eps_fn or encoder.guidance.identity_guided_eps_fn build one).
     z is drawn first, then clip, from `generator` (the reference's order), before eps_fn's own
     draws. `steps` singlestep DPM-Solver++ evaluations (order 3) over `schedule` (default: Stable
-    Diffusion's); `progress` shows a bar of them.
+    Diffusion's); `progress` shows a bar of them; `final_denoise` adds one evaluation that returns the
+    last step's data prediction (dpm_solver.sample).
     """
     z = randn((batch, *z_shape), generator=generator, device=device)
     clip = randn((batch, 1, clip_dim), generator=generator, device=device)
@@ -46,7 +47,8 @@ def sample_joint(eps_fn: EpsFn, batch: int, *, z_shape: tuple[int, int, int], cl
             return out
 
     try:
-        x = dpm_solver.sample(eps_fn, combine_joint(z, clip), steps=steps, schedule=schedule)
+        x = dpm_solver.sample(eps_fn, combine_joint(z, clip), steps=steps, schedule=schedule,
+                              final_denoise=final_denoise)
     finally:
         if bar is not None:
             bar.close()
@@ -60,12 +62,13 @@ def resample_steps(steps: int, t_start: float) -> int:
 
 @torch.no_grad()
 def resample_joint(eps_fn: EpsFn, z0: torch.Tensor, clip0: torch.Tensor, *, t_start: float, steps: int = 30,
-                   schedule: NoiseScheduleVP | None = None,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   schedule: NoiseScheduleVP | None = None, generator: torch.Generator | None = None,
+                   final_denoise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """SDEdit (Meng et al., 2022): clean (z0 [B, C, h, w], clip0 [B, 1, D]) noised to the continuous time
     t_start in (0, 1], x = alpha z0 + sigma eps, then integrated down with sample_joint's solver over
     resample_steps(steps, t_start) evaluations (a full run's grid density). Returns (z, clip) float32
-    on z0's device. The noise of z is drawn first, then clip's, from `generator`."""
+    on z0's device. The noise of z is drawn first, then clip's, from `generator`. final_denoise: as in
+    sample_joint."""
     schedule = schedule or NoiseScheduleVP.stable_diffusion()
     if not schedule.eps < t_start <= schedule.T:
         raise ValueError(f"t_start must lie in ({schedule.eps}, {schedule.T}], got {t_start}")
@@ -75,5 +78,6 @@ def resample_joint(eps_fn: EpsFn, z0: torch.Tensor, clip0: torch.Tensor, *, t_st
     noise_z = randn(z0.shape, generator=generator, device=device)
     noise_c = randn(clip0.shape, generator=generator, device=device)
     x = combine_joint(alpha * z0.float() + sigma * noise_z, alpha * clip0.float() + sigma * noise_c)
-    x = dpm_solver.sample(eps_fn, x, steps=resample_steps(steps, t_start), schedule=schedule, t_start=t_start)
+    x = dpm_solver.sample(eps_fn, x, steps=resample_steps(steps, t_start), schedule=schedule, t_start=t_start,
+                          final_denoise=final_denoise)
     return split_joint(x.float(), tuple(z0.shape[1:]), clip0.shape[-1])

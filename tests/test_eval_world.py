@@ -324,6 +324,7 @@ def test_world_reconstruction_scores_each_time_and_the_source_and_checks_its_inp
     assert set(r["denoising"]) == {"5", "20", "50", "100", "200", "400", "700", "1000"}
     assert all(v["input_mse"] > 0 and v["x0_mse"] >= 0 for v in r["denoising"].values())
     assert r["renderer_seed"] == 9 and "command" in r and "git_commit" in r and sheet.stat().st_size > 0
+    assert r["final_denoise"] is False
     for bad in (["--t", "0"], ["--t", "x"], ["--identities", "1"]):
         with pytest.raises(UserError):
             main(["--world", str(world), "--seed", "9", "--json", str(tmp_path / "bad.json"), *bad])

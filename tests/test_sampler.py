@@ -166,5 +166,11 @@ def test_resample_joint_with_an_exact_denoiser_returns_the_clean_state(schedule)
     assert (z - z0).abs().max() < 0.15 and (clip - clip0).abs().max() < 0.15  # sigma(1/N) = 0.029
     assert (z - z0).abs().max() > 0  # the residual noise of t_end is there, as in sample_joint
     assert resample_steps(30, 0.01) == 1
+    calls.clear()
+    z, clip = resample_joint(eps_fn, z0, clip0, t_start=0.4, steps=30, schedule=schedule, final_denoise=True,
+                             generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 13 and calls[-1] == pytest.approx(schedule.eps)  # one more, at t_end
+    torch.testing.assert_close(z, z0, atol=1e-4, rtol=0)  # its data prediction: the clean state itself
+    torch.testing.assert_close(clip, clip0, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="t_start"):
         resample_joint(eps_fn, z0, clip0, t_start=0.0, schedule=schedule)
