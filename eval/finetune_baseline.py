@@ -282,12 +282,12 @@ def save(snapshot: Snapshot, cfg: FinetuneConfig, folder: str | Path, extra: dic
 # ------------------------------------------------------------------------------------------ sampling
 def tuned_pipeline(pipe, uvit):
     """The pipeline with the tuned backbone in place of its own (text encoder, pixel space and
-    schedule shared), run as sample.py runs it: the fast path on CUDA."""
+    schedule and sampler policy shared), run as sample.py runs it: the fast path on CUDA."""
     from models.execution import Execution
     from models.pipeline import UniDiffuserT2I
 
     tuned = UniDiffuserT2I(uvit, pipe.autoencoder, pipe.text_encoder, pipe.schedule, device=pipe.device,
-                           dtype=pipe.dtype, weight_files=pipe.weight_files)
+                           dtype=pipe.dtype, weight_files=pipe.weight_files, final_denoise=pipe.final_denoise)
     if pipe.device.type == "cuda":
         tuned.execution = Execution.fast_path(pipe.device, pipe.dtype, None)
     return tuned

@@ -148,6 +148,7 @@ def evaluate(world: Path, seed: int, *, identities: int, references: int, times,
 
     pipe = UniDiffuserT2I.from_pretrained(world, device=device,
                                           dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    final_denoise = final_denoise or pipe.final_denoise  # the world's own sampler policy, or asked for
     _, clip = load_world_clip(world / "world_clip", device=device, dtype=torch.float32)
     scorer = WorldScorer.from_world(world, device)
     sources, refs = render_people(seed, identities, references, pipe.image_size)
@@ -162,7 +163,8 @@ def evaluate(world: Path, seed: int, *, identities: int, references: int, times,
         print(f"[reconstruction] t = {t:g}: sampled in {time.perf_counter() - t0:.1f} s", flush=True)
     by_t = {key: score(scorer, imgs, ref_faces, references, wanted) for key, imgs in images.items()}
     denoising = denoising_error(pipe, clip, sources.images.cpu(), captions, seed=seed)
-    return {"by_t": by_t, "denoising": denoising, "references_found": float(ref_faces.found.mean())}, images
+    return {"final_denoise": final_denoise, "by_t": by_t, "denoising": denoising,
+            "references_found": float(ref_faces.found.mean())}, images
 
 
 def contact_sheet(images: dict[str, np.ndarray], rows: int) -> np.ndarray:
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=7.0, help="text guidance (default 7, true_uncond)")
     p.add_argument("--final-denoise", action="store_true",
                    help="end each run with one more evaluation that returns its clean-image prediction "
-                        "(models.dpm_solver.sample's final_denoise)")
+                        "(models.dpm_solver.sample's final_denoise; on anyway where the world's "
+                        "model_configs.json asks for it)")
     p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
     p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"result file (default {RESULTS})")
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"format": "world-reconstruction", "version": 1, "world": str(args.world),
               "world_sha256": weights_sha256(args.world), "renderer_seed": args.seed, "split": "test",
               "identities": args.identities, "references": args.references, "steps": args.steps,
-              "guidance": args.guidance, "final_denoise": args.final_denoise, **result,
+              "guidance": args.guidance, **result,
               "seconds": round(time.perf_counter() - t0, 1),
               "command": shlex.join(["python", "-m", "eval.world_reconstruction",
                                      *(sys.argv[1:] if argv is None else argv)]),

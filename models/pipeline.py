@@ -16,7 +16,9 @@ so any eps function built on these modules (e.g. the identity encoder's) works u
 
 A weights folder may hold `model_configs.json` ({"uvit": {...}, "autoencoder": {...},
 "caption_decoder": {...}}, reference keyword names): those configs replace v1. This is how tests
-run the whole stack at tiny size (tests/tiny_stack.py).
+run the whole stack at tiny size (tests/tiny_stack.py). Its optional "sampler" entry is the sampling
+policy that suits those weights: {"final_denoise": true} ends every run with one more evaluation that
+returns the clean prediction (models.dpm_solver.sample); without it the reference sampler runs.
 """
 
 from __future__ import annotations
@@ -33,10 +35,23 @@ from .device import pick_device, pick_dtype
 from .execution import Execution
 from .guidance import EpsFn, GuidanceMode, text_guided_eps_fn
 from .noise_schedule import NoiseScheduleVP
-from .paths import find_weights, read_model_configs
+from .paths import WeightsError, find_weights, read_model_configs
 from .sampling import sample_joint
 
 logger = logging.getLogger(__name__)
+SAMPLER_KEYS = {"final_denoise": bool}  # model_configs.json's "sampler" entry
+
+
+def sampler_policy(configs: dict) -> dict:
+    """The "sampler" entry of a weights folder's model_configs.json with its defaults ({"final_denoise":
+    False} without one); WeightsError for an unknown key or a value of the wrong type."""
+    given = configs.get("sampler") or {}
+    bad = [k for k, v in given.items() if k not in SAMPLER_KEYS or not isinstance(v, SAMPLER_KEYS[k])] \
+        if isinstance(given, dict) else ["(not an object)"]
+    if bad:
+        raise WeightsError(f'model_configs.json: "sampler" must be an object with {sorted(SAMPLER_KEYS)} '
+                           f"(true or false); bad entries: {bad}")
+    return {"final_denoise": False, **given}
 
 
 class UniDiffuserT2I:
@@ -55,7 +70,7 @@ class UniDiffuserT2I:
 
     def __init__(self, uvit, autoencoder, text_encoder, schedule: NoiseScheduleVP | None = None, *,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
-                 weight_files: dict[str, Path] | None = None):
+                 weight_files: dict[str, Path] | None = None, final_denoise: bool = False):
         self.device = torch.device(device) if device is not None else next(uvit.parameters()).device
         self.dtype = dtype or next(uvit.parameters()).dtype
         self.execution = Execution.autocast_to(self.device, self.dtype)
@@ -65,6 +80,7 @@ class UniDiffuserT2I:
         self.text_encoder = text_encoder
         self.schedule = schedule or NoiseScheduleVP.stable_diffusion()
         self.weight_files = dict(weight_files or {})
+        self.final_denoise = final_denoise  # see the module docstring ("sampler")
         c = uvit.config
         if text_encoder.text_dim != c.text_dim:
             raise ValueError(f"text encoder gives {text_encoder.text_dim}-d features, the UViT takes "
@@ -101,7 +117,7 @@ class UniDiffuserT2I:
                                        dtype=dtype)
         uvit = load_uvit(files["uvit"], configs.get("uvit"), device=device, dtype=dtype)
         return cls(uvit, autoencoder, text_encoder, NoiseScheduleVP.stable_diffusion(), device=device,
-                   dtype=dtype, weight_files=files)
+                   dtype=dtype, weight_files=files, final_denoise=sampler_policy(configs)["final_denoise"])
 
     # ---- shapes -------------------------------------------------------------------------------
     @property
@@ -147,11 +163,13 @@ class UniDiffuserT2I:
 
         eps_fn(x [B, C*h*w + clip_dim] float32, t_cont [B]) -> noise prediction of the joint state
         (guidance.text_guided_eps_fn builds one); it runs under self.execution.autocast(). z is
-        drawn first, then clip, from `generator` (the reference's order): models.sampling.sample_joint.
+        drawn first, then clip, from `generator` (the reference's order): models.sampling.sample_joint,
+        with the weights folder's final_denoise.
         """
         with self.execution.autocast():
             return sample_joint(eps_fn, batch, z_shape=self.z_shape, clip_dim=self.clip_dim, steps=steps,
-                                schedule=self.schedule, generator=generator, device=self.device, progress=progress)
+                                schedule=self.schedule, generator=generator, device=self.device, progress=progress,
+                                final_denoise=self.final_denoise)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -122,3 +122,38 @@ def test_cli_missing_weights_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "error: UniDiffuser v1 UViT not found" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_weights_folders_sampler_policy_adds_a_final_denoising_evaluation(tmp_path):
+    """model_configs.json's "sampler": {"final_denoise": true} makes every run one evaluation longer, and that
+    last evaluation's clean prediction is the result; without it the reference sampler runs; bad entries
+    stop with a WeightsError that names them."""
+    import json
+    import shutil
+
+    from models.pipeline import sampler_policy
+
+    root = make_tiny_weights_dir(tmp_path / "w")
+    plain = UniDiffuserT2I.from_pretrained(root, device="cpu")
+    configs = json.loads((root / "model_configs.json").read_text())
+    (root / "model_configs.json").write_text(json.dumps({**configs, "sampler": {"final_denoise": True}}))
+    policed = UniDiffuserT2I.from_pretrained(root, device="cpu")
+    assert plain.final_denoise is False and policed.final_denoise is True
+    text = plain.encode_text(["a photo of a boy"])
+    counts = {}
+    for name, p in (("plain", plain), ("policed", policed)):
+        inner = p.eps_fn(text, scale=0)
+        calls = []
+
+        def eps_fn(x, t, inner=inner, calls=calls):
+            calls.append(1)
+            return inner(x, t)
+
+        z, _ = p.sample_latents(eps_fn, 1, steps=3, generator=torch.Generator().manual_seed(0))
+        counts[name] = (len(calls), z)
+    assert counts["plain"][0] == 3 and counts["policed"][0] == 4
+    assert not torch.equal(counts["plain"][1], counts["policed"][1])
+    for bad in ({"final_denoise": "yes"}, {"denoise": True}, ["final_denoise"]):
+        with pytest.raises(WeightsError, match="sampler"):
+            sampler_policy({"sampler": bad})
+    shutil.rmtree(root)
