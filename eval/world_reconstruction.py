@@ -57,51 +57,49 @@ def render_people(seed: int, identities: int, references: int, size: int):
 
 
 @torch.no_grad()
-def reconstruct(pipe, clip, images: torch.Tensor, captions: list[str], t: float, *, steps: int, guidance: float,
-                seed: int, batch: int = 64, final_denoise: bool = False) -> np.ndarray:
-    """uint8 [N, H, W, 3] renders -> uint8 [N, H, W, 3]: each noised to t and sampled back with its caption."""
+def conditioning(pipe, clip, images: torch.Tensor, captions: list[str]):
+    """(pixels [N, 3, H, W] in [-1, 1], latents z0, image-CLIP features [N, 1, D], text features) of the
+    renders uint8 [N, H, W, 3] with their captions, on the pipeline's device."""
+    pixels = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(pipe.device)
+    z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
+    return pixels, z0, clip.encode_image(pixels).float()[:, None], pipe.encode_text(captions)
+
+
+@torch.no_grad()
+def reconstruct(pipe, z0: torch.Tensor, clip0: torch.Tensor, text: torch.Tensor, t: float, *, steps: int,
+                guidance: float, seed: int, batch: int = 64, final_denoise: bool = False) -> np.ndarray:
+    """The sources (their `conditioning`) noised to t and sampled back with their captions -> uint8
+    [N, H, W, 3]."""
     from models.sampling import resample_joint
 
     generator = torch.Generator().manual_seed(seed)
     out = []
-    for lo in range(0, len(images), batch):
-        pixels = images[lo:lo + batch].permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(pipe.device)
-        z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
-        clip0 = clip.encode_image(pixels).float()[:, None]
-        text = pipe.encode_text(captions[lo:lo + batch])
-        eps_fn = pipe.eps_fn(text, scale=guidance, mode="true_uncond", generator=generator)
+    for lo in range(0, len(z0), batch):
+        part = slice(lo, lo + batch)
+        eps_fn = pipe.eps_fn(text[part], scale=guidance, mode="true_uncond", generator=generator)
         with pipe.execution.autocast():
-            z, _ = resample_joint(eps_fn, z0, clip0, t_start=t, steps=steps, schedule=pipe.schedule,
+            z, _ = resample_joint(eps_fn, z0[part], clip0[part], t_start=t, steps=steps, schedule=pipe.schedule,
                                   generator=generator, final_denoise=final_denoise)
         out.append(pipe.decode(z).float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
     return torch.cat(out).numpy()
 
 
 @torch.no_grad()
-def denoising_error(pipe, clip, images: torch.Tensor, captions: list[str], timesteps=DENOISING_TIMESTEPS, *,
-                    seed: int) -> dict:
+def denoising_error(pipe, pixels: torch.Tensor, z0: torch.Tensor, clip0: torch.Tensor, text: torch.Tensor,
+                    timesteps=DENOISING_TIMESTEPS, *, seed: int) -> dict:
     """{n: {eps_mse, x0_mse, input_mse}}: one prediction of the backbone (own caption, clean text) on the
-    renders uint8 [N, H, W, 3] noised to network timestep n; errors of images in [-1, 1]."""
-    pixels = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(pipe.device)
-    n = len(pixels)
-    z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
-    clip0 = clip.encode_image(pixels).float()[:, None]
-    text = pipe.encode_text(captions)
+    sources (their `conditioning`) noised to network timestep n; errors of images in [-1, 1]."""
+    from pretrain.world.evaluate import predict_clean
+
     generator = torch.Generator().manual_seed(seed)
-    ones = torch.ones(n, dtype=torch.long, device=pipe.device)
-    zeros = torch.zeros(n, device=pipe.device)
     out = {}
     for t in timesteps:
         root_ab = float(pipe.schedule.alphas_cumprod[t]) ** 0.5
         eps_z = torch.randn(z0.shape, generator=generator).to(pipe.device)
         eps_c = torch.randn(clip0.shape, generator=generator).to(pipe.device)
         z_n, clip_n = pipe.schedule.add_noise(z0, eps_z, t), pipe.schedule.add_noise(clip0, eps_c, t)
-        with pipe.execution.autocast():
-            pred, _, _ = pipe.uvit(z_n.to(pipe.dtype), clip_n.to(pipe.dtype), text.to(pipe.dtype),
-                                   torch.full((n,), float(t), device=pipe.device), zeros, ones)
-        pred = pred.float()
-        sigma = (1 - root_ab ** 2) ** 0.5
-        x0 = pipe.autoencoder.decode((z_n - sigma * pred) / root_ab).float()
+        pred, x0 = predict_clean(pipe, z_n, clip_n, text, t)
+        x0 = pipe.autoencoder.decode(x0).float()
         noisy = pipe.autoencoder.decode(z_n / root_ab).float()
         out[str(t)] = {"eps_mse": float(((pred - eps_z) ** 2).mean()),
                        "x0_mse": float(((x0 - pixels) ** 2).mean()),
@@ -112,16 +110,13 @@ def denoising_error(pipe, clip, images: torch.Tensor, captions: list[str], times
 def score(scorer, images: np.ndarray, ref_faces, references: int, wanted: list[dict]) -> dict:
     """Identity (per identity, with its bootstrap interval), faces found and attribute success of images
     [N] (image i shows identity i; ref_faces hold `references` renders of each identity in order)."""
-    from eval.world_scores import FaceFeatures, bootstrap_interval, identity_similarity
+    from eval.world_scores import bootstrap_interval, identity_similarity
     from pretrain.world.attributes import attributes_found
 
     faces = scorer.faces_of(list(images))
-    sims = []
-    for i in range(len(images)):
-        one = FaceFeatures(*(a[i:i + 1] for a in (faces.embeddings, faces.found, faces.landmarks, faces.boxes)))
-        sl = slice(i * references, (i + 1) * references)
-        refs = FaceFeatures(ref_faces.embeddings[sl], ref_faces.found[sl], ref_faces.landmarks[sl], ref_faces.boxes[sl])
-        sims.append(float(identity_similarity(one, refs)[0]))
+    sims = [float(identity_similarity(faces.select(slice(i, i + 1)),
+                                      ref_faces.select(slice(i * references, (i + 1) * references)))[0])
+            for i in range(len(images))]
     predicted = scorer.attributes_of(list(images))
     per_attribute = defaultdict(list)
     every = []
@@ -155,14 +150,15 @@ def evaluate(world: Path, seed: int, *, identities: int, references: int, times,
     captions = list(sources.captions)
     wanted = [parse_caption(c) for c in captions]
     ref_faces = scorer.faces_of(list(refs.images.cpu().numpy()))
+    pixels, z0, clip0, text = conditioning(pipe, clip, sources.images.cpu(), captions)
     images = {"0": sources.images.cpu().numpy()}
     for t in times:
         t0 = time.perf_counter()
-        images[f"{t:g}"] = reconstruct(pipe, clip, sources.images.cpu(), captions, t, steps=steps, guidance=guidance,
-                                       seed=seed, final_denoise=final_denoise)
+        images[f"{t:g}"] = reconstruct(pipe, z0, clip0, text, t, steps=steps, guidance=guidance, seed=seed,
+                                       final_denoise=final_denoise)
         print(f"[reconstruction] t = {t:g}: sampled in {time.perf_counter() - t0:.1f} s", flush=True)
     by_t = {key: score(scorer, imgs, ref_faces, references, wanted) for key, imgs in images.items()}
-    denoising = denoising_error(pipe, clip, sources.images.cpu(), captions, seed=seed)
+    denoising = denoising_error(pipe, pixels, z0, clip0, text, seed=seed)
     return {"final_denoise": final_denoise, "by_t": by_t, "denoising": denoising,
             "references_found": float(ref_faces.found.mean())}, images
 

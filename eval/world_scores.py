@@ -62,6 +62,10 @@ class FaceFeatures:
         return cls(np.zeros((n, dim), np.float32), np.zeros(n, bool), np.full((n, 5, 2), np.nan, np.float32),
                    np.full((n, 4), np.nan, np.float32))
 
+    def select(self, index) -> FaceFeatures:
+        """The faces of the images `index` picks (a slice, an index array or a boolean mask)."""
+        return FaceFeatures(self.embeddings[index], self.found[index], self.landmarks[index], self.boxes[index])
+
     def to_dict(self) -> dict[str, np.ndarray]:
         return {"embeddings": self.embeddings, "found": self.found, "landmarks": self.landmarks, "boxes": self.boxes}
 

@@ -292,6 +292,21 @@ def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.devic
 
 
 @torch.no_grad()
+def predict_clean(pipe, z: torch.Tensor, clip_n: torch.Tensor, text: torch.Tensor,
+                  t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One prediction of the pipeline's UViT at network timestep t (clean text, data_type 1) on the noisy
+    latent z [B, C, h, w]: (predicted noise, clean latent (z - sigma_t eps) / alpha_t), both float32."""
+    n = len(z)
+    ab = float(pipe.schedule.alphas_cumprod[t])
+    with pipe.execution.autocast():
+        pred, _, _ = pipe.uvit(z.to(pipe.dtype), clip_n.to(pipe.dtype), text.to(pipe.dtype),
+                               torch.full((n,), float(t), device=z.device), torch.zeros(n, device=z.device),
+                               torch.ones(n, dtype=torch.long, device=z.device))
+    pred = pred.float()
+    return pred, (z - (1 - ab) ** 0.5 * pred) / ab ** 0.5
+
+
+@torch.no_grad()
 def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
     """R^2 of the predicted clean image's mean colour at the noisiest timesteps (see the module docstring)."""
     from data_prep.faceworld.attributes import split_range
@@ -307,16 +322,13 @@ def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, 
     clip0 = clip.encode_image(pixels).float()[:, None]
     g = torch.Generator(device="cpu").manual_seed(seed)
     z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
-    uvit = pipe.uvit
     true_mean = pixels.mean(dim=(2, 3))
-    ones, zeros = torch.ones(n, dtype=torch.long, device=device), torch.zeros(n, device=device)
 
     def r2(pred: torch.Tensor) -> float:
         return float(1 - ((pred - true_mean) ** 2).sum() / ((true_mean - true_mean.mean(0)) ** 2).sum())
 
     out = {}
     for t in DEPENDENCE_TIMESTEPS:
-        ab = float(pipe.schedule.alphas_cumprod[t])
         eps_z = torch.randn(z0.shape, generator=g).to(device)
         eps_c = torch.randn(clip0.shape, generator=g).to(device)
         z_n = pipe.schedule.add_noise(z0, eps_z, t)
@@ -324,10 +336,7 @@ def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, 
         row = {}
         for name, txt, z in (("own_caption", text, z_n), ("shuffled_caption", text.roll(1, 0), z_n),
                              ("noise_image", text, eps_z)):
-            with pipe.execution.autocast():
-                pred, _, _ = uvit(z.to(pipe.dtype), clip_n.to(pipe.dtype), txt.to(pipe.dtype),
-                                  torch.full((n,), float(t), device=device), zeros, ones)
-            x0 = pipe.autoencoder.decode((z - (1 - ab) ** 0.5 * pred.float()) / ab ** 0.5)
+            x0 = pipe.autoencoder.decode(predict_clean(pipe, z, clip_n, txt, t)[1])
             row[name] = round(r2(x0.float().mean(dim=(2, 3))), 4)
         out[str(t)] = row
     return {"text_dependence": {"r2_mean_colour": out, "renders": n,
