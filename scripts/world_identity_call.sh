@@ -19,7 +19,7 @@ source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
 B=${BASE:-/tmp/wi}; W=${WORLD:-checkpoints/world}; mkdir -p "$B"
 source scripts/gpu_state.sh; restore_state ident "$B"
-python3 - "$B" "${IDS:-16000}" "${PHOTOS:-4}" "$W" <<'PY' > "$L/shards.log" 2>&1
+timeout -s INT $(( CALL - 40 )) python3 - "$B" "${IDS:-16000}" "${PHOTOS:-4}" "$W" <<'PY' > "$L/shards.log" 2>&1
 import sys, dataclasses, torch
 from pathlib import Path
 from pretrain.world.common import StageOptions
@@ -32,6 +32,7 @@ print(stage.run(), flush=True)
 PY
 echo "[$(el) s] shards (skipped when complete): $(tail -1 "$L/shards.log")"
 pids=()
+[ $(( CALL - $(el) - 60 )) -lt 30 ] && { echo "[$(el) s] no time left for training this call"; set --; }
 for spec in "$@"; do
   name=${spec%%:*}; flags=${spec#*:}
   # shellcheck disable=SC2086
@@ -41,7 +42,7 @@ for spec in "$@"; do
   pids+=($!)
   echo "[$(el) s] variant $name: $flags"
 done
-for p in "${pids[@]}"; do wait "$p"; done
+for p in "${pids[@]+"${pids[@]}"}"; do wait "$p"; done
 echo "[$(el) s] variants returned"
 for spec in "$@"; do name=${spec%%:*}; tail -2 "$L/v_$name.log"; ls "$B/runs/v_$name" 2>/dev/null; done
 pack_state ident "$B" "$OUTD" --exclude=runs/identity/shards runs

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Adopting a candidate backbone (checkpoints/world_next) on one GPU host, in three time-limited calls
+# on one warm machine. Everything that does not depend on the new identity module runs beside the
+# module's training, so the GPU is shared instead of waited for:
+#   bash scripts/world_adopt_call.sh 1 CALL_SECONDS   # identity shards, then training (world_identity_call.sh),
+#                                                     #   beside it the fine-tuning grid on validation identities
+#   bash scripts/world_adopt_call.sh 2 CALL_SECONDS   # training resumed to the end; beside it the grid's rest
+#                                                     #   and eval.world's text-only and ceiling rows
+#   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # identity scale chosen on validation identities and
+#                                                     #   exported, then eval.world with every method
+# The candidate world is built at $W (default /tmp/wn): checkpoints/world with the candidate's models/ and
+# model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
+# Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
+# module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*) and the logs (adopt_logs.tgz).
+# Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101).
+set -u
+PHASE=${1:?phase 1, 2 or 3}; CALL=${2:?call seconds}
+T0=$(date +%s); left() { echo $(( CALL - ($(date +%s) - T0) )); }
+cd "$(dirname "$0")/.."
+source scripts/device_env.sh
+OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
+W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
+if [ ! -f "$W/.candidate" ]; then
+  rm -rf "$W" && cp -r checkpoints/world "$W" && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
+    && touch "$W/.candidate" && echo "candidate world at $W"
+fi
+GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --identities 8 --photos 3 --prompts 4
+      --device cuda --workers 4 --out /tmp/fg --json "$OUTD/finetune_grid.json")
+EVAL=(python3 -m eval.world --seed "$SEED" --identities 50 --photos 3,10 --prompts 10 --seeds 3 --steps 30
+      --device cuda --workers 8 --world "$W" --out /tmp/ew --no-progress)
+# the grid tuned on this backbone when it finished, else the committed one (tuned on the previous backbone)
+grid_json() { if [ -f /tmp/fg.json ]; then echo /tmp/fg.json; else echo eval/results/finetune_grid.json; fi; }
+bg=()
+case $PHASE in
+  1|2)
+    if [ ! -f /tmp/fg.json ]; then
+      timeout -s INT $(( $(left) - 45 )) "${GRID[@]}" > "$L/grid_$PHASE.log" 2>&1 &
+      bg+=($!)
+    fi
+    if [ "$PHASE" = 2 ]; then
+      timeout -s INT $(( $(left) - 45 )) "${EVAL[@]}" --methods text_only,ceiling --command-timing 0 \
+        --json "$OUTD/synthworld_backbone_rows.json" > "$L/eval_backbone_rows.log" 2>&1 &
+      bg+=($!)
+    fi
+    WORLD=$W IDS=12000 PHOTOS=4 STEPS=4000 OUT=$OUTD bash scripts/world_identity_call.sh $(( $(left) - 20 )) "face4:"
+    for p in "${bg[@]}"; do wait "$p"; done
+    [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
+    ;;
+  3)
+    python3 -m eval.identity_grid --seed "$VAL_SEED" --identities 8 --prompts 3 --n 3 --steps 20 \
+      --settings 1:none:0,0.6:none:0 --device cuda --world "$W" --encoder /tmp/wi/runs/v_face4/faceid_encoder \
+      --out /tmp/ig --json "$OUTD/identity_grid.json" --export "$W/faceid_encoder" --no-progress \
+      > "$L/identity_grid.log" 2>&1 || { tail -20 "$L/identity_grid.log"; exit 1; }
+    tar czf "$OUTD/faceid_encoder.tgz" -C "$W" faceid_encoder
+    timeout -s INT $(( $(left) - 15 )) "${EVAL[@]}" --finetune-grid "$(grid_json)" \
+      --json "$OUTD/synthworld.json" > "$L/eval.log" 2>&1
+    tail -5 "$L/eval.log"
+    ;;
+  *) echo "phase must be 1, 2 or 3" >&2; exit 2 ;;
+esac
+for f in "$L"/*.log; do echo "== $f"; tail -4 "$f"; done
+tar czf "$OUTD/adopt_logs.tgz" -C "$OUTD" adopt_logs && rm -rf "$L"
+ls -la "$OUTD"; echo "[phase $PHASE: $(( CALL - $(left) )) s]"
