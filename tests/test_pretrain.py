@@ -434,3 +434,28 @@ def test_checkpoint_of_the_same_step_replaces_the_old_one_only_once_in_place(tmp
     _save(tmp_path, 4, 4.0)  # with the same step in place: aside, in, old one deleted
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004"]
     assert load_checkpoint(list_checkpoints(tmp_path)[0])["identity"]["weight"].eq(4.0).all()
+
+
+def test_export_of_a_checkpoint_matches_the_runs_own_export(shards, tmp_path, capsys):
+    """pretrain.export writes the EMA of any checkpoint: at max_steps the very module the run exported,
+    before it the checkpoint's EMA, marked as stopped early; a folder that is no checkpoint is a one-line error."""
+    from pretrain.export import main as export_main
+
+    result = train(_config(tmp_path, shards, max_steps=4, checkpoint_every=2, keep_checkpoints=2))
+    first, last = list_checkpoints(tmp_path / "run")
+    assert run_cli(export_main, [str(last), "--like", str(result.export_dir), "--out", str(tmp_path / "e4")]) == 0
+    assert run_cli(export_main, [str(first), "--like", str(result.export_dir), "--out", str(tmp_path / "e2")]) == 0
+    own, again = IdentityModule.load(result.export_dir), IdentityModule.load(tmp_path / "e4")
+    for k, v in own.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
+    early = IdentityModule.load(tmp_path / "e2")
+    for k, v in load_checkpoint(first)["ema"].items():
+        torch.testing.assert_close(early.state_dict()[k], v, rtol=0, atol=0)
+    meta4, meta2 = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("e4", "e2"))
+    assert meta4["pretraining"]["step"] == 4 and "stopped_early" not in meta4["pretraining"]
+    assert meta2["pretraining"]["stopped_early"] == "step 2 of 4"
+    assert meta4["face_model"] == json.loads((result.export_dir / "config.json").read_text())["face_model"]
+    capsys.readouterr()
+    assert run_cli(export_main, [str(tmp_path), "--like", str(result.export_dir), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a training checkpoint" in err and "Traceback" not in err and not (tmp_path / "x").exists()
