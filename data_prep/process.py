@@ -37,6 +37,7 @@ from encoder.crop import face_crop, square_crop
 from encoder.face_analysis import Face, FaceAnalyzer, FacePolicy, FaceRejected, LocatedFace, face_model_block, mirrored
 from encoder.photos import MIN_IMAGE_SIDE, PhotoError, decode_image
 from models.paths import file_sha256
+from models.pixels import to_signed
 
 logger = logging.getLogger(__name__)
 
@@ -308,8 +309,7 @@ class SampleProcessor:
             return []
         m, c = self.models, self.config
         dtype = next(m.autoencoder.parameters()).dtype
-        pixels = torch.from_numpy(np.stack([p.crop for p in batch])).permute(0, 3, 1, 2)
-        x = (pixels.to(m.device, torch.float32) / 127.5 - 1.0).to(dtype)
+        x = to_signed(torch.from_numpy(np.stack([p.crop for p in batch])).to(m.device)).to(dtype)
         moments = m.autoencoder.encode_moments(x).float()
         fp16_max = float(torch.finfo(torch.float16).max)
         moments = moments.clamp(-fp16_max, fp16_max).cpu().numpy()

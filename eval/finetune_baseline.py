@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 
 from encoder.objective import LossConfig, noise_prediction_loss
+from models.pixels import to_signed
 
 MODES = ("full", "lora")
 GRID_STEPS = (100, 300, 1000)
@@ -133,7 +134,7 @@ def photo_features(pipe, image_clip, photos: np.ndarray) -> tuple[torch.Tensor, 
     """Photos [N, S, S, 3] uint8 -> (moments [2N, 2C, h, w], image-CLIP [2N, Dc]) float32 on the
     pipeline's device: the photos, then their mirror images (data_prep's features of each)."""
     both = np.concatenate([photos, photos[:, :, ::-1]])
-    x = torch.from_numpy(np.ascontiguousarray(both)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    x = to_signed(both)
     ae_dtype = next(pipe.autoencoder.parameters()).dtype
     moments = pipe.autoencoder.encode_moments(x.to(pipe.device, ae_dtype)).float()
     clip = image_clip.embed_images([Image.fromarray(a) for a in both]).float().to(pipe.device)

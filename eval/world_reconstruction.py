@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.pixels import to_signed
+
 RESULTS = Path("eval/results/world_reconstruction.json")
 TIMES = (0.2, 0.4, 0.6, 0.8, 1.0)
 DENOISING_TIMESTEPS = (5, 20, 50, 100, 200, 400, 700, 1000)
@@ -60,7 +62,7 @@ def render_people(seed: int, identities: int, references: int, size: int):
 def conditioning(pipe, clip, images: torch.Tensor, captions: list[str]):
     """(pixels [N, 3, H, W] in [-1, 1], latents z0, image-CLIP features [N, 1, D], text features) of the
     renders uint8 [N, H, W, 3] with their captions, on the pipeline's device."""
-    pixels = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(pipe.device)
+    pixels = to_signed(images).to(pipe.device)
     z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
     return pixels, z0, clip.encode_image(pixels).float()[:, None], pipe.encode_text(captions)
 

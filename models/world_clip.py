@@ -47,6 +47,7 @@ from torch import nn
 from .clip_text import CLIPTextConfig, CLIPTextModel
 from .config_dict import config_from_dict
 from .paths import WeightsError
+from .pixels import to_signed
 from .tokenizers import WordTokenizer
 
 MODEL_TYPE = "world_clip"
@@ -267,7 +268,7 @@ def preprocess_image(image: Image.Image, size: int) -> torch.Tensor:
     left, top = (nw - size) // 2, (nh - size) // 2
     image = image.crop((left, top, left + size, top + size))
     x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
-    return rearrange(x, "h w c -> c h w").float().div(127.5).sub(1.0)
+    return to_signed(x)
 
 
 def load_world_image_clip(folder: str | os.PathLike, device: torch.device | str | None = None):

@@ -20,6 +20,7 @@ from encoder.crop import face_crop
 from encoder.id_uvit import IDConditionedUViT
 from encoder.objective import LATENT_SCALE, LossConfig, noise_prediction_loss
 from encoder.photos import load_rgb
+from models.pixels import to_signed
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def refine_record(record, photo_dir, analyzer, *, weights=None, encoder=None, de
     if image_clip is None:
         image_clip = ImageCLIP.from_pretrained(weights, device=device)
     crops, boxes = photo_crops(record, pipe.image_size, pipe.autoencoder.config.downsample_factor)
-    images = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    images = to_signed(crops).to(device)
     with torch.no_grad():
         moments = pipe.autoencoder.encode_moments(images)
         clip_embeds = image_clip.embed_images([Image.fromarray(c) for c in crops]).float().to(device)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from models.pixels import to_signed
 from pretrain.world.common import (
     LRSchedule,
     Stage,
@@ -122,7 +123,7 @@ def to_input(images: torch.Tensor) -> torch.Tensor:
     if images.dtype == torch.uint8:
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"uint8 images must be [B, H, W, 3], got {tuple(images.shape)}")
-        return rearrange(images, "b h w c -> b c h w").float() / 127.5 - 1.0
+        return to_signed(images)
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"float images must be [B, 3, H, W] in [0, 1], got {tuple(images.shape)}")
     return images.float() * 2.0 - 1.0

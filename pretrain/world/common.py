@@ -37,12 +37,12 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from models.atomic import atomic_write, replace_folder
 from models.errors import UserError
+from models.pixels import to_signed
 
 FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep a margin for the header)
 OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
@@ -261,7 +261,7 @@ class WorldData:
 
     def _batch(self, renders) -> WorldBatch:
         images = renders.images.to(self.device)
-        pixels = rearrange(images, "b h w c -> b c h w").float().div(127.5).sub(1.0)
+        pixels = to_signed(images)
         return WorldBatch(pixels, list(renders.captions), dataclasses.replace(renders, images=images))
 
     def _submit(self, step: int) -> Future:

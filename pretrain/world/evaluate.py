@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.pixels import to_signed
+
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "frechet", "text_dependence", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
@@ -316,7 +318,7 @@ def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, 
     n = cfg.dependence_renders
     lo, _ = split_range("test")
     renders = FaceWorld(seed, pipe.image_size, device, chunk=n).render(lo + np.arange(n, dtype=np.int64), 1)
-    pixels = renders.images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).to(device)
+    pixels = to_signed(renders.images).to(device)
     tokenizer, clip = load_world_clip(world_dir / "world_clip", device=device, dtype=torch.float32)
     text = clip.text_features(tokenizer(list(renders.captions)).to(device)).float()
     clip0 = clip.encode_image(pixels).float()[:, None]
