@@ -7,14 +7,15 @@
 #   bash scripts/world_adopt_call.sh 2 CALL_SECONDS   # training resumed to the end; beside it the grid's rest
 #                                                     #   and eval.world's text-only and ceiling rows
 #   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # identity scale chosen on validation identities and
-#                                                     #   exported (unless $NEXT/faceid_encoder holds the chosen
-#                                                     #   module already), then eval.world with every method
+#                                                     #   exported (unless ENCODER names a module chosen already,
+#                                                     #   sampled at ID_SCALE), then eval.world with every method
 # The candidate world is built at $W (default /tmp/wn): checkpoints/world with the candidate's models/ and
 # model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
 # module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*) and the logs (adopt_logs.tgz).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
-# EVAL_WORKERS (eval.world --workers, 8).
+# EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
+# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's).
 set -u
 PHASE=${1:?phase 1, 2 or 3}; CALL=${2:?call seconds}
 T0=$(date +%s); left() { echo $(( CALL - ($(date +%s) - T0) )); }
@@ -30,8 +31,8 @@ GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --i
       --device cuda --workers 4 --out /tmp/fg --json "$OUTD/finetune_grid.json")
 EVAL=(python3 -m eval.world --seed "$SEED" --identities 50 --photos 3,10 --prompts 10 --seeds 3 --steps 30
       --device cuda --workers "${EVAL_WORKERS:-8}" --world "$W" --out /tmp/ew --no-progress)
-# the grid tuned on this backbone: this machine's, else $NEXT's copy, else the committed one (previous backbone)
-grid_json() { for f in /tmp/fg.json "$NEXT/finetune_grid.json" eval/results/finetune_grid.json; do
+# the grid tuned on this backbone: this machine's, else GRID_JSON, else the committed one (previous backbone)
+grid_json() { for f in /tmp/fg.json "${GRID_JSON:-}" eval/results/finetune_grid.json; do
   [ -f "$f" ] && { echo "$f"; return; }; done; }
 bg=()
 case $PHASE in
@@ -50,8 +51,9 @@ case $PHASE in
     [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
     ;;
   3)
-    if [ -d "$NEXT/faceid_encoder" ]; then  # chosen and exported already (on the CPU): use it
-      rm -rf "$W/faceid_encoder" && cp -r "$NEXT/faceid_encoder" "$W/"
+    if [ -n "${ENCODER:-}" ]; then  # chosen already: sampled at its scale
+      rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"
+      EVAL+=(--id-scale "${ID_SCALE:-1}")
     else
       python3 -m eval.identity_grid --seed "$VAL_SEED" --identities 8 --prompts 3 --n 3 --steps 20 \
         --settings 1:none:0,0.6:none:0 --device cuda --world "$W" --encoder /tmp/wi/runs/v_face4/faceid_encoder \
