@@ -46,8 +46,10 @@ def sampler_policy(configs: dict) -> dict:
     """The "sampler" entry of a weights folder's model_configs.json with its defaults ({"final_denoise":
     False} without one); WeightsError for an unknown key or a value of the wrong type."""
     given = configs.get("sampler") or {}
-    bad = [k for k, v in given.items() if k not in SAMPLER_KEYS or not isinstance(v, SAMPLER_KEYS[k])] \
-        if isinstance(given, dict) else ["(not an object)"]
+    if not isinstance(given, dict):
+        bad = ["(not an object)"]
+    else:
+        bad = [k for k, v in given.items() if k not in SAMPLER_KEYS or not isinstance(v, SAMPLER_KEYS[k])]
     if bad:
         raise WeightsError(f'model_configs.json: "sampler" must be an object with {sorted(SAMPLER_KEYS)} '
                            f"(true or false); bad entries: {bad}")

@@ -13,6 +13,9 @@
 # model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
 # module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*) and the logs (adopt_logs.tgz).
+# The machine is released after 30 s idle, and /tmp with it: issue the next call at once. If it went cold,
+# carry the last ident.tgz.* as .gpu_ops/state (the training resumes; the shards are written again) and
+# pass the grid as GRID_JSON.
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
 # elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's).
