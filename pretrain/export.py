@@ -23,7 +23,9 @@ from pathlib import Path
 from encoder.identity import IdentityModule, read_metadata
 from models.errors import UserError, run_cli
 from pretrain.checkpoint import STATE_FILE, load_checkpoint
+from pretrain.config import PretrainConfig
 from pretrain.logs import JsonLog
+from pretrain.train import pretraining_record
 
 
 def export(checkpoint: Path, like: Path, out: Path) -> Path:
@@ -31,17 +33,18 @@ def export(checkpoint: Path, like: Path, out: Path) -> Path:
     saved = load_checkpoint(checkpoint)
     state, reference = saved["state"], read_metadata(like)
     module = IdentityModule.load(like)
-    missing, unexpected = module.load_state_dict(saved["ema"], strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(saved["ema"], strict=False)
+    except RuntimeError as e:  # a shape differs
+        raise UserError(f"{checkpoint} does not match the architecture of {like}: {str(e).splitlines()[-1]}") from e
     if missing or unexpected:
         raise UserError(f"{checkpoint} does not match the architecture of {like} "
                         f"(missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]})")
-    config, step = state["config"], int(state["step"])
+    config, step = PretrainConfig.from_dict(state["config"]), int(state["step"])
     log = checkpoint.parent.parent / "log.json"
-    pretraining = {"step": step, "samples_seen": state.get("samples_seen"), "shards": config.get("shards"),
-                   "backbone": "random" if config.get("random_backbone") else "pretrained",
-                   "ema_decay": config.get("ema_decay"), "exported_from": str(checkpoint)}
-    if step < int(config.get("max_steps") or 0):
-        pretraining["stopped_early"] = f"step {step} of {config['max_steps']}"
+    pretraining = {**pretraining_record(config, step, state.get("samples_seen")), "exported_from": str(checkpoint)}
+    if step < config.max_steps:
+        pretraining["stopped_early"] = f"step {step} of {config.max_steps}"
     extra = {"pretraining": pretraining,
              "identity_diagnostic": JsonLog(log, step).last("identity") if log.is_file() else None,
              "face_model": reference.get("face_model")}

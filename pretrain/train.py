@@ -157,6 +157,12 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
     return ok, terms, grad_norm, stop
 
 
+def pretraining_record(config: PretrainConfig, step: int, samples_seen: int) -> dict:
+    """The "pretraining" entry of an exported module's config.json."""
+    return {"step": step, "samples_seen": samples_seen, "shards": config.shards,
+            "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay}
+
+
 def build(config: PretrainConfig, device: torch.device):
     """(backbone, identity module, PretrainNet, EMA, optimizer, scheduler) for a config, on `device`."""
     uvit = build_backbone(config, device)
@@ -308,9 +314,8 @@ def train(config: PretrainConfig) -> TrainResult:
 
     step, export = progress.step, None
     if step >= config.max_steps and is_main:
-        export = ema.shadow.save(run_dir / EXPORT_DIR, extra={"pretraining": {
-            "step": step, "samples_seen": step * samples_per_step, "shards": config.shards,
-            "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay},
+        export = ema.shadow.save(run_dir / EXPORT_DIR, extra={
+            "pretraining": pretraining_record(config, step, step * samples_per_step),
             "identity_diagnostic": jlog.last("identity"), "face_model": face_model})
     accelerator.wait_for_everyone()
     if is_main:

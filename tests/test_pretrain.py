@@ -459,3 +459,8 @@ def test_export_of_a_checkpoint_matches_the_runs_own_export(shards, tmp_path, ca
     assert run_cli(export_main, [str(tmp_path), "--like", str(result.export_dir), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "is not a training checkpoint" in err and "Traceback" not in err and not (tmp_path / "x").exists()
+    other = IdentityModule(dataclasses.replace(own.config, hidden_dim=own.config.hidden_dim * 2))
+    other.save(tmp_path / "other")
+    assert run_cli(export_main, [str(last), "--like", str(tmp_path / "other"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "does not match the architecture" in err and "Traceback" not in err and not (tmp_path / "x").exists()
