@@ -62,7 +62,10 @@ def run(shards: Path, backbones: dict[str, Path], modules: dict[str, tuple[Path,
     log = logging.getLogger("eval.identity_diagnostic")
     results = {}
     for bname, folder in backbones.items():
-        ucfg = UViTConfig.from_dict(read_model_configs(folder)["uvit"])
+        configs = read_model_configs(folder)
+        if "uvit" not in configs:
+            raise UserError(f"{folder}: model_configs.json has no \"uvit\" entry; give a weights folder with one")
+        ucfg = UViTConfig.from_dict(configs["uvit"])
         uvit = load_uvit(find_weights("uvit", None, folder), ucfg, device=device, dtype=torch.float32).eval()
         diagnostic = IdentityDiagnostic.create(config, ucfg, files, device, log)
         if diagnostic is None:
