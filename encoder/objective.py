@@ -98,18 +98,23 @@ def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tenso
 def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch.Tensor, text: torch.Tensor,
                           schedule: NoiseScheduleVP, cfg: LossConfig, generator: torch.Generator | None = None, *,
                           box: torch.Tensor | None = None, latent_scale: float = LATENT_SCALE,
-                          per_sample: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                          per_sample: bool = False,
+                          timestep: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One batch's loss (a 0-d float32 tensor) and its terms {"loss", "loss_z", "loss_clip"} (detached).
 
     moments [B, 2C, h, w] (VAE mean and log-variance), clip [B, Dc] (image-CLIP embedding of the
     same image), text [B, L, Dt] (its caption's text features), box [B, 4] (the face in latent
     pixels; needed when cfg.face_loss_weight > 0), all on one device; predict: see `Predictor`.
     per_sample: the loss and its terms per sample, [B] each, instead of their batch means (the
-    pretraining identity diagnostic's paired differences).
+    pretraining identity diagnostic's paired differences). timestep: every sample at this timestep
+    (1..N) instead of the uniform draw (which then takes nothing from `generator`).
     """
     text, clip = text.float(), clip.float()
     b, device = moments.shape[0], moments.device
-    n = schedule.sample_timesteps(b, generator=generator, device=device)
+    if timestep is None:
+        n = schedule.sample_timesteps(b, generator=generator, device=device)
+    else:
+        n = torch.full((b,), timestep, dtype=torch.long, device=device)
     z0 = latent_from_moments(moments.float(), latent_scale, generator)
     clip0 = rearrange(clip, "b d -> b 1 d")
     eps_z = torch.randn(z0.shape, generator=generator, device=device)

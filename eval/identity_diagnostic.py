@@ -44,16 +44,6 @@ def named(spec: str) -> tuple[str, str]:
     return name, value
 
 
-def at_timestep(diagnostic: IdentityDiagnostic, n: int | None):
-    """The diagnostic's schedule draws every sample's timestep as n (None: the training's uniform draw)."""
-    schedule = diagnostic.schedule
-    if n is None:
-        schedule.__dict__.pop("sample_timesteps", None)
-    else:
-        schedule.sample_timesteps = lambda b, generator=None, device=None: torch.full((b,), n, dtype=torch.long,
-                                                                                      device=device)
-
-
 def run(shards: Path, backbones: dict[str, Path], modules: dict[str, tuple[Path, float]], timesteps: list[int],
         config: PretrainConfig, device: torch.device) -> dict:
     files = sorted(shards.glob("*.tar"))
@@ -74,11 +64,8 @@ def run(shards: Path, backbones: dict[str, Path], modules: dict[str, tuple[Path,
             module = IdentityModule.load(path, uvit_config=ucfg).float().to(device).eval()
             with torch.no_grad():
                 module.gate.mul_(scale)
-            row = {}
-            for n in [None, *timesteps]:
-                at_timestep(diagnostic, n)
-                row["uniform" if n is None else str(n)] = diagnostic(uvit, module)
-            at_timestep(diagnostic, None)
+            row = {"uniform" if n is None else str(n): diagnostic(uvit, module, timestep=n)
+                   for n in [None, *timesteps]}
             results[f"{mname} on {bname}"] = {"module": str(path), "scale": scale, "backbone": str(folder), **row}
             print(f"{mname} on {bname}: " + ", ".join(f"{k} {v['id_gain']:+.4f} +- {v['id_gain_se']:.4f}"
                                                       for k, v in row.items()), flush=True)

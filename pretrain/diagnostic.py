@@ -230,8 +230,9 @@ class IdentityDiagnostic:
         return cls(held, config.loss, batch_size=config.batch_size, seed=config.seed, fused=config.fused_identity)
 
     @torch.no_grad()
-    def __call__(self, uvit, identity, autocast: Callable[[], contextlib.AbstractContextManager] | None = None
-                 ) -> dict:
+    def __call__(self, uvit, identity, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 timestep: int | None = None) -> dict:
+        """timestep: every sample at that timestep instead of the training's uniform draw."""
         net = PretrainNet(uvit, identity, fused=self.fused)
         h = self.held
         losses = {c: [] for c in CONDITIONS}
@@ -250,7 +251,7 @@ class IdentityDiagnostic:
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     loss, _ = noise_prediction_loss(predict, h.moments[part], h.clip[part], h.text[part],
                                                     self.schedule, self.objective, generator, box=h.box[part],
-                                                    per_sample=True)
+                                                    per_sample=True, timestep=timestep)
                 losses[condition].append(loss.float().cpu())
         loss = {c: torch.cat(v) for c, v in losses.items()}
         id_gain, id_se = mean_and_se(loss["other"] - loss["right"])

@@ -139,3 +139,24 @@ def test_v_weighting_is_the_noise_mse_weighted_by_one_plus_inverse_snr():
     w = timestep_weights(schedule, seen[0], "v")
     for term in ("loss_z", "loss_clip"):
         assert torch.allclose(per["v"][term], per["eps"][term] * w)
+
+
+def test_a_fixed_timestep_puts_every_sample_there_and_keeps_the_draws_fixed():
+    """timestep=n: the network sees n for every sample; the same call twice gives the same loss (its draws
+    come from the generator alone), and another n gives another loss."""
+    schedule = NoiseScheduleVP.stable_diffusion()
+    g = torch.Generator().manual_seed(0)
+    moments, clip, text = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 3, 5)
+    seen = []
+
+    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
+        seen.append(t_img.long())
+        return z_n * 0.5, clip_n * 0.5
+
+    cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
+    loss = {n: noise_prediction_loss(predict, moments, clip, text, schedule, cfg, torch.Generator().manual_seed(3),
+                                     timestep=n)[0] for n in (250, 900)}
+    again = noise_prediction_loss(predict, moments, clip, text, schedule, cfg, torch.Generator().manual_seed(3),
+                                  timestep=250)[0]
+    assert seen[0].tolist() == [250] * 4 and seen[1].tolist() == [900] * 4
+    assert torch.equal(loss[250], again) and not torch.equal(loss[250], loss[900])
