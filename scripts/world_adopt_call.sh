@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Adopting a candidate backbone (checkpoints/world_next) on one GPU host, in three time-limited calls
+# Adopting a candidate backbone (NEXT, a folder of models/ + model_configs.json) on one GPU host, in three time-limited calls
 # on one warm machine. Everything that does not depend on the new identity module runs beside the
 # module's training, so the GPU is shared instead of waited for:
 #   bash scripts/world_adopt_call.sh 1 CALL_SECONDS   # identity shards, then training (world_identity_call.sh),
@@ -26,6 +26,10 @@ cd "$(dirname "$0")/.."
 source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
 W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
+if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
+  echo "no candidate backbone at $NEXT: set NEXT, or restore e with 'git restore --source 5d7c56e checkpoints/world_next'" >&2
+  exit 2
+fi
 if [ ! -f "$W/.candidate" ]; then
   rm -rf "$W" && cp -r checkpoints/world "$W" && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
     && touch "$W/.candidate" && echo "candidate world at $W"
