@@ -13,8 +13,7 @@ from pathlib import Path
 import torch
 
 from models.atomic import write_json_atomic
-
-REPO = Path(__file__).resolve().parent.parent
+from models.provenance import git_provenance
 
 # openai/clip-vit-large-patch14's text tower
 CLIP_L_TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
@@ -86,18 +85,8 @@ def max_reserved_gb(device: torch.device) -> float | None:
 
 def environment(weights: str = "random") -> dict:
     """Device, software and provenance fields every benchmark JSON carries."""
-    if os.environ.get("FACEID_GIT_COMMIT"):  # a copy of the tree elsewhere (the GPU machine) says it
-        commit, dirty = os.environ["FACEID_GIT_COMMIT"], None
-    else:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                    check=True).stdout.strip()
-            dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True,
-                                        text=True).stdout.strip())
-        except (OSError, subprocess.CalledProcessError):  # no git, no .git
-            commit, dirty = "unknown", None
     return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "weights": weights, "torch": torch.__version__, "git_commit": commit, "git_dirty": dirty,
+            "weights": weights, "torch": torch.__version__, **git_provenance(),
             "cuda_alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF"),
             "command": " ".join(["python"] + sys.argv)}
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 from models.pixels import to_signed
+from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "frechet", "text_dependence", "sizes")
@@ -367,19 +367,6 @@ def folder_sizes(folders: Sequence[Path]) -> dict:
     return {"files": files, "total": round(sum(files.values()), 4)}
 
 
-def provenance() -> dict:
-    """The git commit the code ran at (FACEID_GIT_COMMIT when a copy of the tree runs elsewhere, as the
-    benchmarks of eval/bench do) and whether the tree had changes."""
-    if os.environ.get("FACEID_GIT_COMMIT"):
-        return {"git_commit": os.environ["FACEID_GIT_COMMIT"], "git_dirty": None}
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True,  # noqa: E731
-                                        check=True).stdout.strip()
-        return {"git_commit": run("rev-parse", "HEAD"), "git_dirty": bool(run("status", "--porcelain"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": None}
-
-
 # ------------------------------------------------------------------------------------------------ all
 def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.device | str = "cpu",
                    cfg: EvalConfig = EvalConfig(), sections: Sequence[str] = SECTIONS,
@@ -471,7 +458,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     t0 = time.perf_counter()
     result = evaluate_world(args.world, args.seed, device=device, cfg=cfg, sections=sections, demo_dirs=args.demo)
     result["commands"] = {"evaluate": command}
-    result.update(provenance())
+    result.update(git_provenance())
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
