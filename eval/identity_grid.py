@@ -19,6 +19,14 @@ whose edit success and faces found both stay at least `KEEP` of text only's; an 
 identities then runs it with `python -m eval.world ... --id-scale A --id-guidance G [--refine-steps N]`.
 Work folder (default runs/identity_grid/seed<S>): eval.world's layout, one method name per setting, so a
 rerun resumes.
+
+Choosing between modules (checkpoints of one run exported with `python -m pretrain.export`, or variants):
+`--encoder NAME=DIR` given several times runs every setting for every module against the same text-only
+images, and `best` names the module too (`--export` then folds the scale into that module). Sampling is
+the judge here because pretraining's id_gain can rank modules the other way round
+(`docs/identity_world_eval.md`, section 4).
+
+    python -m eval.identity_grid --seed 101 --settings 1:none:0 --encoder s2000=DIR --encoder s4000=DIR ...
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -57,7 +66,7 @@ def parse_settings(text: str) -> list[tuple[int, float, float | None]]:
     return out
 
 
-SETTING_KEYS = ("id_scale", "id_guidance", "refine_steps", "photo_tokens")  # a row's setting (`best`)
+SETTING_KEYS = ("module", "encoder", "id_scale", "id_guidance", "refine_steps", "photo_tokens")  # `best`
 
 
 def flags(setting: dict) -> str:
@@ -70,10 +79,38 @@ def flags(setting: dict) -> str:
     return out + (f" --refine-steps {setting['refine_steps']}" if setting.get("refine_steps") else "")
 
 
-def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: str = "mean") -> str:
-    """The method name of one setting (its units and images in the work folder)."""
-    return (f"encoder_scale{scale:g}_guidance{guidance_text(guidance)}" + (f"_refine{refine}" if refine else "")
-            + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
+def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: str = "mean",
+          module: str | None = None) -> str:
+    """The method name of one setting (its units and images in the work folder); a named module's
+    settings are its own methods."""
+    return ("encoder_" + (f"{module}_" if module else "") + f"scale{scale:g}_guidance{guidance_text(guidance)}"
+            + (f"_refine{refine}" if refine else "") + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
+
+
+MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+
+
+def parse_modules(values: list[str] | None, world: Path) -> list[tuple[str | None, Path]]:
+    """--encoder values -> [(name, folder)]: none given is the world's module; one may go unnamed (its
+    methods keep the plain names); several need distinct names, NAME=DIR (letters, digits, '.', '-')."""
+    from models.errors import UserError
+
+    modules = [] if values else [(None, world / "faceid_encoder")]
+    for value in values or ():
+        name, sep, folder = value.partition("=")
+        if not sep:
+            name, folder = None, value
+        elif not MODULE_NAME.fullmatch(name):
+            raise UserError(f"--encoder {value}: a module's name takes letters, digits, '.' and '-' (NAME=DIR)")
+        modules.append((name, Path(folder)))
+    names = [name for name, _ in modules]
+    if len(modules) > 1 and (None in names or len(set(names)) < len(names)):
+        raise UserError("--encoder given several times: name each module once, --encoder NAME=DIR")
+    for _, folder in modules:
+        if not (folder / "identity.safetensors").is_file():
+            raise UserError(f"--encoder {folder}: no identity module there (identity.safetensors missing); "
+                            "export one with `python -m pretrain.export CHECKPOINT --like MODULE --out DIR`")
+    return modules
 
 
 def pick_best(rows: list[dict]) -> dict | None:
@@ -135,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg", type=float, default=7.0, help="text guidance scale (default 7)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
-    p.add_argument("--encoder", type=Path, default=None, help="identity module (default <world>/faceid_encoder)")
+    p.add_argument("--encoder", action="append", default=None, metavar="[NAME=]DIR",
+                   help="identity module (default <world>/faceid_encoder); several, each NAME=DIR, to choose "
+                        "between modules on the same text-only images")
     p.add_argument("--out", type=Path, default=None, help="work folder (default runs/identity_grid/seed<S>)")
     p.add_argument("--json", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS})")
     p.add_argument("--plot", type=Path, default=None, help="also write the plot (PNG) here")
@@ -151,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.atomic import write_json_atomic
     from models.device import pick_device
     from models.errors import UserError
+    from models.paths import file_sha256
 
     args = build_parser().parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
@@ -165,26 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.photo_tokens == "each" and (args.export or any(refine for refine, _, _ in settings)):
         raise UserError("--photo-tokens each: refined tokens and exported modules are the pooled photos'; "
                         "run it without refinement and without --export")
+    modules = parse_modules(args.encoder, args.world)
+    if len(modules) > 1 and any(refine for refine, _, _ in settings):
+        raise UserError("several --encoder modules with refinement: refined records belong to one module; "
+                        "compare modules without --refine-steps")
     plan = Plan(seed=args.seed, identities=args.identities, photos=(args.photos,), methods=("encoder", "text_only"),
                 prompts=args.prompts, seeds=1, n=args.n, steps=args.steps, cfg=args.cfg, split="val",
                 command_timing=0)
     out = args.out or Path("runs/identity_grid") / f"seed{plan.seed}"
     k, progress = args.photos, not args.no_progress
     people = prepare_data(plan, out, progress=progress)
-    ev = Evaluation(plan, out, args.world, pick_device(args.device), args.encoder, None, progress=progress)
+    ev = Evaluation(plan, out, args.world, pick_device(args.device), modules[0][1], None, progress=progress)
     ev.run_text_only(people)
     text = headline_values(out, "text_only", k, people, 1)
     text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
     rows = []
-    for refine, scale, guidance in settings:
-        name = label(scale, guidance, refine, args.photo_tokens)
+    for (module, encoder), (refine, scale, guidance) in itertools.product(modules, settings):
+        name = label(scale, guidance, refine, args.photo_tokens, module)
+        ev.encoder = encoder
         ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine,
                                       photo_tokens=args.photo_tokens)
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
         ev.run_encoder(people, method=name)
         values = headline_values(out, name, k, people, 1)
         means = {m: _nanmean(values[m].values()) for m in REPORTED}
-        rows.append({"id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
+        rows.append({"module": module, "encoder": str(encoder),
+                     "encoder_sha256": file_sha256(encoder / "identity.safetensors"),
+                     "id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
                      "photo_tokens": args.photo_tokens, "method": name,
                      "means": means,
                      "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
@@ -199,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
               "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,
                              "prompts": {"sim": plan.prompts, "edit": plan.prompts}, "images_per_prompt": plan.n,
                              "sampling_steps": plan.steps, "cfg": plan.cfg},
-              "work_folder": str(out), "world_sha256": weights_sha256(args.world, args.encoder),
+              "work_folder": str(out), "world_sha256": weights_sha256(args.world, modules[0][1]),
               "commands": {"grid": shlex.join(["python", "-m", "eval.identity_grid", *argv_list])}, **provenance()}
     write_json_atomic(args.json, result, indent=1)
     if args.plot:
@@ -213,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"plot written to {args.plot}")
     print(table(result))
     if args.export:
-        folder = export_best(result["best"], args.encoder or args.world / "faceid_encoder", args.export, args.json)
+        folder = export_best(result["best"], Path(result["best"]["encoder"]) if result["best"] else modules[0][1],
+                             args.export, args.json)
         print(f"identity module at the chosen scale written to {folder} (its --id-scale 1 is {flags(result['best'])})")
     print(f"written to {args.json}")
     return 0
@@ -224,16 +272,23 @@ def table(result: dict) -> str:
     def cell(iv):
         return "-" if iv["mean"] is None else f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
 
-    head = (f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  {'found - text':>26}  "
-            f"{'edit - text':>26}  faces")
+    width = max([len(r.get("module") or "") for r in result["rows"]] + [0])
+    width = max(width, len("module")) if width else 0
+    first = (lambda r: f"{r.get('module') or '':<{width}} ") if width else (lambda r: "")
+    head = (f"{'module':<{width}} " if width else "") + (
+        f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  {'found - text':>26}  "
+        f"{'edit - text':>26}  faces")
     lines = [head]
     for r in result["rows"]:
         p, faces = r["paired"], r["means"]["face_found"]
-        lines.append(f"{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} {r.get('refine_steps', 0):>6}  "
-                     f"{cell(p['identity_similarity']):>26}  {cell(p['identity_similarity_found']):>26}  "
+        lines.append(f"{first(r)}{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} "
+                     f"{r.get('refine_steps', 0):>6}  {cell(p['identity_similarity']):>26}  "
+                     f"{cell(p['identity_similarity_found']):>26}  "
                      f"{cell(p['edit_success']):>26}  {'-' if faces is None else f'{faces:.2f}'}")
     best = result["best"]
-    lines.append("best: none keeps the floors" if best is None else f"best: {flags(best)}")
+    lines.append("best: none keeps the floors" if best is None else
+                 f"best: {flags(best)}" + (f" with module {best['module']} ({best['encoder']})" if best.get("module")
+                                           else ""))
     return "\n".join(lines)
 
 
@@ -249,7 +304,7 @@ def plot(result: dict):
     import numpy as np
 
     rows = result["rows"]
-    names = [f"{r['id_scale']:g} / {guidance_text(r['id_guidance'])}"
+    names = [(f"{r['module']}: " if r.get("module") else "") + f"{r['id_scale']:g} / {guidance_text(r['id_guidance'])}"
              + (f" / {r['refine_steps']}" if r.get("refine_steps") else "") for r in rows]
     xs = np.arange(len(rows))
     fig, panels = plt.subplots(1, len(PLOTTED), figsize=(3.6 * len(PLOTTED), 3.6), sharex=True)

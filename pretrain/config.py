@@ -101,6 +101,7 @@ class PretrainConfig:
     stop_at_step: int | None = None  # checkpoint and stop here (time-limited jobs); resume continues
     checkpoint_every: int = 2000
     keep_checkpoints: int = 3
+    export_every: int = 0  # the EMA module also to <output_dir>/exports/step_<n>/ every N steps (0 = never)
     log_every: int = 50
     max_bad_steps: int = 10  # consecutive non-finite steps before the run stops
     sample_every: int = 5000  # sample grid of the validation identities (0 = never)
@@ -133,6 +134,7 @@ class PretrainConfig:
             (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
             (self.checkpoint_every >= 1 and self.keep_checkpoints >= 1 and self.log_every >= 1,
              "checkpoint_every, keep_checkpoints and log_every must be >= 1"),
+            (self.export_every >= 0, "export_every must be >= 0 (0: no snapshots)"),
             (self.resume in ("auto", "none") or bool(self.resume), "resume must be auto, none or a folder"),
             (self.val_holdout_shards >= 0, "val_holdout_shards must be >= 0"),
             (self.val_every <= 0 or self.val_samples >= 2, "val_samples must be >= 2 (a standard error needs two)"),

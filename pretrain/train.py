@@ -16,7 +16,10 @@ shards met since the last one; every `val_every` (and at the last step) the iden
 the EMA module on held-out samples (pretrain.diagnostic: id_gain, generic_gain); every
 `sample_every` a sample grid; at `max_steps` the EMA module is exported with IdentityModule.save to
 <output_dir>/faceid_encoder/, the folder sample.py loads, its config.json carrying the last identity
-diagnostic.
+diagnostic. With `export_every` the EMA module is also exported every N steps to
+<output_dir>/exports/step_<n>/ (a few MB each, no optimizer state), so that a run's modules can be
+compared by sampling (`python -m eval.identity_grid --encoder NAME=DIR ...`): id_gain alone can rank
+modules the wrong way round (docs/identity_world_eval.md, section 4).
 
 Ctrl-C (SIGINT) stops the run after the step in progress with a checkpoint at that step, then
 raises KeyboardInterrupt (the CLI exits 130 with one line); rerunning the command resumes exactly.
@@ -74,6 +77,7 @@ from pretrain.model import PretrainNet, backbone_config, build_backbone, build_i
 from pretrain.validation import SampleGrid, split_shards
 
 EXPORT_DIR = "faceid_encoder"
+SNAPSHOT_DIR = "exports"  # <output_dir>/exports/step_<n>/: export_every's EMA modules
 
 
 class TrainingDiverged(UserError, RuntimeError):
@@ -161,6 +165,14 @@ def pretraining_record(config: PretrainConfig, step: int, samples_seen: int) -> 
     """The "pretraining" entry of an exported module's config.json."""
     return {"step": step, "samples_seen": samples_seen, "shards": config.shards,
             "backbone": "random" if config.random_backbone else "pretrained", "ema_decay": config.ema_decay}
+
+
+def export_ema(ema: EMA, folder: Path, config: PretrainConfig, step: int, samples_per_step: int, jlog: JsonLog,
+               face_model: dict | None) -> Path:
+    """The EMA module at `step`, as sample.py loads it, with its pretraining record, the run's last
+    identity diagnostic and the shards' face model."""
+    return ema.shadow.save(folder, extra={"pretraining": pretraining_record(config, step, step * samples_per_step),
+                                          "identity_diagnostic": jlog.last("identity"), "face_model": face_model})
 
 
 def build(config: PretrainConfig, device: torch.device):
@@ -296,6 +308,9 @@ def train(config: PretrainConfig) -> TrainResult:
                                               identity=accelerator.unwrap_model(net).identity, ema=ema,
                                               optimizer=optimizer, scheduler=scheduler, generator=generator,
                                               log=log) or last_ckpt
+                if is_main and config.export_every and step % config.export_every == 0:
+                    export_ema(ema, run_dir / SNAPSHOT_DIR / f"step_{step:08d}", config, step, samples_per_step,
+                               jlog, face_model)
                 if grid is not None and config.sample_every and step % config.sample_every == 0:
                     image = grid(ema.shadow)
                     writer.add_image("samples", image, step)
@@ -314,9 +329,7 @@ def train(config: PretrainConfig) -> TrainResult:
 
     step, export = progress.step, None
     if step >= config.max_steps and is_main:
-        export = ema.shadow.save(run_dir / EXPORT_DIR, extra={
-            "pretraining": pretraining_record(config, step, step * samples_per_step),
-            "identity_diagnostic": jlog.last("identity"), "face_model": face_model})
+        export = export_ema(ema, run_dir / EXPORT_DIR, config, step, samples_per_step, jlog, face_model)
     accelerator.wait_for_everyone()
     if is_main:
         dt, ran = time.time() - t_start, step - start_step

@@ -6,9 +6,9 @@
 #                                                     #   beside it the fine-tuning grid on validation identities
 #   bash scripts/world_adopt_call.sh 2 CALL_SECONDS   # training resumed to the end; beside it the grid's rest
 #                                                     #   and eval.world's text-only and ceiling rows
-#   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # identity scale chosen on validation identities and
-#                                                     #   exported (unless ENCODER names a module chosen already,
-#                                                     #   sampled at ID_SCALE), then eval.world with every method
+#   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # the module snapshot and identity scale chosen on validation
+#                                                     #   identities and exported (unless ENCODER names a module
+#                                                     #   chosen already, sampled at ID_SCALE), then eval.world
 # The candidate world is built at $W (default /tmp/wn): checkpoints/world with the candidate's models/ and
 # model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
@@ -65,8 +65,12 @@ case $PHASE in
       rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"
       EVAL+=(--id-scale "${ID_SCALE:-1}")
     else
+      # the run's snapshots (pretrain --export_every), chosen between by sampling: id_gain can misrank them
+      mods=()
+      for d in /tmp/wi/runs/v_face4/exports/step_*; do [ -d "$d" ] && mods+=(--encoder "s$((10#${d##*_}))=$d"); done
+      [ ${#mods[@]} -gt 0 ] || mods=(--encoder /tmp/wi/runs/v_face4/faceid_encoder)
       python3 -m eval.identity_grid --seed "$VAL_SEED" --identities 8 --prompts 3 --n 3 --steps 20 \
-        --settings 1:none:0,0.6:none:0 --device cuda --world "$W" --encoder /tmp/wi/runs/v_face4/faceid_encoder \
+        --settings 1:none:0,0.6:none:0 --device cuda --world "$W" "${mods[@]}" \
         --out /tmp/ig --json "$OUTD/identity_grid.json" --export "$W/faceid_encoder" --no-progress \
         > "$L/identity_grid.log" 2>&1 || { tail -20 "$L/identity_grid.log"; exit 1; }
       tar czf "$OUTD/faceid_encoder.tgz" -C "$W" faceid_encoder

@@ -7,7 +7,8 @@
 # --steps 0; skipped when present), then every variant: pretrain/configs/world.json on those shards with
 # the world as weights, --max_steps STEPS (the same in every call: the LR schedule spans the calls) and
 # the variant's flags, stopped CALL_SECONDS after the start (it resumes from its last checkpoint, every
-# 500 steps). A finished variant's module is in runs/v_NAME/faceid_encoder/.
+# 500 steps). A finished variant's module is in runs/v_NAME/faceid_encoder/, and its EMA module every
+# EXPORT_EVERY steps (default 1000) in runs/v_NAME/exports/step_<n>/, to be chosen between by sampling.
 # State travels between calls in <= 15 MiB pieces: written to $OUT/ident.tgz.*, read back from
 # ${STATE:-.gpu_ops/state}/ident.tgz.* (shards excluded: regenerated when missing).
 # Environment: IDS (default 16000), PHOTOS (4), STEPS (5000), BASE (/tmp/wi), WORLD (checkpoints/world).
@@ -38,7 +39,7 @@ for spec in "$@"; do
   # shellcheck disable=SC2086
   timeout -s INT $(( CALL - $(el) - 60 )) python3 -m pretrain.train --config pretrain/configs/world.json \
     --shards "$B/runs/identity/shards" --weights "$W" --output_dir "$B/runs/v_$name" --max_steps "${STEPS:-5000}" \
-    --checkpoint_every 500 --keep_checkpoints 1 $flags > "$L/v_$name.log" 2>&1 &
+    --checkpoint_every 500 --keep_checkpoints 1 --export_every "${EXPORT_EVERY:-1000}" $flags > "$L/v_$name.log" 2>&1 &
   pids+=($!)
   echo "[$(el) s] variant $name: $flags"
 done

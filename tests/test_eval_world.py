@@ -186,6 +186,53 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
     assert json.loads(results.read_text())["rows"] == r["rows"]
 
 
+def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(world, tmp_path, monkeypatch):
+    """Several --encoder NAME=DIR: every setting for every module, one set of text-only images, the chosen
+    row names its module, and --export folds the scale into that module (not the first one)."""
+    import eval.identity_grid as grid
+    from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
+    from models.errors import UserError
+
+    weak = IdentityModule.load(world / "faceid_encoder").fold_scale_(0.25).save(tmp_path / "weak", {})
+    out, results = tmp_path / "work", tmp_path / "grid.json"
+    common = ["--seed", "4", "--identities", "2", "--photos", "2", "--prompts", "1", "--n", "1", "--steps", "2",
+              "--device", "cpu", "--world", str(world), "--out", str(out), "--json", str(results), "--no-progress"]
+    base = common + ["--settings", "1:none:0,2:none:0"]
+    for bad, message in ((["--encoder", str(world / "faceid_encoder"), "--encoder", f"weak={weak}"], "name each"),
+                         (["--encoder", f"a={weak}", "--encoder", f"a={weak}"], "name each"),
+                         (["--encoder", f"a b={weak}"], "letters, digits"),
+                         (["--encoder", f"a={tmp_path / 'none'}"], "no identity module there")):
+        with pytest.raises(UserError, match=message):
+            grid.main(base + bad)
+    with pytest.raises(UserError, match="refinement"):
+        grid.main(common + ["--settings", "1:none:1", "--encoder", f"a={weak}", "--encoder",
+                            f"b={world / 'faceid_encoder'}"])
+    assert not out.exists()  # every refusal came before any work
+    chosen = {}
+
+    def pick_weak(rows):  # the choice is the rule's; what is tested here is where it leads
+        chosen.update(next(r for r in rows if r["module"] == "weak" and r["id_scale"] == 2))
+        return chosen
+
+    monkeypatch.setattr(grid, "pick_best", pick_weak)
+    argv = base + ["--encoder", f"open={world / 'faceid_encoder'}", "--encoder", f"weak={weak}",
+                   "--export", str(tmp_path / "chosen")]
+    assert grid.main(argv) == 0
+    r = json.loads(results.read_text())
+    assert [(row["module"], row["id_scale"]) for row in r["rows"]] == [("open", 1), ("open", 2), ("weak", 1),
+                                                                       ("weak", 2)]
+    assert len({row["method"] for row in r["rows"]}) == 4 and all(row["module"] in row["method"] for row in r["rows"])
+    assert {row["encoder_sha256"] for row in r["rows"] if row["module"] == "weak"} != \
+        {row["encoder_sha256"] for row in r["rows"] if row["module"] == "open"}
+    assert (r["best"]["module"], r["best"]["encoder"], r["best"]["id_scale"]) == ("weak", str(weak), 2)
+    logs = (out / "logs" / "sample.log").read_text()
+    assert f"--encoder {weak}" in logs and f"--encoder {world / 'faceid_encoder'}" in logs
+    assert sorted(p.name for p in (out / "scores").iterdir()) == sorted([row["method"] for row in r["rows"]]
+                                                                        + ["text_only"])
+    assert read_metadata(tmp_path / "chosen")["strength"]["source_sha256"] == checkpoint_hash(weak)
+    assert "with module weak" in grid.table(r)
+
+
 def test_identity_grid_picks_the_largest_identity_gain_that_keeps_edits_and_faces():
     from eval.identity_grid import pick_best
 

@@ -438,10 +438,11 @@ def test_checkpoint_of_the_same_step_replaces_the_old_one_only_once_in_place(tmp
 
 def test_export_of_a_checkpoint_matches_the_runs_own_export(shards, tmp_path, capsys):
     """pretrain.export writes the EMA of any checkpoint: at max_steps the very module the run exported,
-    before it the checkpoint's EMA, marked as stopped early; a folder that is no checkpoint is a one-line error."""
+    before it the checkpoint's EMA, marked as stopped early; a folder that is no checkpoint is a one-line error.
+    The run's own snapshots (export_every) are the same modules."""
     from pretrain.export import main as export_main
 
-    result = train(_config(tmp_path, shards, max_steps=4, checkpoint_every=2, keep_checkpoints=2))
+    result = train(_config(tmp_path, shards, max_steps=4, checkpoint_every=2, keep_checkpoints=2, export_every=2))
     first, last = list_checkpoints(tmp_path / "run")
     assert run_cli(export_main, [str(last), "--like", str(result.export_dir), "--out", str(tmp_path / "e4")]) == 0
     assert run_cli(export_main, [str(first), "--like", str(result.export_dir), "--out", str(tmp_path / "e2")]) == 0
@@ -451,6 +452,12 @@ def test_export_of_a_checkpoint_matches_the_runs_own_export(shards, tmp_path, ca
     early = IdentityModule.load(tmp_path / "e2")
     for k, v in load_checkpoint(first)["ema"].items():
         torch.testing.assert_close(early.state_dict()[k], v, rtol=0, atol=0)
+    snapshots = sorted((tmp_path / "run" / "exports").iterdir())
+    assert [p.name for p in snapshots] == ["step_00000002", "step_00000004"]
+    for snapshot, same in zip(snapshots, (early, own)):
+        for k, v in IdentityModule.load(snapshot).state_dict().items():
+            torch.testing.assert_close(same.state_dict()[k], v, rtol=0, atol=0)
+    assert json.loads((snapshots[0] / "config.json").read_text())["pretraining"]["step"] == 2
     meta4, meta2 = (json.loads((tmp_path / n / "config.json").read_text()) for n in ("e4", "e2"))
     assert meta4["pretraining"]["step"] == 4 and "stopped_early" not in meta4["pretraining"]
     assert meta2["pretraining"]["stopped_early"] == "step 2 of 4"
