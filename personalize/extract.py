@@ -73,13 +73,38 @@ class FaceSetup:
     warnings: list[str] = field(default_factory=list)
 
 
+_LOADED: dict[tuple, object] = {}  # face analysers this process has loaded (loaded_analyzer)
+_LOADED_MAX = 4
+
+
+def loaded_analyzer(pack_dir: str | Path, policy, providers: tuple[str, ...] | None):
+    """FaceAnalyzer.from_pack, loaded once per process for the same pack files, policy and providers.
+
+    A process that personalises many identities (eval.world, a notebook, the web page) then pays for
+    the face models once, not per identity; the pack is loaded again when any of its files changes
+    (name, size or modification time). Analysers are read-only after loading, so sharing one is safe."""
+    from encoder.face_analysis import FaceAnalyzer
+
+    folder = Path(pack_dir).expanduser()
+    files = tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
+                  ) if folder.is_dir() else ()
+    key = (str(folder.resolve()), files, policy, providers)
+    if key not in _LOADED:
+        analyzer = FaceAnalyzer.from_pack(folder, policy=policy, providers=None if providers is None else
+                                          list(providers))  # raises before anything is cached
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = analyzer
+    return _LOADED[key]
+
+
 def face_setup(*, encoder: str | None = None, face_pack: str | None = None, weights: str | None = None,
                device=None, policy=None, allow_mismatch: bool = False,
                announce: Callable[[str], object] | None = None) -> FaceSetup:
     """train.py's set-up: the identity module (`encoder`, else the weights folder's, else none), the face
     pack it was pretrained with (unless `face_pack`), that pack's analyser, and check_pack. `announce`
     gets the "face pack: ..." line before the pack is loaded. Raises the commands' UserErrors."""
-    from encoder.face_analysis import FaceAnalyzer, FacePolicy, face_model_block
+    from encoder.face_analysis import FacePolicy, face_model_block
     from models.paths import WeightsError, find_weights
     from personalize.face_model import check_pack, module_face_model, pick_face_pack
 
@@ -94,8 +119,7 @@ def face_setup(*, encoder: str | None = None, face_pack: str | None = None, weig
     if announce is not None:
         announce(f"face pack: {pack_dir} ({why})")
     on_cuda = device is not None and torch.device(device).type == "cuda"
-    analyzer = FaceAnalyzer.from_pack(pack_dir, policy=policy or FacePolicy(),
-                                      providers=None if on_cuda else ["CPUExecutionProvider"])
+    analyzer = loaded_analyzer(pack_dir, policy or FacePolicy(), None if on_cuda else ("CPUExecutionProvider",))
     block = face_model_block(analyzer)
     warnings = check_pack(module_block, block, encoder=enc, pack_dir=pack_dir, allow=allow_mismatch)
     return FaceSetup(analyzer=analyzer, encoder=enc, pack_dir=pack_dir, why=why, block=block, warnings=warnings)
