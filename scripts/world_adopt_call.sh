@@ -18,7 +18,12 @@
 # pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.tgz (its previous return).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
-# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's).
+# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's),
+# VARIANTS (phases 1-2: the module runs side by side, "NAME:FLAGS;NAME:FLAGS", names of letters, digits and
+# '-'; default "face4:", the committed recipe), e.g. "face4:;eps:--timestep_weighting eps;seed1:--seed 1".
+# Phase 3 then chooses among every variant's snapshots (runs/v_NAME/exports/step_<n>) by sampling, at the
+# identity scales IG_SETTINGS (eval.identity_grid --settings; default 1:none:0,0.6:none:0; each module x
+# setting samples 8 validation identities, so many snapshots want one setting).
 set -u
 PHASE=${1:?phase 1, 2 or 3}; CALL=${2:?call seconds}
 T0=$(date +%s); left() { echo $(( CALL - ($(date +%s) - T0) )); }
@@ -53,7 +58,8 @@ case $PHASE in
         --json "$OUTD/synthworld_backbone_rows.json" > "$L/eval_backbone_rows.log" 2>&1 &
       bg+=($!)
     fi
-    WORLD=$W IDS=12000 PHOTOS=4 STEPS=4000 OUT=$OUTD bash scripts/world_identity_call.sh $(( $(left) - 20 )) "face4:"
+    IFS=';' read -ra variants <<< "${VARIANTS:-face4:}"
+    WORLD=$W IDS=12000 PHOTOS=4 STEPS=4000 OUT=$OUTD bash scripts/world_identity_call.sh $(( $(left) - 20 )) "${variants[@]}"
     for p in "${bg[@]}"; do wait "$p"; done
     [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
     ;;
@@ -67,10 +73,14 @@ case $PHASE in
     else
       # the run's snapshots (pretrain --export_every), chosen between by sampling: id_gain can misrank them
       mods=()
-      for d in /tmp/wi/runs/v_face4/exports/step_*; do [ -d "$d" ] && mods+=(--encoder "s$((10#${d##*_}))=$d"); done
+      for d in /tmp/wi/runs/v_*/exports/step_*; do
+        [ -d "$d" ] || continue
+        v=${d#/tmp/wi/runs/v_}; v=${v%%/*}
+        mods+=(--encoder "$v-s$((10#${d##*_}))=$d")
+      done
       [ ${#mods[@]} -gt 0 ] || mods=(--encoder /tmp/wi/runs/v_face4/faceid_encoder)
       python3 -m eval.identity_grid --seed "$VAL_SEED" --identities 8 --prompts 3 --n 3 --steps 20 \
-        --settings 1:none:0,0.6:none:0 --device cuda --world "$W" "${mods[@]}" \
+        --settings "${IG_SETTINGS:-1:none:0,0.6:none:0}" --device cuda --world "$W" "${mods[@]}" \
         --out /tmp/ig --json "$OUTD/identity_grid.json" --export "$W/faceid_encoder" --no-progress \
         > "$L/identity_grid.log" 2>&1 || { tail -20 "$L/identity_grid.log"; exit 1; }
       tar czf "$OUTD/faceid_encoder.tgz" -C "$W" faceid_encoder
