@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "identity module's (refused otherwise)")
     p.add_argument("--no-resume", action="store_true", help="regenerate prompts whose images exist")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", default="auto",
+                   help="bf16, fp16, fp32, auto (bf16 on CUDA, fp32 on CPU) or fastest (bf16 also on CPUs with "
+                        "native bfloat16, where it is faster than fp32)")
     p.add_argument("--no-fast", action="store_true",
                    help="on CUDA, run the reference-like path (autocast) instead of the fast path "
                         "(pure bf16, both guidance passes in one batch, fused identity tokens)")

@@ -3,6 +3,7 @@
     device = pick_device("auto")            # cuda when available, else cpu
     device = pick_device("cuda")            # DeviceError (a UserError) naming the devices here if none
     dtype = pick_dtype("auto", device)      # bfloat16 on CUDA, float32 on the CPU
+    dtype = pick_dtype("fastest", device)   # bfloat16 also on CPUs with native bfloat16
     require_gpu("python -m eval.bench.levers")   # GPU-only tools: one clear line on a machine without one
 
 "auto" is the fast path's precision: it samples in bfloat16 on CUDA. The reference code's
@@ -76,11 +77,14 @@ def require_gpu(tool: str) -> torch.device:
 
 
 def pick_dtype(name: str | None, device: torch.device) -> torch.dtype:
-    """None or "auto": bfloat16 on CUDA, float32 on the CPU; else one of `DTYPES` (fp32, bf16, ...)."""
+    """None or "auto": bfloat16 on CUDA, float32 on the CPU; "fastest": bfloat16 also on CPUs that compute
+    it natively (fastest_dtype_name); else one of `DTYPES` (fp32, bf16, ...)."""
     if name in (None, "auto"):
         return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name == "fastest":
+        return DTYPES[fastest_dtype_name(device)]
     if name not in DTYPES:
-        raise UserError(f"unknown dtype {name!r}", hint=f"use auto or one of {sorted(DTYPES)}")
+        raise UserError(f"unknown dtype {name!r}", hint=f"use auto, fastest or one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 

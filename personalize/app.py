@@ -561,7 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: checkpoints/demo when there, else a few rendered at start)")
     p.add_argument("--port", type=number(int, 1, 65535), default=7860, help="port on 127.0.0.1 (default 7860)")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    p.add_argument("--dtype", default="auto", help="bf16, fp16, fp32 or auto (bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--dtype", default="auto",
+                   help="bf16, fp16, fp32, auto (bf16 on CUDA, fp32 on CPU) or fastest (bf16 also on CPUs with "
+                        "native bfloat16, where it is faster than fp32)")
     return p
 
 

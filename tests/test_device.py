@@ -14,6 +14,7 @@ def test_device_and_dtype_choice():
     assert pick_dtype("auto", torch.device("cpu")) is torch.float32
     assert pick_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert pick_dtype("fp16", torch.device("cpu")) is torch.float16
+    assert pick_dtype("fastest", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(UserError, match="unknown dtype 'int8'"):
         pick_dtype("int8", torch.device("cpu"))
 
@@ -58,3 +59,6 @@ def test_the_fastest_dtype_is_bf16_only_where_it_is_native(monkeypatch):
         assert dev.fastest_dtype_name(torch.device("cpu")) == wanted
     assert dev.fastest_dtype_name(torch.device("cuda")) == "bf16"  # no GPU needed: it only reads the type
     assert dev.fastest_dtype_name(torch.device("cpu")) in dev.DTYPES
+    for native, wanted in ((True, torch.bfloat16), (False, torch.float32)):  # the same rule as a --dtype choice
+        monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda native=native: native)
+        assert dev.pick_dtype("fastest", torch.device("cpu")) is wanted
