@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Adopting a candidate backbone (NEXT, a folder of models/ + model_configs.json) on one GPU host, in three time-limited calls
-# on one warm machine. Everything that does not depend on the new identity module runs beside the
+# Adopting a candidate backbone (NEXT, a folder of models/ + model_configs.json) on one GPU host, in three
+# time-limited calls on one warm machine. Everything that does not depend on the new identity module runs beside the
 # module's training, so the GPU is shared instead of waited for:
 #   bash scripts/world_adopt_call.sh 1 CALL_SECONDS   # identity shards, then training (world_identity_call.sh),
 #                                                     #   beside it the fine-tuning grid on validation identities
