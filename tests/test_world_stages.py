@@ -165,6 +165,35 @@ def test_batch_reuse_trains_several_steps_on_each_rendered_batch(world, tmp_path
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), *bad[1:]])
 
 
+def test_patch_size_makes_a_new_backbone_of_that_shape(world, tmp_path):
+    """--patch-size P: a new run's UViT has P-pixel patches, exports them in model_configs.json and loads in the
+    pipeline; resuming without the flag, continuing exported weights with it, a P that does not tile the
+    images and another stage are refused with one line each."""
+    import torch
+
+    from models.pipeline import UniDiffuserT2I
+    from pretrain.world.backbone import BackboneConfig
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    patch = BackboneConfig.tiny().patch_size // 2
+    args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh)]
+    assert main([*args, "--patch-size", str(patch)]) == 0
+    assert json.loads((fresh / "model_configs.json").read_text())["uvit"]["patch_size"] == patch
+    uvit = UniDiffuserT2I.from_pretrained(fresh, device=torch.device("cpu")).uvit
+    assert uvit.config.patch_size == patch and uvit.patch_embed.proj.kernel_size == (patch, patch)
+    with pytest.raises(UserError, match="another backbone configuration"):
+        main(args)  # the same run without --patch-size
+    for extra, match in ((["--patch-size", "5"], "does not tile"),
+                         (["--patch-size", "2", "--init-from", str(root / "models/uvit_v1.safetensors")],
+                          "keeps the exported weights' patch size")):
+        with pytest.raises(UserError, match=match):
+            main(["train", "backbone", "--tiny", "--out", str(tmp_path / "other"), "--world", str(fresh), *extra])
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--patch-size", "2"])
+
+
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     from pretrain.config import PretrainConfig
     from pretrain.model import backbone_config

@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                         "0: not")
     p.add_argument("--batch-reuse", type=int, default=2, metavar="R",
                    help="also time the stage with render workers training R steps on each batch; 1: not")
+    p.add_argument("--patch-size", type=int, default=None, metavar="P",
+                   help="time a new backbone of this patch side instead of continuing the world's (the stage's "
+                        "--patch-size)")
     p.add_argument("--tiny", action="store_true", help="tiny backbone on the CPU, a step each (wiring check)")
     p.add_argument("--out", help="JSON result path")
     a = p.parse_args(argv)
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(Path(a.world) / "world_clip", world / "world_clip")
         init = Path(a.world) / "models" / "uvit_v1.safetensors"
         opts = StageOptions(out=Path(tmp) / "runs", world=world, device=device, tiny=a.tiny,
-                            init_from=None if a.tiny else init)
+                            init_from=None if a.tiny or a.patch_size else init, patch_size=a.patch_size)
         stage = BackboneStage(opts)
         b = stage.batch_size
         result.update(batch=b, uvit=dataclasses.asdict(stage.uvit_config),

@@ -69,6 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-reuse", type=int, default=1, metavar="R",
                    help="backbone only: train R steps on each rendered batch, with fresh noise and timesteps "
                         "(default 1; R > 1 when rendering, not the step, limits the rate; part of the run's config)")
+    t.add_argument("--patch-size", type=int, default=None, metavar="P",
+                   help="backbone only: the UViT's patch side for a new run (default the config's, 4 at 64 px; 2 "
+                        "quadruples the image tokens, for small details; time it first with `python -m "
+                        "eval.bench.world_backbone --patch-size 2`; part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -91,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                         max_steps=args.steps,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
-                        render_workers=args.render_workers, batch_reuse=args.batch_reuse)
+                        render_workers=args.render_workers, batch_reuse=args.batch_reuse,
+                        patch_size=args.patch_size)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
-                        ("--batch-reuse", args.batch_reuse != 1)):
+                        ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:

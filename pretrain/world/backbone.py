@@ -199,6 +199,11 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, conv=True)
         if opts.batch_reuse != 1:
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
+        if opts.patch_size is not None:
+            if opts.init_from is not None:
+                raise UserError("--patch-size with --init-from: a continued run keeps the exported weights' patch "
+                                "size; start a new run for another one")
+            c = dataclasses.replace(c, patch_size=opts.patch_size)
         self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
@@ -206,6 +211,9 @@ class BackboneStage(Stage):
                             hint=f"run `python -m pretrain.world train clip --world {opts.world}` first")
         self.tokenizer, self.clip = load_world_clip(clip_dir, device=self.device, dtype=torch.float32)
         cc = self.clip.config
+        if c.patch_size < 1 or cc.image_size % c.patch_size:
+            raise UserError(f"--patch-size {c.patch_size} does not tile the world's {cc.image_size} px images",
+                            hint=f"use a divisor of {cc.image_size}, such as 2 or 4")
         self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, cc.image_size)
         self.batch_size, self.total_steps, self.base_lr = c.batch_size, c.total_steps, c.lr
         self.schedule = LRSchedule(max_steps=c.total_steps, warmup_steps=c.warmup_steps)

@@ -65,7 +65,9 @@ class StageOptions:
     compile: the backbone's training forward runs under torch.compile (CUDA only; the weights, EMA and
     checkpoints are the same module's); render_workers: the backbone's training renders are drawn by this many
     CPU processes instead of on the training device (WorldData); batch_reuse: the backbone trains this many steps
-    on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps).
+    on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps);
+    patch_size: a new backbone run's UViT patch side instead of the config's (smaller patches, more tokens: the
+    lever for small details such as glasses and hats; part of the run's config).
     """
 
     out: Path
@@ -83,6 +85,7 @@ class StageOptions:
     compile: bool = False
     render_workers: int = 0
     batch_reuse: int = 1
+    patch_size: int | None = None
 
 
 @dataclass(frozen=True)
