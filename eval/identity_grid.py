@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.run_text_only(people)
     text = headline_values(out, "text_only", k, people, 1)
     text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
-    rows = []
+    rows, hashes = [], {encoder: file_sha256(encoder / "identity.safetensors") for _, encoder in modules}
     for (module, encoder), (refine, scale, guidance) in itertools.product(modules, settings):
         name = label(scale, guidance, refine, args.photo_tokens, module)
         ev.encoder = encoder
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         values = headline_values(out, name, k, people, 1)
         means = {m: _nanmean(values[m].values()) for m in REPORTED}
         rows.append({"module": module, "encoder": str(encoder),
-                     "encoder_sha256": file_sha256(encoder / "identity.safetensors"),
+                     "encoder_sha256": hashes[encoder],
                      "id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
                      "photo_tokens": args.photo_tokens, "method": name,
                      "means": means,

@@ -108,6 +108,20 @@ def test_config_nests_the_loss_and_keeps_flat_names(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["loss"]["p_drop_id"] == 0.25
 
 
+def _recording_batch():
+    """A small batch (moments, clip, text) and a predictor that records the image timesteps it is given
+    (`seen`, one tensor per call) and returns half its noisy inputs."""
+    g = torch.Generator().manual_seed(0)
+    moments, clip, text = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 3, 5)
+    seen = []
+
+    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
+        seen.append(t_img.long())
+        return z_n * 0.5, clip_n * 0.5
+
+    return moments, clip, text, seen, predict
+
+
 def test_v_weighting_is_the_noise_mse_weighted_by_one_plus_inverse_snr():
     """timestep_weighting "v": each sample's terms times 1 + 1/SNR(n) of its own timestep, the same random
     draws as the plain objective (so "eps" is unchanged and "v" differs only by the weights)."""
@@ -123,14 +137,7 @@ def test_v_weighting_is_the_noise_mse_weighted_by_one_plus_inverse_snr():
     with pytest.raises(ValueError, match="timestep_weighting"):
         LossConfig(timestep_weighting="x0")
 
-    g = torch.Generator().manual_seed(0)
-    moments, clip, text = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 3, 5)
-    seen = []
-
-    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
-        seen.append(t_img.long())
-        return z_n * 0.5, clip_n * 0.5
-
+    moments, clip, text, seen, predict = _recording_batch()
     cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
     per = {k: noise_prediction_loss(predict, moments, clip, text, schedule,
                                     dataclasses.replace(cfg, timestep_weighting=k), torch.Generator().manual_seed(3),
@@ -145,14 +152,7 @@ def test_a_fixed_timestep_puts_every_sample_there_and_keeps_the_draws_fixed():
     """timestep=n: the network sees n for every sample; the same call twice gives the same loss (its draws
     come from the generator alone), and another n gives another loss."""
     schedule = NoiseScheduleVP.stable_diffusion()
-    g = torch.Generator().manual_seed(0)
-    moments, clip, text = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 6, generator=g), torch.randn(4, 3, 5)
-    seen = []
-
-    def predict(z_n, clip_n, text, t_img, t_text, data_type, id_scale):
-        seen.append(t_img.long())
-        return z_n * 0.5, clip_n * 0.5
-
+    moments, clip, text, seen, predict = _recording_batch()
     cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
     loss = {n: noise_prediction_loss(predict, moments, clip, text, schedule, cfg, torch.Generator().manual_seed(3),
                                      timestep=n)[0] for n in (250, 900)}
