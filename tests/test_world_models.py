@@ -185,3 +185,31 @@ def test_a_world_file_in_the_wrong_place_is_named(tmp_path: Path):
     root = make_tiny_world(tmp_path)
     with pytest.raises(WeightsError, match="world-CLIP"):
         load_autoencoder(root / "world_clip" / "model.safetensors", {"kind": "pixel_space"})
+
+
+def test_pixel_space_level_gains_scale_each_haar_band_and_decode_undoes_them():
+    """level_gains: each Haar band of the image scaled by its gain (finest first, the last for all coarser),
+    the bands orthogonal; one gain is the same as signal_scale; decode inverts; JSON's list loads."""
+    from models.autoencoder import latent_from_moments
+    from models.pixel_space import band_gains
+
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    block_means = x.reshape(2, 3, 8, 2, 8, 2).mean(dim=(3, 5)).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    fine = x - block_means  # the 2 px band
+    ps = PixelSpace(PixelSpaceConfig(level_gains=(1.0, 0.3)))
+    z = ps.encode(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(z, fine + 0.3 * block_means, atol=1e-5)
+    assert torch.allclose(ps.decode(z), x, atol=1e-5)
+    assert torch.allclose(latent_from_moments(ps.encode_moments(x)), z, atol=1e-5)
+    three = band_gains(x, (1.0, 0.5, 0.25))
+    bands = [band_gains(x, g) for g in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]
+    assert torch.allclose(sum(bands), x, atol=1e-5)
+    assert torch.allclose(three, bands[0] + 0.5 * bands[1] + 0.25 * bands[2], atol=1e-5)
+    assert abs(float((bands[0] * bands[1]).sum())) < 1e-3 and abs(float((bands[1] * bands[2]).sum())) < 1e-3
+    assert torch.allclose(PixelSpace(PixelSpaceConfig(level_gains=(0.3,))).latent(x), 0.3 * x)
+    loaded = PixelSpaceConfig.from_dict({"kind": "pixel_space", "level_gains": [1, 0.6, 0.3]})
+    assert loaded.level_gains == (1.0, 0.6, 0.3) and loaded.block == 4
+    with pytest.raises(ValueError, match="multiples of 4"):
+        PixelSpace(loaded).encode(torch.zeros(1, 3, 6, 6))
+    with pytest.raises(ValueError, match="positive"):
+        PixelSpaceConfig(level_gains=(1.0, 0.0))

@@ -194,6 +194,49 @@ def test_patch_size_makes_a_new_backbone_of_that_shape(world, tmp_path):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--patch-size", "2"])
 
 
+def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(world, tmp_path, capsys):
+    """--level-gains: the run noises G x (the pixel space's latent, not 0.3 x), exports that pixel space in
+    model_configs.json, and the pipeline loads it; too many bands for the image, bad numbers and another
+    stage are refused with one line each."""
+    import torch
+
+    from models.pipeline import UniDiffuserT2I
+    from pretrain.world.backbone import BackboneStage
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh)]
+    seen = []
+    optimize = BackboneStage.optimize_on
+
+    def spy(self, pixels, *a):
+        seen.append((pixels, self.pixel.latent(pixels)))
+        return optimize(self, pixels, *a)
+
+    BackboneStage.optimize_on = spy
+    try:
+        assert main([*args, "--level-gains", "1,0.6,0.3"]) == 0
+    finally:
+        BackboneStage.optimize_on = optimize
+    pixels, z0 = seen[0]
+    assert not torch.allclose(z0, 0.3 * pixels) and torch.allclose(z0.mean(dim=(2, 3)), 0.3 * pixels.mean(dim=(2, 3)),
+                                                                   atol=1e-5)  # the block means keep 0.3
+    entry = json.loads((fresh / "model_configs.json").read_text())["autoencoder"]
+    assert entry["level_gains"] == [1.0, 0.6, 0.3] and entry["signal_scale"] == 1.0
+    pipe = UniDiffuserT2I.from_pretrained(fresh, device=torch.device("cpu"))
+    assert pipe.autoencoder.config.level_gains == (1.0, 0.6, 0.3)
+    other = ["train", "backbone", "--tiny", "--out", str(tmp_path / "other"), "--world", str(fresh), "--level-gains"]
+    with pytest.raises(UserError, match="multiples of"):
+        main([*other, ",".join(["1"] * 12)])
+    for bad, match in (("1,0", "positive"), ("1,x", "numbers")):
+        with pytest.raises(SystemExit):
+            main([*other, bad])
+        assert match in capsys.readouterr().err
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--level-gains", "1"])
+
+
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     from pretrain.config import PretrainConfig
     from pretrain.model import backbone_config

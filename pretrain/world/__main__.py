@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone only: the UViT's patch side for a new run (default the config's, 4 at 64 px; 2 "
                         "quadruples the image tokens, for small details; time it first with `python -m "
                         "eval.bench.world_backbone --patch-size 2`; part of the run's config)")
+    t.add_argument("--level-gains", type=gain_list, default=None, metavar="G1,G2,..",
+                   help="backbone only: the pixel space's gain per Haar band, finest (2 px) first, the last for "
+                        "everything coarser (default: one gain, 0.3, for all); e.g. 1,1,0.6,0.3 keeps small "
+                        "details above the noise longer while the prompt still sets the large areas "
+                        "(models.pixel_space; part of the run's config, exported with the weights)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -80,6 +85,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
     evaluate.add_arguments(e)
     return p.parse_args(argv)
+
+
+def gain_list(text: str) -> tuple[float, ...]:
+    """--level-gains: comma-separated positive numbers."""
+    try:
+        gains = tuple(float(g) for g in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if any(not g > 0 for g in gains):
+        raise argparse.ArgumentTypeError(f"gains must be positive: {text!r}")
+    return gains
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
-                        patch_size=args.patch_size)
+                        patch_size=args.patch_size, level_gains=args.level_gains)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
-                        ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None)):
+                        ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
+                        ("--level-gains", args.level_gains is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:

@@ -21,7 +21,9 @@ weighting is the noise MSE with the velocity objective's weights, so the model a
 predict noise. Even so the prompt barely mattered: at UniDiffuser's noisiest timestep a 64x64 image's
 large colour areas are still readable, so the model took the image's colours from the noise (and, when
 sampling, from the pure noise it starts from). The pixel space's gain g = signal_scale < 1 lowers
-every timestep's signal-to-noise ratio by g^2 (see models.pixel_space).
+every timestep's signal-to-noise ratio by g^2 (see models.pixel_space). That drowns the small details
+with the large areas: `--level-gains` gives each Haar band of the image its own gain instead (the
+coarse bands low, for the prompt; the fine ones high, for the details), z0 = G x.
 
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
@@ -93,6 +95,7 @@ class BackboneConfig:
     data_type: int = 1
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
     signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
+    level_gains: tuple[float, ...] = ()  # per Haar band, finest first (models.pixel_space); `--level-gains`
     conv: bool = False  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv`
     batch_reuse: int = 1  # each rendered batch trains this many steps (fresh noise and timesteps); `--batch-reuse`
 
@@ -174,9 +177,16 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     return loss, {"loss_z": loss_z.detach(), "loss_clip": loss_c.detach(), "loss_text": loss_t.detach()}
 
 
-def write_pixel_space(world: Path, channels: int, signal_scale: float = 1.0) -> Path:
+def pixel_space_config(c: BackboneConfig, channels: int) -> PixelSpaceConfig:
+    """The pixel space a backbone run trains on (with level gains they are absolute: signal_scale 1)."""
+    if c.level_gains:
+        return PixelSpaceConfig(embed_dim=channels, level_gains=c.level_gains)
+    return PixelSpaceConfig(embed_dim=channels, signal_scale=c.signal_scale)
+
+
+def write_pixel_space(world: Path, config: PixelSpaceConfig) -> Path:
     """<world>/models/pixel_space.safetensors and its model_configs.json entry ("autoencoder")."""
-    pixel = PixelSpace(PixelSpaceConfig(embed_dim=channels, signal_scale=signal_scale))
+    pixel = PixelSpace(config)
     path = world / "models" / "pixel_space.safetensors"
     save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, path)
     merge_model_configs(world, {"autoencoder": as_json_config(pixel.config)})
@@ -199,6 +209,8 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, conv=True)
         if opts.batch_reuse != 1:
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
+        if opts.level_gains is not None:
+            c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
         if opts.patch_size is not None:
             if opts.init_from is not None:
                 raise UserError("--patch-size with --init-from: a continued run keeps the exported weights' patch "
@@ -215,6 +227,10 @@ class BackboneStage(Stage):
             raise UserError(f"--patch-size {c.patch_size} does not tile the world's {cc.image_size} px images",
                             hint=f"use a divisor of {cc.image_size}, such as 2 or 4")
         self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, cc.image_size)
+        self.pixel = PixelSpace(pixel_space_config(c, self.uvit_config.in_chans)).to(self.device)
+        if cc.image_size % self.pixel.config.block:
+            raise UserError(f"--level-gains: {len(c.level_gains)} bands need image sides that are multiples of "
+                            f"{self.pixel.config.block}, not {cc.image_size}", hint="give fewer gains")
         self.batch_size, self.total_steps, self.base_lr = c.batch_size, c.total_steps, c.lr
         self.schedule = LRSchedule(max_steps=c.total_steps, warmup_steps=c.warmup_steps)
         torch.manual_seed(opts.seed)
@@ -241,7 +257,7 @@ class BackboneStage(Stage):
         # The pixel space has no training and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
-        write_pixel_space(opts.world, self.uvit_config.in_chans, c.signal_scale)
+        write_pixel_space(opts.world, self.pixel.config)
         merge_model_configs(opts.world, {"uvit": as_json_config(self.uvit_config)})
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -290,7 +306,7 @@ class BackboneStage(Stage):
         (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both)."""
         model = self.uvit if model is None else model
         with self.autocast():
-            z0 = pixels * self.c.signal_scale  # the pixel space's latent (its encode, less its 1e-7 noise)
+            z0 = self.pixel.latent(pixels)  # the pixel space's latent (its encode, less its 1e-7 noise)
             loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
@@ -305,7 +321,7 @@ class BackboneStage(Stage):
         uvit_path, pixel_path, configs_path = self.export_paths(world)
         save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in self.ema.shadow.state_dict().items()},
                         uvit_path)
-        write_pixel_space(world, self.uvit_config.in_chans, self.c.signal_scale)
+        write_pixel_space(world, self.pixel.config)
         merge_model_configs(world, {"uvit": as_json_config(self.uvit_config)})
         self.sample_grid(world)
         return [uvit_path, pixel_path, configs_path]

@@ -67,7 +67,8 @@ class StageOptions:
     CPU processes instead of on the training device (WorldData); batch_reuse: the backbone trains this many steps
     on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps);
     patch_size: a new backbone run's UViT patch side instead of the config's (smaller patches, more tokens: the
-    lever for small details such as glasses and hats; part of the run's config).
+    lever for small details such as glasses and hats; part of the run's config); level_gains: the backbone trains
+    on a pixel space with these gains per Haar band, finest first (models.pixel_space; part of the run's config).
     """
 
     out: Path
@@ -86,6 +87,7 @@ class StageOptions:
     render_workers: int = 0
     batch_reuse: int = 1
     patch_size: int | None = None
+    level_gains: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
