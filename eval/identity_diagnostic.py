@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from encoder.identity import IdentityModule
+from eval.named import split_named
 from models import load_uvit
 from models.atomic import write_json_atomic
 from models.errors import UserError, run_cli
@@ -34,14 +35,6 @@ from models.paths import find_weights, read_model_configs
 from models.uvit import UViTConfig
 from pretrain.config import PretrainConfig
 from pretrain.diagnostic import IdentityDiagnostic
-
-
-def named(spec: str) -> tuple[str, str]:
-    """NAME=VALUE -> (NAME, VALUE)."""
-    name, sep, value = spec.partition("=")
-    if not sep or not name or not value:
-        raise UserError(f"expected NAME=PATH, got {spec!r}")
-    return name, value
 
 
 def run(shards: Path, backbones: dict[str, Path], modules: dict[str, tuple[Path, float]], timesteps: list[int],
@@ -84,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    backbones = {name: Path(v) for name, v in map(named, args.backbone)}
+    backbones = {name: Path(v) for name, v in (split_named(s, "--backbone") for s in args.backbone)}
     modules = {}
-    for name, value in map(named, args.module):
+    for name, value in (split_named(s, "--module") for s in args.module):
         path, _, scale = value.partition(":")
         modules[name] = (Path(path), float(scale) if scale else 1.0)
     timesteps = [int(x) for x in args.timesteps.split(",") if x.strip()]

@@ -34,11 +34,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import re
 import shlex
 import sys
 from pathlib import Path
 
+from eval.named import split_named
 from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
 
@@ -87,7 +87,6 @@ def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: s
             + (f"_refine{refine}" if refine else "") + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
 
 
-MODULE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 
 
 def parse_modules(values: list[str] | None, world: Path) -> list[tuple[str | None, Path]]:
@@ -97,11 +96,7 @@ def parse_modules(values: list[str] | None, world: Path) -> list[tuple[str | Non
 
     modules = [] if values else [(None, world / "faceid_encoder")]
     for value in values or ():
-        name, sep, folder = value.partition("=")
-        if not sep:
-            name, folder = None, value
-        elif not MODULE_NAME.fullmatch(name):
-            raise UserError(f"--encoder {value}: a module's name takes letters, digits, '.' and '-' (NAME=DIR)")
+        name, folder = split_named(value, "--encoder", name_required=False)
         modules.append((name, Path(folder)))
     names = [name for name, _ in modules]
     if len(modules) > 1 and (None in names or len(set(names)) < len(names)):

@@ -41,4 +41,4 @@ def test_closed_gates_gain_nothing_open_gates_do_and_timesteps_are_fixed(tmp_pat
     assert res["off on tiny"]["scale"] == 0.0 and res["open on tiny"]["scale"] == 1.0
     capsys.readouterr()
     assert run_cli(main, [*argv[:2], "--backbone", "tiny", "--module", "x=y"]) == 2
-    assert "expected NAME=PATH" in capsys.readouterr().err
+    assert "expected NAME=VALUE" in capsys.readouterr().err

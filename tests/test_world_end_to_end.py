@@ -7,12 +7,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
 from eval.bench.standin_faces import make_pack, paint_marker
+from models.pixel_space import PixelSpaceConfig
 from models.uvit import UViTConfig
 from tests.tiny_world import make_tiny_world
 
@@ -25,8 +27,10 @@ def _run(*args):
     return proc
 
 
-def test_train_and_sample_on_a_world_folder(tmp_path: Path):
-    world = make_tiny_world(tmp_path / "world")
+@pytest.mark.parametrize("gains", [(), (1.0, 0.6, 0.3)], ids=["one_gain", "band_gains"])
+def test_train_and_sample_on_a_world_folder(tmp_path: Path, gains):
+    """With either pixel space; with band gains, refinement encodes the photos through it too."""
+    world = make_tiny_world(tmp_path / "world", pixel=PixelSpaceConfig(level_gains=gains))
     pack = make_pack(tmp_path / "pack")
     photos = tmp_path / "train_data" / "woman1"
     photos.mkdir(parents=True)
@@ -41,8 +45,9 @@ def test_train_and_sample_on_a_world_folder(tmp_path: Path):
     prompts = tmp_path / "woman1.json"
     prompts.write_text(json.dumps(["a photo of a woman wearing sunglasses"]))
     record = tmp_path / "identities" / "woman1"
+    refine = ["--weights", str(world), "--refine-steps", "1", "--refine-batch", "1"] if gains else []
     _run("train.py", "-d", str(photos), "-o", str(record), "--face-pack", str(pack), "--encoder", str(encoder),
-         "--device", "cpu", "--quiet")
+         "--device", "cpu", "--quiet", *refine)
     out = tmp_path / "outputs" / "woman1"
     p = _run("sample.py", "--restore_path", str(record), "--prompt_path", str(prompts), "--output_path", str(out),
              "--weights", str(world), "--encoder", str(encoder), "--steps", "2", "--device", "cpu", "--quiet")

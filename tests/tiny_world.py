@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from models.pixel_space import PixelSpace
+from models.pixel_space import PixelSpace, PixelSpaceConfig
 from models.tokenizers import WordTokenizer
 from models.uvit import UViT, UViTConfig
 from models.weights import save_state_dict
@@ -36,7 +36,8 @@ def tiny_world_uvit_config(clip: WorldCLIPConfig) -> UViTConfig:
                       text_dim=clip.text_dim, num_text_tokens=clip.context_length, clip_img_dim=clip.embed_dim)
 
 
-def make_tiny_world(root: str | Path, seed: int = 0) -> Path:
+def make_tiny_world(root: str | Path, seed: int = 0, pixel: PixelSpaceConfig | None = None) -> Path:
+    """A random tiny world folder; `pixel`: its pixel space's config (default: one gain, 1)."""
     root = Path(root)
     tokenizer = WordTokenizer.build(WORDS, context_length=24)
     clip_config = WorldCLIPConfig.tiny(len(tokenizer))
@@ -48,7 +49,7 @@ def make_tiny_world(root: str | Path, seed: int = 0) -> Path:
                 p.data.normal_(0.0, 0.02)
     save_world_clip(clip, tokenizer, root / "world_clip")
     save_state_dict({k: v.half() for k, v in uvit.state_dict().items()}, root / "models" / "uvit_v1.safetensors")
-    pixel = PixelSpace()
+    pixel = PixelSpace(pixel)
     save_state_dict(pixel.state_dict(), root / "models" / "pixel_space.safetensors")
     configs = {"uvit": dataclasses.asdict(uvit.config), "autoencoder": dataclasses.asdict(pixel.config)}
     (root / "model_configs.json").write_text(json.dumps(configs, indent=1))
