@@ -19,6 +19,10 @@ the noise MSE, and the mean squared error in image units ([-1, 1]) of its clean-
 that of the noisy input itself (x_n / alpha_n). A denoiser that keeps the image removes most of the input's
 error at every n.
 
+A third table, `band_energy`, splits the outputs' energy (and the renders', t = 0) by orthonormal Haar band,
+2 px up to the whole image plus its mean colour: where samples carry more than the renders (grain, blocks) or
+less (blur), at the scales a pixel space's level gains act on (models.pixel_space).
+
 Where identity similarity falls between t = 0 and the smallest t, the backbone cannot draw this person's
 details even when they are almost given. An identity module gives the same backbone far less than a lightly
 noised photo of the person, so this curve is a practical bound on what the module can reach.
@@ -162,7 +166,24 @@ def evaluate(world: Path, seed: int, *, identities: int, references: int, times,
     by_t = {key: score(scorer, imgs, ref_faces, references, wanted) for key, imgs in images.items()}
     denoising = denoising_error(pipe, pixels, z0, clip0, text, seed=seed)
     return {"final_denoise": final_denoise, "by_t": by_t, "denoising": denoising,
+            "band_energy": {key: band_energy(imgs) for key, imgs in images.items()},
             "references_found": float(ref_faces.found.mean())}, images
+
+
+def band_energy(images: np.ndarray) -> dict[str, float]:
+    """{band: mean energy per image}: the sum of squares of each orthonormal Haar band (models.pixel_space) of
+    uint8 images [N, H, W, 3] on the [-1, 1] scale; bands "2", "4", .. H px of detail, then "mean" (the
+    image's mean colour). Next to the renders' own, it shows at which scales samples carry too much (noise,
+    blocks) or too little (blur), the scales a pixel space's level gains act on."""
+    from models.pixel_space import band_gains
+
+    x = to_signed(torch.from_numpy(images))
+    levels = int(np.log2(x.shape[-1]))
+    out = {}
+    for k, name in enumerate([*(str(2 ** (j + 1)) for j in range(levels)), "mean"]):
+        one = tuple(1.0 if j == k else 0.0 for j in range(levels + 1))
+        out[name] = float((band_gains(x, one) ** 2).sum(dim=(1, 2, 3)).mean())
+    return out
 
 
 def contact_sheet(images: dict[str, np.ndarray], rows: int) -> np.ndarray:
@@ -232,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     print("n      noise MSE   clean-image MSE   noisy input's MSE")
     for key, row in result["denoising"].items():
         print(f"{key:<6} {row['eps_mse']:.4f}      {row['x0_mse']:.4f}            {row['input_mse']:.4f}")
+    bands = list(next(iter(result["band_energy"].values())))
+    print("band energy per image, by t (Haar bands in px; 0 is the renders):")
+    print("t      " + " ".join(f"{b:>7}" for b in bands))
+    for key, row in result["band_energy"].items():
+        print(f"{key:<6} " + " ".join(f"{row[b]:7.1f}" for b in bands))
     print(f"written to {args.json}")
     return 0
 

@@ -372,6 +372,10 @@ def test_world_reconstruction_scores_each_time_and_the_source_and_checks_its_inp
     assert all(v["input_mse"] > 0 and v["x0_mse"] >= 0 for v in r["denoising"].values())
     assert r["renderer_seed"] == 9 and "command" in r and "git_commit" in r and sheet.stat().st_size > 0
     assert r["final_denoise"] is False
+    assert list(r["band_energy"]) == ["0", "0.5", "1"]
+    size = 2 ** (len(r["band_energy"]["0"]) - 1)  # one detail band per halving, then the mean
+    assert list(r["band_energy"]["0"]) == [*(str(2 ** j) for j in range(1, size.bit_length())), "mean"]
+    assert all(v >= 0 for row in r["band_energy"].values() for v in row.values())
     for bad in (["--t", "0"], ["--t", "x"], ["--identities", "1"]):
         with pytest.raises(UserError):
             main(["--world", str(world), "--seed", "9", "--json", str(tmp_path / "bad.json"), *bad])
