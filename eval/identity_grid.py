@@ -87,8 +87,6 @@ def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: s
             + (f"_refine{refine}" if refine else "") + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
 
 
-
-
 def parse_modules(values: list[str] | None, world: Path) -> list[tuple[str | None, Path]]:
     """--encoder values -> [(name, folder)]: none given is the world's module; one may go unnamed (its
     methods keep the plain names); several need distinct names, NAME=DIR (letters, digits, '.', '-')."""

@@ -18,7 +18,7 @@ instead of taking it from the prompt). A gain g < 1 multiplies every timestep's 
 ratio by g^2 without touching the schedule, the sampler or the objective. With G = g (one gain) the
 latent is g x.
 
-One gain lowers the fine scales' signal with the coarse ones', and a renders' small details (glasses
+One gain lowers the fine scales' signal with the coarse ones', and a render's small details (glasses
 frames, a hat's brim, an eye) then stand clear of the noise only at the few least noisy timesteps.
 `level_gains` gives each scale its own gain instead (G = g sum_l g_l P_l): P_1 .. P_L are the orthogonal
 projections onto the Haar detail bands of 2, 4, .. 2^L px blocks and the last band takes everything
@@ -106,7 +106,7 @@ def is_pixel_space_config(config) -> bool:
 
 
 class PixelSpace(nn.Module):
-    """Image <-> latent, the identity map (AutoencoderKL's methods; see the module docstring).
+    """Image <-> latent, a fixed linear map (AutoencoderKL's methods; see the module docstring).
 
     encode_moments(x [B, C, H, W] in [-1, 1]) -> moments [B, 2C, H, W]
     sample(moments) -> z [B, C, H, W];  encode(x) = sample(encode_moments(x)) = latent(x) = G x
