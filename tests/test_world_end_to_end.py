@@ -14,7 +14,7 @@ from PIL import Image
 from encoder.config import IdentityConfig
 from encoder.identity import IdentityModule
 from eval.bench.standin_faces import make_pack, paint_marker
-from models.pixel_space import PixelSpaceConfig
+from models.pixel_space import PixelSpace, PixelSpaceConfig
 from models.uvit import UViTConfig
 from tests.tiny_world import make_tiny_world
 
@@ -57,32 +57,47 @@ def test_train_and_sample_on_a_world_folder(tmp_path: Path, gains):
     assert all(Image.open(i).size == (64, 64) for i in images)
 
 
-def test_data_prep_writes_world_shards(tmp_path: Path):
-    """data_prep's CLI on the world folder: pixel-space moments [6, 64, 64], 24 x 8 text, 16-d image CLIP;
-    pretrain's loader reads them with the world UViT's shapes and its losses get the crop back."""
+def _world_shard(tmp_path: Path, name: str, gains: tuple[float, ...]) -> tuple[dict, Path]:
+    """data_prep's CLI on one photo of a marker face, for a tiny world whose pixel space has `gains`:
+    (the shard's arrays, the world folder)."""
     import tarfile
 
     from data_prep.__main__ import main
     from data_prep.format import decode_arrays
-    from models.autoencoder import latent_from_moments
-    from pretrain.data import expected_shapes
 
-    world = make_tiny_world(tmp_path / "world")
+    world = make_tiny_world(tmp_path / name / "world", pixel=PixelSpaceConfig(level_gains=gains))
     pack = make_pack(tmp_path / "pack")
     photos = tmp_path / "photos"
-    (photos / "p").mkdir(parents=True)
-    Image.fromarray(paint_marker(np.full((640, 640, 3), 128, np.uint8), 30, 40)).save(photos / "p" / "one.png")
-    (photos / "p" / "one.txt").write_text("a photo of a woman in the snow")
-    code = main(["--source", "folder", "--input", str(photos), "--identity-from-folder", "--out", str(tmp_path / "out"),
+    if not photos.exists():
+        (photos / "p").mkdir(parents=True)
+        Image.fromarray(paint_marker(np.full((640, 640, 3), 128, np.uint8), 30, 40)).save(photos / "p" / "one.png")
+        (photos / "p" / "one.txt").write_text("a photo of a woman in the snow")
+    out = tmp_path / name / "out"
+    code = main(["--source", "folder", "--input", str(photos), "--identity-from-folder", "--out", str(out),
                  "--weights", str(world), "--face-pack", str(pack), "--no-progress", "--resolution", "64",
                  "--min-image-side", "64", "--min-face-size", "32"])
     assert code == 0
-    tar = next((tmp_path / "out").glob("*.tar"))
-    with tarfile.open(tar) as tf:
+    with tarfile.open(next(out.glob("*.tar"))) as tf:
         raw = {m.name.split(".", 1)[1]: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
-    arrays = decode_arrays(raw, ("moments", "text", "clip"))
+    return decode_arrays(raw, ("moments", "text", "clip")), world
+
+
+def test_data_prep_writes_world_shards(tmp_path: Path):
+    """data_prep's CLI on the world folder: pixel-space moments [6, 64, 64], 24 x 8 text, 16-d image CLIP;
+    pretrain's loader reads them with the world UViT's shapes and its losses get the crop back; a world whose
+    pixel space has band gains stores that space's latent of the same crop."""
+    from models.autoencoder import latent_from_moments
+    from pretrain.data import expected_shapes
+
+    arrays, world = _world_shard(tmp_path, "one_gain", ())
     uvit = UViTConfig.from_dict(json.loads((world / "model_configs.json").read_text())["uvit"])
     shapes = expected_shapes(uvit)
     assert {k: tuple(v.shape) for k, v in arrays.items()} == {k: tuple(shapes[k]) for k in arrays}
-    z = latent_from_moments(torch.from_numpy(arrays["moments"])[None])
+    z = latent_from_moments(torch.from_numpy(arrays["moments"])[None]).float()
     assert z.shape == (1, 3, 64, 64) and -1.01 <= float(z.min()) and float(z.max()) <= 1.01
+    gains = (1.0, 0.6, 0.3)
+    banded, _ = _world_shard(tmp_path, "band_gains", gains)
+    zb = latent_from_moments(torch.from_numpy(banded["moments"])[None]).float()
+    expected = PixelSpace(PixelSpaceConfig(level_gains=gains)).latent(z)  # z is the crop itself
+    assert not torch.allclose(zb, z, atol=1e-3)
+    torch.testing.assert_close(zb, expected, atol=2e-3, rtol=0)
