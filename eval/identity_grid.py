@@ -265,16 +265,18 @@ def table(result: dict) -> str:
     def cell(iv):
         return "-" if iv["mean"] is None else f"{iv['mean']:+.3f} [{iv['lo']:+.3f}, {iv['hi']:+.3f}]"
 
-    width = max([len(r.get("module") or "") for r in result["rows"]] + [0])
-    width = max(width, len("module")) if width else 0
-    first = (lambda r: f"{r.get('module') or '':<{width}} ") if width else (lambda r: "")
-    head = (f"{'module':<{width}} " if width else "") + (
-        f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  {'found - text':>26}  "
-        f"{'edit - text':>26}  faces")
+    names = [r.get("module") or "" for r in result["rows"]]
+    width = max(map(len, ["module", *names])) if any(names) else 0  # a module column only when modules are named
+
+    def first(module: str) -> str:
+        return f"{module:<{width}} " if width else ""
+
+    head = first("module") + (f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  "
+                              f"{'found - text':>26}  {'edit - text':>26}  faces")
     lines = [head]
     for r in result["rows"]:
         p, faces = r["paired"], r["means"]["face_found"]
-        lines.append(f"{first(r)}{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} "
+        lines.append(f"{first(r.get('module') or '')}{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} "
                      f"{r.get('refine_steps', 0):>6}  {cell(p['identity_similarity']):>26}  "
                      f"{cell(p['identity_similarity_found']):>26}  "
                      f"{cell(p['edit_success']):>26}  {'-' if faces is None else f'{faces:.2f}'}")

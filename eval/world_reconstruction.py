@@ -175,15 +175,12 @@ def band_energy(images: np.ndarray) -> dict[str, float]:
     uint8 images [N, H, W, 3] on the [-1, 1] scale; bands "2", "4", .. H px of detail, then "mean" (the
     image's mean colour). Next to the renders' own, it shows at which scales samples carry too much (noise,
     blocks) or too little (blur), the scales a pixel space's level gains act on."""
-    from models.pixel_space import band_gains
+    from models.pixel_space import haar_bands
 
     x = to_signed(torch.from_numpy(images))
     levels = int(np.log2(x.shape[-1]))
-    out = {}
-    for k, name in enumerate([*(str(2 ** (j + 1)) for j in range(levels)), "mean"]):
-        one = tuple(1.0 if j == k else 0.0 for j in range(levels + 1))
-        out[name] = float((band_gains(x, one) ** 2).sum(dim=(1, 2, 3)).mean())
-    return out
+    names = [*(str(2 ** (j + 1)) for j in range(levels)), "mean"]
+    return {name: float((band ** 2).sum(dim=(1, 2, 3)).mean()) for name, band in zip(names, haar_bands(x, levels + 1))}
 
 
 def contact_sheet(images: dict[str, np.ndarray], rows: int) -> np.ndarray:

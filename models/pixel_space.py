@@ -86,18 +86,21 @@ class PixelSpaceConfig:
         return config_from_dict(cls, d, "pixel space")
 
 
-def band_gains(x: torch.Tensor, gains: tuple[float, ...]) -> torch.Tensor:
-    """sum_l gains[l] P_l x over the Haar bands of x [B, C, H, W], finest first (module docstring); H and W
-    must be multiples of 2^(len(gains) - 1). Calling it again with the reciprocal gains inverts it."""
-    out, finer = None, x
-    for level, g in enumerate(gains[:-1], start=1):
+def haar_bands(x: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """[P_1 x, .., P_count x] of x [B, C, H, W], finest first (module docstring): the orthogonal Haar bands,
+    the last one everything coarser; they sum to x. H and W must be multiples of 2^(count - 1)."""
+    bands, finer = [], x
+    for level in range(1, count):
         k = 2 ** level
         coarser = F.avg_pool2d(x, k).repeat_interleave(k, dim=2).repeat_interleave(k, dim=3)
-        term = g * (finer - coarser)
-        out = term if out is None else out + term
+        bands.append(finer - coarser)
         finer = coarser
-    last = gains[-1] * finer
-    return last if out is None else out + last
+    return [*bands, finer]
+
+
+def band_gains(x: torch.Tensor, gains: tuple[float, ...]) -> torch.Tensor:
+    """sum_l gains[l] P_l x (haar_bands); calling it again with the reciprocal gains inverts it."""
+    return sum(g * band for g, band in zip(gains, haar_bands(x, len(gains))))
 
 
 def is_pixel_space_config(config) -> bool:

@@ -191,7 +191,7 @@ def test_pixel_space_level_gains_scale_each_haar_band_and_decode_undoes_them():
     """level_gains: each Haar band of the image scaled by its gain (finest first, the last for all coarser),
     the bands orthogonal; one gain is the same as signal_scale; decode inverts; JSON's list loads."""
     from models.autoencoder import latent_from_moments
-    from models.pixel_space import band_gains
+    from models.pixel_space import band_gains, haar_bands
 
     x = torch.rand(2, 3, 16, 16) * 2 - 1
     block_means = x.reshape(2, 3, 8, 2, 8, 2).mean(dim=(3, 5)).repeat_interleave(2, 2).repeat_interleave(2, 3)
@@ -201,10 +201,12 @@ def test_pixel_space_level_gains_scale_each_haar_band_and_decode_undoes_them():
     assert torch.allclose(z, fine + 0.3 * block_means, atol=1e-5)
     assert torch.allclose(ps.decode(z), x, atol=1e-5)
     assert torch.allclose(latent_from_moments(ps.encode_moments(x)), z, atol=1e-5)
-    three = band_gains(x, (1.0, 0.5, 0.25))
-    bands = [band_gains(x, g) for g in ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))]
+    bands = haar_bands(x, 3)
+    means4 = x.reshape(2, 3, 4, 4, 4, 4).mean(dim=(3, 5)).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    assert torch.allclose(bands[0], fine, atol=1e-5) and torch.allclose(bands[2], means4, atol=1e-5)
     assert torch.allclose(sum(bands), x, atol=1e-5)
-    assert torch.allclose(three, bands[0] + 0.5 * bands[1] + 0.25 * bands[2], atol=1e-5)
+    assert torch.allclose(band_gains(x, (1.0, 0.5, 0.25)), fine + 0.5 * (block_means - means4) + 0.25 * means4,
+                          atol=1e-5)
     assert abs(float((bands[0] * bands[1]).sum())) < 1e-3 and abs(float((bands[1] * bands[2]).sum())) < 1e-3
     assert torch.allclose(PixelSpace(PixelSpaceConfig(level_gains=(0.3,))).latent(x), 0.3 * x)
     loaded = PixelSpaceConfig.from_dict({"kind": "pixel_space", "level_gains": [1, 0.6, 0.3]})

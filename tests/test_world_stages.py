@@ -194,7 +194,7 @@ def test_patch_size_makes_a_new_backbone_of_that_shape(world, tmp_path):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--patch-size", "2"])
 
 
-def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(world, tmp_path, capsys):
+def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(world, tmp_path, capsys, monkeypatch):
     """--level-gains: the run noises G x (the pixel space's latent, not 0.3 x), exports that pixel space in
     model_configs.json, and the pipeline loads it; too many bands for the image, bad numbers and another
     stage are refused with one line each."""
@@ -214,11 +214,9 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
         seen.append((pixels, self.pixel.latent(pixels)))
         return optimize(self, pixels, *a)
 
-    BackboneStage.optimize_on = spy
-    try:
-        assert main([*args, "--level-gains", "1,0.6,0.3"]) == 0
-    finally:
-        BackboneStage.optimize_on = optimize
+    monkeypatch.setattr(BackboneStage, "optimize_on", spy)
+    assert main([*args, "--level-gains", "1,0.6,0.3"]) == 0
+    monkeypatch.undo()
     pixels, z0 = seen[0]
     assert not torch.allclose(z0, 0.3 * pixels) and torch.allclose(z0.mean(dim=(2, 3)), 0.3 * pixels.mean(dim=(2, 3)),
                                                                    atol=1e-5)  # the block means keep 0.3
