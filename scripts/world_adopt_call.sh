@@ -23,7 +23,8 @@
 # '-'; default "face4:", the committed recipe), e.g. "face4:;eps:--timestep_weighting eps;seed1:--seed 1".
 # Phase 3 then chooses among every variant's snapshots (runs/v_NAME/exports/step_<n>) by sampling, at the
 # identity scales IG_SETTINGS (eval.identity_grid --settings; default 1:none:0,0.6:none:0; each module x
-# setting samples 8 validation identities, so many snapshots want one setting).
+# setting samples 8 validation identities, so many snapshots want one setting). IG_EXTRA adds modules trained
+# elsewhere to that choice, "NAME=DIR NAME=DIR" (e.g. "committed=checkpoints/world/faceid_encoder").
 set -u
 PHASE=${1:?phase 1, 2 or 3}; CALL=${2:?call seconds}
 T0=$(date +%s); left() { echo $(( CALL - ($(date +%s) - T0) )); }
@@ -32,7 +33,7 @@ source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
 W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
 if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
-  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (e: 'git restore --source 5d7c56e checkpoints/world_next')" >&2
+  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (e: 'git archive 5d7c56e checkpoints/world_next | tar -x -C /tmp/e', then NEXT=/tmp/e/checkpoints/world_next)" >&2
   exit 2
 fi
 if [ ! -f "$W/.candidate" ]; then
@@ -79,6 +80,7 @@ case $PHASE in
         mods+=(--encoder "$v-s$((10#${d##*_}))=$d")
       done
       [ ${#mods[@]} -gt 0 ] || mods=(--encoder /tmp/wi/runs/v_face4/faceid_encoder)
+      for e in ${IG_EXTRA:-}; do mods+=(--encoder "$e"); done
       python3 -m eval.identity_grid --seed "$VAL_SEED" --identities 8 --prompts 3 --n 3 --steps 20 \
         --settings "${IG_SETTINGS:-1:none:0,0.6:none:0}" --device cuda --world "$W" "${mods[@]}" \
         --out /tmp/ig --json "$OUTD/identity_grid.json" --export "$W/faceid_encoder" --no-progress \
