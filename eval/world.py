@@ -28,6 +28,9 @@ renders (render indices REF_RENDER on, never among the photos). Numbers are mean
 with bootstrap 95 % intervals (identities resampled); the headline is at --headline-photos
 (default: the first of --photos).
 
+A run stopped part way can be read before it is finished: `--aggregate-only` runs nothing and writes the
+JSON from the identities that have every unit of --methods (`aggregated_identities` names them).
+
 Work folder (default runs/eval_world/seed<S>), every unit written atomically, so a rerun resumes:
 
     data/                 the rendered folders (photos, eval_prompts/, faceworld.json); photos<K>/<name>/
@@ -69,6 +72,7 @@ from eval.world_scores import (
     identity_similarity,
     pose_diversity,
 )
+from models.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("encoder", "text_only", "finetune", "ceiling")
@@ -793,6 +797,18 @@ def finetune_setting(grid_json: Path | None, override: str | None):
     return FinetuneConfig(), "default (no grid JSON)"
 
 
+def complete_people(evaluation: Evaluation, people: list[Person]) -> list[Person]:
+    """The identities with every unit of the plan's methods done (--aggregate-only); none is an error."""
+    complete = [p for p in people if not any(evaluation.todo(m, p) for m in evaluation.plan.methods)]
+    methods = ",".join(evaluation.plan.methods)
+    if not complete:
+        raise UserError(f"eval.world --aggregate-only: no identity in {evaluation.out} has every unit of {methods}",
+                        hint="run without --aggregate-only to score them, or name fewer --methods")
+    print(f"[eval.world] --aggregate-only: {len(complete)} of {len(people)} identities have every unit of "
+          f"{methods}; the JSON is theirs", flush=True)
+    return complete
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -828,6 +844,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the identities over this many processes on the one device (a small world leaves "
                         "a GPU mostly idle); in-process personalisation times then share the device. Default 1")
     p.add_argument("--part", default=None, help=argparse.SUPPRESS)  # I/N: a worker's share (--workers)
+    p.add_argument("--aggregate-only", action="store_true",
+                   help="run nothing: the JSON from the identities whose units of --methods are all in the work "
+                        "folder (a stopped run's partial figures)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -865,15 +884,20 @@ def main(argv: list[str] | None = None) -> int:
         Evaluation(worker_plan, out, args.world, device, args.encoder, setting, progress=False).run(people[i::n])
         return 0
     evaluation = Evaluation(plan, out, args.world, device, args.encoder, setting, progress=not args.no_progress)
-    if args.workers > 1:
-        t1 = time.perf_counter()
-        run_workers("eval.world", argv_list, args.workers)
-        evaluation.wall["workers"] = round(time.perf_counter() - t1, 2)
-    evaluation.run(people)  # after workers: finds their units done; times whole commands alone on the device
+    if args.aggregate_only:
+        people = complete_people(evaluation, people)
+    else:
+        if args.workers > 1:
+            t1 = time.perf_counter()
+            run_workers("eval.world", argv_list, args.workers)
+            evaluation.wall["workers"] = round(time.perf_counter() - t1, 2)
+        evaluation.run(people)  # after workers: finds their units done; times whole commands alone on the device
     result = {"format": "synthworld", "version": 1, **aggregate(plan, out, people)}
     lo, _ = split_range(plan.split)
+    if args.aggregate_only:
+        result["aggregated_identities"] = [p.name for p in people]
     result.update({
-        "counts": {"identities": plan.identities, "prompts": {"sim": plan.prompts, "edit": plan.prompts},
+        "counts": {"identities": len(people), "prompts": {"sim": plan.prompts, "edit": plan.prompts},
                    "images_per_prompt": plan.n, "seeds": plan.seeds, "photos": list(plan.photos),
                    "headline_photos": plan.headline, "references_per_identity": plan.refs,
                    "held_out_edit_prompts": sum(1 for p in people for q in p.prompts if q.get("held_out"))},

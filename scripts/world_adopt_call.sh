@@ -15,7 +15,8 @@
 # module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*) and the logs (adopt_logs.tgz).
 # The machine is released after 30 s idle, and /tmp with it: issue the next call at once. If it went cold,
 # carry the last ident.tgz.* as .gpu_ops/state (the training resumes; the shards are written again) and
-# pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.tgz (its previous return).
+# pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.tgz (its previous return), or
+# from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
 # elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's),
@@ -65,8 +66,9 @@ case $PHASE in
     [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
     ;;
   3)
-    if [ ! -d /tmp/ew ] && [ -f "${STATE:-.gpu_ops/state}/ew.tgz" ]; then  # a previous call's units (resumed)
-      tar xzf "${STATE:-.gpu_ops/state}/ew.tgz" -C /tmp && echo "evaluation work folder restored"
+    EW_STATE=${EW_STATE:-${STATE:-.gpu_ops/state}/ew.tgz}
+    if [ ! -d /tmp/ew ] && [ -f "$EW_STATE" ]; then  # a previous call's units (resumed; gzip or xz)
+      tar xf "$EW_STATE" -C /tmp && echo "evaluation work folder restored from $EW_STATE"
     fi
     if [ -n "${ENCODER:-}" ]; then  # chosen already: sampled at its scale
       rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"

@@ -115,6 +115,21 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     again = json.loads(results.read_text())
     assert again["identity_similarity"] == r["identity_similarity"] and again["edit_success"] == r["edit_success"]
     assert {u: u.stat().st_mtime_ns for u in units} == stamps
+    # a run stopped part way: --aggregate-only runs nothing and keeps the identities with every unit
+    (out / "scores" / "text_only" / "p2" / "s0" / "girl1.json").unlink()
+    partial = tmp_path / "partial.json"
+    only = [a for a in argv if a not in ("--json", str(results))] + ["--json", str(partial), "--methods",
+                                                                     "encoder,text_only", "--aggregate-only"]
+    assert ew.main(only) == 0
+    p = json.loads(partial.read_text())
+    assert p["counts"]["identities"] == 1 and p["aggregated_identities"] != ["girl1"]
+    assert p["paired"]["encoder - text_only"]["identity_similarity"]["n"] == 1
+    name = p["aggregated_identities"][0]
+    assert p["paired"]["encoder - text_only"]["identity_similarity"]["mean"] == pytest.approx(enc[name] - text[name])
+    for unit in (out / "scores" / "text_only").rglob("*.json"):  # now no identity is complete
+        unit.unlink()
+    with pytest.raises(UserError, match="no identity"):
+        ew.main(only)
 
 
 def test_eval_world_workers_split_the_identities_and_match_one_process(world, tmp_path):
