@@ -31,7 +31,8 @@ with bootstrap 95 % intervals (identities resampled); the headline is at --headl
 A run stopped part way can be read before it is finished: `--aggregate-only` runs nothing and writes the
 JSON from the identities that have every unit of --methods (`aggregated_identities` names them).
 
-Work folder (default runs/eval_world/seed<S>), every unit written atomically, so a rerun resumes:
+Work folder (default runs/eval_world/seed<S>), every unit written atomically, so a rerun resumes
+(`weights.json` there: the weights each method was scored with; a rerun with others stops):
 
     data/                 the rendered folders (photos, eval_prompts/, faceworld.json); photos<K>/<name>/
     prompts/<name>.json   the evaluated prompt file (sim then edit, once per seed)
@@ -877,6 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     t0 = time.perf_counter()
     people = prepare_data(plan, out, progress=not args.no_progress)
+    check_weights(out, plan.methods, args.world, args.encoder, write=not args.part)  # workers: the parent wrote it
     setting = finetune_setting(args.finetune_grid, args.finetune_setting)
     if args.part:  # a worker of --workers: its share of the identities, scored unit by unit; the parent aggregates
         i, n = parse_part(args.part)
@@ -936,6 +938,39 @@ def weights_sha256(world: Path, encoder: Path | None = None) -> dict[str, str]:
     files = {"models/uvit_v1.safetensors": Path(world) / "models" / "uvit_v1.safetensors",
              "faceid_encoder/identity.safetensors": module / "identity.safetensors"}
     return {name: file_sha256(path) for name, path in files.items() if path.is_file()}
+
+
+# the world's files each method's images depend on (the ceiling's renders depend on none)
+BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors", "model_configs.json")
+METHOD_FILES = {"encoder": (*BACKBONE_FILES, "faceid_encoder/identity.safetensors"), "text_only": BACKBONE_FILES,
+                "finetune": BACKBONE_FILES, "ceiling": ()}
+WEIGHTS_RECORD = "weights.json"
+
+
+def check_weights(out: Path, methods, world: Path, encoder: Path | None, write: bool = True) -> None:
+    """Stop when the work folder's units of a method were scored with other weights than `world` and
+    `encoder` (<out>/weights.json, written by every run; a method without units takes the new weights):
+    a unit's key holds the plan, not the weights, so a rerun would keep those units silently."""
+    from models.atomic import write_json_atomic
+    from models.paths import file_sha256
+
+    paths = {name: Path(world) / name for name in BACKBONE_FILES}
+    module = Path(encoder or Path(world) / "faceid_encoder")
+    paths["faceid_encoder/identity.safetensors"] = module / "identity.safetensors"
+    hashes = {name: file_sha256(path) for name, path in paths.items() if path.is_file()}
+    record_path = out / WEIGHTS_RECORD
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    for method in methods:
+        now = {name: hashes.get(name) for name in METHOD_FILES[method]}
+        scored = any((out / "scores" / method).rglob("*.json"))
+        if scored and method in record and record[method] != now:
+            changed = sorted(n for n in now if record[method].get(n) != now[n])
+            raise UserError(f"eval.world: {out} holds {method} units scored with other weights ({', '.join(changed)} "
+                            f"differ from {WEIGHTS_RECORD})",
+                            hint=f"use another --out, or delete {out / 'scores' / method} to score them again")
+        record[method] = now
+    if write:
+        write_json_atomic(record_path, record, indent=1)
 
 
 # -------------------------------------------------------------------------------- fine-tuning grid

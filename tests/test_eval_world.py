@@ -132,6 +132,33 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
         ew.main(only)
 
 
+def test_eval_world_stops_when_a_method_was_scored_with_other_weights(tmp_path):
+    from eval.world import check_weights
+    from models.errors import UserError
+
+    world, out, other = tmp_path / "world", tmp_path / "out", tmp_path / "other_module"
+    for path, content in ((world / "models" / "uvit_v1.safetensors", b"backbone"),
+                          (world / "faceid_encoder" / "identity.safetensors", b"module"),
+                          (other / "identity.safetensors", b"another module")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    out.mkdir()
+    check_weights(out, ("encoder", "text_only", "ceiling"), world, None)
+    check_weights(out, ("encoder",), world, other)  # no units yet: the new weights replace the record
+    for method in ("encoder", "text_only"):
+        unit = out / "scores" / method / "p3" / "s0" / "girl1.json"
+        unit.parent.mkdir(parents=True)
+        unit.write_text("{}")
+    check_weights(out, ("encoder", "text_only"), world, other)  # the same weights: resumes
+    with pytest.raises(UserError, match="encoder units .*faceid_encoder"):
+        check_weights(out, ("encoder",), world, None)
+    check_weights(out, ("text_only", "ceiling"), world, None)  # text only does not depend on the module
+    (world / "models" / "uvit_v1.safetensors").write_bytes(b"another backbone")
+    with pytest.raises(UserError, match="text_only units .*uvit_v1"):
+        check_weights(out, ("text_only",), world, None)
+    check_weights(out, ("ceiling",), world, None)  # renders: no weights
+
+
 def test_eval_world_workers_split_the_identities_and_match_one_process(world, tmp_path):
     import eval.world as ew
 
