@@ -31,7 +31,6 @@ from torch import nn
 
 from models.pixels import to_signed
 from pretrain.world.common import (
-    LRSchedule,
     Stage,
     StageOptions,
     WorldData,
@@ -314,13 +313,9 @@ class AttributeStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        tc = AttributeTrainConfig.tiny() if opts.tiny else AttributeTrainConfig()
-        if opts.total_steps:
-            tc = dataclasses.replace(tc, total_steps=opts.total_steps)
-        self.train_config = tc
+        self.train_config = tc = self.sized(AttributeTrainConfig(), AttributeTrainConfig.tiny())
         self.net_config = AttributeNetConfig.tiny() if opts.tiny else AttributeNetConfig.world()
-        self.total_steps, self.batch_size, self.base_lr = tc.total_steps, tc.batch_size, tc.lr
-        self.schedule = LRSchedule(max_steps=tc.total_steps, warmup_steps=tc.warmup_steps, min_lr_ratio=0.02)
+        self.set_steps(tc.total_steps, tc.batch_size, tc.lr, tc.warmup_steps, min_lr_ratio=0.02)
         self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)

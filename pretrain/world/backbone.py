@@ -60,7 +60,6 @@ from models.weights import save_state_dict
 from models.world_clip import load_world_clip
 from pretrain.ema import EMA
 from pretrain.world.common import (
-    LRSchedule,
     Stage,
     StageOptions,
     WorldData,
@@ -200,9 +199,7 @@ class BackboneStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        c = BackboneConfig.tiny() if opts.tiny else BackboneConfig()
-        if opts.total_steps:
-            c = dataclasses.replace(c, total_steps=opts.total_steps)
+        c = self.sized(BackboneConfig(), BackboneConfig.tiny())
         if opts.init_from is not None:
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
         if opts.final_conv:
@@ -231,8 +228,7 @@ class BackboneStage(Stage):
         if cc.image_size % self.pixel.config.block:
             raise UserError(f"--level-gains: {len(c.level_gains)} bands need image sides that are multiples of "
                             f"{self.pixel.config.block}, not {cc.image_size}", hint="give fewer gains")
-        self.batch_size, self.total_steps, self.base_lr = c.batch_size, c.total_steps, c.lr
-        self.schedule = LRSchedule(max_steps=c.total_steps, warmup_steps=c.warmup_steps)
+        self.set_steps(c.total_steps, c.batch_size, c.lr, c.warmup_steps)
         torch.manual_seed(opts.seed)
         self.uvit = init_uvit(UViT(self.uvit_config))
         if opts.init_from is not None:  # a continued run: the exported weights, fp16 -> fp32

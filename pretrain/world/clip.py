@@ -24,7 +24,7 @@ from einops import rearrange
 
 from models.tokenizers import WordTokenizer, split_words
 from models.world_clip import WorldCLIPConfig, WorldCLIPModel, save_world_clip
-from pretrain.world.common import LRSchedule, Stage, StageOptions, WorldData, param_groups
+from pretrain.world.common import Stage, StageOptions, WorldData, param_groups
 
 VOCAB_CAPTIONS = 20_000  # captions sampled to collect the grammar's words
 STAT_CAPTIONS = 8192  # captions the exported prefix is standardised over
@@ -82,9 +82,8 @@ class ClipStage(Stage):
                                              context_length=24)
         c = WorldCLIPConfig.tiny(len(self.tokenizer)) if tiny else WorldCLIPConfig(vocab_size=len(self.tokenizer))
         self.model_config = c
-        self.batch_size = 8 if tiny else 512
-        self.total_steps = opts.total_steps or (3 if tiny else 4000)
-        self.schedule = LRSchedule(max_steps=self.total_steps, warmup_steps=1 if tiny else 200)
+        self.set_steps(opts.total_steps or (3 if tiny else 4000), 8 if tiny else 512, self.base_lr,
+                       warmup_steps=1 if tiny else 200)
         torch.manual_seed(opts.seed)
         self.model = WorldCLIPModel(c).to(self.device).train()
         self.opt = torch.optim.AdamW(param_groups(self.model, self.weight_decay), lr=self.base_lr,

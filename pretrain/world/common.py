@@ -126,6 +126,19 @@ class Stage(ABC):
         self.resumed_without_optimizer_at: int | None = None
         self.bad_steps = 0
 
+    def sized(self, full, tiny, steps_field: str = "total_steps"):
+        """The stage's training config: `tiny` under --tiny, else `full`, with --total-steps (when given) as its
+        `steps_field`."""
+        config = tiny if self.opts.tiny else full
+        steps = self.opts.total_steps
+        return dataclasses.replace(config, **{steps_field: steps}) if steps else config
+
+    def set_steps(self, total_steps: int, batch_size: int, lr: float, warmup_steps: int,
+                  min_lr_ratio: float = LRSchedule.min_lr_ratio) -> None:
+        """The step budget, the batch and the learning-rate schedule the runner reads."""
+        self.total_steps, self.batch_size, self.base_lr = total_steps, batch_size, lr
+        self.schedule = LRSchedule(max_steps=total_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
+
     # ---- what a stage gives -------------------------------------------------------------------------
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

@@ -52,7 +52,7 @@ from encoder.align import arcface_template
 from encoder.face_analysis import PACK_JSON, face_model_fields
 from models.config_dict import config_from_dict
 from models.weights import atomic_write
-from pretrain.world.common import LRSchedule, Stage, StageOptions, WorldData, as_json_config, param_groups
+from pretrain.world.common import Stage, StageOptions, WorldData, as_json_config, param_groups
 
 CROP = 112  # the recognisers' input side (insightface routes square inputs >= 112, multiples of 16)
 EMBED_DIM = 512
@@ -633,10 +633,8 @@ class RecogniserStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        cfg = self.tiny if opts.tiny else self.full
-        self.cfg = cfg = dataclasses.replace(cfg, steps=opts.total_steps) if opts.total_steps else cfg
-        self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
-        self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
+        self.cfg = cfg = self.sized(self.full, self.tiny, steps_field="steps")
+        self.set_steps(cfg.steps, cfg.batch, cfg.lr, cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
         self.net = _on_device(Recogniser(cfg.net), self.device)
         self.head = ArcFaceHead(cfg.classes, cfg.net.embed_dim, cfg.scale).to(self.device)
@@ -779,10 +777,8 @@ class DetectorStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        cfg = TINY_DETECTOR if opts.tiny else DETECTOR
-        self.cfg = cfg = dataclasses.replace(cfg, steps=opts.total_steps) if opts.total_steps else cfg
-        self.total_steps, self.batch_size, self.base_lr = cfg.steps, cfg.batch, cfg.lr
-        self.schedule = LRSchedule(max_steps=cfg.steps, warmup_steps=cfg.warmup, min_lr_ratio=0.01)
+        self.cfg = cfg = self.sized(DETECTOR, TINY_DETECTOR, steps_field="steps")
+        self.set_steps(cfg.steps, cfg.batch, cfg.lr, cfg.warmup, min_lr_ratio=0.01)
         torch.manual_seed(_init_seed(opts.seed, self.name))
         self.net = _on_device(Detector(cfg.net), self.device)
         self.opt = torch.optim.AdamW(param_groups(self.net, cfg.weight_decay), lr=cfg.lr)
