@@ -12,10 +12,11 @@
 # The candidate world is built at $W (default /tmp/wn): checkpoints/world with the candidate's models/ and
 # model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
-# module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*) and the logs (adopt_logs.tgz).
+# module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*), the evaluation's work folder without
+# images (ew.txz) and the logs (adopt_logs.tgz).
 # The machine is released after 30 s idle, and /tmp with it: issue the next call at once. If it went cold,
 # carry the last ident.tgz.* as .gpu_ops/state (the training resumes; the shards are written again) and
-# pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.tgz (its previous return), or
+# pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.txz (its previous return), or
 # from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
@@ -66,7 +67,7 @@ case $PHASE in
     [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
     ;;
   3)
-    EW_STATE=${EW_STATE:-${STATE:-.gpu_ops/state}/ew.tgz}
+    EW_STATE=${EW_STATE:-${STATE:-.gpu_ops/state}/ew.txz}
     if [ ! -d /tmp/ew ] && [ -f "$EW_STATE" ]; then  # a previous call's units (resumed; gzip or xz)
       tar xf "$EW_STATE" -C /tmp && echo "evaluation work folder restored from $EW_STATE"
     fi
@@ -92,8 +93,10 @@ case $PHASE in
     timeout -s INT $(( $(left) - 25 )) "${EVAL[@]}" --finetune-grid "$(grid_json)" \
       --json "$OUTD/synthworld.json" > "$L/eval.log" 2>&1
     tail -5 "$L/eval.log"
-    # the work folder without its images: enough to aggregate, or to resume, elsewhere
-    tar czf "$OUTD/ew.tgz" -C /tmp --exclude=ew/images --exclude=ew/command_timing --exclude=ew/records ew
+    # the work folder without its images, photos and face caches (rendered and scored again on a resume):
+    # enough to aggregate, or to resume, elsewhere; small enough to commit or carry (about 1 MB as xz)
+    tar cJf "$OUTD/ew.txz" -C /tmp --exclude=ew/images --exclude=ew/command_timing --exclude=ew/records \
+      --exclude=ew/data --exclude=ew/faces ew
     ;;
   *) echo "phase must be 1, 2 or 3" >&2; exit 2 ;;
 esac
