@@ -878,7 +878,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     t0 = time.perf_counter()
     people = prepare_data(plan, out, progress=not args.no_progress)
-    check_weights(out, plan.methods, args.world, args.encoder, write=not args.part)  # workers: the parent wrote it
+    hashes = weights_sha256(args.world, args.encoder, SCORED_FILES)
+    check_scored_weights(out, plan.methods, hashes, write=not args.part)  # workers: the parent wrote it
     setting = finetune_setting(args.finetune_grid, args.finetune_setting)
     if args.part:  # a worker of --workers: its share of the identities, scored unit by unit; the parent aggregates
         i, n = parse_part(args.part)
@@ -914,7 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out), "workers": args.workers,
         "wall_seconds_this_run": {**evaluation.wall, "total": round(time.perf_counter() - t0, 2)},
         "commands": {"evaluate": shlex.join(["python", "-m", "eval.world", *argv_list])},
-        "world_sha256": weights_sha256(args.world, args.encoder),
+        "world_sha256": {name: h for name, h in hashes.items() if name in RESULT_FILES},
         **provenance()})
     if args.workers > 1:
         result["note"] = (f"in-process personalisation seconds were measured while {args.workers} worker processes "
@@ -929,35 +930,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def weights_sha256(world: Path, encoder: Path | None = None) -> dict[str, str]:
-    """{file: SHA-256} of the backbone and the identity module an evaluation used, so that a results JSON
-    names the exact weights behind its numbers (the commit alone does not when weights are swapped in)."""
-    from models.paths import file_sha256
-
-    module = Path(encoder or Path(world) / "faceid_encoder")
-    files = {"models/uvit_v1.safetensors": Path(world) / "models" / "uvit_v1.safetensors",
-             "faceid_encoder/identity.safetensors": module / "identity.safetensors"}
-    return {name: file_sha256(path) for name, path in files.items() if path.is_file()}
-
-
+MODULE_FILE = "faceid_encoder/identity.safetensors"  # the identity module's weights (at --encoder when given)
+RESULT_FILES = ("models/uvit_v1.safetensors", MODULE_FILE)  # the results JSON's world_sha256
 # the world's files each method's images depend on (the ceiling's renders depend on none)
 BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors", "model_configs.json")
-METHOD_FILES = {"encoder": (*BACKBONE_FILES, "faceid_encoder/identity.safetensors"), "text_only": BACKBONE_FILES,
+METHOD_FILES = {"encoder": (*BACKBONE_FILES, MODULE_FILE), "text_only": BACKBONE_FILES,
                 "finetune": BACKBONE_FILES, "ceiling": ()}
+SCORED_FILES = METHOD_FILES["encoder"]  # every file some method depends on
 WEIGHTS_RECORD = "weights.json"
 
 
-def check_weights(out: Path, methods, world: Path, encoder: Path | None, write: bool = True) -> None:
-    """Stop when the work folder's units of a method were scored with other weights than `world` and
-    `encoder` (<out>/weights.json, written by every run; a method without units takes the new weights):
-    a unit's key holds the plan, not the weights, so a rerun would keep those units silently."""
-    from models.atomic import write_json_atomic
+def weights_sha256(world: Path, encoder: Path | None = None, names: tuple[str, ...] = RESULT_FILES) -> dict[str, str]:
+    """{file: SHA-256} of the named world files an evaluation used (default the backbone and the identity
+    module), so that a results JSON names the exact weights behind its numbers (the commit alone does not
+    when weights are swapped in). Files that are absent are left out."""
     from models.paths import file_sha256
 
-    paths = {name: Path(world) / name for name in BACKBONE_FILES}
     module = Path(encoder or Path(world) / "faceid_encoder")
-    paths["faceid_encoder/identity.safetensors"] = module / "identity.safetensors"
-    hashes = {name: file_sha256(path) for name, path in paths.items() if path.is_file()}
+    paths = {name: module / "identity.safetensors" if name == MODULE_FILE else Path(world) / name for name in names}
+    return {name: file_sha256(path) for name, path in paths.items() if path.is_file()}
+
+
+def check_scored_weights(out: Path, methods, hashes: dict[str, str], write: bool = True) -> None:
+    """Stop when the work folder's units of a method were scored with other weights than `hashes`
+    (weights_sha256 of SCORED_FILES; <out>/weights.json, written by every run; a method without
+    units takes the new weights): a unit's key holds the plan, not the weights, so a rerun would keep those
+    units silently."""
+    from models.atomic import write_json_atomic
+
     record_path = out / WEIGHTS_RECORD
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     for method in methods:

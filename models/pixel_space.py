@@ -73,6 +73,12 @@ class PixelSpaceConfig:
                              f"{self.scale_factor}, {self.signal_scale}, {list(self.level_gains)}")
 
     @property
+    def gains(self) -> tuple[float, ...]:
+        """G's gain per Haar band, finest first (signal_scale times each level gain; one entry: one gain
+        for every scale)."""
+        return tuple(self.signal_scale * g for g in self.level_gains) or (self.signal_scale,)
+
+    @property
     def block(self) -> int:
         """Image sides must be a multiple of this (the coarsest band's block side; 1 with one gain)."""
         return 2 ** max(len(self.level_gains) - 1, 0)
@@ -129,7 +135,7 @@ class PixelSpace(nn.Module):
         if x.shape[-1] % c.block or x.shape[-2] % c.block:
             raise ValueError(f"pixel space with {len(c.level_gains)} level gains takes image sides that are "
                              f"multiples of {c.block}, got {tuple(x.shape)}")
-        return self._scale_bands(x, tuple(c.signal_scale * g for g in c.level_gains) or (c.signal_scale,))
+        return self._scale_bands(x, c.gains)
 
     def encode_moments(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.latent(x) / self.config.scale_factor, torch.full_like(x, LOGVAR)], dim=1)
@@ -141,8 +147,7 @@ class PixelSpace(nn.Module):
         return self.sample(self.encode_moments(x), generator)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        c = self.config
-        return self._scale_bands(z, tuple(1.0 / (c.signal_scale * g) for g in c.level_gains) or (1.0 / c.signal_scale,))
+        return self._scale_bands(z, tuple(1.0 / g for g in self.config.gains))
 
     @staticmethod
     def _scale_bands(x: torch.Tensor, gains: tuple[float, ...]) -> torch.Tensor:

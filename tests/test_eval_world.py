@@ -133,8 +133,11 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
 
 
 def test_eval_world_stops_when_a_method_was_scored_with_other_weights(tmp_path):
-    from eval.world import check_weights
+    from eval.world import SCORED_FILES, check_scored_weights, weights_sha256
     from models.errors import UserError
+
+    def check_weights(out, methods, world, encoder):  # as eval.world's main calls it
+        check_scored_weights(out, methods, weights_sha256(world, encoder, SCORED_FILES))
 
     world, out, other = tmp_path / "world", tmp_path / "out", tmp_path / "other_module"
     for path, content in ((world / "models" / "uvit_v1.safetensors", b"backbone"),
