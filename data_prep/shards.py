@@ -20,8 +20,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,13 +160,8 @@ def _write_one(source, processor, out: Path, i: int, items: tuple[int, int], bat
         return kept
 
     def samples():
-        batch: list = []
-        for raw in source.read(start, stop):
-            batch.append(raw)
-            if len(batch) == batch_size:
-                yield from flush(batch)
-                batch = []
-        if batch:
+        # the next batch is read (for faceworld: rendered and encoded) while this one is processed and written
+        for batch in read_ahead(batches(source.read(start, stop), batch_size)):
             yield from flush(batch)
 
     t0 = time.time()
@@ -174,6 +172,66 @@ def _write_one(source, processor, out: Path, i: int, items: tuple[int, int], bat
              "rejected": dict(sorted(reasons.items())), "seconds": round(time.time() - t0, 3)}
     write_json(out / SHARD_STATS.format(i), stats)
     return stats
+
+
+def batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of `size` items (the last one shorter)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def read_ahead(items: Iterable, depth: int = 1) -> Iterator:
+    """`items` in order, produced by a background thread up to `depth` items ahead of the consumer, so that
+    producing the next item overlaps the work on this one. An exception in the producer is raised here, with
+    its traceback; a consumer that stops early (an error, an interrupt) stops the producer too."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Failed(e))
+
+    thread = threading.Thread(target=produce, name="read_ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def write_manifest(out: str | os.PathLike, settings: dict, shapes: dict, seconds: float,

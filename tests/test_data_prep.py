@@ -24,7 +24,16 @@ from tiny_stack import make_tiny_weights_dir, tiny_configs
 from data_prep.__main__ import build_parser, main, run
 from data_prep.format import ARRAY_MEMBERS, decode_arrays, decode_meta, npy_bytes
 from data_prep.process import FrozenModels, PrepConfig, SampleProcessor, square_crop
-from data_prep.shards import MANIFEST, PrepError, ShardPlan, run_shards, shard_done, write_manifest
+from data_prep.shards import (
+    MANIFEST,
+    PrepError,
+    ShardPlan,
+    batches,
+    read_ahead,
+    run_shards,
+    shard_done,
+    write_manifest,
+)
 from data_prep.sources import FolderSource, HFDiskSource, RawSample, SourceError, TarSource
 from encoder.face_analysis import FaceAnalyzer
 from eval.bench.standin_faces import MTCNNDetector, make_pack, paint_marker
@@ -268,6 +277,50 @@ def test_kept_photos_are_embedded_in_one_recogniser_call_as_one_at_a_time_would(
 
 
 # ------------------------------------------------------------------------------------- the loader
+def test_recogniser_calls_spread_a_batch_over_the_threads():
+    from data_prep.process import EMBED_BATCH, EMBED_MIN, embed_chunk
+
+    assert embed_chunk(256, 12) == 22  # 12 calls, one a thread (a fixed 64 made 4 and left 8 threads idle)
+    assert embed_chunk(256, 1) == EMBED_BATCH and embed_chunk(10_000, 16) == EMBED_BATCH
+    assert embed_chunk(3, 2) == EMBED_MIN and embed_chunk(0, 4) == EMBED_MIN  # small batches: one call
+
+
+def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_it_early():
+    import threading
+    import time
+
+    assert list(read_ahead(batches(range(7), 3))) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(read_ahead([])) == []
+
+    def failing():
+        yield 1
+        raise ValueError("render failed")
+
+    got = []
+    with pytest.raises(ValueError, match="render failed"):
+        for x in read_ahead(failing()):
+            got.append(x)
+    assert got == [1]
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    before = threading.active_count()
+    it = read_ahead(endless(), depth=2)
+    assert [next(it), next(it)] == [0, 1]
+    it.close()  # the consumer stops: the producer thread ends instead of filling memory
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 5 and threading.active_count() == before
+
+
 def test_loader_reads_back_shapes_and_dtypes_and_pairs(shards):
     paths = list_shards(str(shards))
     assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar"]  # shard 2 is empty

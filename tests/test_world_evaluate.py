@@ -133,3 +133,32 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert len(sizes["files"]) == len(files)
     assert sizes["total"] == pytest.approx(sum(p.stat().st_size for p in files) / 1e6, abs=1e-3)
     assert "frechet_world_clip" in capsys.readouterr().out
+
+    # --include: the GPU's sections of an earlier run join a later run's JSON, checked before anything runs
+    from models.errors import UserError
+
+    gpu = tmp_path / "results" / "t2i.json"
+    assert main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(gpu), "--tiny",
+                 "--only", "text_to_image,frechet"]) == 0
+    made = json.loads(gpu.read_text())
+    gpu.write_text(json.dumps({**made, "git_commit": "abc"}))  # as if made elsewhere
+    both = tmp_path / "results" / "both.json"
+    assert main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
+                 "--include", str(gpu)]) == 0
+    merged = json.loads(both.read_text())
+    assert merged["sections"] == ["sizes", "text_to_image", "frechet"]
+    for key in ("frechet_world_clip", "frechet_world_clip_real_vs_real", "text_to_image_attribute_success"):
+        assert merged[key] == made[key]
+    assert merged["demo_parts_mb"]["total"] == sizes["total"] and "attribute_accuracy" not in merged
+    assert merged["included"][0]["git_commit"] == "abc" and merged["git_commit"] == data["git_commit"]
+    assert merged["included"][0]["commands"] == made["commands"]
+    with pytest.raises(UserError, match="measured by this run too"):
+        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "frechet",
+              "--include", str(gpu)])
+    with pytest.raises(UserError, match="renderer seed"):
+        main(["evaluate", "--world", str(world), "--seed", "4", "--out", str(both), "--tiny", "--only", "sizes",
+              "--include", str(gpu)])
+    gpu.write_text(json.dumps({**made, "world_sha256": {"models/uvit_v1.safetensors": "0"}}))
+    with pytest.raises(UserError, match="other backbone files"):
+        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
+              "--include", str(gpu)])

@@ -30,6 +30,11 @@ on their own seed's training identities; test identities come from the test rang
   noisy image (where sampling starts). A backbone that follows its prompts scores far higher with the
   own caption than shuffled; one that reads the colours off the noise scores the same. Minutes on the CPU.
 - sizes: every file under the world folder (and --demo folders), in MB, and the total.
+
+`--include JSON` adds the sections of an earlier run of this command (e.g. text_to_image and frechet, made
+on a GPU) to this one's JSON, so that one file holds every figure of the world: only when that run measured
+the same backbone files (its `world_sha256`) at the same renderer seed, and only sections this run does not
+measure itself. Its command, commit and device are kept beside them (`included`).
 """
 
 from __future__ import annotations
@@ -381,11 +386,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     if unknown:
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     from data_prep.faceworld.attributes import split_range
-    from models.paths import files_sha256
-
-    weights = sorted(p for p in (world_dir / "models").glob("*.safetensors")) if (world_dir / "models").is_dir() else []
     result: dict = {"format": "world-foundation", "version": 1, "world": str(world_dir), "renderer_seed": seed,
-                    "world_sha256": files_sha256(world_dir, weights),
+                    "world_sha256": backbone_sha256(world_dir),
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
@@ -421,6 +423,58 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     return result
 
 
+META_KEYS = {"format", "version", "world", "renderer_seed", "world_sha256", "test_identities", "sections", "seconds",
+             "config", "device", "commands", "git_commit", "git_dirty", "included"}
+
+
+def backbone_sha256(world_dir: Path) -> dict:
+    """SHA-256 of the world's backbone files (<world>/models/*.safetensors), by name."""
+    from models.paths import files_sha256
+
+    models = world_dir / "models"
+    return files_sha256(world_dir, sorted(models.glob("*.safetensors")) if models.is_dir() else [])
+
+
+def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: Sequence[str]) -> dict:
+    """An earlier `evaluate` JSON whose sections can join this run's (see the module docstring), checked
+    before this run measures anything; raises UserError (one line) when it cannot."""
+    import json
+
+    from models.errors import UserError
+
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--include {path}: cannot read it as JSON ({e})") from None
+    if other.get("format") != "world-foundation":
+        raise UserError(f"--include {path}: not a `pretrain.world evaluate` JSON (format {other.get('format')!r})")
+    if other.get("world_sha256") != backbone_sha256(world_dir):
+        raise UserError(f"--include {path}: it measured other backbone files than {world_dir}'s "
+                        f"(world_sha256 differs): evaluate this world instead")
+    if other.get("renderer_seed") != seed:
+        raise UserError(f"--include {path}: renderer seed {other.get('renderer_seed')} is not this run's {seed}")
+    overlap = set(other["sections"]) & set(sections)
+    if overlap:
+        raise UserError(f"--include {path}: sections {sorted(overlap)} are measured by this run too; "
+                        f"leave them out of --only")
+    return other
+
+
+def add_include(result: dict, path: str | os.PathLike, other: dict) -> None:
+    """Add read_include's sections to this run's result, with where they came from (`included`)."""
+    from models.errors import UserError
+
+    taken = {k for k in other if k not in META_KEYS} & set(result)
+    if taken:
+        raise UserError(f"--include {path}: {sorted(taken)} are this run's already")
+    result.update({k: v for k, v in other.items() if k not in META_KEYS})
+    result["sections"] = result["sections"] + list(other["sections"])
+    result.setdefault("included", []).append(
+        {"path": str(path), "sections": other["sections"], "seconds": other.get("seconds"),
+         "config": other.get("config"), "device": other.get("device"), "commands": other.get("commands"),
+         "git_commit": other.get("git_commit"), "git_dirty": other.get("git_dirty")})
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
     p.add_argument("--seed", type=int, required=True, help="renderer seed of the test identities")
@@ -435,6 +489,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--headline-only", action="store_true",
                    help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
+    p.add_argument("--include", action="append", default=[], metavar="JSON",
+                   help="add the sections of an earlier evaluate JSON of the same backbone files and seed "
+                        "(e.g. text_to_image and frechet made on a GPU); repeatable")
 
 
 def run(args: argparse.Namespace, command: str) -> int:
@@ -455,8 +512,11 @@ def run(args: argparse.Namespace, command: str) -> int:
             raise UserError(f"--t2i-images must be 1 or more, got {args.t2i_images}")
         cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
+    included = [(path, read_include(path, Path(args.world), args.seed, sections)) for path in args.include]
     t0 = time.perf_counter()
     result = evaluate_world(args.world, args.seed, device=device, cfg=cfg, sections=sections, demo_dirs=args.demo)
+    for path, other in included:
+        add_include(result, path, other)
     result["commands"] = {"evaluate": command}
     result.update(git_provenance())
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
