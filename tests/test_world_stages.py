@@ -235,6 +235,46 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--level-gains", "1"])
 
 
+def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world, tmp_path, monkeypatch):
+    """--eps-steps N: steps 0 .. N-1 use the plain noise MSE, the rest the config's "v" weighting; the count is
+    part of the run's config. Refused below 0 and for other stages."""
+    import torch
+
+    from encoder import objective
+    from pretrain.world import backbone as B
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    asked = []
+    weights = objective.timestep_weights
+
+    def spy(schedule, n, weighting):
+        asked.append(weighting)
+        return weights(schedule, n, weighting)
+
+    monkeypatch.setattr(B, "timestep_weights", spy)
+    args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh), "--total-steps", "4"]
+    assert main([*args, "--eps-steps", "2"]) == 0
+    assert asked == ["eps", "eps", "v", "v"]
+    state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["eps_steps"] == 2
+    # the weighting changes the loss, not only its name: the same batch and noise weigh differently
+    loss = {}
+    for w in ("eps", "v"):
+        stage = B.BackboneStage(B.StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True))
+        z0 = torch.randn(2, 3, 64, 64)
+        clip0, text0 = torch.randn(2, 1, stage.uvit_config.clip_img_dim), torch.randn(
+            2, stage.uvit_config.num_text_tokens, stage.uvit_config.text_dim)
+        loss[w] = B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
+                               w)[1]["loss_z"]
+    assert not torch.allclose(loss["eps"], loss["v"])
+    with pytest.raises(UserError, match="0 or more"):
+        main([*args, "--eps-steps", "-1"])
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), "--eps-steps", "1"])
+
+
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     from pretrain.config import PretrainConfig
     from pretrain.model import backbone_config

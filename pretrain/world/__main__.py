@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "everything coarser (default: one gain, 0.3, for all); e.g. 1,1,0.6,0.3 keeps small "
                         "details above the noise longer while the prompt still sets the large areas "
                         "(models.pixel_space; part of the run's config, exported with the weights)")
+    t.add_argument("--eps-steps", type=int, default=0, metavar="N",
+                   help="backbone only: the first N steps use the plain noise MSE, then the run's \"v\" weighting "
+                        "(the order the world's backbone was trained in; part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -112,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
-                        patch_size=args.patch_size, level_gains=args.level_gains)
+                        patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
                         ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
-                        ("--level-gains", args.level_gains is not None)):
+                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps != 0)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:
         raise UserError(f"--batch-reuse must be 1 or more, got {args.batch_reuse}")
+    if args.eps_steps < 0:
+        raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

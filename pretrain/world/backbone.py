@@ -25,6 +25,12 @@ every timestep's signal-to-noise ratio by g^2 (see models.pixel_space). That dro
 with the large areas: `--level-gains` gives each Haar band of the image its own gain instead (the
 coarse bands low, for the prompt; the fine ones high, for the details), z0 = G x.
 
+The world's backbone was made by a chain of runs that began with the plain noise MSE and only later took
+the "v" weighting. Its settings from the first step (band gains, final conv, "v") did not learn in 4,500 steps
+(checkpoints/world/README.md): the "v" weights reach the hundreds at the noisiest timesteps, the likely
+cause. `--eps-steps N` weights the first N steps "eps", then the run's weighting takes over (the chain's order
+in one run; part of the run's config).
+
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
 timesteps, so that the renders limit the rate R times less.
@@ -93,6 +99,7 @@ class BackboneConfig:
     p_noise_text: float = 0.15
     data_type: int = 1
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
+    eps_steps: int = 0  # the first steps weighted "eps" before timestep_weighting takes over; `--eps-steps`
     signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
     level_gains: tuple[float, ...] = ()  # per Haar band, finest first (models.pixel_space); `--level-gains`
     conv: bool = False  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv`
@@ -140,11 +147,12 @@ def identity_conv_state(conv: nn.Conv2d) -> dict[str, torch.Tensor]:
 
 
 def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
-               schedule: NoiseScheduleVP, c: BackboneConfig,
-               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               schedule: NoiseScheduleVP, c: BackboneConfig, generator: torch.Generator,
+               weighting: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """UniDiffuser's joint noise-prediction loss of one batch (see the module docstring).
 
-    z0 [B, 3, H, W], clip0 [B, 1, Dc], text0 [B, L, Dt] float32 on the generator's device.
+    z0 [B, 3, H, W], clip0 [B, 1, Dc], text0 [B, L, Dt] float32 on the generator's device; weighting: the
+    timestep weighting of the image and CLIP-image terms (default c.timestep_weighting).
     Returns (loss, {"loss_z", "loss_clip", "loss_text"} detached).
     """
     b, device = z0.shape[0], z0.device
@@ -166,7 +174,7 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     pred_z, pred_c, pred_t = uvit(z_n, clip_n, text_n, n_img.float(), n_text.float(), data_type)
     loss_z = ((pred_z.float() - eps_z) ** 2).mean(dim=(1, 2, 3))
     loss_c = ((pred_c.float() - eps_c) ** 2).mean(dim=(1, 2))
-    if (tw := timestep_weights(schedule, n_img, c.timestep_weighting)) is not None:
+    if (tw := timestep_weights(schedule, n_img, weighting or c.timestep_weighting)) is not None:
         loss_z, loss_c = loss_z * tw, loss_c * tw
     loss_z, loss_c = loss_z.mean(), loss_c.mean()
     per_text = ((pred_t.float() - eps_t) ** 2).mean(dim=(1, 2))
@@ -208,6 +216,8 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
+        if opts.eps_steps:
+            c = dataclasses.replace(c, eps_steps=opts.eps_steps)
         if opts.patch_size is not None:
             if opts.init_from is not None:
                 raise UserError("--patch-size with --init-from: a continued run keeps the exported weights' patch "
@@ -286,7 +296,8 @@ class BackboneStage(Stage):
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
         pixels, clip0, text0 = self.conditioned_batch(step // self.c.batch_reuse)
-        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model), "lr": lr}
+        weighting = "eps" if step < self.c.eps_steps else self.c.timestep_weighting
+        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model, weighting), "lr": lr}
 
     def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pixels, clip0, text0) of rendered batch k, kept for the batch_reuse steps that train on it: with
@@ -297,13 +308,15 @@ class BackboneStage(Stage):
         return self._conditioned[1:]
 
     def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
-                    generator: torch.Generator, model: nn.Module | None = None) -> dict[str, float | torch.Tensor]:
+                    generator: torch.Generator, model: nn.Module | None = None,
+                    weighting: str | None = None) -> dict[str, float | torch.Tensor]:
         """One optimizer step of the joint objective on a conditioned batch, then the EMA update. `model`
-        (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both)."""
+        (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both); `weighting`
+        replaces the config's timestep weighting (the --eps-steps phase)."""
         model = self.uvit if model is None else model
         with self.autocast():
             z0 = self.pixel.latent(pixels)  # the pixel space's latent (its encode, less its 1e-7 noise)
-            loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator)
+            loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator, weighting)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
         return {"loss": loss.detach(), **terms, "grad": grad}

@@ -68,7 +68,9 @@ class StageOptions:
     on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps);
     patch_size: a new backbone run's UViT patch side instead of the config's (smaller patches, more tokens: the
     lever for small details such as glasses and hats; part of the run's config); level_gains: the backbone trains
-    on a pixel space with these gains per Haar band, finest first (models.pixel_space; part of the run's config).
+    on a pixel space with these gains per Haar band, finest first (models.pixel_space; part of the run's config);
+    eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (part of the run's
+    config).
     """
 
     out: Path
@@ -88,6 +90,7 @@ class StageOptions:
     batch_reuse: int = 1
     patch_size: int | None = None
     level_gains: tuple[float, ...] | None = None
+    eps_steps: int = 0
 
 
 @dataclass(frozen=True)
