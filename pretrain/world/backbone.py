@@ -26,10 +26,10 @@ with the large areas: `--level-gains` gives each Haar band of the image its own 
 coarse bands low, for the prompt; the fine ones high, for the details), z0 = G x.
 
 The world's backbone was made by a chain of runs that began with the plain noise MSE and only later took
-the "v" weighting. Its settings from the first step (band gains, final conv, "v") did not learn in 4,500 steps
-(checkpoints/world/README.md): the "v" weights reach the hundreds at the noisiest timesteps, the likely
-cause. `--eps-steps N` weights the first N steps "eps", then the run's weighting takes over (the chain's order
-in one run; part of the run's config).
+the "v" weighting. Its settings from the first step (band gains, final conv, "v") did not learn in a
+from-scratch test (checkpoints/world/README.md); the "v" weights, in the hundreds at the noisiest timesteps,
+are the likely cause. `--eps-steps N` weights the first N steps "eps", then the run's weighting takes over
+(the chain's order in one run; part of the run's config).
 
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
