@@ -260,14 +260,12 @@ def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world,
     state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
     assert state["config"]["train"]["eps_steps"] == 2
     # the weighting changes the loss, not only its name: the same batch and noise weigh differently
-    loss = {}
-    for w in ("eps", "v"):
-        stage = B.BackboneStage(B.StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True))
-        z0 = torch.randn(2, 3, 64, 64)
-        clip0, text0 = torch.randn(2, 1, stage.uvit_config.clip_img_dim), torch.randn(
-            2, stage.uvit_config.num_text_tokens, stage.uvit_config.text_dim)
-        loss[w] = B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
-                               w)[1]["loss_z"]
+    stage = B.BackboneStage(B.StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True))
+    u = stage.uvit_config
+    z0, clip0, text0 = (torch.randn(2, 3, 64, 64), torch.randn(2, 1, u.clip_img_dim),
+                        torch.randn(2, u.num_text_tokens, u.text_dim))
+    loss = {w: B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
+                            w)[1]["loss_z"] for w in ("eps", "v")}
     assert not torch.allclose(loss["eps"], loss["v"])
     with pytest.raises(UserError, match="0 or more"):
         main([*args, "--eps-steps", "-1"])

@@ -11,10 +11,14 @@ cProfile: the main thread's cumulative seconds in each part of the pipeline, whi
 other on every batch:
 
   read          the source: a chunk rendered, then each render PNG-encoded (FaceworldSource.read)
+  png_encode    of which the PNG encoding (PIL's Image.save)
   process       SampleProcessor.process: the thread pool's face work (decode, align, augment; the
                 recogniser on 3 crops a render), then `features`
   features      the frozen models on the batch: pixel-space moments, world-CLIP text and image features
-  write         the tar members (encode_sample, tarfile)
+  encode_sample the tar members (data_prep.format.encode_sample)
+
+The wait for the pool is `process` less `features`. (A generator's cumulative time, such as the pool's
+result iterator, counts every resume and can exceed the wall time, so it is not reported.)
 
 `--tiny` runs a few items on the CPU (a wiring check).
 """
@@ -34,7 +38,6 @@ PARTS = {  # part -> (file suffix, function name) of the function whose cumulati
     "read": ("data_prep/faceworld/source.py", "read"),
     "process": ("data_prep/process.py", "process"),
     "features": ("data_prep/process.py", "features"),
-    "locate_wait": ("concurrent/futures/_base.py", "result_iterator"),
     "encode_sample": ("data_prep/format.py", "encode_sample"),
     "png_encode": ("PIL/Image.py", "save"),
 }
