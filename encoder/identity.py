@@ -92,11 +92,17 @@ class IdentityModule(nn.Module):
         return self
 
     # ----------------------------------------------------------------------------- disk format
-    def save(self, folder: str | os.PathLike, extra: dict | None = None) -> Path:
-        """Write `identity.safetensors` and `config.json` into folder, each atomically."""
+    def save(self, folder: str | os.PathLike, extra: dict | None = None,
+             dtype: torch.dtype = torch.float32) -> Path:
+        """Write `identity.safetensors` and `config.json` into folder, each atomically. `dtype`: how the
+        weights are stored (float16 halves a shipped module; `load` reads either into float32)."""
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"identity module weights are stored as float32, float16 or bfloat16, not {dtype}")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        if bad := [k for k, v in tensors.items() if not torch.isfinite(v).all()]:
+            raise ValueError(f"identity module: {bad[:4]} are not finite once stored as {dtype}; store it in float32")
         atomic_write(folder / WEIGHTS_FILE, lambda p: save_file(tensors, str(p)))
         meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": self.config.to_dict(),
                 **(extra or {})}

@@ -38,11 +38,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from eval.named import split_named
 from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
 
 RESULTS = Path("eval/results/identity_grid.json")
+EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 KEEP = 0.9  # a setting must keep this fraction of text only's edit success and faces found
 REPORTED = ("identity_similarity", "identity_similarity_found", "edit_success", "face_found", "clip_text")
 
@@ -117,10 +120,12 @@ def pick_best(rows: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["paired"]["identity_similarity_found"]["mean"], default=None)
 
 
-def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path) -> Path:
+def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path,
+                dtype: torch.dtype = torch.float32) -> Path:
     """The module at `encoder` with the chosen identity scale folded into its gates
-    (`IdentityModule.fold_scale_`), written to `target` with a `strength` block in its config.json: the
-    scale folded in all (scales folded earlier multiply), the weights it came from, the results that chose it."""
+    (`IdentityModule.fold_scale_`), written to `target` (weights stored as `dtype`) with a `strength` block in
+    its config.json: the scale folded in all (scales folded earlier multiply), the weights it came from, the
+    results that chose it."""
     from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
     from models.errors import UserError
 
@@ -138,7 +143,7 @@ def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path)
                          "source_sha256": source, "chosen_by": str(chosen_by),
                          "rule": f"largest paired identity similarity over faces found, keeping >= {KEEP:g} of text "
                                  "only's edit success and faces found (validation identities)"}
-    return module.save(target, extra)
+    return module.save(target, extra, dtype=dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the identity module with the chosen identity scale folded into its gates to this "
                         "folder (its --id-scale 1 is then the chosen setting); the chosen setting must use no "
                         "separate identity guidance and no refinement")
+    p.add_argument("--export-dtype", choices=("fp16", "fp32"), default="fp16",
+                   help="how --export stores the weights (default fp16: half the size, what the world ships; "
+                        "the module still runs in float32)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -254,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     if args.export:
         folder = export_best(result["best"], Path(result["best"]["encoder"]) if result["best"] else modules[0][1],
-                             args.export, args.json)
+                             args.export, args.json, dtype=EXPORT_DTYPES[args.export_dtype])
         print(f"identity module at the chosen scale written to {folder} (its --id-scale 1 is {flags(result['best'])})")
     print(f"written to {args.json}")
     return 0

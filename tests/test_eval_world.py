@@ -234,8 +234,11 @@ def test_identity_grid_runs_each_setting_pairs_it_with_text_only_and_resumes(wor
 def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(world, tmp_path, monkeypatch):
     """Several --encoder NAME=DIR: every setting for every module, one set of text-only images, the chosen
     row names its module, and --export folds the scale into that module (not the first one)."""
+    import torch
+    from safetensors.torch import load_file
+
     import eval.identity_grid as grid
-    from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
+    from encoder.identity import WEIGHTS_FILE, IdentityModule, checkpoint_hash, read_metadata
     from models.errors import UserError
 
     weak = IdentityModule.load(world / "faceid_encoder").fold_scale_(0.25).save(tmp_path / "weak", {})
@@ -275,6 +278,8 @@ def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(worl
     assert sorted(p.name for p in (out / "scores").iterdir()) == sorted([row["method"] for row in r["rows"]]
                                                                         + ["text_only"])
     assert read_metadata(tmp_path / "chosen")["strength"]["source_sha256"] == checkpoint_hash(weak)
+    stored = load_file(str(tmp_path / "chosen" / WEIGHTS_FILE))  # --export-dtype's default
+    assert {v.dtype for v in stored.values()} == {torch.float16}
     assert "with module weak" in grid.table(r)
 
 
@@ -339,9 +344,10 @@ def _run_notebook(name: str, env: dict[str, str], tmp_path, monkeypatch, picture
 
 def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     import torch
+    from safetensors.torch import load_file
 
     from encoder.config import IdentityConfig
-    from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
+    from encoder.identity import WEIGHTS_FILE, IdentityModule, checkpoint_hash, read_metadata
     from eval.identity_grid import export_best
     from models.errors import UserError
     from models.uvit import UViTConfig
@@ -358,6 +364,9 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     assert meta["strength"]["folded_id_scale"] == 0.5 and meta["strength"]["chosen_by"] == str(tmp_path / "grid.json")
     again = export_best(best, out, tmp_path / "again", tmp_path / "grid2.json")  # folds multiply
     assert read_metadata(again)["strength"]["folded_id_scale"] == 0.25
+    half = export_best(best, src, tmp_path / "half", tmp_path / "grid.json", dtype=torch.float16)
+    assert {v.dtype for v in load_file(str(half / WEIGHTS_FILE)).values()} == {torch.float16}
+    torch.testing.assert_close(IdentityModule.load(half).gate, (0.5 * module.gate).half().float(), rtol=0, atol=0)
     with pytest.raises(UserError, match="no setting kept the floors"):
         export_best(None, src, tmp_path / "x", tmp_path / "grid.json")
     with pytest.raises(UserError, match="identity guidance or refinement"):

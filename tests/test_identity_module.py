@@ -128,6 +128,31 @@ def test_save_load_round_trip(tmp_path):
     assert not list((tmp_path / "enc").glob("*.tmp"))
 
 
+def test_save_float16_halves_the_file_and_loads_as_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    uvit = _random_uvit()
+    module = _module("extra_tokens", uvit)
+    with torch.no_grad():
+        module.gate.normal_()
+    module.save(tmp_path / "fp32")
+    module.save(tmp_path / "fp16", dtype=torch.float16)
+    stored = load_file(str(tmp_path / "fp16" / WEIGHTS_FILE))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    size = lambda d: (tmp_path / d / WEIGHTS_FILE).stat().st_size  # noqa: E731
+    assert size("fp16") < 0.55 * size("fp32")
+    loaded = IdentityModule.load(tmp_path / "fp16", uvit_config=uvit.config)
+    for (k, a), (_, b) in zip(module.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0, msg=k)
+    with torch.no_grad():
+        module.gate[0, 0] = 1e6  # beyond float16's range
+    with pytest.raises(ValueError, match="not finite"):
+        module.save(tmp_path / "big", dtype=torch.float16)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        module.save(tmp_path / "int", dtype=torch.int8)
+
+
 def test_load_errors(tmp_path):
     uvit = _random_uvit()
     module = _module("extra_tokens", uvit)
