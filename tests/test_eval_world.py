@@ -258,7 +258,7 @@ def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(worl
     assert not out.exists()  # every refusal came before any work
     chosen = {}
 
-    def pick_weak(rows):  # the choice is the rule's; what is tested here is where it leads
+    def pick_weak(rows, metric):  # the choice is the rule's; what is tested here is where it leads
         chosen.update(next(r for r in rows if r["module"] == "weak" and r["id_scale"] == 2))
         return chosen
 
@@ -286,13 +286,18 @@ def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(worl
 def test_identity_grid_picks_the_largest_identity_gain_that_keeps_edits_and_faces():
     from eval.identity_grid import pick_best
 
-    def row(gain, edit, faces):
-        return {"paired": {"identity_similarity_found": {"mean": gain}},
+    def row(gain, edit, faces, found_gain=None):
+        return {"paired": {"identity_similarity": {"mean": gain},
+                           "identity_similarity_found": {"mean": gain if found_gain is None else found_gain}},
                 "ratio_to_text_only": {"edit_success": edit, "face_found": faces}}
 
     rows = [row(0.01, 1.0, 1.0), row(0.05, 0.95, 0.92), row(0.2, 0.5, 1.0), row(0.3, 1.0, 0.6)]
     assert pick_best(rows) is rows[1]
     assert pick_best([row(0.2, 0.5, 1.0)]) is None
+    # a setting that loses its worst faces leads over the faces found, not over all images (the default)
+    rows = [row(0.086, 0.93, 0.92, found_gain=0.101), row(0.090, 1.0, 0.98, found_gain=0.092)]
+    assert pick_best(rows) is rows[1]
+    assert pick_best(rows, "identity_similarity_found") is rows[0]
 
 
 def test_identity_grid_settings_are_a_product_or_an_explicit_list():
