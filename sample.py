@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-guidance", type=number(float, 0, 100), default=None,
                    help="separate identity guidance scale, 0 to 100 (adds a third network pass); "
                         "default: same as --cfg")
+    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
+                   help="use the identity only once the noise level is at most this (1 = pure noise, the "
+                        "default: every step); e.g. 0.7 lets the prompt lay out the image and its colours first, "
+                        "which keeps more faces and edits in the identity world (docs/identity_world_eval.md)")
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
                    help="mean: the identity tokens of the photos' mean embedding, as pretrained (default); each: "
                         "every photo's own tokens side by side (an ablation; needs an unrefined record)")
@@ -142,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     net, tokens, source = identity_conditioning(pipe, encoder, record, per_photo=args.photo_tokens == "each")
     clock.lap("identity module")
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
-                           id_guidance=args.id_guidance, seed=args.seed, resume=not args.no_resume)
+                           id_guidance=args.id_guidance, id_start=args.id_start, seed=args.seed,
+                           resume=not args.no_resume)
     fingerprint = {"record": record.fingerprint(), "encoder": source if encoder is None else checkpoint_hash(encoder),
                    "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype),
                    **({"photo_tokens": "each"} if args.photo_tokens == "each" else {})}

@@ -99,7 +99,8 @@ WARM_IMPORTS = ("encoder.face_analysis", "encoder.identity", "personalize.extrac
                 "onnxruntime")
 
 
-IDENTITY_SETTINGS = ("id_scale", "id_guidance", "refine_steps", "photo_tokens")  # the identity module's only
+# the identity module's only settings
+IDENTITY_SETTINGS = ("id_scale", "id_guidance", "id_start", "refine_steps", "photo_tokens")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class Plan:
     command_timing: int = 3
     id_scale: float = 1.0  # sample.py --id-scale of the identity module
     id_guidance: float | None = None  # sample.py --id-guidance (None: the text guidance scale, two passes)
+    id_start: float = 1.0  # sample.py --id-start: the identity only at noise levels t <= id_start
     refine_steps: int = 0  # train.py --refine-steps: identity-token refinement on the photos
     photo_tokens: str = "mean"  # sample.py --photo-tokens: the mean embedding's tokens, or each photo's
 
@@ -159,6 +161,7 @@ class Plan:
         """sample.py's flags for the identity module's sampling settings."""
         flags = ["--id-scale", f"{self.id_scale:g}"]
         flags += [] if self.photo_tokens == "mean" else ["--photo-tokens", self.photo_tokens]
+        flags += [] if self.id_start == 1.0 else ["--id-start", f"{self.id_start:g}"]
         return flags + ([] if self.id_guidance is None else ["--id-guidance", f"{self.id_guidance:g}"])
 
     @staticmethod
@@ -831,6 +834,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
     p.add_argument("--id-guidance", type=float, default=None,
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
+    p.add_argument("--id-start", type=float, default=1.0,
+                   help="its sample.py --id-start: the identity only at noise levels t <= this (default 1: every step)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="its train.py --refine-steps: identity-token refinement on the photos (default 0)")
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
@@ -872,7 +877,8 @@ def main(argv: list[str] | None = None) -> int:
                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), prompts=args.prompts,
                 seeds=args.seeds, n=args.n, steps=args.steps, cfg=args.cfg, refs=args.refs,
                 headline_photos=args.headline_photos, command_timing=args.command_timing,
-                id_scale=args.id_scale, id_guidance=args.id_guidance, refine_steps=args.refine_steps,
+                id_scale=args.id_scale, id_guidance=args.id_guidance, id_start=args.id_start,
+                refine_steps=args.refine_steps,
                 photo_tokens=args.photo_tokens)
     out = args.out or Path("runs/eval_world") / f"seed{plan.seed}"
     device = pick_device(args.device)
@@ -908,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
         "renderer": {"seed": plan.seed, "split": plan.split, "version": RENDERER_VERSION,
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
-                     "id_guidance": plan.id_guidance, "refine_steps": plan.refine_steps,
+                     "id_guidance": plan.id_guidance, "id_start": plan.id_start, "refine_steps": plan.refine_steps,
                      "photo_tokens": plan.photo_tokens,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},

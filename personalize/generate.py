@@ -37,6 +37,7 @@ class GenerateOptions:
     cfg: float = 7.0
     id_scale: float = 1.0
     id_guidance: float | None = None  # separate identity guidance scale (adds a third pass)
+    id_start: float = 1.0  # identity only at noise levels t <= id_start (encoder.guidance)
     seed: int = 42
     resume: bool = True  # skip prompts whose images all exist already
     jpeg_quality: int = 95
@@ -185,6 +186,7 @@ def generate_prompts(pipe, net, tokens: torch.Tensor, prompts: list[str],
         text = pipe.encode_text([prompt]).repeat(opts.n_per_prompt, 1, 1)
         eps_fn = identity_guided_eps_fn(net, text, tokens, z_shape=z_shape, clip_dim=c.clip_img_dim,
                                         scale=opts.cfg, id_scale=opts.id_scale, id_guidance=opts.id_guidance,
+                                        id_start=opts.id_start,
                                         generator=gen)
         z, _ = pipe.sample_latents(eps_fn, opts.n_per_prompt, steps=opts.steps, generator=gen,
                                    progress=step_progress)

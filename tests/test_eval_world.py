@@ -439,3 +439,21 @@ def test_world_reconstruction_scores_each_time_and_the_source_and_checks_its_inp
         with pytest.raises(UserError):
             main(["--world", str(world), "--seed", "9", "--json", str(tmp_path / "bad.json"), *bad])
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_id_start_reaches_sample_py_and_keys_the_units():
+    import dataclasses
+
+    from eval.world import Plan
+    from sample import build_parser
+
+    plan = Plan(seed=1, identities=1)
+    assert "--id-start" not in plan.sample_flags() and plan.identity_settings == {}  # old units keep their keys
+    windowed = dataclasses.replace(plan, id_start=0.7)
+    assert "--id-start 0.7" in " ".join(windowed.sample_flags()) and windowed.identity_settings == {"id_start": 0.7}
+    base = ["--restore_path", "r", "--prompt_path", "p", "--output_path", "o"]
+    assert build_parser().parse_args(base).id_start == 1.0
+    assert build_parser().parse_args(base + ["--id-start", "0.7"]).id_start == 0.7
+    for bad in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(base + ["--id-start", bad])

@@ -108,6 +108,36 @@ def test_third_pass_for_a_separate_identity_scale(batched):
         assert text_only["tokens"] is None and uncond["tokens"] is None
 
 
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("id_guidance", [None, 3.0])
+def test_identity_only_below_id_start(batched, id_guidance):
+    """Above id_start the passes are plain text guidance (two, no tokens); at or below it, as without a window.
+    The noise text is drawn at every evaluation either way, so the generator stays in step."""
+    tokens = torch.full((1, K, TOKEN_DIM), TOKEN_VALUE)
+
+    def run(id_start):
+        net = RecordingIDNet()
+        eps_fn = identity_guided_eps_fn(net, _text(), tokens, z_shape=Z_SHAPE, clip_dim=CLIP_DIM, scale=7.0,
+                                        id_scale=0.8, id_guidance=id_guidance, id_start=id_start,
+                                        generator=torch.Generator().manual_seed(0), batch_passes=batched)
+        outs = [eps_fn(torch.zeros(2, N_JOINT), torch.full((2,), t)) for t in (0.7, 0.6, 0.5)]
+        return outs, net
+
+    (early, at, late), net = run(0.6)
+    # t = 0.7: cond = 1 + 0.01 * 700 = 8 (no identity), uncond = 10: 8 + 7 * (8 - 10) = -6
+    torch.testing.assert_close(early, torch.full_like(early, -6.0))
+    first = net.calls[:1] if batched else net.calls[:2]
+    assert all(c["tokens"] is None for c in first) and sum(c["text"].shape[0] for c in first) == 4
+    (_, at_full, late_full), net_full = run(1.0)
+    torch.testing.assert_close(at, at_full)  # t = id_start: the identity is used
+    torch.testing.assert_close(late, late_full)
+    noise = lambda n: [c["text"][-2:] if batched else c["text"] for c in n.calls if c["t_text"].max() == 1000]  # noqa: E731
+    if not batched:
+        assert all(torch.equal(a, b) for a, b in zip(noise(net), noise(net_full)))
+    with pytest.raises(ValueError, match="noise level"):
+        identity_guided_eps_fn(net, _text(), tokens, z_shape=Z_SHAPE, clip_dim=CLIP_DIM, id_start=0.0)
+
+
 def test_fresh_noise_text_at_every_evaluation_and_from_the_generator():
     def noise_texts(seed):
         net = RecordingIDNet()
