@@ -46,6 +46,7 @@ import torch
 from eval.named import split_named
 from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
+from models.errors import number
 
 RESULTS = Path("eval/results/identity_grid.json")
 EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -72,7 +73,7 @@ def parse_settings(text: str) -> list[tuple[int, float, float | None]]:
     return out
 
 
-SETTING_KEYS = ("module", "encoder", "id_scale", "id_guidance", "refine_steps", "photo_tokens")  # `best`
+SETTING_KEYS = ("module", "encoder", "id_scale", "id_guidance", "id_start", "refine_steps", "photo_tokens")  # `best`
 
 
 def flags(setting: dict) -> str:
@@ -80,17 +81,20 @@ def flags(setting: dict) -> str:
     out = f"--id-scale {setting['id_scale']:g}"
     if setting["id_guidance"] is not None:
         out += f" --id-guidance {setting['id_guidance']:g}"
+    if setting.get("id_start", 1.0) != 1.0:
+        out += f" --id-start {setting['id_start']:g}"
     if setting.get("photo_tokens", "mean") != "mean":
         out += f" --photo-tokens {setting['photo_tokens']}"
     return out + (f" --refine-steps {setting['refine_steps']}" if setting.get("refine_steps") else "")
 
 
 def label(scale: float, guidance: float | None, refine: int = 0, photo_tokens: str = "mean",
-          module: str | None = None) -> str:
+          module: str | None = None, id_start: float = 1.0) -> str:
     """The method name of one setting (its units and images in the work folder); a named module's
     settings are its own methods."""
     return ("encoder_" + (f"{module}_" if module else "") + f"scale{scale:g}_guidance{guidance_text(guidance)}"
-            + (f"_refine{refine}" if refine else "") + ("" if photo_tokens == "mean" else f"_{photo_tokens}"))
+            + (f"_refine{refine}" if refine else "") + ("" if photo_tokens == "mean" else f"_{photo_tokens}")
+            + ("" if id_start == 1.0 else f"_start{id_start:g}"))
 
 
 def parse_modules(values: list[str] | None, world: Path) -> list[tuple[str | None, Path]]:
@@ -143,9 +147,10 @@ def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path,
 
     if best is None:
         raise UserError("--export: no setting kept the floors, so there is no chosen scale to export")
-    if best["id_guidance"] is not None or best.get("refine_steps"):
-        raise UserError(f"--export: the chosen setting ({flags(best)}) needs identity guidance or refinement at "
-                        "sampling time, which weights cannot hold; pass it to sample.py / train.py instead")
+    if best["id_guidance"] is not None or best.get("refine_steps") or best.get("id_start", 1.0) != 1.0:
+        raise UserError(f"--export: the chosen setting ({flags(best)}) needs identity guidance, an identity start or "
+                        "refinement at sampling time, which weights cannot hold; pass it to sample.py / train.py "
+                        "instead")
     meta = read_metadata(encoder)
     source = checkpoint_hash(encoder)
     module = IdentityModule.load(encoder).fold_scale_(best["id_scale"])
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
                    help="every setting's sample.py --photo-tokens: the mean embedding's tokens (default) or each "
                         "photo's (the mean-pooled against per-photo tokens ablation; refinement 0 only)")
+    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
+                   help="every setting's sample.py --id-start: the identity only at noise levels t <= this "
+                        "(default 1: every step)")
     p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
     p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -236,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
     rows, hashes = [], {encoder: file_sha256(encoder / "identity.safetensors") for _, encoder in modules}
     for (module, encoder), (refine, scale, guidance) in itertools.product(modules, settings):
-        name = label(scale, guidance, refine, args.photo_tokens, module)
+        name = label(scale, guidance, refine, args.photo_tokens, module, args.id_start)
         ev.encoder = encoder
         ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine,
-                                      photo_tokens=args.photo_tokens)
+                                      photo_tokens=args.photo_tokens, id_start=args.id_start)
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
         ev.run_encoder(people, method=name)
         values = headline_values(out, name, k, people, 1)
@@ -247,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"module": module, "encoder": str(encoder),
                      "encoder_sha256": hashes[encoder],
                      "id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
-                     "photo_tokens": args.photo_tokens, "method": name,
+                     "photo_tokens": args.photo_tokens, "id_start": args.id_start, "method": name,
                      "means": means,
                      "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
                                                 else means[m] / text_means[m]) for m in REPORTED},

@@ -314,6 +314,11 @@ def test_identity_grid_settings_are_a_product_or_an_explicit_list():
         main(["--seed", "1", "--settings", "1:none"])
     assert flags({"id_scale": 1.0, "id_guidance": None, "refine_steps": 0, "photo_tokens": "each"}) == \
         "--id-scale 1 --photo-tokens each"
+    assert flags({"id_scale": 1.0, "id_guidance": None, "refine_steps": 0, "id_start": 0.7}) == \
+        "--id-scale 1 --id-start 0.7"
+    from eval.identity_grid import label
+    assert label(1.0, None, id_start=0.7) == "encoder_scale1_guidancenone_start0.7"
+    assert label(1.0, None) == "encoder_scale1_guidancenone"  # units made before --id-start keep their names
     with pytest.raises(UserError, match="photo-tokens each"):
         main(["--seed", "1", "--settings", "1:none:5", "--photo-tokens", "each"])
     from eval.world import Plan
@@ -374,7 +379,7 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     torch.testing.assert_close(IdentityModule.load(half).gate, (0.5 * module.gate).half().float(), rtol=0, atol=0)
     with pytest.raises(UserError, match="no setting kept the floors"):
         export_best(None, src, tmp_path / "x", tmp_path / "grid.json")
-    with pytest.raises(UserError, match="identity guidance or refinement"):
+    with pytest.raises(UserError, match="identity guidance, an identity start or refinement"):
         export_best({"id_scale": 1.0, "id_guidance": 20.0, "refine_steps": 0}, src, tmp_path / "x", tmp_path / "g.json")
     assert not (tmp_path / "x").exists()
 
