@@ -43,8 +43,10 @@ def identity_guided_eps_fn(net, text: torch.Tensor, id_tokens: torch.Tensor | No
         t_img = (t_cont * n_timesteps).to(x.dtype).expand(b)
         zeros = torch.zeros(b, device=x.device, dtype=x.dtype)
         dtype_ids = torch.full((b,), data_type, device=x.device, dtype=torch.long)
-        # every sample shares one t; compared in t's own precision, so t = id_start counts as below
-        tokens = id_tokens if bool((t_cont <= id_start).all()) else None
+        # every sample shares one t; compared in t's own precision, so t = id_start counts as below (and
+        # not at all at the default, which would cost a device sync per step)
+        windowed = id_start < 1 and id_tokens is not None
+        tokens = None if windowed and not bool((t_cont <= id_start).all()) else id_tokens
         three = id_guidance is not None and tokens is not None
         # (text, t_text, id_scale) of each pass
         passes = [(text, zeros, id_scale if tokens is not None else 0.0)]

@@ -18,8 +18,8 @@ The chosen setting (`best`) has the largest paired identity similarity among the
 and faces found both stay at least `KEEP` of text only's. `--choose-by` says which identity similarity: over
 all images (default; an image without a face scores 0, as in the test evaluation's headline and the
 competition), or over the images with a face found (the rule before, which a setting that loses the faces it
-draws worst can win); an evaluation on test
-identities then runs it with `python -m eval.world ... --id-scale A --id-guidance G [--refine-steps N]`.
+draws worst can win). An evaluation on test identities then runs the chosen setting with
+`python -m eval.world ... --id-scale A --id-guidance G [--id-start S] [--refine-steps N]`.
 Work folder (default runs/identity_grid/seed<S>): eval.world's layout, one method name per setting, so a
 rerun resumes.
 

@@ -73,7 +73,7 @@ from eval.world_scores import (
     identity_similarity,
     pose_diversity,
 )
-from models.errors import UserError
+from models.errors import UserError, number
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("encoder", "text_only", "finetune", "ceiling")
@@ -99,7 +99,7 @@ WARM_IMPORTS = ("encoder.face_analysis", "encoder.identity", "personalize.extrac
                 "onnxruntime")
 
 
-# the identity module's only settings
+# the identity module's personalisation and sampling settings (a unit's key holds those off their defaults)
 IDENTITY_SETTINGS = ("id_scale", "id_guidance", "id_start", "refine_steps", "photo_tokens")
 
 
@@ -834,7 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
     p.add_argument("--id-guidance", type=float, default=None,
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
-    p.add_argument("--id-start", type=float, default=1.0,
+    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
                    help="its sample.py --id-start: the identity only at noise levels t <= this (default 1: every step)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="its train.py --refine-steps: identity-token refinement on the photos (default 0)")
