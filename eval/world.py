@@ -676,6 +676,20 @@ def per_identity_by_name(out: Path, method: str, k: int, people: list[Person], s
     return values
 
 
+def scored_people(run: Path, method: str, photos: int) -> tuple[list[Person], int]:
+    """The identities with units of `method` at `photos` photos in `run`, and the number of sampling seeds."""
+    base = run / "scores" / method / f"p{photos}"
+    seed_dirs = sorted(p for p in base.glob("s*") if p.is_dir())
+    if not seed_dirs:
+        raise UserError(f"{base} holds no scored units: is {run} an eval.world work folder that ran "
+                        f"--methods {method} with {photos} photos?")
+    people = {}
+    for unit in seed_dirs[0].glob("*.json"):
+        u = json.loads(unit.read_text())
+        people[u["name"]] = Person(u["name"], int(u["identity"]), "")
+    return [people[n] for n in sorted(people)], len(seed_dirs)
+
+
 def headline_values(out: Path, method: str, k: int, people: list[Person], seeds: int) -> dict[str, dict]:
     """{metric: {identity: value}} of a method's headline metrics (each on its HEADLINE layout)."""
     return {metric: per_identity_by_name(out, method, k, people, seeds, layout, metric)

@@ -30,24 +30,6 @@ HAIR_NAMES = ("black", "dark brown", "brown", "blond", "auburn", "grey")  # HAIR
 SKIN_NAMES = ("lightest", "light", "medium", "dark", "darkest")  # SKIN_TONES' order
 
 
-def unit_means(work: Path, method: str, photos: int) -> dict[str, dict]:
-    """{name: {"identity": int, "face_found": [...], "identity_similarity_found": [...]}} over the seeds' units."""
-    units = sorted((work / "scores" / method / f"p{photos}").glob("s*/*.json"))
-    if not units:
-        raise UserError(f"{work / 'scores' / method / f'p{photos}'} holds no scored units; run "
-                        f"python -m eval.world --methods {method} --photos {photos} --out {work} first")
-    people: dict[str, dict] = {}
-    for path in units:
-        unit = json.loads(path.read_text())
-        entry = people.setdefault(unit["name"], {"identity": int(unit["identity"]), "face_found": [],
-                                                 "identity_similarity_found": []})
-        means = unit["means"]["all"]
-        for key in ("face_found", "identity_similarity_found"):
-            if means.get(key) is not None and np.isfinite(means[key]):
-                entry[key].append(float(means[key]))
-    return people
-
-
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 3 or np.std(a) == 0 or np.std(b) == 0:
         return None
@@ -63,16 +45,18 @@ def _groups(labels: list[str], values: np.ndarray) -> dict[str, dict]:
 def by_identity(work: Path, seed: int, method: str, photos: int) -> dict:
     """One method's per-identity table and its summaries by the person's traits."""
     from data_prep.faceworld.identity import HAIR_COLORS, SKIN_TONES, identity_params
+    from eval.world import per_identity_by_name, scored_people
 
-    people = unit_means(work, method, photos)
-    names = sorted(people)
-    params = identity_params(seed, [people[n]["identity"] for n in names])
+    people, seeds = scored_people(work, method, photos)
+    names = [p.name for p in people]
+    params = identity_params(seed, [p.identity for p in people])
     hair = params.p["hair_color"].astype(int)
     skin = params.p["skin"].astype(int)
-    found = np.array([np.mean(people[n]["face_found"]) for n in names])
-    sim = [float(np.mean(people[n]["identity_similarity_found"])) if people[n]["identity_similarity_found"]
-           else None for n in names]
-    rows = [{"name": n, "identity": people[n]["identity"], "class_word": params.class_words[i],
+    found_by_name = per_identity_by_name(work, method, photos, people, seeds, "all", "face_found")
+    sim_by_name = per_identity_by_name(work, method, photos, people, seeds, "all", "identity_similarity_found")
+    found = np.array([found_by_name[n] for n in names])
+    sim = [sim_by_name.get(n) for n in names]
+    rows = [{"name": n, "identity": people[i].identity, "class_word": params.class_words[i],
              "hair": HAIR_NAMES[hair[i]], "skin": SKIN_NAMES[skin[i]], "face_found": float(found[i]),
              "identity_similarity_found": sim[i]} for i, n in enumerate(names)]
     return {
