@@ -188,12 +188,11 @@ class Person:
 def prepare_data(plan: Plan, out: Path, progress: bool = True) -> list[Person]:
     """Render (or reuse) the photo folders and prompt files; write prompts/<name>.json and photos<K>/."""
     from data_prep.faceworld.attributes import parse_caption
-    from data_prep.faceworld.folders import SIDE_FILE, write_folders
+    from data_prep.faceworld.folders import write_folders
     from models.atomic import write_json_atomic
 
     data = out / "data"
-    side_path = data / SIDE_FILE
-    side = json.loads(side_path.read_text()) if side_path.is_file() else None
+    side = rendered_side(out)
     wanted = {"seed": plan.seed, "split": plan.split, "photos": max(plan.photos), "people": plan.identities,
               "edits": plan.prompts}
     have = None if side is None else {"seed": side["seed"], "split": side["split"], "photos": side["photos"],
@@ -226,6 +225,15 @@ def prepare_data(plan: Plan, out: Path, progress: bool = True) -> list[Person]:
                 tmp.rename(folder)
         people.append(person)
     return people
+
+
+def rendered_side(out: Path) -> dict | None:
+    """The renderer's side file of a work folder (data/faceworld.json: seed, split, people), or None where
+    the folder has none (not rendered yet, or a copy that came back without its data)."""
+    from data_prep.faceworld.folders import SIDE_FILE
+
+    path = out / "data" / SIDE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def photo_dir(out: Path, k: int, name: str) -> Path:

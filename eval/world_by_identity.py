@@ -18,7 +18,6 @@ the folder came back without its data.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -72,14 +71,17 @@ def by_identity(work: Path, seed: int, method: str, photos: int) -> dict:
 
 
 def renderer_seed(work: Path, given: int | None) -> int:
-    side = work / "data" / "faceworld.json"
-    if side.is_file():
-        seed = int(json.loads(side.read_text())["seed"])
+    from data_prep.faceworld.folders import SIDE_FILE
+    from eval.world import rendered_side
+
+    side, path = rendered_side(work), work / "data" / SIDE_FILE
+    if side is not None:
+        seed = int(side["seed"])
         if given is not None and given != seed:
-            raise UserError(f"--seed {given} differs from the renderer seed {seed} in {side}; leave --seed out")
+            raise UserError(f"--seed {given} differs from the renderer seed {seed} in {path}; leave --seed out")
         return seed
     if given is None:
-        raise UserError(f"{side} is missing (a work folder that came back without its data): give the renderer "
+        raise UserError(f"{path} is missing (a work folder that came back without its data): give the renderer "
                         "seed of its identities with --seed")
     return given
 

@@ -17,15 +17,17 @@ import json
 import sys
 from pathlib import Path
 
-from eval.world import HEADLINE, headline_values, paired, scored_people
+from data_prep.faceworld.folders import SIDE_FILE
+from eval.world import HEADLINE, headline_values, paired, rendered_side, scored_people
 from models.errors import UserError
 
 
 def _side(run: Path) -> dict:
-    path = run / "data" / "faceworld.json"
-    if not path.is_file():
-        raise UserError(f"{path} is missing: {run} is not a complete eval.world work folder")
-    side = json.loads(path.read_text())
+    side = rendered_side(run)
+    if side is None:
+        raise UserError(f"{run / 'data' / SIDE_FILE} is missing: {run} is not a complete eval.world work folder",
+                        hint="a folder that came back without its data/ gets it from a run of the same --seed and "
+                             "--identities (the renderer is deterministic), or from rerunning eval.world there")
     return {"seed": side["seed"], "split": side["split"], "people": [p["identity"] for p in side["people"]]}
 
 
