@@ -39,10 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-guidance", type=number(float, 0, 100), default=None,
                    help="separate identity guidance scale, 0 to 100 (adds a third network pass); "
                         "default: same as --cfg")
-    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
-                   help="use the identity only once the noise level is at most this (1 = pure noise, the "
-                        "default: every step); e.g. 0.7 lets the prompt lay out the image and its colours first, "
-                        "which keeps more faces and edits in the identity world (docs/identity_world_eval.md)")
+    p.add_argument("--id-start", type=number(float, 0.01, 1), default=None,
+                   help="use the identity only once the noise level is at most this, 0.01 to 1 (1 = pure noise: "
+                        "every step); e.g. 0.7 lets the prompt lay out the image and its colours first, which "
+                        "keeps more faces and edits in the identity world (docs/identity_world_eval.md). Default: "
+                        "the identity module's own (its config.json `sampling` block), else 1")
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
                    help="mean: the identity tokens of the photos' mean embedding, as pretrained (default); each: "
                         "every photo's own tokens side by side (an ablation; needs an unrefined record)")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = StageClock(from_process_start=argv is None)  # a command line, not a call from Python
     import torch  # noqa: F401  (heavy imports after --help)
 
-    from encoder.identity import checkpoint_hash
+    from encoder.identity import checkpoint_hash, sampling_defaults
     from models.device import pick_device, pick_dtype, prefer_expandable_segments
     from models.paths import output_dir
     from personalize.face_model import check_record, module_face_model
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     record = IdentityRecord.load(args.restore_path)
     prompts = load_prompts(args.prompt_path)
     encoder = find_identity_module(args.encoder, allow_untrained=args.allow_untrained_encoder)
+    id_start = sampling_defaults(encoder)["id_start"] if args.id_start is None else args.id_start
     for warning in check_record(module_face_model(encoder), record.face_model, encoder=encoder,
                                 record_dir=args.restore_path, allow=args.allow_face_model_mismatch):
         print(f"warning: {warning}", file=sys.stderr)
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     net, tokens, source = identity_conditioning(pipe, encoder, record, per_photo=args.photo_tokens == "each")
     clock.lap("identity module")
     opts = GenerateOptions(n_per_prompt=args.n, steps=args.steps, cfg=args.cfg, id_scale=args.id_scale,
-                           id_guidance=args.id_guidance, id_start=args.id_start, seed=args.seed,
+                           id_guidance=args.id_guidance, id_start=id_start, seed=args.seed,
                            resume=not args.no_resume)
     fingerprint = {"record": record.fingerprint(), "encoder": source if encoder is None else checkpoint_hash(encoder),
                    "weights": {k: str(v) for k, v in pipe.weight_files.items()}, "dtype": str(dtype),
@@ -158,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     clock.lap("parameter check")
     print(f"identity: {args.restore_path} ({len(record.photos)} photos, class word '{record.class_word}'), "
           f"encoder: {source}")
+    if id_start < 1:
+        origin = "the identity module's default; --id-start 1 uses it at every step" if args.id_start is None \
+            else "--id-start"
+        print(f"identity from noise level {id_start:g} down ({origin})")
     times = summary["seconds_per_prompt"]
     detail = ""
     if len(times) > 1:

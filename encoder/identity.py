@@ -173,6 +173,29 @@ def read_metadata(folder: str | os.PathLike) -> dict:
     return meta
 
 
+SAMPLING_DEFAULTS = {"id_start": 1.0}  # what sample.py uses when neither its flags nor the module say otherwise
+
+
+def sampling_defaults(folder: str | os.PathLike | None) -> dict:
+    """The sampling settings a module ships with, over SAMPLING_DEFAULTS: its config.json's optional `sampling`
+    block (written by `python -m eval.identity_grid --export` when the chosen setting has one; today only
+    `id_start`, the noise level from which the identity is used). A value chosen for one module on validation
+    identities belongs to that module, not to sample.py: another module may want another. None (an untrained
+    module): the built-in defaults."""
+    if folder is None:
+        return dict(SAMPLING_DEFAULTS)
+    block = read_metadata(folder).get("sampling", {})
+    path = Path(folder) / CONFIG_FILE
+    if not isinstance(block, dict) or (unknown := sorted(set(block) - set(SAMPLING_DEFAULTS))):
+        raise WeightsError(f"identity module: {path}'s `sampling` block must be an object with keys among "
+                           f"{sorted(SAMPLING_DEFAULTS)}, found {block if not isinstance(block, dict) else unknown}")
+    start = block.get("id_start", SAMPLING_DEFAULTS["id_start"])
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
+        raise WeightsError(f"identity module: {path}'s sampling.id_start must be a noise level in (0, 1], "
+                           f"found {start!r}")
+    return {**SAMPLING_DEFAULTS, **block, "id_start": float(start)}
+
+
 def checkpoint_hash(folder: str | os.PathLike) -> str:
     """SHA-256 of the identity module's weights file (recorded in identity records)."""
     return file_sha256(Path(folder) / WEIGHTS_FILE)

@@ -46,7 +46,6 @@ import torch
 from eval.named import split_named
 from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
-from models.errors import number
 
 RESULTS = Path("eval/results/identity_grid.json")
 EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -140,17 +139,16 @@ def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path,
                 dtype: torch.dtype = torch.float32, rule: str = rule_text("identity_similarity")) -> Path:
     """The module at `encoder` with the chosen identity scale folded into its gates
     (`IdentityModule.fold_scale_`), written to `target` (weights stored as `dtype`) with a `strength` block in
-    its config.json: the scale folded in all (scales folded earlier multiply), the weights it came from, the
-    results that chose it."""
+    its config.json (the scale folded in all: scales folded earlier multiply; the weights it came from; the
+    results that chose it) and a `sampling` block with the chosen identity start, sample.py's default for it."""
     from encoder.identity import IdentityModule, checkpoint_hash, read_metadata
     from models.errors import UserError
 
     if best is None:
         raise UserError("--export: no setting kept the floors, so there is no chosen scale to export")
-    if best["id_guidance"] is not None or best.get("refine_steps") or best.get("id_start", 1.0) != 1.0:
-        raise UserError(f"--export: the chosen setting ({flags(best)}) needs identity guidance, an identity start or "
-                        "refinement at sampling time, which weights cannot hold; pass it to sample.py / train.py "
-                        "instead")
+    if best["id_guidance"] is not None or best.get("refine_steps"):
+        raise UserError(f"--export: the chosen setting ({flags(best)}) needs identity guidance or refinement at "
+                        "sampling time, which the module does not carry; pass it to sample.py / train.py instead")
     meta = read_metadata(encoder)
     source = checkpoint_hash(encoder)
     module = IdentityModule.load(encoder).fold_scale_(best["id_scale"])
@@ -159,6 +157,9 @@ def export_best(best: dict | None, encoder: Path, target: Path, chosen_by: Path,
     extra["strength"] = {"folded_id_scale": before * best["id_scale"], "this_fold": best["id_scale"],
                          "source_sha256": source, "chosen_by": str(chosen_by),
                          "rule": rule}
+    # the chosen identity start travels as the module's sampling default (encoder.identity.sampling_defaults);
+    # the grid passes every setting's start explicitly, so a source module's own default was not what it measured
+    extra["sampling"] = {"id_start": float(best.get("id_start", 1.0))}
     return module.save(target, extra, dtype=dtype)
 
 
@@ -180,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
                    help="every setting's sample.py --photo-tokens: the mean embedding's tokens (default) or each "
                         "photo's (the mean-pooled against per-photo tokens ablation; refinement 0 only)")
-    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
-                   help="every setting's sample.py --id-start: the identity only at noise levels t <= this "
-                        "(default 1: every step)")
+    p.add_argument("--id-start", default="1",
+                   help="sample.py --id-start values, comma-separated, each run with every setting: the identity "
+                        "only at noise levels t <= this, 0.01 to 1 (default 1: every step); e.g. 1,0.7")
     p.add_argument("--prompts", type=int, default=3, help="prompts of each layout per identity (default 3)")
     p.add_argument("--n", type=int, default=3, help="images per prompt (default 3)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
@@ -225,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise UserError(f"--settings / --id-scales / --id-guidances / --refine-steps: {e} (numbers, comma-separated; "
                         "'none' for guidance; --settings as scale:guidance:refine,...)") from e
+    try:
+        starts = [float(x) for x in args.id_start.split(",") if x.strip()]
+    except ValueError as e:
+        raise UserError(f"--id-start: {e} (noise levels in [0.01, 1], comma-separated)") from e
+    if not starts or any(not 0.01 <= x <= 1 for x in starts):
+        raise UserError(f"--id-start: every value must be a noise level in [0.01, 1], got {args.id_start!r}")
     if args.photo_tokens == "each" and (args.export or any(refine for refine, _, _ in settings)):
         raise UserError("--photo-tokens each: refined tokens and exported modules are the pooled photos'; "
                         "run it without refinement and without --export")
@@ -243,11 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     text = headline_values(out, "text_only", k, people, 1)
     text_means = {m: _nanmean(text[m].values()) for m in REPORTED}
     rows, hashes = [], {encoder: file_sha256(encoder / "identity.safetensors") for _, encoder in modules}
-    for (module, encoder), (refine, scale, guidance) in itertools.product(modules, settings):
-        name = label(scale, guidance, refine, args.photo_tokens, module, args.id_start)
+    for (module, encoder), (refine, scale, guidance), start in itertools.product(modules, settings, starts):
+        name = label(scale, guidance, refine, args.photo_tokens, module, start)
         ev.encoder = encoder
         ev.plan = dataclasses.replace(plan, id_scale=scale, id_guidance=guidance, refine_steps=refine,
-                                      photo_tokens=args.photo_tokens, id_start=args.id_start)
+                                      photo_tokens=args.photo_tokens, id_start=start)
         print(f"[identity_grid] {name}: {len(people)} identities", flush=True)
         ev.run_encoder(people, method=name)
         values = headline_values(out, name, k, people, 1)
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"module": module, "encoder": str(encoder),
                      "encoder_sha256": hashes[encoder],
                      "id_scale": scale, "id_guidance": guidance, "refine_steps": refine,
-                     "photo_tokens": args.photo_tokens, "id_start": args.id_start, "method": name,
+                     "photo_tokens": args.photo_tokens, "id_start": start, "method": name,
                      "means": means,
                      "ratio_to_text_only": {m: (None if means[m] is None or not text_means[m]
                                                 else means[m] / text_means[m]) for m in REPORTED},
@@ -285,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = export_best(result["best"], Path(result["best"]["encoder"]) if result["best"] else modules[0][1],
                              args.export, args.json, dtype=EXPORT_DTYPES[args.export_dtype],
                              rule=rule_text(args.choose_by))
-        print(f"identity module at the chosen scale written to {folder} (its --id-scale 1 is {flags(result['best'])})")
+        print(f"identity module at the chosen setting written to {folder} (its defaults are {flags(result['best'])})")
     print(f"written to {args.json}")
     return 0
 

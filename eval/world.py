@@ -161,8 +161,8 @@ class Plan:
         """sample.py's flags for the identity module's sampling settings."""
         flags = ["--id-scale", f"{self.id_scale:g}"]
         flags += [] if self.photo_tokens == "mean" else ["--photo-tokens", self.photo_tokens]
-        flags += [] if self.id_start == 1.0 else ["--id-start", f"{self.id_start:g}"]
-        return flags + ([] if self.id_guidance is None else ["--id-guidance", f"{self.id_guidance:g}"])
+        flags += [] if self.id_guidance is None else ["--id-guidance", f"{self.id_guidance:g}"]
+        return flags + ["--id-start", f"{self.id_start:g}"]  # always: a module's own default must not change the plan
 
     @staticmethod
     def sampling_seed(j: int, prompts: int) -> int:
@@ -856,8 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
     p.add_argument("--id-guidance", type=float, default=None,
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
-    p.add_argument("--id-start", type=number(float, 0.01, 1), default=1.0,
-                   help="its sample.py --id-start: the identity only at noise levels t <= this (default 1: every step)")
+    p.add_argument("--id-start", type=number(float, 0.01, 1), default=None,
+                   help="its sample.py --id-start: the identity only at noise levels t <= this (default: the "
+                        "module's own, from its config.json `sampling` block, else 1: every step)")
     p.add_argument("--refine-steps", type=int, default=0,
                    help="its train.py --refine-steps: identity-token refinement on the photos (default 0)")
     p.add_argument("--photo-tokens", choices=("mean", "each"), default="mean",
@@ -879,6 +880,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def module_id_start(world: Path, encoder: Path | None) -> float:
+    """The identity module's own --id-start (encoder.identity.sampling_defaults): what sample.py uses for it
+    when the flag is not given, so that the evaluation measures what users get."""
+    from encoder.identity import sampling_defaults
+
+    folder = Path(encoder or Path(world) / "faceid_encoder")
+    return sampling_defaults(folder if folder.is_dir() else None)["id_start"]
+
+
 def provenance() -> dict:
     """Commit, dirty flag, device and command line (eval.bench.common.environment's fields)."""
     from eval.bench.common import environment
@@ -895,11 +905,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
+    id_start = module_id_start(args.world, args.encoder) if args.id_start is None else args.id_start
     plan = Plan(seed=args.seed, identities=args.identities, photos=tuple(int(x) for x in args.photos.split(",")),
                 methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), prompts=args.prompts,
                 seeds=args.seeds, n=args.n, steps=args.steps, cfg=args.cfg, refs=args.refs,
                 headline_photos=args.headline_photos, command_timing=args.command_timing,
-                id_scale=args.id_scale, id_guidance=args.id_guidance, id_start=args.id_start,
+                id_scale=args.id_scale, id_guidance=args.id_guidance, id_start=id_start,
                 refine_steps=args.refine_steps,
                 photo_tokens=args.photo_tokens)
     out = args.out or Path("runs/eval_world") / f"seed{plan.seed}"
@@ -936,7 +947,9 @@ def main(argv: list[str] | None = None) -> int:
         "renderer": {"seed": plan.seed, "split": plan.split, "version": RENDERER_VERSION,
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
-                     "id_guidance": plan.id_guidance, "id_start": plan.id_start, "refine_steps": plan.refine_steps,
+                     "id_guidance": plan.id_guidance, "id_start": plan.id_start,
+                     "id_start_from": "--id-start" if args.id_start is not None else "the identity module",
+                     "refine_steps": plan.refine_steps,
                      "photo_tokens": plan.photo_tokens,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},

@@ -386,6 +386,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
     """The Gradio page (a gr.Blocks) over `studio`; per-session files under workdir/<session>/."""
     import gradio as gr
 
+    from encoder.identity import sampling_defaults
     from personalize.extract import summary_rows
     from personalize.generate import GenerateOptions
     from personalize.prompts import load_prompts
@@ -467,7 +468,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
             return "\n".join(load_prompts(path))
 
     @on_page
-    def on_generate(state, text, id_scale, cfg, steps, n, seed, request: gr.Request,
+    def on_generate(state, text, id_scale, id_start, cfg, steps, n, seed, request: gr.Request,
                     progress=bars[2]):
         if not state:
             raise UserError("there is no identity yet",
@@ -478,6 +479,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                                steps=checked(steps, "steps", int, 1, 1000),
                                cfg=checked(cfg, "guidance", float, 0, 100),
                                id_scale=checked(id_scale, "identity scale", float, 0, 10),
+                               id_start=checked(id_start, "identity start", float, 0.01, 1),
                                seed=checked(seed, "seed", int), resume=False)
         run = session_dir(request) / "run"
         shutil.rmtree(run, ignore_errors=True)
@@ -488,7 +490,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                    for i, (prompt, paths) in enumerate(zip(prompts, images)) for k, p in enumerate(paths)]
         command = (f"python sample.py --restore_path identity --prompt_path prompts.json --output_path out "
                    f"--seed {opts.seed} --steps {opts.steps} --cfg {opts.cfg:g} --id-scale {opts.id_scale:g} "
-                   f"--n {opts.n_per_prompt}")
+                   f"--id-start {opts.id_start:g} --n {opts.n_per_prompt}")
         status = (f"{len(prompts)} prompt{'s' * (len(prompts) != 1)} x {opts.n_per_prompt} images. The same with "
                   f"the command line, from identity.zip and images.zip's prompts.json: `{command}`")
         return gallery, [str(f) for f in files], status
@@ -522,6 +524,9 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                 with gr.Row():
                     id_scale = gr.Slider(0, 3, value=1.0, step=0.05, label="identity scale (--id-scale)",
                                          elem_id="id-scale")
+                    id_start = gr.Slider(0.05, 1, value=sampling_defaults(studio.encoder)["id_start"], step=0.05,
+                                         label="identity from noise level (--id-start; 1: every step)",
+                                         elem_id="id-start")
                     cfg = gr.Slider(0, 20, value=7.0, step=0.5, label="guidance (--cfg)", elem_id="cfg")
                 with gr.Row():
                     steps = gr.Slider(1, 100, value=30, step=1, label="steps (--steps)", elem_id="steps")
@@ -544,7 +549,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
         demo_pick.input(cleared, outputs=reset, queue=False).then(
             on_demo, inputs=[demo_pick], outputs=[*identity_outputs, prompts], **model)
         prompt_file.upload(on_prompt_file, inputs=[prompt_file], outputs=[prompts])
-        go.click(on_generate, inputs=[state, prompts, id_scale, cfg, steps, n, seed],
+        go.click(on_generate, inputs=[state, prompts, id_scale, id_start, cfg, steps, n, seed],
                  outputs=[gallery, downloads, run_status], **model)
         page.unload(on_unload)
     return page

@@ -220,10 +220,12 @@ def _set_slider(pg, elem_id: str, value: str) -> None:
     box.press("Enter")
 
 
-def test_upload_generate_and_download(page, photos, tmp_path):
+def test_upload_generate_and_download(page, photos, world, tmp_path):
+    from encoder.identity import sampling_defaults
+
     pg = page
-    world = pg.inner_text("#world")
-    assert "Demo world" in world and "Only rendered faces are recognised" in world
+    banner = pg.inner_text("#world")
+    assert "Demo world" in banner and "Only rendered faces are recognised" in banner
     assert pg.locator("#demo-identity").is_visible()
 
     shots = sorted(photos["person"].glob("*.jpg"))
@@ -242,6 +244,8 @@ def test_upload_generate_and_download(page, photos, tmp_path):
     pg.wait_for_selector("#downloads a[download='images.zip']")
     assert pg.locator("#gallery img").count() == 3
     assert "Error" not in _toasts(pg)
+    start = sampling_defaults(Path(world) / "faceid_encoder")["id_start"]  # the slider starts at the module's default
+    assert f"--id-start {start:g} " in pg.locator("#run-status").inner_text()
 
     with pg.expect_download() as info:
         pg.click("#downloads a[download='images.zip']")

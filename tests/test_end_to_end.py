@@ -116,6 +116,24 @@ def test_train_then_sample(setup):
     _run(*[a if a != str(out_dir) else str(plain_dir) for a in sample_args], "--id-scale", "0")
     assert _sha(plain_dir / "0-000.jpg") != first["0-000.jpg"]
 
+    # a module's own sampling default (config.json `sampling`): used when --id-start is not given
+    late = s["tmp"] / "faceid_encoder_late"
+    late.mkdir()
+    (late / "identity.safetensors").write_bytes((s["encoder"] / "identity.safetensors").read_bytes())
+    meta = json.loads((s["encoder"] / "config.json").read_text())
+    (late / "config.json").write_text(json.dumps({**meta, "sampling": {"id_start": 0.5}}))
+    late_dir, flag_dir, every_dir = (s["tmp"] / "outputs" / name for name in ("late", "flag", "every"))
+
+    def with_module(folder, module):
+        return [{str(out_dir): str(folder), str(s["encoder"]): str(module)}.get(a, a) for a in sample_args]
+
+    out = _run(*with_module(late_dir, late))
+    assert "identity from noise level 0.5 down (the identity module's default" in out.stdout
+    _run(*with_module(flag_dir, s["encoder"]), "--id-start", "0.5")
+    assert _sha(late_dir / "0-000.jpg") == _sha(flag_dir / "0-000.jpg") != first["0-000.jpg"]
+    out = _run(*with_module(every_dir, late), "--id-start", "1")  # the flag wins over the module's default
+    assert "identity from noise level" not in out.stdout and _sha(every_dir / "0-000.jpg") == first["0-000.jpg"]
+
     after = {p.name: _sha(p) for p in backbone_files}
     assert after == before  # the backbone's weight files are untouched
 

@@ -249,7 +249,8 @@ def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(worl
     for bad, message in ((["--encoder", str(world / "faceid_encoder"), "--encoder", f"weak={weak}"], "name each"),
                          (["--encoder", f"a={weak}", "--encoder", f"a={weak}"], "name each"),
                          (["--encoder", f"a b={weak}"], "letters, digits"),
-                         (["--encoder", f"a={tmp_path / 'none'}"], "no identity module there")):
+                         (["--encoder", f"a={tmp_path / 'none'}"], "no identity module there"),
+                         (["--id-start", "1,0"], "noise level"), (["--id-start", "late"], "noise levels")):
         with pytest.raises(UserError, match=message):
             grid.main(base + bad)
     with pytest.raises(UserError, match="refinement"):
@@ -259,22 +260,23 @@ def test_identity_grid_chooses_between_modules_on_the_same_text_only_images(worl
     chosen = {}
 
     def pick_weak(rows, metric):  # the choice is the rule's; what is tested here is where it leads
-        chosen.update(next(r for r in rows if r["module"] == "weak" and r["id_scale"] == 2))
+        chosen.update(next(r for r in rows if r["module"] == "weak" and r["id_scale"] == 2 and r["id_start"] < 1))
         return chosen
 
     monkeypatch.setattr(grid, "pick_best", pick_weak)
     argv = base + ["--encoder", f"open={world / 'faceid_encoder'}", "--encoder", f"weak={weak}",
-                   "--export", str(tmp_path / "chosen")]
+                   "--id-start", "1,0.5", "--export", str(tmp_path / "chosen")]
     assert grid.main(argv) == 0
     r = json.loads(results.read_text())
-    assert [(row["module"], row["id_scale"]) for row in r["rows"]] == [("open", 1), ("open", 2), ("weak", 1),
-                                                                       ("weak", 2)]
-    assert len({row["method"] for row in r["rows"]}) == 4 and all(row["module"] in row["method"] for row in r["rows"])
+    assert [(row["module"], row["id_scale"], row["id_start"]) for row in r["rows"]] == [
+        (m, scale, start) for m in ("open", "weak") for scale in (1, 2) for start in (1, 0.5)]
+    assert len({row["method"] for row in r["rows"]}) == 8 and all(row["module"] in row["method"] for row in r["rows"])
+    assert read_metadata(tmp_path / "chosen")["sampling"] == {"id_start": 0.5}  # the start travels with the module
     assert {row["encoder_sha256"] for row in r["rows"] if row["module"] == "weak"} != \
         {row["encoder_sha256"] for row in r["rows"] if row["module"] == "open"}
     assert (r["best"]["module"], r["best"]["encoder"], r["best"]["id_scale"]) == ("weak", str(weak), 2)
     logs = (out / "logs" / "sample.log").read_text()
-    assert f"--encoder {weak}" in logs and f"--encoder {world / 'faceid_encoder'}" in logs
+    assert f"--encoder {weak}" in logs and f"--encoder {world / 'faceid_encoder'}" in logs and "--id-start 0.5" in logs
     assert sorted(p.name for p in (out / "scores").iterdir()) == sorted([row["method"] for row in r["rows"]]
                                                                         + ["text_only"])
     assert read_metadata(tmp_path / "chosen")["strength"]["source_sha256"] == checkpoint_hash(weak)
@@ -357,7 +359,7 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     from safetensors.torch import load_file
 
     from encoder.config import IdentityConfig
-    from encoder.identity import WEIGHTS_FILE, IdentityModule, checkpoint_hash, read_metadata
+    from encoder.identity import WEIGHTS_FILE, IdentityModule, checkpoint_hash, read_metadata, sampling_defaults
     from eval.identity_grid import export_best
     from models.errors import UserError
     from models.uvit import UViTConfig
@@ -379,9 +381,34 @@ def test_identity_grid_export_folds_the_chosen_scale_into_the_gates(tmp_path):
     torch.testing.assert_close(IdentityModule.load(half).gate, (0.5 * module.gate).half().float(), rtol=0, atol=0)
     with pytest.raises(UserError, match="no setting kept the floors"):
         export_best(None, src, tmp_path / "x", tmp_path / "grid.json")
-    with pytest.raises(UserError, match="identity guidance, an identity start or refinement"):
+    with pytest.raises(UserError, match="identity guidance or refinement"):
         export_best({"id_scale": 1.0, "id_guidance": 20.0, "refine_steps": 0}, src, tmp_path / "x", tmp_path / "g.json")
     assert not (tmp_path / "x").exists()
+    # the chosen identity start travels as the module's sampling default; a setting without one resets it
+    late = export_best({**best, "id_start": 0.7}, src, tmp_path / "late", tmp_path / "grid.json")
+    assert sampling_defaults(late) == {"id_start": 0.7} and sampling_defaults(src) == {"id_start": 1.0}
+    assert sampling_defaults(export_best(best, late, tmp_path / "reset", tmp_path / "g.json")) == {"id_start": 1.0}
+
+
+def test_a_modules_sampling_block_is_checked(tmp_path):
+    import json
+
+    from encoder.identity import sampling_defaults
+    from eval.world import module_id_start
+    from models.paths import WeightsError
+
+    assert sampling_defaults(None) == {"id_start": 1.0}
+    folder = tmp_path / "world" / "faceid_encoder"
+    assert module_id_start(tmp_path / "world", None) == 1.0  # a world without a module: the built-in default
+    folder.mkdir(parents=True)
+    for block, ok in (({"id_start": 0.7}, 0.7), ({}, 1.0), ({"id_start": 1}, 1.0)):
+        (folder / "config.json").write_text(json.dumps({"format": "x", "sampling": block}))
+        assert sampling_defaults(folder)["id_start"] == ok == module_id_start(tmp_path / "world", None)
+    for bad in ({"id_start": 0}, {"id_start": 1.5}, {"id_start": "0.7"}, {"id_start": True}, {"id_scale": 2},
+                [0.7]):
+        (folder / "config.json").write_text(json.dumps({"sampling": bad}))
+        with pytest.raises(WeightsError, match="sampling"):
+            sampling_defaults(folder)
 
 
 def test_world_ablations_read_the_committed_results_and_the_notebook_runs(tmp_path, monkeypatch):
@@ -453,11 +480,12 @@ def test_id_start_reaches_sample_py_and_keys_the_units():
     from sample import build_parser
 
     plan = Plan(seed=1, identities=1)
-    assert "--id-start" not in plan.sample_flags() and plan.identity_settings == {}  # old units keep their keys
+    # always passed, so that a module's own default (its `sampling` block) cannot change what is evaluated
+    assert "--id-start 1" in " ".join(plan.sample_flags()) and plan.identity_settings == {}  # old units keep keys
     windowed = dataclasses.replace(plan, id_start=0.7)
     assert "--id-start 0.7" in " ".join(windowed.sample_flags()) and windowed.identity_settings == {"id_start": 0.7}
     base = ["--restore_path", "r", "--prompt_path", "p", "--output_path", "o"]
-    assert build_parser().parse_args(base).id_start == 1.0
+    assert build_parser().parse_args(base).id_start is None  # the module's default, else 1
     assert build_parser().parse_args(base + ["--id-start", "0.7"]).id_start == 0.7
     for bad in ("0", "1.5"):
         with pytest.raises(SystemExit):
