@@ -308,14 +308,14 @@ def table(result: dict) -> str:
     def first(module: str) -> str:
         return f"{module:<{width}} " if width else ""
 
-    head = first("module") + (f"{'id scale':>8} {'id guid':>7} {'refine':>6}  {'identity - text':>26}  "
+    head = first("module") + (f"{'id scale':>8} {'id guid':>7} {'refine':>6} {'start':>5}  {'identity - text':>26}  "
                               f"{'found - text':>26}  {'edit - text':>26}  faces")
     lines = [head]
     for r in result["rows"]:
         p, faces = r["paired"], r["means"]["face_found"]
         lines.append(f"{first(r.get('module') or '')}{r['id_scale']:>8g} {guidance_text(r['id_guidance']):>7} "
-                     f"{r.get('refine_steps', 0):>6}  {cell(p['identity_similarity']):>26}  "
-                     f"{cell(p['identity_similarity_found']):>26}  "
+                     f"{r.get('refine_steps', 0):>6} {r.get('id_start', 1.0):>5g}  "
+                     f"{cell(p['identity_similarity']):>26}  {cell(p['identity_similarity_found']):>26}  "
                      f"{cell(p['edit_success']):>26}  {'-' if faces is None else f'{faces:.2f}'}")
     best = result["best"]
     lines.append("best: none keeps the floors" if best is None else
