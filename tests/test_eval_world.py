@@ -326,7 +326,7 @@ def test_identity_grid_settings_are_a_product_or_an_explicit_list():
     from eval.world import Plan
 
     each = Plan(seed=1, identities=1, photo_tokens="each")
-    assert each.sample_flags() == ["--id-scale", "1", "--photo-tokens", "each"]
+    assert each.sample_flags() == ["--id-scale", "1", "--photo-tokens", "each", "--id-start", "1"]
     assert each.identity_settings == {"photo_tokens": "each"}  # units scored with the mean's keep their keys
     with pytest.raises(ValueError, match="photo-tokens"):
         Plan(seed=1, identities=1, photo_tokens="each", refine_steps=1)
