@@ -948,7 +948,7 @@ def main(argv: list[str] | None = None) -> int:
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
                      "id_guidance": plan.id_guidance, "id_start": plan.id_start,
-                     "id_start_from": "--id-start" if args.id_start is not None else "the identity module",
+                     "id_start_from": "--id-start" if args.id_start is not None else "module's sampling block, else 1",
                      "refine_steps": plan.refine_steps,
                      "photo_tokens": plan.photo_tokens,
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},

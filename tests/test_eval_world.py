@@ -56,6 +56,9 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     assert r["counts"]["seeds"] == 1 and r["counts"]["held_out_edit_prompts"] == 4  # two per person
     assert r["renderer_seed"] == 5 and r["renderer"]["split"] == "test"
     assert r["commands"]["evaluate"].startswith("python -m eval.world --seed 5") and r["git_commit"]
+    # without --id-start: the module's own default (this module has no sampling block, so 1), passed explicitly
+    assert r["sampling"]["id_start"] == 1.0 and r["sampling"]["id_start_from"].startswith("module's")
+    assert "--id-start 1" in (out / "logs" / "sample.log").read_text()
     from models.paths import file_sha256
     assert r["world_sha256"] == {  # the exact weights behind the numbers
         "models/uvit_v1.safetensors": file_sha256(world / "models" / "uvit_v1.safetensors"),
