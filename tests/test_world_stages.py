@@ -90,24 +90,31 @@ def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_e
 
 
 def test_final_conv_continues_an_export_without_it_unchanged_then_trains_and_loads(world, tmp_path):
-    """--final-conv from weights without U-ViT's conv: the conv starts as the identity (the same outputs),
-    the stage trains and exports it, and the pipeline loads the exported world with it."""
+    """The final conv (on by default) from weights without U-ViT's conv: the conv starts as the identity (the
+    same outputs), the stage trains and exports it, and the pipeline loads the exported world with it;
+    --no-final-conv leaves it out."""
     import torch
 
     from models.uvit import UViT
-    from models.weights import read_state_dict
+    from models.weights import read_state_dict, save_state_dict
     from pretrain.world.backbone import BackboneStage
     from pretrain.world.common import StageOptions, run_stage
 
     _, root = world
     fresh = tmp_path / "world"
     shutil.copytree(root / "world_clip", fresh / "world_clip")
+    without = {k: v for k, v in read_state_dict(root / "models/uvit_v1.safetensors").items()
+               if not k.startswith("final_layer.")}  # an export made without the conv
+    save_state_dict(without, tmp_path / "plain.safetensors")
     opts = StageOptions(out=tmp_path / "runs", world=fresh, device=torch.device("cpu"), tiny=True,
-                        init_from=root / "models/uvit_v1.safetensors", final_conv=True)
+                        init_from=tmp_path / "plain.safetensors")
     stage = BackboneStage(opts)
     assert stage.uvit_config.conv and stage.uvit.final_layer is not None
+    assert stage.c.eps_steps == 0  # a continuation has learnt to denoise: no plain noise MSE steps
+    off = BackboneStage(dataclasses.replace(opts, out=tmp_path / "off", final_conv=False))
+    assert not off.uvit_config.conv and off.uvit.final_layer is None
     plain = UViT(dataclasses.replace(stage.uvit_config, conv=False))
-    plain.load_state_dict({k: v.float() for k, v in read_state_dict(root / "models/uvit_v1.safetensors").items()})
+    plain.load_state_dict({k: v.float() for k, v in without.items()})
     c = stage.uvit_config
     gen = torch.Generator().manual_seed(0)
     inputs = (torch.randn(2, c.in_chans, c.img_size, c.img_size, generator=gen),
@@ -267,6 +274,11 @@ def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world,
     loss = {w: B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
                             w)[1]["loss_z"] for w in ("eps", "v")}
     assert not torch.allclose(loss["eps"], loss["v"])
+    # a new run without the flag takes its config's "eps" steps; --eps-steps 0 turns them off
+    assert stage.c.eps_steps == B.BackboneConfig.tiny().eps_steps > 0
+    asked.clear()
+    assert main([*args[:4], str(tmp_path / "runs0"), *args[5:], "--eps-steps", "0"]) == 0
+    assert asked == ["v"] * 4
     with pytest.raises(UserError, match="0 or more"):
         main([*args, "--eps-steps", "-1"])
     with pytest.raises(UserError, match="backbone stage only"):

@@ -57,9 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--init-from", type=Path, default=None,
                    help="backbone only: start a new run from these exported UViT weights (a continued run: "
                         "fresh optimizer, 100 warm-up steps)")
-    t.add_argument("--final-conv", action="store_true",
-                   help="backbone only: add U-ViT's final 3x3 conv over the image output (smooths 4x4-patch "
-                        "seams); with --init-from from weights without it, it starts as the identity")
+    t.add_argument("--final-conv", action=argparse.BooleanOptionalAction, default=None,
+                   help="backbone only: U-ViT's final 3x3 conv over the image output (smooths 4x4-patch seams; "
+                        "default on); with --init-from from weights without it, it starts as the identity")
     t.add_argument("--compile", action="store_true",
                    help="backbone only: run its training forward under torch.compile (CUDA only; time it first "
                         "with `python -m eval.bench.world_backbone`)")
@@ -75,12 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "eval.bench.world_backbone --patch-size 2`; part of the run's config)")
     t.add_argument("--level-gains", type=gain_list, default=None, metavar="G1,G2,..",
                    help="backbone only: the pixel space's gain per Haar band, finest (2 px) first, the last for "
-                        "everything coarser (default: one gain, 0.3, for all); e.g. 1,1,0.6,0.3 keeps small "
-                        "details above the noise longer while the prompt still sets the large areas "
-                        "(models.pixel_space; part of the run's config, exported with the weights)")
-    t.add_argument("--eps-steps", type=int, default=0, metavar="N",
+                        "everything coarser (default 1,1,0.6,0.3: small details stay above the noise longer "
+                        "while the prompt still sets the large areas; 0.3 is one gain for all; "
+                        "models.pixel_space; part of the run's config, exported with the weights)")
+    t.add_argument("--eps-steps", type=int, default=None, metavar="N",
                    help="backbone only: the first N steps use the plain noise MSE, then the run's \"v\" weighting "
-                        "(the order the world's backbone was trained in; part of the run's config)")
+                        "(default 3000 for a new run, 0 with --init-from; part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -116,17 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps)
-    for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv),
+    for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv is not None),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
                         ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
-                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps != 0)):
+                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:
         raise UserError(f"--batch-reuse must be 1 or more, got {args.batch_reuse}")
-    if args.eps_steps < 0:
+    if args.eps_steps is not None and args.eps_steps < 0:
         raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):

@@ -28,8 +28,10 @@ coarse bands low, for the prompt; the fine ones high, for the details), z0 = G x
 The world's backbone was made by a chain of runs that began with the plain noise MSE and only later took
 the "v" weighting. Its settings from the first step (band gains, final conv, "v") did not learn in a
 from-scratch test (checkpoints/world/README.md); the "v" weights, in the hundreds at the noisiest timesteps,
-are the likely cause. `--eps-steps N` weights the first N steps "eps", then the run's weighting takes over
-(the chain's order in one run; part of the run's config).
+are the likely cause. `eps_steps` weights the first steps "eps", then the run's weighting takes over (the
+chain's order in one run; part of the run's config). The defaults are that recipe (3,000 "eps" steps, band
+gains, final conv), the one shown to learn to follow the prompt from scratch; its length is about the
+chain's. A continued run (`--init-from`) has learnt to denoise already: its "eps" steps default to none.
 
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
@@ -90,7 +92,7 @@ class BackboneConfig:
     num_heads: int = 4
     patch_size: int = 4
     batch_size: int = 512
-    total_steps: int = 10_000
+    total_steps: int = 40_000  # about the committed chain's 43,339 steps (checkpoints/world/README.md)
     lr: float = 3e-4
     warmup_steps: int = 500
     weight_decay: float = 0.03
@@ -99,16 +101,16 @@ class BackboneConfig:
     p_noise_text: float = 0.15
     data_type: int = 1
     timestep_weighting: str = "v"  # "v" (1 + 1/SNR) or "eps" (plain noise MSE): see the module docstring
-    eps_steps: int = 0  # the first steps weighted "eps" before timestep_weighting takes over; `--eps-steps`
-    signal_scale: float = 0.3  # the pixel space's gain g (models.pixel_space): see the module docstring
-    level_gains: tuple[float, ...] = ()  # per Haar band, finest first (models.pixel_space); `--level-gains`
-    conv: bool = False  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv`
+    eps_steps: int = 3000  # the first steps weighted "eps" before timestep_weighting takes over; `--eps-steps`
+    signal_scale: float = 0.3  # the pixel space's one gain g when level_gains is empty (models.pixel_space)
+    level_gains: tuple[float, ...] = (1.0, 1.0, 0.6, 0.3)  # per Haar band, finest first; `--level-gains`
+    conv: bool = True  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv` / `--no-final-conv`
     batch_reuse: int = 1  # each rendered batch trains this many steps (fresh noise and timesteps); `--batch-reuse`
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
         return cls(embed_dim=32, depth=2, num_heads=2, patch_size=16, batch_size=4, total_steps=3, warmup_steps=1,
-                   ema_decay=0.5)
+                   ema_decay=0.5, eps_steps=1)
 
 
 def world_uvit_config(c: BackboneConfig, text_dim: int, context_length: int, clip_dim: int,
@@ -210,14 +212,14 @@ class BackboneStage(Stage):
         c = self.sized(BackboneConfig(), BackboneConfig.tiny())
         if opts.init_from is not None:
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
-        if opts.final_conv:
-            c = dataclasses.replace(c, conv=True)
+        if opts.final_conv is not None:
+            c = dataclasses.replace(c, conv=opts.final_conv)
         if opts.batch_reuse != 1:
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
-        if opts.eps_steps:
-            c = dataclasses.replace(c, eps_steps=opts.eps_steps)
+        if opts.eps_steps is not None or opts.init_from is not None:  # a continuation has learnt to denoise
+            c = dataclasses.replace(c, eps_steps=opts.eps_steps or 0)
         if opts.patch_size is not None:
             if opts.init_from is not None:
                 raise UserError("--patch-size with --init-from: a continued run keeps the exported weights' patch "

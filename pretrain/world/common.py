@@ -61,7 +61,8 @@ class StageOptions:
     LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
     few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
     new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
-    backbone gains U-ViT's final 3x3 conv (started as the identity when continuing from weights without it);
+    backbone has U-ViT's final 3x3 conv or not (None: its config's; started as the identity when continuing
+    from weights without it);
     compile: the backbone's training forward runs under torch.compile (CUDA only; the weights, EMA and
     checkpoints are the same module's); render_workers: the backbone's training renders are drawn by this many
     CPU processes instead of on the training device (WorldData); batch_reuse: the backbone trains this many steps
@@ -69,8 +70,8 @@ class StageOptions:
     patch_size: a new backbone run's UViT patch side instead of the config's (smaller patches, more tokens: the
     lever for small details such as glasses and hats; part of the run's config); level_gains: the backbone trains
     on a pixel space with these gains per Haar band, finest first (models.pixel_space; part of the run's config);
-    eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (part of the run's
-    config).
+    eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (None: its
+    config's for a new run, 0 for a continued one; part of the run's config).
     """
 
     out: Path
@@ -84,13 +85,13 @@ class StageOptions:
     log_every: int = 50
     save_minutes: float = 4.0
     init_from: Path | None = None
-    final_conv: bool = False
+    final_conv: bool | None = None
     compile: bool = False
     render_workers: int = 0
     batch_reuse: int = 1
     patch_size: int | None = None
     level_gains: tuple[float, ...] | None = None
-    eps_steps: int = 0
+    eps_steps: int | None = None
 
 
 @dataclass(frozen=True)
