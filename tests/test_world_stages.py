@@ -240,6 +240,18 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
         assert match in capsys.readouterr().err
     with pytest.raises(UserError, match="backbone stage only"):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), "--level-gains", "1"])
+    # a continuation trains on the pixel space exported beside its weights, unless --level-gains says otherwise
+    configs = json.loads((fresh / "model_configs.json").read_text())
+    configs["autoencoder"] = {**configs["autoencoder"], "level_gains": [], "signal_scale": 0.25}  # one gain
+    (fresh / "model_configs.json").write_text(json.dumps(configs))
+    from pretrain.world.common import StageOptions
+    opts = StageOptions(out=tmp_path / "cont", world=tmp_path / "cont_world", device=torch.device("cpu"), tiny=True,
+                        init_from=fresh / "models/uvit_v1.safetensors")
+    shutil.copytree(root / "world_clip", opts.world / "world_clip")
+    kept = BackboneStage(opts)
+    assert kept.c.level_gains == () and kept.pixel.config.signal_scale == 0.25
+    told = BackboneStage(dataclasses.replace(opts, level_gains=(1.0, 0.5)))
+    assert told.pixel.config.level_gains == (1.0, 0.5)
 
 
 def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world, tmp_path, monkeypatch):

@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--level-gains", type=gain_list, default=None, metavar="G1,G2,..",
                    help="backbone only: the pixel space's gain per Haar band, finest (2 px) first, the last for "
                         "everything coarser (default 1,1,0.6,0.3: small details stay above the noise longer "
-                        "while the prompt still sets the large areas; 0.3 is one gain for all; "
+                        "while the prompt still sets the large areas; with --init-from, the gains exported "
+                        "beside those weights; 0.3 is one gain for all; "
                         "models.pixel_space; part of the run's config, exported with the weights)")
     t.add_argument("--eps-steps", type=int, default=None, metavar="N",
                    help="backbone only: the first N steps use the plain noise MSE, then the run's \"v\" weighting "

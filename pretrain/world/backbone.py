@@ -31,7 +31,8 @@ from-scratch test (checkpoints/world/README.md); the "v" weights, in the hundred
 are the likely cause. `eps_steps` weights the first steps "eps", then the run's weighting takes over (the
 chain's order in one run; part of the run's config). The defaults are that recipe (3,000 "eps" steps, band
 gains, final conv), the one shown to learn to follow the prompt from scratch; its length is about the
-chain's. A continued run (`--init-from`) has learnt to denoise already: its "eps" steps default to none.
+chain's. A continued run (`--init-from`) has learnt to denoise already: its "eps" steps default to none, and
+it keeps the pixel space exported beside its weights (its gains are what the weights were trained on).
 
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
@@ -52,6 +53,7 @@ sample prompts is written to <out>/backbone/samples.png as a check).
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +195,16 @@ def pixel_space_config(c: BackboneConfig, channels: int) -> PixelSpaceConfig:
     return PixelSpaceConfig(embed_dim=channels, signal_scale=c.signal_scale)
 
 
+def exported_pixel_space(weights: Path) -> PixelSpaceConfig | None:
+    """The pixel space exported beside these UViT weights (<world>/model_configs.json for
+    <world>/models/uvit_v1.safetensors), or None when the weights stand alone."""
+    path = Path(weights).parent.parent / "model_configs.json"
+    if not path.is_file():
+        return None
+    entry = json.loads(path.read_text()).get("autoencoder")
+    return PixelSpaceConfig.from_dict(entry) if entry and entry.get("kind") == "pixel_space" else None
+
+
 def write_pixel_space(world: Path, config: PixelSpaceConfig) -> Path:
     """<world>/models/pixel_space.safetensors and its model_configs.json entry ("autoencoder")."""
     pixel = PixelSpace(config)
@@ -218,6 +230,9 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
+        elif opts.init_from is not None and (exported := exported_pixel_space(opts.init_from)) is not None:
+            # a continuation keeps the pixel space its weights were trained on, not the defaults
+            c = dataclasses.replace(c, level_gains=exported.level_gains, signal_scale=exported.signal_scale)
         if opts.eps_steps is not None or opts.init_from is not None:  # a continuation has learnt to denoise
             c = dataclasses.replace(c, eps_steps=opts.eps_steps or 0)
         if opts.patch_size is not None:

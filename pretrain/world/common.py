@@ -69,7 +69,8 @@ class StageOptions:
     on each rendered batch (fresh noise and timesteps each step: rendering is then needed for 1/R of the steps);
     patch_size: a new backbone run's UViT patch side instead of the config's (smaller patches, more tokens: the
     lever for small details such as glasses and hats; part of the run's config); level_gains: the backbone trains
-    on a pixel space with these gains per Haar band, finest first (models.pixel_space; part of the run's config);
+    on a pixel space with these gains per Haar band, finest first (None: its config's for a new run, the exported
+    pixel space beside the weights for a continued one; models.pixel_space; part of the run's config);
     eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (None: its
     config's for a new run, 0 for a continued one; part of the run's config).
     """
