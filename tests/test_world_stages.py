@@ -252,6 +252,9 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
     assert kept.c.level_gains == () and kept.pixel.config.signal_scale == 0.25
     told = BackboneStage(dataclasses.replace(opts, level_gains=(1.0, 0.5)))
     assert told.pixel.config.level_gains == (1.0, 0.5)
+    (fresh / "model_configs.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a model_configs.json"):
+        BackboneStage(opts)
 
 
 def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world, tmp_path, monkeypatch):

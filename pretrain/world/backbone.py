@@ -201,7 +201,11 @@ def exported_pixel_space(weights: Path) -> PixelSpaceConfig | None:
     path = Path(weights).parent.parent / "model_configs.json"
     if not path.is_file():
         return None
-    entry = json.loads(path.read_text()).get("autoencoder")
+    try:
+        entry = json.loads(path.read_text()).get("autoencoder")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise UserError(f"--init-from: {path} beside the weights is not a model_configs.json ({e})",
+                        hint="give the pixel space with --level-gains, or repair the file") from None
     return PixelSpaceConfig.from_dict(entry) if entry and entry.get("kind") == "pixel_space" else None
 
 
