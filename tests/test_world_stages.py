@@ -253,7 +253,7 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
     told = BackboneStage(dataclasses.replace(opts, level_gains=(1.0, 0.5)))
     assert told.pixel.config.level_gains == (1.0, 0.5)
     (fresh / "model_configs.json").write_text("{not json")
-    with pytest.raises(UserError, match="not a model_configs.json"):
+    with pytest.raises(UserError, match="model_configs.json is not valid JSON"):  # models.paths.read_model_configs
         BackboneStage(opts)
 
 

@@ -53,7 +53,6 @@ sample prompts is written to <out>/backbone/samples.png as a check).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +63,8 @@ from torch import nn
 from encoder.objective import timestep_weights
 from models.errors import UserError
 from models.noise_schedule import NoiseScheduleVP
-from models.pixel_space import PixelSpace, PixelSpaceConfig
+from models.paths import read_model_configs
+from models.pixel_space import PixelSpace, PixelSpaceConfig, is_pixel_space_config
 from models.uvit import UViT, UViTConfig
 from models.weights import save_state_dict
 from models.world_clip import load_world_clip
@@ -198,15 +198,8 @@ def pixel_space_config(c: BackboneConfig, channels: int) -> PixelSpaceConfig:
 def exported_pixel_space(weights: Path) -> PixelSpaceConfig | None:
     """The pixel space exported beside these UViT weights (<world>/model_configs.json for
     <world>/models/uvit_v1.safetensors), or None when the weights stand alone."""
-    path = Path(weights).parent.parent / "model_configs.json"
-    if not path.is_file():
-        return None
-    try:
-        entry = json.loads(path.read_text()).get("autoencoder")
-    except (json.JSONDecodeError, AttributeError) as e:
-        raise UserError(f"--init-from: {path} beside the weights is not a model_configs.json ({e})",
-                        hint="give the pixel space with --level-gains, or repair the file") from None
-    return PixelSpaceConfig.from_dict(entry) if entry and entry.get("kind") == "pixel_space" else None
+    entry = read_model_configs(Path(weights).parent.parent).get("autoencoder")
+    return PixelSpaceConfig.from_dict(entry) if is_pixel_space_config(entry) else None
 
 
 def write_pixel_space(world: Path, config: PixelSpaceConfig) -> Path:
