@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from encoder.config import id_start_value
 from models.errors import number
 
 
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-guidance", type=number(float, 0, 100), default=None,
                    help="separate identity guidance scale, 0 to 100 (adds a third network pass); "
                         "default: same as --cfg")
-    p.add_argument("--id-start", type=number(float, 0.01, 1), default=None,
+    p.add_argument("--id-start", type=id_start_value, default=None,
                    help="use the identity only once the noise level is at most this, 0.01 to 1 (1 = pure noise: "
                         "every step); e.g. 0.7 lets the prompt lay out the image and its colours first, which "
                         "keeps more faces and edits in the identity world (docs/identity_world_eval.md). Default: "

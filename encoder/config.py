@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from models.config_dict import config_from_dict
+from models.errors import number
+
+# The identity start, the noise level from which the identity is used (sample.py --id-start, a module's
+# config.json sampling.id_start; 1: every step), lies in [ID_START_MIN, 1]; id_start_value parses it.
+ID_START_MIN = 0.01
+id_start_value = number(float, ID_START_MIN, 1)
 
 FORMAT_NAME = "unidiffuser-faceid-identity"
 FORMAT_VERSION = 1

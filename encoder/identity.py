@@ -15,7 +15,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoder.config import FORMAT_NAME, FORMAT_VERSION, IdentityConfig
+from encoder.config import FORMAT_NAME, FORMAT_VERSION, ID_START_MIN, IdentityConfig
 from encoder.projector import IDProjector, pool_embeddings
 from models.atomic import atomic_write, write_json_atomic
 from models.paths import WeightsError, file_sha256
@@ -190,9 +190,9 @@ def sampling_defaults(folder: str | os.PathLike | None) -> dict:
         raise WeightsError(f"identity module: {path}'s `sampling` block must be an object with keys among "
                            f"{sorted(SAMPLING_DEFAULTS)}, found {block if not isinstance(block, dict) else unknown}")
     start = block.get("id_start", SAMPLING_DEFAULTS["id_start"])
-    if isinstance(start, bool) or not isinstance(start, (int, float)) or not 0 < start <= 1:
-        raise WeightsError(f"identity module: {path}'s sampling.id_start must be a noise level in (0, 1], "
-                           f"found {start!r}")
+    if isinstance(start, bool) or not isinstance(start, (int, float)) or not ID_START_MIN <= start <= 1:
+        raise WeightsError(f"identity module: {path}'s sampling.id_start must be a noise level in "
+                           f"[{ID_START_MIN:g}, 1], found {start!r}")
     return {**SAMPLING_DEFAULTS, **block, "id_start": float(start)}
 
 

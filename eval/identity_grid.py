@@ -43,10 +43,10 @@ from pathlib import Path
 
 import torch
 
+from encoder.config import ID_START_MIN, id_start_value
 from eval.named import split_named
 from eval.world import Evaluation, Plan, _nanmean, headline_values, paired, prepare_data, provenance, weights_sha256
 from eval.world_scores import bootstrap_interval
-from models.errors import number
 
 RESULTS = Path("eval/results/identity_grid.json")
 EXPORT_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -227,13 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise UserError(f"--settings / --id-scales / --id-guidances / --refine-steps: {e} (numbers, comma-separated; "
                         "'none' for guidance; --settings as scale:guidance:refine,...)") from e
-    start = number(float, 0.01, 1)  # sample.py's --id-start rule, for each value of the list
-    try:
-        starts = [start(x) for x in args.id_start.split(",") if x.strip()]
+    levels = f"noise levels in [{ID_START_MIN:g}, 1], comma-separated"
+    try:  # sample.py's --id-start rule, for each value of the list
+        starts = [id_start_value(x) for x in args.id_start.split(",") if x.strip()]
     except argparse.ArgumentTypeError as e:
-        raise UserError(f"--id-start: {e} (noise levels in [0.01, 1], comma-separated)") from None
+        raise UserError(f"--id-start: {e} ({levels})") from None
     if not starts:
-        raise UserError(f"--id-start: no value in {args.id_start!r} (noise levels in [0.01, 1], comma-separated)")
+        raise UserError(f"--id-start: no value in {args.id_start!r} ({levels})")
     if args.photo_tokens == "each" and (args.export or any(refine for refine, _, _ in settings)):
         raise UserError("--photo-tokens each: refined tokens and exported modules are the pooled photos'; "
                         "run it without refinement and without --export")

@@ -63,6 +63,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from encoder.config import id_start_value
 from eval.world_scores import (
     FaceFeatures,
     WorldScorer,
@@ -73,7 +74,7 @@ from eval.world_scores import (
     identity_similarity,
     pose_diversity,
 )
-from models.errors import UserError, number
+from models.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("encoder", "text_only", "finetune", "ceiling")
@@ -856,7 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-scale", type=float, default=1.0, help="the identity module's sample.py --id-scale (default 1)")
     p.add_argument("--id-guidance", type=float, default=None,
                    help="its sample.py --id-guidance (default: none, the text guidance scale)")
-    p.add_argument("--id-start", type=number(float, 0.01, 1), default=None,
+    p.add_argument("--id-start", type=id_start_value, default=None,
                    help="its sample.py --id-start: the identity only at noise levels t <= this (default: the "
                         "module's own, from its config.json `sampling` block, else 1: every step)")
     p.add_argument("--refine-steps", type=int, default=0,

@@ -386,6 +386,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
     """The Gradio page (a gr.Blocks) over `studio`; per-session files under workdir/<session>/."""
     import gradio as gr
 
+    from encoder.config import ID_START_MIN
     from encoder.identity import sampling_defaults
     from personalize.extract import summary_rows
     from personalize.generate import GenerateOptions
@@ -479,7 +480,7 @@ def build_page(studio: Studio, workdir: Path, demos: list[DemoIdentity]):
                                steps=checked(steps, "steps", int, 1, 1000),
                                cfg=checked(cfg, "guidance", float, 0, 100),
                                id_scale=checked(id_scale, "identity scale", float, 0, 10),
-                               id_start=checked(id_start, "identity start", float, 0.01, 1),
+                               id_start=checked(id_start, "identity start", float, ID_START_MIN, 1),
                                seed=checked(seed, "seed", int), resume=False)
         run = session_dir(request) / "run"
         shutil.rmtree(run, ignore_errors=True)
