@@ -228,12 +228,17 @@ def prepare_data(plan: Plan, out: Path, progress: bool = True) -> list[Person]:
     return people
 
 
-def rendered_side(out: Path) -> dict | None:
-    """The renderer's side file of a work folder (data/faceworld.json: seed, split, people), or None where
-    the folder has none (not rendered yet, or a copy that came back without its data)."""
+def side_path(out: Path) -> Path:
+    """Where a work folder keeps the renderer's side file (data/faceworld.json)."""
     from data_prep.faceworld.folders import SIDE_FILE
 
-    path = out / "data" / SIDE_FILE
+    return out / "data" / SIDE_FILE
+
+
+def rendered_side(out: Path) -> dict | None:
+    """The renderer's side file of a work folder (seed, split, people), or None where the folder has none
+    (not rendered yet, or a copy that came back without its data)."""
+    path = side_path(out)
     return json.loads(path.read_text()) if path.is_file() else None
 
 

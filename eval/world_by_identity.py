@@ -71,10 +71,9 @@ def by_identity(work: Path, seed: int, method: str, photos: int) -> dict:
 
 
 def renderer_seed(work: Path, given: int | None) -> int:
-    from data_prep.faceworld.folders import SIDE_FILE
-    from eval.world import rendered_side
+    from eval.world import rendered_side, side_path
 
-    side, path = rendered_side(work), work / "data" / SIDE_FILE
+    side, path = rendered_side(work), side_path(work)
     if side is not None:
         seed = int(side["seed"])
         if given is not None and given != seed:

@@ -17,15 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-from data_prep.faceworld.folders import SIDE_FILE
-from eval.world import HEADLINE, headline_values, paired, rendered_side, scored_people
+from eval.world import HEADLINE, headline_values, paired, rendered_side, scored_people, side_path
 from models.errors import UserError
 
 
 def _side(run: Path) -> dict:
     side = rendered_side(run)
     if side is None:
-        raise UserError(f"{run / 'data' / SIDE_FILE} is missing: {run} is not a complete eval.world work folder",
+        raise UserError(f"{side_path(run)} is missing: {run} is not a complete eval.world work folder",
                         hint="a folder that came back without its data/ gets it from a run of the same --seed and "
                              "--identities (the renderer is deterministic), or from rerunning eval.world there")
     return {"seed": side["seed"], "split": side["split"], "people": [p["identity"] for p in side["people"]]}
