@@ -335,3 +335,69 @@ def test_render_workers_draw_the_same_batches_as_the_training_device():
         here.close()
     with pytest.raises(UserError, match="backbone stage only"):
         main(["train", "clip", "--tiny", "--render-workers", "2"])
+
+
+def test_face_weight_map_weighs_the_widened_face_box_and_averages_one():
+    """face_weight_map: `weight` times the rest inside the face box widened by FACE_MARGIN, mean 1 per image."""
+    import torch
+
+    from pretrain.world.backbone import FACE_MARGIN, face_weight_map
+
+    boxes = torch.tensor([[16.0, 20.0, 32.0, 44.0], [0.0, 0.0, 64.0, 64.0]])
+    w = face_weight_map(boxes, 64, 4.0)
+    assert w.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(2))
+    first = w[0, 0]
+    # x widened by 0.25 * 16 = 4 px, y by 0.25 * 24 = 6 px: pixel centres in [12, 36] x [14, 50]
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[14:50, 12:36] = True
+    assert FACE_MARGIN == 0.25
+    assert torch.allclose(first[inside], first[inside][0]) and torch.allclose(first[~inside], first[~inside][0])
+    torch.testing.assert_close(first[inside][0] / first[~inside][0], torch.tensor(4.0))
+    torch.testing.assert_close(w[1], torch.ones(1, 64, 64))  # the face fills the image: the plain mean
+
+
+def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypatch):
+    """--face-weight W: the stage passes each batch's face_weight_map to the loss (none at the default 1), a map
+    of ones leaves the loss as it was and another changes it; part of the run's config; refused when not
+    positive and for other stages."""
+    import torch
+
+    from pretrain.world import backbone as B
+
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    seen = []
+    optimize = B.BackboneStage.optimize_on
+
+    def spy(self, pixels, clip0, text0, generator, model=None, weighting=None, pixel_weight=None):
+        seen.append((self.data.get(0).renders.boxes, pixel_weight))
+        return optimize(self, pixels, clip0, text0, generator, model, weighting, pixel_weight)
+
+    monkeypatch.setattr(B.BackboneStage, "optimize_on", spy)
+    args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh), "--total-steps", "1"]
+    assert main([*args, "--face-weight", "3"]) == 0
+    boxes, weight = seen[0]
+    torch.testing.assert_close(weight, B.face_weight_map(torch.from_numpy(boxes), 64, 3.0))
+    state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["face_weight"] == 3.0
+    assert main([*args[:4], str(tmp_path / "runs1"), *args[5:]]) == 0
+    assert seen[1][1] is None  # the default: the plain mean
+    monkeypatch.undo()
+    stage = B.BackboneStage(B.StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True))
+    u = stage.uvit_config
+    z0, clip0, text0 = (torch.randn(2, 3, 64, 64), torch.randn(2, 1, u.clip_img_dim),
+                        torch.randn(2, u.num_text_tokens, u.text_dim))
+
+    def loss_z(pixel_weight):
+        return B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
+                            pixel_weight=pixel_weight)[1]["loss_z"]
+
+    face = B.face_weight_map(torch.tensor([[16.0, 16.0, 40.0, 48.0]] * 2), 64, 5.0)
+    torch.testing.assert_close(loss_z(torch.ones(2, 1, 64, 64)), loss_z(None))
+    assert not torch.allclose(loss_z(face), loss_z(None))
+    for bad, match in ((["backbone", "--face-weight", "0"], "positive"),
+                       (["clip", "--face-weight", "2"], "backbone stage only")):
+        with pytest.raises(UserError, match=match):
+            main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), *bad[1:]])

@@ -82,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--eps-steps", type=int, default=None, metavar="N",
                    help="backbone only: the first N steps use the plain noise MSE, then the run's \"v\" weighting "
                         "(default 3000 for a new run, 0 with --init-from; part of the run's config)")
+    t.add_argument("--face-weight", type=float, default=None, metavar="W",
+                   help="backbone only: weigh the image term's error W times as much inside the render's face box "
+                        "(widened by a quarter on each side) as outside, each image's weights averaging 1 (default "
+                        "1: the plain mean; W > 1 spends more of the model on the face's small details; part of "
+                        "the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -116,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
-                        patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps)
+                        patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
+                        face_weight=args.face_weight)
     for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv is not None),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
                         ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
-                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps is not None)):
+                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps is not None),
+                        ("--face-weight", args.face_weight is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
     if args.render_workers < 0:
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--batch-reuse must be 1 or more, got {args.batch_reuse}")
     if args.eps_steps is not None and args.eps_steps < 0:
         raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
+    if args.face_weight is not None and not args.face_weight > 0:
+        raise UserError(f"--face-weight must be positive, got {args.face_weight}")
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

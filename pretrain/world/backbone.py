@@ -34,6 +34,11 @@ gains, final conv), the one shown to learn to follow the prompt from scratch; it
 chain's. A continued run (`--init-from`) has learnt to denoise already: its "eps" steps default to none, and
 it keeps the pixel space exported beside its weights (its gains are what the weights were trained on).
 
+The face is a small part of a 64 px render, and what the prompt names inside it (an expression, glasses)
+is a few pixels wide. `--face-weight W` weights the image term's squared error W times as much inside the
+render's face box (widened by FACE_MARGIN of its size on each side) as outside, per image normalised to a
+mean weight of 1, so that the term's scale stays that of the plain mean (1, the default, is the plain mean).
+
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
 `--batch-reuse R` trains R steps on each rendered and conditioned batch, each with its own noise and
 timesteps, so that the renders limit the rate R times less.
@@ -79,6 +84,7 @@ from pretrain.world.common import (
 )
 
 CLIP_DIR = "world_clip"
+FACE_MARGIN = 0.25  # --face-weight's region: the face box widened by this fraction of its side on each side
 SAMPLE_PROMPTS = ("a photo of a man", "a photo of a woman wearing sunglasses", "a painting of a girl, smiling",
                   "a photo of a boy wearing a red cap", "a sketch of a man in the desert",
                   "a photo of a woman under the sea", "a photo of a man in a green sweater in the snow",
@@ -108,6 +114,7 @@ class BackboneConfig:
     level_gains: tuple[float, ...] = (1.0, 1.0, 0.6, 0.3)  # per Haar band, finest first; `--level-gains`
     conv: bool = True  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv` / `--no-final-conv`
     batch_reuse: int = 1  # each rendered batch trains this many steps (fresh noise and timesteps); `--batch-reuse`
+    face_weight: float = 1.0  # the image term's weight inside the face region relative to outside; `--face-weight`
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -150,13 +157,31 @@ def identity_conv_state(conv: nn.Conv2d) -> dict[str, torch.Tensor]:
     return {"final_layer.weight": weight, "final_layer.bias": torch.zeros_like(conv.bias)}
 
 
+def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float = FACE_MARGIN) -> torch.Tensor:
+    """[B, 1, size, size] float32: `weight` on the pixels whose centres lie in the face box (x1, y1, x2, y2 in
+    pixels, boxes [B, 4]) widened by margin times its width and height on each side, 1 elsewhere, divided by
+    each image's mean (so every map averages 1)."""
+    boxes = boxes.float()
+    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
+    lo, hi = boxes[:, :2] - wh, boxes[:, 2:] + wh
+    centres = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
+    inside_x = (centres >= lo[:, :1]) & (centres <= hi[:, :1])  # [B, size]
+    inside_y = (centres >= lo[:, 1:]) & (centres <= hi[:, 1:])
+    inside = inside_y[:, :, None] & inside_x[:, None, :]  # [B, y, x]
+    w = 1.0 + (weight - 1.0) * inside.float()
+    return rearrange(w / w.mean(dim=(1, 2), keepdim=True), "b h w -> b 1 h w")
+
+
 def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
                schedule: NoiseScheduleVP, c: BackboneConfig, generator: torch.Generator,
-               weighting: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               weighting: str | None = None,
+               pixel_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """UniDiffuser's joint noise-prediction loss of one batch (see the module docstring).
 
     z0 [B, 3, H, W], clip0 [B, 1, Dc], text0 [B, L, Dt] float32 on the generator's device; weighting: the
-    timestep weighting of the image and CLIP-image terms (default c.timestep_weighting).
+    timestep weighting of the image and CLIP-image terms (default c.timestep_weighting); pixel_weight:
+    [B, 1, H, W] weights of the image term's squared error, each image's averaging 1 (face_weight_map;
+    None: the plain mean).
     Returns (loss, {"loss_z", "loss_clip", "loss_text"} detached).
     """
     b, device = z0.shape[0], z0.device
@@ -176,7 +201,8 @@ def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: to
     z_n, clip_n = schedule.add_noise(z0, eps_z, n_img), schedule.add_noise(clip0, eps_c, n_img)
     data_type = torch.full((b,), c.data_type, dtype=torch.long, device=device)
     pred_z, pred_c, pred_t = uvit(z_n, clip_n, text_n, n_img.float(), n_text.float(), data_type)
-    loss_z = ((pred_z.float() - eps_z) ** 2).mean(dim=(1, 2, 3))
+    sq_z = (pred_z.float() - eps_z) ** 2
+    loss_z = (sq_z if pixel_weight is None else sq_z * pixel_weight).mean(dim=(1, 2, 3))
     loss_c = ((pred_c.float() - eps_c) ** 2).mean(dim=(1, 2))
     if (tw := timestep_weights(schedule, n_img, weighting or c.timestep_weighting)) is not None:
         loss_z, loss_c = loss_z * tw, loss_c * tw
@@ -225,6 +251,8 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, conv=opts.final_conv)
         if opts.batch_reuse != 1:
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
+        if opts.face_weight is not None:
+            c = dataclasses.replace(c, face_weight=opts.face_weight)
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
         elif opts.init_from is not None and (exported := exported_pixel_space(opts.init_from)) is not None:
@@ -273,7 +301,7 @@ class BackboneStage(Stage):
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size,
                               render_workers=opts.render_workers)
-        self._conditioned: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (k, batch k)
+        self._conditioned: tuple | None = None  # (k, pixels, clip0, text0, pixel weights) of batch k
         # The pixel space has no training and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
@@ -309,28 +337,37 @@ class BackboneStage(Stage):
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
-        pixels, clip0, text0 = self.conditioned_batch(step // self.c.batch_reuse)
+        pixels, clip0, text0, pixel_weight = self.conditioned_batch(step // self.c.batch_reuse)
         weighting = "eps" if step < self.c.eps_steps else self.c.timestep_weighting
-        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model, weighting), "lr": lr}
+        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model, weighting, pixel_weight),
+                "lr": lr}
 
-    def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pixels, clip0, text0) of rendered batch k, kept for the batch_reuse steps that train on it: with
-        reuse R, steps kR .. kR + R - 1 share batch k (a resumed run renders it again: the same batch)."""
+    def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(pixels, clip0, text0, pixel weights) of rendered batch k, kept for the batch_reuse steps that train
+        on it: with reuse R, steps kR .. kR + R - 1 share batch k (a resumed run renders it again: the same
+        batch). The pixel weights are face_weight_map's (None when face_weight is 1)."""
         if self._conditioned is None or self._conditioned[0] != k:
             batch = self.data.get(k)
-            self._conditioned = (k, batch.pixels, *self.condition(batch.pixels, batch.captions))
+            weights = None
+            if self.c.face_weight != 1.0:
+                boxes = torch.from_numpy(batch.renders.boxes).to(self.device)
+                weights = face_weight_map(boxes, batch.pixels.shape[-1], self.c.face_weight)
+            self._conditioned = (k, batch.pixels, *self.condition(batch.pixels, batch.captions), weights)
         return self._conditioned[1:]
 
     def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
                     generator: torch.Generator, model: nn.Module | None = None,
-                    weighting: str | None = None) -> dict[str, float | torch.Tensor]:
+                    weighting: str | None = None,
+                    pixel_weight: torch.Tensor | None = None) -> dict[str, float | torch.Tensor]:
         """One optimizer step of the joint objective on a conditioned batch, then the EMA update. `model`
         (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both); `weighting`
-        replaces the config's timestep weighting (the --eps-steps phase)."""
+        replaces the config's timestep weighting (the --eps-steps phase); `pixel_weight` weights the image
+        term (face_weight_map)."""
         model = self.uvit if model is None else model
         with self.autocast():
             z0 = self.pixel.latent(pixels)  # the pixel space's latent (its encode, less its 1e-7 noise)
-            loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator, weighting)
+            loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator, weighting,
+                                     pixel_weight)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
         self.ema.update(self.uvit)
         return {"loss": loss.detach(), **terms, "grad": grad}

@@ -72,7 +72,8 @@ class StageOptions:
     on a pixel space with these gains per Haar band, finest first (None: its config's for a new run, the exported
     pixel space beside the weights for a continued one; models.pixel_space; part of the run's config);
     eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (None: its
-    config's for a new run, 0 for a continued one; part of the run's config).
+    config's for a new run, 0 for a continued one; part of the run's config); face_weight: the backbone's image
+    term weighs the face region this many times the rest (None: its config's, 1; part of the run's config).
     """
 
     out: Path
@@ -93,6 +94,7 @@ class StageOptions:
     patch_size: int | None = None
     level_gains: tuple[float, ...] | None = None
     eps_steps: int | None = None
+    face_weight: float | None = None
 
 
 @dataclass(frozen=True)
