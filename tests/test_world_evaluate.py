@@ -119,6 +119,9 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert {k.split("=")[0] for k in data["single_attribute_success"]} == {"hat", "glasses", "expression"}
     assert all(0.0 <= v <= 1.0 for part in ("single_attribute_success", "single_attribute_unasked")
                for v in data[part].values())
+    assert set(data["clip_attribute_accuracy"]) == set(ATTRIBUTES)
+    assert all(0.0 <= v <= 1.0 for v in data["clip_attribute_accuracy"].values())
+    assert data["clip_attributes"]["renders"] == tiny.clip_renders
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
@@ -162,3 +165,47 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     with pytest.raises(UserError, match="other backbone files"):
         main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
               "--include", str(gpu)])
+
+
+def test_attribute_variants_keep_the_hat_colour_rule():
+    from data_prep.faceworld.attributes import ATTRIBUTES
+    from pretrain.world.evaluate import attribute_variants
+
+    bare = {"scene": "beach", "hat": "none", "hat_color": None, "glasses": "none", "clothing": "red",
+            "expression": "neutral", "style": "photo"}
+    hats = attribute_variants(bare, "hat")
+    assert [v["hat"] for v in hats] == list(ATTRIBUTES["hat"])
+    assert hats[0]["hat_color"] is None and all(v["hat_color"] == ATTRIBUTES["hat_color"][0] for v in hats[1:])
+    capped = {**bare, "hat": "cap", "hat_color": "blue"}
+    assert [v["hat_color"] for v in attribute_variants(capped, "hat")] == [None] + ["blue"] * 5
+    smiles = attribute_variants(capped, "expression")
+    assert [v["expression"] for v in smiles] == list(ATTRIBUTES["expression"])
+    assert all({**v, "expression": "neutral"} == {**capped, "expression": "neutral"} for v in smiles)
+
+
+def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
+    """A stand-in model that sees only the expression: expression accuracy 1; every other attribute's captions
+    tie, so the first value wins, and the accuracy is the share of renders that have it."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, parse_caption, split_range
+    from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.evaluate import EvalConfig, evaluate_clip_attributes
+
+    cfg = EvalConfig.tiny()
+    lo, _ = split_range("test")
+    truth = FaceWorld(5, 64, "cpu").render(lo + np.arange(cfg.clip_renders), 1).attributes
+    values = ATTRIBUTES["expression"]
+
+    class SeesExpressions:
+        def embed_images(self, images, batch_size=64):
+            assert len(images) == len(truth)
+            return torch.eye(3)[[values.index(a["expression"]) for a in truth]]
+
+        def embed_texts(self, texts):
+            return torch.eye(3)[[values.index(parse_caption(t)["expression"]) for t in texts]]
+
+    out = evaluate_clip_attributes(SeesExpressions(), 5, cfg, torch.device("cpu"))
+    acc = out["clip_attribute_accuracy"]
+    assert acc["expression"] == 1.0
+    for name in ("scene", "glasses", "clothing", "style", "hat"):
+        assert acc[name] == pytest.approx(np.mean([a[name] == ATTRIBUTES[name][0] for a in truth]))
+    assert out["clip_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)

@@ -21,6 +21,12 @@ on their own seed's training identities; test identities come from the test rang
   captions) for every class word, and prompts that state only the class word. Per value, the rate at
   which the classifier finds it when asked and when not asked (the second is the rate a backbone that
   ignores the word would score). Same sampling as text_to_image's headline.
+- clip_attributes: can the world's image-text model (the one CLIP-I and CLIP-T use, through
+  models.image_text) tell each attribute's values apart? For each of `clip_renders` test renders and each
+  attribute, one caption per value of that attribute, the render's other attributes stated as they are
+  (same phrasing); the render is right when its own value's caption is the nearest to its image. Accuracy
+  per attribute, beside chance (one over the values). An attribute near chance is one CLIP-T cannot reward
+  an edit of, and one the CLIP-image channel does not carry.
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -55,7 +61,8 @@ from models.pixels import to_signed
 from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "frechet", "text_dependence", "sizes")
+SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_attributes", "frechet",
+            "text_dependence", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 FAR = 1e-3
@@ -66,7 +73,8 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 @dataclass(frozen=True)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
-    accuracy; t2i_images: images per (held-out pair, class word); frechet_images: generated (and real)
+    accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
+    frechet_images: generated (and real)
     images per grid point; steps / guidance: the headline sampling setting of text_to_image; t2i_grid:
     text_to_image also at every grid point (not only the headline setting)."""
 
@@ -80,11 +88,12 @@ class EvalConfig:
     t2i_grid: bool = True
     batch: int = 512
     dependence_renders: int = 256
+    clip_renders: int = 1000
 
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
-                   batch=64, dependence_renders=8)
+                   batch=64, dependence_renders=8, clip_renders=6)
 
 
 # -------------------------------------------------------------------------------------------- Frechet
@@ -270,6 +279,47 @@ def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> d
                                  "prompts": sorted({it["prompt"] for it in items})}}
 
 
+def attribute_variants(attrs: dict[str, str | None], name: str) -> list[dict[str, str | None]]:
+    """attrs with `name` set to each of its values in turn (ATTRIBUTES order); a hat put on a bare head takes
+    the first hat colour, a hat taken off loses its colour."""
+    from data_prep.faceworld.attributes import ATTRIBUTES
+
+    out = []
+    for value in ATTRIBUTES[name]:
+        variant = {**attrs, name: value}
+        if name == "hat":
+            variant["hat_color"] = None if value == "none" else (attrs["hat_color"] or ATTRIBUTES["hat_color"][0])
+        out.append(variant)
+    return out
+
+
+@torch.no_grad()
+def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """Zero-shot attribute accuracy of the image-text model on test renders (see the module docstring)."""
+    import torch.nn.functional as F
+
+    from data_prep.faceworld.attributes import ATTRIBUTES, caption, split_range
+    from data_prep.faceworld.render import FaceWorld
+
+    lo, _ = split_range("test")
+    n = cfg.clip_renders
+    renders = FaceWorld(seed, 64, device, chunk=cfg.batch).render(lo + np.arange(n, dtype=np.int64), 1)
+    images = F.normalize(torch.from_numpy(_clip_features(clip, renders.images, cfg.batch)), dim=-1)
+    hits: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
+    for i, attrs in enumerate(renders.attributes):
+        for name, values in ATTRIBUTES.items():
+            if name == "hat_color" and attrs["hat"] == "none":
+                continue  # a colour is only stated with a hat
+            captions = [caption(v, renders.class_words[i], np.random.default_rng([seed, i]), "all", generic_hat_p=0.0)
+                        for v in attribute_variants(attrs, name)]
+            texts = F.normalize(clip.embed_texts(captions).double().cpu(), dim=-1)
+            hits[name].append(values[int((texts @ images[i]).argmax())] == attrs[name])
+    return {"clip_attribute_accuracy": {name: float(np.mean(h)) for name, h in hits.items()},
+            "clip_attributes": {"renders": n, "render_index": 1,
+                                "chance": {k: 1 / len(v) for k, v in ATTRIBUTES.items()},
+                                "renders_per_attribute": {name: len(h) for name, h in hits.items()}}}
+
+
 def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
     """Frechet distance in world-CLIP image features: generated (captions of test renders) vs those renders."""
     from data_prep.faceworld.attributes import split_range
@@ -396,7 +446,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     if {"text_to_image", "single_attribute", "frechet", "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    if "frechet" in sections:
+    if {"frechet", "clip_attributes"} & set(sections):
         clip, _ = load_image_text_model(root=world_dir, device=device)
     for name in SECTIONS:
         if name not in sections:
@@ -410,6 +460,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "single_attribute":
             result.update(evaluate_single_attribute(pipe, classifier, seed, cfg))
+        elif name == "clip_attributes":
+            result.update(evaluate_clip_attributes(clip, seed, cfg, device))
         elif name == "frechet":
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
         elif name == "text_dependence":
@@ -523,7 +575,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
                                        "text_to_image_attribute_success", "single_attribute_success",
-                                       "single_attribute_unasked", "frechet_world_clip", "text_dependence")
+                                       "single_attribute_unasked", "clip_attribute_accuracy", "frechet_world_clip",
+                                       "text_dependence")
                 if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
