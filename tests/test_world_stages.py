@@ -84,7 +84,10 @@ def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_e
     for k, v in stage.uvit.state_dict().items():  # the continued run starts from the export
         assert torch.equal(v, exported[k].float()), k
     assert stage.c.warmup_steps <= 100
-    with pytest.raises(UserError, match="backbone stage only"):
+    with pytest.raises(UserError, match="backbone and clip stages only"):
+        main(["train", "attributes", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
+              "--init-from", str(root / "models/uvit_v1.safetensors")])
+    with pytest.raises(UserError, match="not a world-CLIP folder"):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
               "--init-from", str(root / "models/uvit_v1.safetensors")])
 
@@ -401,3 +404,86 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
                        (["clip", "--face-weight", "2"], "backbone stage only")):
         with pytest.raises(UserError, match=match):
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), *bad[1:]])
+
+
+def test_hard_negatives_change_one_stated_attribute():
+    """hard_negative: the caption's statement with exactly one attribute changed (a hat taken off loses its colour,
+    one put on gets none stated), None when the caption states nothing that can change."""
+    import numpy as np
+
+    from data_prep.faceworld.attributes import ANY_HAT, CLASS_WORDS, caption, parse_caption, sample_attributes
+    from pretrain.world.clip import hard_negative
+
+    rng = np.random.default_rng(0)
+    attrs = sample_attributes(0, np.arange(300), np.zeros(300, dtype=np.int64), avoid_held_out=False)
+    changed = set()
+    for i, a in enumerate(attrs):
+        word = CLASS_WORDS[i % 4]
+        text = caption(a, word, rng)
+        neg = hard_negative(text, a, word, rng)
+        stated = parse_caption(text)
+        if neg is None:
+            assert not [n for n in stated if not (n == "hat" and stated[n] == ANY_HAT)]
+            continue
+        other = parse_caption(neg)
+        diff = {n for n in set(stated) | set(other) if stated.get(n) != other.get(n)}
+        assert diff, (text, neg)
+        assert len(diff - {"hat_color"}) == 1 or diff == {"hat_color"}, (text, neg)
+        if "hat_color" in diff and "hat" in diff:  # a hat taken off, or put on: the colour goes with it
+            assert other["hat"] == "none" or stated["hat"] == "none", (text, neg)
+        changed |= diff
+    assert {"scene", "expression", "glasses", "hat", "clothing", "style"} <= changed
+    assert hard_negative("a photo of a man", {**attrs[0], "style": "photo"}, "man", rng) is not None  # style
+    assert hard_negative("a man", attrs[0], "man", rng) is None
+
+
+def test_contrastive_loss_with_negatives():
+    """Without negatives the loss is symmetric InfoNCE; a negative that equals an image's embedding raises the
+    loss; a negative whose text is another image's caption counts as that image's positive."""
+    import torch
+    import torch.nn.functional as F
+
+    from pretrain.world.clip import contrastive_loss
+
+    torch.manual_seed(0)
+    img, txt = torch.randn(4, 8), torch.randn(4, 8)
+    scale = torch.tensor(0.0)
+    eye = torch.eye(4, dtype=torch.bool)
+    loss, _ = contrastive_loss(img, txt, scale, eye)
+    logits = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+    want = 0.5 * (F.cross_entropy(logits, torch.arange(4)) + F.cross_entropy(logits.T, torch.arange(4)))
+    torch.testing.assert_close(loss, want)
+    same = torch.cat([eye, torch.zeros(4, 2, dtype=torch.bool)], dim=1)
+    harder, _ = contrastive_loss(img, txt, scale, same, img[:2].clone())
+    assert harder > loss
+    same[3, 4] = True  # negative 0 is image 3's caption too
+    _, acc = contrastive_loss(img, img.clone(), torch.tensor(4.0), same, img[3:4].repeat(2, 1))
+    assert acc == 1.0
+
+
+def test_clip_stage_hard_negatives_and_init_from(world, tmp_path):
+    """--hard-negatives trains (part of the run's config); --init-from starts the clip stage from an exported
+    world-CLIP folder, its tokenizer included; --hard-negatives is refused for other stages."""
+    import torch
+
+    from models.world_clip import load_world_clip
+
+    _, root = world
+    fresh = tmp_path / "world"
+    args = ["train", "clip", "--tiny", "--world", str(fresh), "--total-steps", "2"]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--hard-negatives"]) == 0
+    state = json.loads((tmp_path / "runs/clip/checkpoint/state.json").read_text())
+    assert state["config"]["hard_negatives"] is True and state["done"]
+    from pretrain.world.clip import ClipStage
+    from pretrain.world.common import StageOptions
+
+    stage = ClipStage(StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True,
+                                   init_from=root / "world_clip"))
+    tokenizer, exported = load_world_clip(root / "world_clip")
+    assert stage.tokenizer.vocab == tokenizer.vocab
+    for k, v in exported.state_dict().items():
+        assert torch.equal(stage.model.state_dict()[k], v.float()), k
+    assert main([*args, "--out", str(tmp_path / "runs2"), "--init-from", str(root / "world_clip")]) == 0
+    with pytest.raises(UserError, match="clip stage only"):
+        main(["train", "backbone", "--tiny", "--out", str(tmp_path / "r3"), "--world", str(fresh),
+              "--hard-negatives"])

@@ -55,8 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
     t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
     t.add_argument("--init-from", type=Path, default=None,
-                   help="backbone only: start a new run from these exported UViT weights (a continued run: "
-                        "fresh optimizer, 100 warm-up steps)")
+                   help="backbone: start a new run from these exported UViT weights (a continued run: fresh "
+                        "optimizer, 100 warm-up steps); clip: from this exported world-CLIP folder (its tokenizer "
+                        "and config, fresh optimizer)")
     t.add_argument("--final-conv", action=argparse.BooleanOptionalAction, default=None,
                    help="backbone only: U-ViT's final 3x3 conv over the image output (smooths 4x4-patch seams; "
                         "default on); with --init-from from weights without it, it starts as the identity")
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(widened by a quarter on each side) as outside, each image's weights averaging 1 (default "
                         "1: the plain mean; W > 1 spends more of the model on the face's small details; part of "
                         "the run's config)")
+    t.add_argument("--hard-negatives", action="store_true",
+                   help="clip only: contrast each image with its caption changed in one stated attribute too "
+                        "(NegCLIP's hard negatives), so that small details such as expressions count; part of the "
+                        "run's config")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -122,14 +127,18 @@ def main(argv: list[str] | None = None) -> int:
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
-                        face_weight=args.face_weight)
-    for flag, given in (("--init-from", args.init_from is not None), ("--final-conv", args.final_conv is not None),
+                        face_weight=args.face_weight, hard_negatives=args.hard_negatives)
+    if args.init_from is not None and args.stage not in ("backbone", "clip"):
+        raise UserError(f"--init-from applies to the backbone and clip stages only, not {args.stage!r}")
+    for flag, given in (("--final-conv", args.final_conv is not None),
                         ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
                         ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
                         ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps is not None),
                         ("--face-weight", args.face_weight is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
+    if args.hard_negatives and args.stage != "clip":
+        raise UserError(f"--hard-negatives applies to the clip stage only, not {args.stage!r}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:

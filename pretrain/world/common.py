@@ -73,7 +73,9 @@ class StageOptions:
     pixel space beside the weights for a continued one; models.pixel_space; part of the run's config);
     eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (None: its
     config's for a new run, 0 for a continued one; part of the run's config); face_weight: the backbone's image
-    term weighs the face region this many times the rest (None: its config's, 1; part of the run's config).
+    term weighs the face region this many times the rest (None: its config's, 1; part of the run's config);
+    hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
+    the run's config).
     """
 
     out: Path
@@ -95,6 +97,7 @@ class StageOptions:
     level_gains: tuple[float, ...] | None = None
     eps_steps: int | None = None
     face_weight: float | None = None
+    hard_negatives: bool = False
 
 
 @dataclass(frozen=True)
