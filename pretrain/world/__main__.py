@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="clip only: contrast each image with its caption changed in one stated attribute too "
                         "(NegCLIP's hard negatives), so that small details such as expressions count; part of the "
                         "run's config")
+    t.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="clip only: renders per step (default 512; smaller for a CPU run; part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
-                        face_weight=args.face_weight, hard_negatives=args.hard_negatives)
+                        face_weight=args.face_weight, hard_negatives=args.hard_negatives,
+                        batch_size=args.batch_size)
     if args.init_from is not None and args.stage not in ("backbone", "clip"):
         raise UserError(f"--init-from applies to the backbone and clip stages only, not {args.stage!r}")
     for flag, given in (("--final-conv", args.final_conv is not None),
@@ -137,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
                         ("--face-weight", args.face_weight is not None)):
         if given and args.stage != "backbone":
             raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
-    if args.hard_negatives and args.stage != "clip":
-        raise UserError(f"--hard-negatives applies to the clip stage only, not {args.stage!r}")
+    for flag, given in (("--hard-negatives", args.hard_negatives), ("--batch-size", args.batch_size is not None)):
+        if given and args.stage != "clip":
+            raise UserError(f"{flag} applies to the clip stage only, not {args.stage!r}")
+    if args.batch_size is not None and args.batch_size < 2:
+        raise UserError(f"--batch-size must be 2 or more (a contrastive batch), got {args.batch_size}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:

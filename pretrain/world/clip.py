@@ -14,6 +14,10 @@ random captions seldom needs an expression or thin glasses to tell its renders a
 ignore them (`python -m pretrain.world evaluate --only clip_attributes`); a negative that differs in one
 detail cannot be told from its caption without it.
 
+`--init-from <world>/world_clip` continues an exported world-CLIP (its tokenizer and config, a fresh
+optimizer, 20 warm-up steps); `--batch-size` replaces the batch of 512 (a CPU run). A new world-CLIP
+changes the backbone's prompt features: the backbone is trained again on it.
+
 Export: the prefix is standardised over STAT_CAPTIONS training captions (models.world_clip
 standardize_prefix), then the folder is written in fp16 (models.world_clip.save_world_clip).
 """
@@ -115,8 +119,9 @@ class ClipStage(Stage):
         super().__init__(opts)
         tiny = opts.tiny
         self.hard_negatives = opts.hard_negatives
-        self.set_steps(opts.total_steps or (3 if tiny else 4000), 8 if tiny else 512, self.base_lr,
-                       warmup_steps=1 if tiny else 200)
+        warmup = 1 if tiny else (20 if opts.init_from is not None else 200)  # a continued run needs little
+        self.set_steps(opts.total_steps or (3 if tiny else 4000), opts.batch_size or (8 if tiny else 512),
+                       self.base_lr, warmup_steps=warmup)
         torch.manual_seed(opts.seed)
         if opts.init_from is not None:  # a continued run: the exported world-CLIP, its tokenizer and config
             self.tokenizer, model = load_world_clip(opts.init_from, dtype=torch.float32)

@@ -75,7 +75,7 @@ class StageOptions:
     config's for a new run, 0 for a continued one; part of the run's config); face_weight: the backbone's image
     term weighs the face region this many times the rest (None: its config's, 1; part of the run's config);
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
-    the run's config).
+    the run's config); batch_size: the world-CLIP's batch instead of its default (part of the run's config).
     """
 
     out: Path
@@ -98,6 +98,7 @@ class StageOptions:
     eps_steps: int | None = None
     face_weight: float | None = None
     hard_negatives: bool = False
+    batch_size: int | None = None
 
 
 @dataclass(frozen=True)

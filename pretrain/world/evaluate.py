@@ -74,9 +74,8 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
     accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
-    frechet_images: generated (and real)
-    images per grid point; steps / guidance: the headline sampling setting of text_to_image; t2i_grid:
-    text_to_image also at every grid point (not only the headline setting)."""
+    frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
+    setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting)."""
 
     identities: int = 1000
     renders: int = 5
