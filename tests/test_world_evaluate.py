@@ -122,6 +122,7 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert set(data["clip_attribute_accuracy"]) == set(ATTRIBUTES)
     assert all(0.0 <= v <= 1.0 for v in data["clip_attribute_accuracy"].values())
     assert data["clip_attributes"]["renders"] == tiny.clip_renders
+    assert set(data["clip_text_cosine"]) == set(ATTRIBUTES)
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
@@ -209,3 +210,5 @@ def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
     for name in ("scene", "glasses", "clothing", "style", "hat"):
         assert acc[name] == pytest.approx(np.mean([a[name] == ATTRIBUTES[name][0] for a in truth]))
     assert out["clip_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)
+    cos = out["clip_text_cosine"]
+    assert cos["expression"] == pytest.approx(0.0) and cos["scene"] == pytest.approx(1.0)  # one-hot texts

@@ -26,7 +26,8 @@ on their own seed's training identities; test identities come from the test rang
   attribute, one caption per value of that attribute, the render's other attributes stated as they are
   (same phrasing); the render is right when its own value's caption is the nearest to its image. Accuracy
   per attribute, beside chance (one over the values). An attribute near chance is one CLIP-T cannot reward
-  an edit of, and one the CLIP-image channel does not carry.
+  an edit of, and one the CLIP-image channel does not carry. `clip_text_cosine`: the mean cosine between the
+  text embeddings of those captions (near 1: the text side does not hear the attribute either).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -305,6 +306,7 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
     renders = FaceWorld(seed, 64, device, chunk=cfg.batch).render(lo + np.arange(n, dtype=np.int64), 1)
     images = F.normalize(torch.from_numpy(_clip_features(clip, renders.images, cfg.batch)), dim=-1)
     hits: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
+    cosines: dict[str, list[float]] = {name: [] for name in ATTRIBUTES}
     for i, attrs in enumerate(renders.attributes):
         for name, values in ATTRIBUTES.items():
             if name == "hat_color" and attrs["hat"] == "none":
@@ -313,7 +315,10 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
                         for v in attribute_variants(attrs, name)]
             texts = F.normalize(clip.embed_texts(captions).double().cpu(), dim=-1)
             hits[name].append(values[int((texts @ images[i]).argmax())] == attrs[name])
+            k = len(values)
+            cosines[name].append(float(((texts @ texts.T).sum() - k) / (k * k - k)))
     return {"clip_attribute_accuracy": {name: float(np.mean(h)) for name, h in hits.items()},
+            "clip_text_cosine": {name: float(np.mean(c)) for name, c in cosines.items()},
             "clip_attributes": {"renders": n, "render_index": 1,
                                 "chance": {k: 1 / len(v) for k, v in ATTRIBUTES.items()},
                                 "renders_per_attribute": {name: len(h) for name, h in hits.items()}}}
