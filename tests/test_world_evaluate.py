@@ -122,7 +122,7 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert set(data["clip_attribute_accuracy"]) == set(ATTRIBUTES)
     assert all(0.0 <= v <= 1.0 for v in data["clip_attribute_accuracy"].values())
     assert data["clip_attributes"]["renders"] == tiny.clip_renders
-    assert set(data["clip_text_cosine"]) == set(ATTRIBUTES)
+    assert set(data["clip_text_cosine"]) == set(ATTRIBUTES) == set(data["clip_image_probe"])
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
@@ -191,7 +191,9 @@ def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
     from data_prep.faceworld.render import FaceWorld
     from pretrain.world.evaluate import EvalConfig, evaluate_clip_attributes
 
-    cfg = EvalConfig.tiny()
+    import dataclasses
+
+    cfg = dataclasses.replace(EvalConfig.tiny(), clip_renders=40)  # enough for the probe to see every expression
     lo, _ = split_range("test")
     truth = FaceWorld(5, 64, "cpu").render(lo + np.arange(cfg.clip_renders), 1).attributes
     values = ATTRIBUTES["expression"]
@@ -210,5 +212,20 @@ def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
     for name in ("scene", "glasses", "clothing", "style", "hat"):
         assert acc[name] == pytest.approx(np.mean([a[name] == ATTRIBUTES[name][0] for a in truth]))
     assert out["clip_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)
+    probe = out["clip_image_probe"]
+    assert probe["expression"]["accuracy"] == 1.0  # the stand-in's image embedding is the expression
+    assert set(probe) == set(ATTRIBUTES) and all(0.0 <= v["majority"] <= 1.0 for v in probe.values())
     cos = out["clip_text_cosine"]
     assert cos["expression"] == pytest.approx(0.0) and cos["scene"] == pytest.approx(1.0)  # one-hot texts
+
+
+def test_linear_probe_reads_a_feature_that_carries_the_label_and_not_one_that_does_not():
+    from pretrain.world.evaluate import linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (400,), generator=g)
+    noise = torch.randn(400, 8, generator=g)
+    carried = torch.cat([torch.nn.functional.one_hot(labels, 3).float() * 3, noise], dim=1)
+    assert linear_probe(carried, labels, 3)["accuracy"] > 0.95
+    blind = linear_probe(noise, labels, 3)
+    assert blind["accuracy"] < blind["majority"] + 0.1

@@ -28,6 +28,9 @@ on their own seed's training identities; test identities come from the test rang
   per attribute, beside chance (one over the values). An attribute near chance is one CLIP-T cannot reward
   an edit of, and one the CLIP-image channel does not carry. `clip_text_cosine`: the mean cosine between the
   text embeddings of those captions (near 1: the text side does not hear the attribute either).
+  `clip_image_probe`: a linear classifier fitted on the image embeddings of half of the renders, its
+  accuracy on the other half, beside the majority value's share (at that share: the embedding does not
+  carry the attribute at all, whatever text it is compared with).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -293,6 +296,29 @@ def attribute_variants(attrs: dict[str, str | None], name: str) -> list[dict[str
     return out
 
 
+def linear_probe(x: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 500) -> dict[str, float]:
+    """Multinomial logistic regression (standardised features, a small L2 penalty, Adam from zeros: deterministic)
+    fitted on the first half of (x [N, D], labels [N]) and scored on the second half:
+    {"accuracy", "majority": the most frequent label's share of the second half}."""
+    import torch.nn.functional as F
+
+    half = len(labels) // 2
+    x = (x - x[:half].mean(dim=0)) / x[:half].std(dim=0).clamp_min(1e-6)
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.Adam([weight, bias], lr=0.05)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(x[:half] @ weight + bias, labels[:half]) + 1e-3 * weight.pow(2).sum()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        accuracy = ((x[half:] @ weight + bias).argmax(dim=1) == labels[half:]).float().mean()
+    majority = torch.bincount(labels[half:], minlength=classes).max() / max(len(labels) - half, 1)
+    return {"accuracy": float(accuracy), "majority": float(majority)}
+
+
 @torch.no_grad()
 def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
     """Zero-shot attribute accuracy of the image-text model on test renders (see the module docstring)."""
@@ -317,8 +343,14 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
             hits[name].append(values[int((texts @ images[i]).argmax())] == attrs[name])
             k = len(values)
             cosines[name].append(float(((texts @ texts.T).sum() - k) / (k * k - k)))
+    probe = {}
+    for name, values in ATTRIBUTES.items():
+        rows = [i for i, attrs in enumerate(renders.attributes) if attrs[name] is not None]
+        labels = torch.tensor([values.index(renders.attributes[i][name]) for i in rows])
+        probe[name] = linear_probe(images[rows].float(), labels, len(values))
     return {"clip_attribute_accuracy": {name: float(np.mean(h)) for name, h in hits.items()},
             "clip_text_cosine": {name: float(np.mean(c)) for name, c in cosines.items()},
+            "clip_image_probe": probe,
             "clip_attributes": {"renders": n, "render_index": 1,
                                 "chance": {k: 1 / len(v) for k, v in ATTRIBUTES.items()},
                                 "renders_per_attribute": {name: len(h) for name, h in hits.items()}}}
