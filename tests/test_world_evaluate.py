@@ -187,11 +187,11 @@ def test_attribute_variants_keep_the_hat_colour_rule():
 def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
     """A stand-in model that sees only the expression: expression accuracy 1; every other attribute's captions
     tie, so the first value wins, and the accuracy is the share of renders that have it."""
+    import dataclasses
+
     from data_prep.faceworld.attributes import ATTRIBUTES, parse_caption, split_range
     from data_prep.faceworld.render import FaceWorld
     from pretrain.world.evaluate import EvalConfig, evaluate_clip_attributes
-
-    import dataclasses
 
     cfg = dataclasses.replace(EvalConfig.tiny(), clip_renders=40)  # enough for the probe to see every expression
     lo, _ = split_range("test")
