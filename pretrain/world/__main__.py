@@ -131,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
                         face_weight=args.face_weight, hard_negatives=args.hard_negatives,
                         batch_size=args.batch_size)
-    if args.init_from is not None and args.stage not in ("backbone", "clip"):
-        raise UserError(f"--init-from applies to the backbone and clip stages only, not {args.stage!r}")
-    for flag, given in (("--final-conv", args.final_conv is not None),
-                        ("--compile", args.compile), ("--render-workers", args.render_workers > 0),
-                        ("--batch-reuse", args.batch_reuse != 1), ("--patch-size", args.patch_size is not None),
-                        ("--level-gains", args.level_gains is not None), ("--eps-steps", args.eps_steps is not None),
-                        ("--face-weight", args.face_weight is not None)):
-        if given and args.stage != "backbone":
-            raise UserError(f"{flag} applies to the backbone stage only, not {args.stage!r}")
-    for flag, given in (("--hard-negatives", args.hard_negatives), ("--batch-size", args.batch_size is not None)):
-        if given and args.stage != "clip":
-            raise UserError(f"{flag} applies to the clip stage only, not {args.stage!r}")
+    backbone, clip = ("backbone",), ("clip",)
+    for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
+                                ("--final-conv", args.final_conv is not None, backbone),
+                                ("--compile", args.compile, backbone),
+                                ("--render-workers", args.render_workers > 0, backbone),
+                                ("--batch-reuse", args.batch_reuse != 1, backbone),
+                                ("--patch-size", args.patch_size is not None, backbone),
+                                ("--level-gains", args.level_gains is not None, backbone),
+                                ("--eps-steps", args.eps_steps is not None, backbone),
+                                ("--face-weight", args.face_weight is not None, backbone),
+                                ("--hard-negatives", args.hard_negatives, clip),
+                                ("--batch-size", args.batch_size is not None, clip)):
+        if given and args.stage not in stages:
+            where = " and ".join(stages) + (" stages" if len(stages) > 1 else " stage")
+            raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")
     if args.batch_size is not None and args.batch_size < 2:
         raise UserError(f"--batch-size must be 2 or more (a contrastive batch), got {args.batch_size}")
     if args.render_workers < 0:

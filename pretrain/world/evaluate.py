@@ -334,14 +334,13 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
     hits: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
     cosines: dict[str, list[float]] = {name: [] for name in ATTRIBUTES}
     for i, attrs in enumerate(renders.attributes):
-        for name, values in ATTRIBUTES.items():
-            if name == "hat_color" and attrs["hat"] == "none":
-                continue  # a colour is only stated with a hat
-            captions = [caption(v, renders.class_words[i], np.random.default_rng([seed, i]), "all", generic_hat_p=0.0)
-                        for v in attribute_variants(attrs, name)]
-            texts = F.normalize(clip.embed_texts(captions).double().cpu(), dim=-1)
+        names = [n for n in ATTRIBUTES if not (n == "hat_color" and attrs["hat"] == "none")]  # colour: with a hat
+        captions = [caption(v, renders.class_words[i], np.random.default_rng([seed, i]), "all", generic_hat_p=0.0)
+                    for name in names for v in attribute_variants(attrs, name)]
+        embedded = F.normalize(clip.embed_texts(captions).double().cpu(), dim=-1)  # one call per render
+        for name, texts in zip(names, embedded.split([len(ATTRIBUTES[n]) for n in names]), strict=True):
+            values, k = ATTRIBUTES[name], len(texts)
             hits[name].append(values[int((texts @ images[i]).argmax())] == attrs[name])
-            k = len(values)
             cosines[name].append(float(((texts @ texts.T).sum() - k) / (k * k - k)))
     probe = {}
     for name, values in ATTRIBUTES.items():
