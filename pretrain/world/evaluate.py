@@ -31,6 +31,14 @@ on their own seed's training identities; test identities come from the test rang
   `clip_image_probe`: a linear classifier fitted on the image embeddings of half of the renders, its
   accuracy on the other half, beside the majority value's share (at that share: the embedding does not
   carry the attribute at all, whatever text it is compared with).
+- backbone_attributes: has the backbone learnt what each attribute's words mean? The backbone as a zero-shot
+  classifier (the Diffusion Classifier idea): for each of `classify_renders` test renders and each attribute,
+  the captions of clip_attributes (one per value, the rest stated as they are) condition the backbone's
+  noise prediction on the same noisy render (one noise draw per render and timestep, shared by the captions);
+  the caption with the smallest image-noise error is the backbone's answer. Accuracy per attribute at each of
+  CLASSIFY_TIMESTEPS and with the errors summed over them, beside chance. An attribute the backbone draws when
+  asked is one it reads here; one at chance here is one whose words it never tied to the pixels, however well
+  it could draw it (single_attribute's "unasked" rates say whether it draws the value at all).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -65,10 +73,11 @@ from models.pixels import to_signed
 from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_attributes", "frechet",
-            "text_dependence", "sizes")
+SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_attributes", "backbone_attributes",
+            "frechet", "text_dependence", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
+CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
 FAR = 1e-3
 STEPS_GRID = (10, 20, 30)
 GUIDANCE_GRID = (1.0, 3.0, 7.0)
@@ -78,6 +87,7 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
     accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
+    classify_renders: renders of backbone_attributes;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
     setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting)."""
 
@@ -92,11 +102,12 @@ class EvalConfig:
     batch: int = 512
     dependence_renders: int = 256
     clip_renders: int = 1000
+    classify_renders: int = 120
 
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
-                   batch=64, dependence_renders=8, clip_renders=6)
+                   batch=64, dependence_renders=8, clip_renders=6, classify_renders=3)
 
 
 # -------------------------------------------------------------------------------------------- Frechet
@@ -296,6 +307,18 @@ def attribute_variants(attrs: dict[str, str | None], name: str) -> list[dict[str
     return out
 
 
+def variant_captions(attrs: dict[str, str | None], word: str, key: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(names, captions): for each attribute the render has (hat colour only under a hat), in ATTRIBUTES order,
+    one caption per value (attribute_variants), every other attribute stated as it is; each caption is phrased
+    from a fresh rng seeded with `key`, so that the captions differ only in the attribute's words."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, caption
+
+    names = [n for n in ATTRIBUTES if not (n == "hat_color" and attrs["hat"] == "none")]
+    captions = [caption(v, word, np.random.default_rng(key), "all", generic_hat_p=0.0)
+                for name in names for v in attribute_variants(attrs, name)]
+    return names, captions
+
+
 def linear_probe(x: torch.Tensor, labels: torch.Tensor, classes: int, steps: int = 500) -> dict[str, float]:
     """Multinomial logistic regression (standardised features, a small L2 penalty, Adam from zeros: deterministic)
     fitted on the first half of (x [N, D], labels [N]) and scored on the second half:
@@ -324,7 +347,7 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
     """Zero-shot attribute accuracy of the image-text model on test renders (see the module docstring)."""
     import torch.nn.functional as F
 
-    from data_prep.faceworld.attributes import ATTRIBUTES, caption, split_range
+    from data_prep.faceworld.attributes import ATTRIBUTES, split_range
     from data_prep.faceworld.render import FaceWorld
 
     lo, _ = split_range("test")
@@ -334,9 +357,7 @@ def evaluate_clip_attributes(clip, seed: int, cfg: EvalConfig, device: torch.dev
     hits: dict[str, list[bool]] = {name: [] for name in ATTRIBUTES}
     cosines: dict[str, list[float]] = {name: [] for name in ATTRIBUTES}
     for i, attrs in enumerate(renders.attributes):
-        names = [n for n in ATTRIBUTES if not (n == "hat_color" and attrs["hat"] == "none")]  # colour: with a hat
-        captions = [caption(v, renders.class_words[i], np.random.default_rng([seed, i]), "all", generic_hat_p=0.0)
-                    for name in names for v in attribute_variants(attrs, name)]
+        names, captions = variant_captions(attrs, renders.class_words[i], [seed, i])
         embedded = F.normalize(clip.embed_texts(captions).double().cpu(), dim=-1)  # one call per render
         for name, texts in zip(names, embedded.split([len(ATTRIBUTES[n]) for n in names]), strict=True):
             values, k = ATTRIBUTES[name], len(texts)
@@ -396,6 +417,55 @@ def predict_clean(pipe, z: torch.Tensor, clip_n: torch.Tensor, text: torch.Tenso
                                torch.ones(n, dtype=torch.long, device=z.device))
     pred = pred.float()
     return pred, (z - (1 - ab) ** 0.5 * pred) / ab ** 0.5
+
+
+@torch.no_grad()
+def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """The backbone as a zero-shot attribute classifier of test renders (see the module docstring)."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, split_range
+    from data_prep.faceworld.render import FaceWorld
+    from models.world_clip import load_world_clip
+
+    n, steps = cfg.classify_renders, CLASSIFY_TIMESTEPS
+    lo, _ = split_range("test")
+    renders = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch).render(lo + np.arange(n, dtype=np.int64), 1)
+    pixels = to_signed(renders.images).to(device)
+    tokenizer, clip = load_world_clip(world_dir / "world_clip", device=device, dtype=torch.float32)
+    z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
+    clip0 = clip.encode_image(pixels).float()[:, None]
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    hits: dict = {t: {name: [] for name in ATTRIBUTES} for t in (*steps, "summed")}
+    t0 = time.perf_counter()
+    for i, attrs in enumerate(renders.attributes):
+        names, captions = variant_captions(attrs, renders.class_words[i], [seed, i])
+        text = clip.text_features(tokenizer(captions).to(device)).float()
+        errors = torch.zeros(len(captions), len(steps))
+        for j, t in enumerate(steps):  # one noise draw per (render, timestep), shared by its captions
+            eps_z = torch.randn((1, *z0.shape[1:]), generator=g).to(device)
+            eps_c = torch.randn((1, *clip0.shape[1:]), generator=g).to(device)
+            z_n = pipe.schedule.add_noise(z0[i:i + 1], eps_z, t).expand(len(captions), -1, -1, -1)
+            clip_n = pipe.schedule.add_noise(clip0[i:i + 1], eps_c, t).expand(len(captions), -1, -1)
+            pred, _ = predict_clean(pipe, z_n, clip_n, text, t)
+            errors[:, j] = (pred - eps_z).pow(2).mean(dim=(1, 2, 3)).cpu()
+        for name, err in zip(names, errors.split([len(ATTRIBUTES[m]) for m in names]), strict=True):
+            truth = ATTRIBUTES[name].index(attrs[name])
+            for j, t in enumerate(steps):
+                hits[t][name].append(int(err[:, j].argmin()) == truth)
+            hits["summed"][name].append(int(err.sum(dim=1).argmin()) == truth)
+        if (i + 1) % max(n // 10, 1) == 0 or i + 1 == n:
+            print(f"[evaluate] backbone_attributes {i + 1}/{n} renders, {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def rates(h: dict[str, list[bool]]) -> dict[str, float]:
+        return {name: float(np.mean(v)) for name, v in h.items() if v}
+
+    return {"backbone_attribute_accuracy": rates(hits["summed"]),
+            "backbone_attribute_accuracy_by_timestep": {str(t): rates(hits[t]) for t in steps},
+            "backbone_attributes": {
+                "renders": n, "render_index": 1, "timesteps": list(steps),
+                "chance": {k: 1 / len(v) for k, v in ATTRIBUTES.items()},
+                "renders_per_attribute": {name: len(h) for name, h in hits["summed"].items()},
+                "measure": "the caption (one per value) with the smallest image-noise error is the answer; "
+                           "by timestep, and with the errors summed over the timesteps"}}
 
 
 @torch.no_grad()
@@ -478,7 +548,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     classifier = pipe = clip = None
     if {"attributes", "text_to_image", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"text_to_image", "single_attribute", "frechet", "text_dependence"} & set(sections):
+    if {"text_to_image", "single_attribute", "backbone_attributes", "frechet", "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if {"frechet", "clip_attributes"} & set(sections):
@@ -497,6 +567,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_single_attribute(pipe, classifier, seed, cfg))
         elif name == "clip_attributes":
             result.update(evaluate_clip_attributes(clip, seed, cfg, device))
+        elif name == "backbone_attributes":
+            result.update(evaluate_backbone_attributes(world_dir, pipe, seed, cfg, device))
         elif name == "frechet":
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
         elif name == "text_dependence":
@@ -573,6 +645,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, default=7.0, help="headline guidance of text_to_image (default 7)")
     p.add_argument("--t2i-images", type=int, default=None, metavar="N",
                    help="images per prompt of text_to_image and single_attribute (default 8; 1 with --tiny)")
+    p.add_argument("--classify-renders", type=int, default=None, metavar="N",
+                   help="test renders of backbone_attributes (default 120; 3 with --tiny)")
     p.add_argument("--headline-only", action="store_true",
                    help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
@@ -598,6 +672,10 @@ def run(args: argparse.Namespace, command: str) -> int:
         if args.t2i_images < 1:
             raise UserError(f"--t2i-images must be 1 or more, got {args.t2i_images}")
         cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
+    if args.classify_renders is not None:
+        if args.classify_renders < 1:
+            raise UserError(f"--classify-renders must be 1 or more, got {args.classify_renders}")
+        cfg = dataclasses.replace(cfg, classify_renders=args.classify_renders)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
     included = [(path, read_include(path, Path(args.world), args.seed, sections)) for path in args.include]
     t0 = time.perf_counter()
@@ -610,8 +688,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
                                        "text_to_image_attribute_success", "single_attribute_success",
-                                       "single_attribute_unasked", "clip_attribute_accuracy", "frechet_world_clip",
-                                       "text_dependence")
+                                       "single_attribute_unasked", "clip_attribute_accuracy",
+                                       "backbone_attribute_accuracy", "frechet_world_clip", "text_dependence")
                 if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
