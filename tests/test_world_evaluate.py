@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.world.evaluate import GUIDANCE_GRID, STEPS_GRID, frechet_distance, held_out_prompts
+from pretrain.world.evaluate import CLASSIFY_TIMESTEPS, GUIDANCE_GRID, STEPS_GRID, frechet_distance, held_out_prompts
 
 
 def test_frechet_distance_matches_the_closed_form():
@@ -123,6 +123,11 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert all(0.0 <= v <= 1.0 for v in data["clip_attribute_accuracy"].values())
     assert data["clip_attributes"]["renders"] == tiny.clip_renders
     assert set(data["clip_text_cosine"]) == set(ATTRIBUTES) == set(data["clip_image_probe"])
+    assert data["backbone_attributes"]["renders"] == tiny.classify_renders
+    assert set(data["backbone_attribute_accuracy"]) <= set(ATTRIBUTES) and "expression" in data[
+        "backbone_attribute_accuracy"]
+    assert set(data["backbone_attribute_accuracy_by_timestep"]) == {str(t) for t in CLASSIFY_TIMESTEPS}
+    assert all(0.0 <= v <= 1.0 for v in data["backbone_attribute_accuracy"].values())
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
@@ -217,6 +222,64 @@ def test_clip_attributes_scores_what_the_image_text_model_tells_apart():
     assert set(probe) == set(ATTRIBUTES) and all(0.0 <= v["majority"] <= 1.0 for v in probe.values())
     cos = out["clip_text_cosine"]
     assert cos["expression"] == pytest.approx(0.0) and cos["scene"] == pytest.approx(1.0)  # one-hot texts
+
+
+def test_backbone_attributes_scores_what_the_backbone_ties_to_its_words(tmp_path: Path, one_thread, monkeypatch):
+    """A stand-in UViT that predicts the noise exactly when the caption states the render's own expression and
+    misses by far otherwise: expression accuracy 1 at every timestep; every other attribute's captions state
+    the true expression, tie, and the first value wins (accuracy: the share of renders that have it)."""
+    import dataclasses
+
+    import models.world_clip
+    from data_prep.faceworld.attributes import ATTRIBUTES, parse_caption, split_range
+    from data_prep.faceworld.render import FaceWorld
+    from models.pipeline import UniDiffuserT2I
+    from models.pixels import to_signed
+    from pretrain.world.evaluate import EvalConfig, evaluate_backbone_attributes
+
+    world = _tiny_world(tmp_path / "world")
+    pipe = UniDiffuserT2I.from_pretrained(world, device="cpu", dtype=torch.float32)
+    cfg = dataclasses.replace(EvalConfig.tiny(), classify_renders=12)
+    lo, _ = split_range("test")
+    truth = FaceWorld(5, pipe.image_size, "cpu").render(lo + np.arange(cfg.classify_renders), 1)
+    z0 = pipe.autoencoder.encode(to_signed(truth.images)).float()
+    values = ATTRIBUTES["expression"]
+
+    class Tokenizer:  # a caption's "token": its expression's index
+        def __call__(self, texts):
+            return torch.tensor([values.index(parse_caption(t)["expression"]) for t in texts])
+
+    class Clip:
+        def text_features(self, ids):
+            return ids.float()[:, None, None]
+
+        def encode_image(self, pixels):
+            return torch.zeros(len(pixels), 4)
+
+    monkeypatch.setattr(models.world_clip, "load_world_clip", lambda folder, device, dtype: (Tokenizer(), Clip()))
+    calls = []
+
+    class StandIn(torch.nn.Module):
+        config = pipe.uvit.config
+
+        def forward(self, z, clip_n, text, t_img, t_text, data_type):
+            i = len(calls) // len(CLASSIFY_TIMESTEPS)  # one call per (render, timestep), renders in order
+            calls.append(int(t_img[0]))
+            ab = float(pipe.schedule.alphas_cumprod[int(t_img[0])])
+            eps = (z - ab ** 0.5 * z0[i]) / (1 - ab) ** 0.5
+            wrong = text[:, 0, 0] != values.index(truth.attributes[i]["expression"])
+            return eps + 10.0 * wrong[:, None, None, None], clip_n, text
+
+    pipe.uvit = StandIn()
+    out = evaluate_backbone_attributes(world, pipe, 5, cfg, torch.device("cpu"))
+    assert calls == list(CLASSIFY_TIMESTEPS) * cfg.classify_renders
+    assert out["backbone_attribute_accuracy"]["expression"] == 1.0
+    assert all(row["expression"] == 1.0 for row in out["backbone_attribute_accuracy_by_timestep"].values())
+    for name in ("scene", "glasses", "clothing", "style", "hat"):
+        first = np.mean([a[name] == ATTRIBUTES[name][0] for a in truth.attributes])
+        assert out["backbone_attribute_accuracy"][name] == pytest.approx(first)
+    assert out["backbone_attributes"]["renders_per_attribute"]["expression"] == cfg.classify_renders
+    assert out["backbone_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)
 
 
 def test_linear_probe_reads_a_feature_that_carries_the_label_and_not_one_that_does_not():
