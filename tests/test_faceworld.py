@@ -23,6 +23,7 @@ from data_prep.faceworld.attributes import (
     parse_caption,
     sample_attributes,
     split_of,
+    with_value,
 )
 from data_prep.faceworld.identity import identity_params
 from data_prep.faceworld.render import FaceWorld
@@ -191,6 +192,20 @@ def test_captions_round_trip():
     assert class_word_of("a woman") == "woman" and class_word_of("a cat") is None
     with pytest.raises(CaptionError):
         parse_caption("a man wearing glasses and sunglasses")
+
+
+def test_with_value_keeps_the_hat_rule():
+    bare = sample_attributes(3, np.arange(40), 0, avoid_held_out=False)
+    bare = next(a for a in bare if a["hat"] == "none")
+    assert bare["hat_color"] is None
+    capped = with_value(bare, "hat", "cap")
+    assert capped == {**bare, "hat": "cap", "hat_color": ATTRIBUTES["hat_color"][0]}  # put on: the first colour
+    assert with_value(bare, "hat", "cap", "blue")["hat_color"] == "blue"  # or the one given
+    red = {**capped, "hat_color": "red"}
+    assert with_value(red, "hat", "top hat", "blue")["hat_color"] == "red"  # changed for another: kept
+    assert with_value(red, "hat", "none") == {**red, "hat": "none", "hat_color": None}  # taken off: lost
+    assert with_value(red, "glasses", "sunglasses") == {**red, "glasses": "sunglasses"}
+    assert red["hat_color"] == "red" and bare["hat_color"] is None  # the input is not changed
 
 
 # ----------------------------------------------------------------------------- identity is geometry

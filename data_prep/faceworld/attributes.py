@@ -98,6 +98,18 @@ def check_attributes(attrs: Mapping[str, str | None], partial: bool = True) -> N
             raise ValueError(f"attributes lack {missing}")
 
 
+def with_value(attrs: Mapping[str, str | None], name: str, value: str,
+               new_hat_color: str | None = None) -> dict[str, str | None]:
+    """attrs with `name` set to `value`, under the renderer's hat rule: a hat taken off loses its colour; a hat put
+    on a bare head takes `new_hat_color` (default: the first colour); a hat changed for another keeps its colour."""
+    out = {**attrs, name: value}
+    if name == "hat" and value == "none":
+        out["hat_color"] = None
+    elif name == "hat" and out.get("hat_color") is None:
+        out["hat_color"] = new_hat_color or ATTRIBUTES["hat_color"][0]
+    return out
+
+
 def held_out_pairs_in(attrs: Mapping[str, str | None]) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """The HELD_OUT pairs that `attrs` contains (both values present)."""
     return [pair for pair in HELD_OUT if all(attrs.get(n) == v for n, v in pair)]

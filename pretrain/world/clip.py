@@ -83,7 +83,7 @@ def hard_negative(text: str, attrs: dict, class_word: str, rng: np.random.Genera
     """`text` (a caption of a render with attributes `attrs`) with one attribute it states changed to another
     value, in a new phrasing; None when it states none that can change (a caption naming only the class word).
     A hat taken off loses its colour; a hat put on gets a colour (not stated unless the caption stated one)."""
-    from data_prep.faceworld.attributes import ANY_HAT, ATTRIBUTES, caption, parse_caption
+    from data_prep.faceworld.attributes import ANY_HAT, ATTRIBUTES, caption, parse_caption, with_value
 
     stated = parse_caption(text)
     names = [n for n in ATTRIBUTES if n in stated and not (n == "hat" and stated[n] == ANY_HAT)]
@@ -91,13 +91,12 @@ def hard_negative(text: str, attrs: dict, class_word: str, rng: np.random.Genera
         return None
     name = names[int(rng.integers(len(names)))]
     others = [v for v in ATTRIBUTES[name] if v != attrs[name]]
-    new = {**attrs, name: others[int(rng.integers(len(others)))]}
-    mention = set(stated)
-    if name == "hat" and new["hat"] == "none":
-        new["hat_color"] = None
-        mention.discard("hat_color")
-    elif name == "hat" and attrs["hat"] == "none":
-        new["hat_color"] = ATTRIBUTES["hat_color"][int(rng.integers(len(ATTRIBUTES["hat_color"])))]
+    value = others[int(rng.integers(len(others)))]
+    colour = None  # a hat put on a bare head: a random colour (drawn only then)
+    if name == "hat" and attrs["hat"] == "none":
+        colour = ATTRIBUTES["hat_color"][int(rng.integers(len(ATTRIBUTES["hat_color"])))]
+    new = with_value(attrs, name, value, colour)
+    mention = set(stated) - ({"hat_color"} if name == "hat" and value == "none" else set())
     return caption(new, class_word, rng, mention, generic_hat_p=1.0 if stated.get("hat") == ANY_HAT else 0.0)
 
 

@@ -294,17 +294,11 @@ def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> d
 
 
 def attribute_variants(attrs: dict[str, str | None], name: str) -> list[dict[str, str | None]]:
-    """attrs with `name` set to each of its values in turn (ATTRIBUTES order); a hat put on a bare head takes
-    the first hat colour, a hat taken off loses its colour."""
-    from data_prep.faceworld.attributes import ATTRIBUTES
+    """attrs with `name` set to each of its values in turn (ATTRIBUTES order), under the hat rule of
+    data_prep.faceworld.attributes.with_value (a hat put on a bare head takes the first hat colour)."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, with_value
 
-    out = []
-    for value in ATTRIBUTES[name]:
-        variant = {**attrs, name: value}
-        if name == "hat":
-            variant["hat_color"] = None if value == "none" else (attrs["hat_color"] or ATTRIBUTES["hat_color"][0])
-        out.append(variant)
-    return out
+    return [with_value(attrs, name, value) for value in ATTRIBUTES[name]]
 
 
 def variant_captions(attrs: dict[str, str | None], word: str, key: Sequence[int]) -> tuple[list[str], list[str]]:
