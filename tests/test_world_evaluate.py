@@ -127,6 +127,8 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert set(data["backbone_attribute_accuracy"]) <= set(ATTRIBUTES) and "expression" in data[
         "backbone_attribute_accuracy"]
     assert set(data["backbone_attribute_accuracy_by_timestep"]) == {str(t) for t in CLASSIFY_TIMESTEPS}
+    assert set(data["backbone_attribute_accuracy_face_box"]) == set(data["backbone_attribute_accuracy"])
+    assert all(v >= 0 for v in data["backbone_text_distance"].values())
     assert all(0.0 <= v <= 1.0 for v in data["backbone_attribute_accuracy"].values())
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
@@ -278,6 +280,10 @@ def test_backbone_attributes_scores_what_the_backbone_ties_to_its_words(tmp_path
     for name in ("scene", "glasses", "clothing", "style", "hat"):
         first = np.mean([a[name] == ATTRIBUTES[name][0] for a in truth.attributes])
         assert out["backbone_attribute_accuracy"][name] == pytest.approx(first)
+    assert out["backbone_attribute_accuracy_face_box"]["expression"] == 1.0
+    # the text features are the expression's index: 0, 1, 2 -> mean pairwise distance 4/3 over mean norm 1
+    assert out["backbone_text_distance"]["expression"] == pytest.approx(4 / 3)
+    assert all(out["backbone_text_distance"][n] == 0.0 for n in ("scene", "glasses", "clothing", "style"))
     assert out["backbone_attributes"]["renders_per_attribute"]["expression"] == cfg.classify_renders
     assert out["backbone_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)
 

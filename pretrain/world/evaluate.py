@@ -38,7 +38,11 @@ on their own seed's training identities; test identities come from the test rang
   the caption with the smallest image-noise error is the backbone's answer. Accuracy per attribute at each of
   CLASSIFY_TIMESTEPS and with the errors summed over them, beside chance. An attribute the backbone draws when
   asked is one it reads here; one at chance here is one whose words it never tied to the pixels, however well
-  it could draw it (single_attribute's "unasked" rates say whether it draws the value at all).
+  it could draw it (single_attribute's "unasked" rates say whether it draws the value at all). The same
+  errors restricted to the render's face box give a second answer (`backbone_attribute_accuracy_face_box`).
+  `backbone_text_distance`: how far apart those captions are in the text features the backbone reads
+  (pooled over tokens; the mean pairwise distance over the mean norm): near 0, the backbone cannot hear the
+  attribute whatever it learnt.
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -427,39 +431,56 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
     tokenizer, clip = load_world_clip(world_dir / "world_clip", device=device, dtype=torch.float32)
     z0 = pipe.autoencoder.encode(pixels.to(pipe.dtype)).float()
     clip0 = clip.encode_image(pixels).float()[:, None]
+    scale = z0.shape[-1] / pipe.image_size  # face boxes: pixels -> latent cells
     g = torch.Generator(device="cpu").manual_seed(seed)
-    hits: dict = {t: {name: [] for name in ATTRIBUTES} for t in (*steps, "summed")}
+    hits: dict = {t: {name: [] for name in ATTRIBUTES} for t in (*steps, "summed", "face_box")}
+    distance: dict[str, list[float]] = {name: [] for name in ATTRIBUTES}
     t0 = time.perf_counter()
     for i, attrs in enumerate(renders.attributes):
         names, captions = variant_captions(attrs, renders.class_words[i], [seed, i])
         text = clip.text_features(tokenizer(captions).to(device)).float()
-        errors = torch.zeros(len(captions), len(steps))
+        x1, y1, x2, y2 = renders.boxes[i] * scale
+        face = torch.zeros(z0.shape[-2:], device=device)
+        face[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = 1.0
+        errors = torch.zeros(len(captions), len(steps), 2)  # whole latent, face box
         for j, t in enumerate(steps):  # one noise draw per (render, timestep), shared by its captions
             eps_z = torch.randn((1, *z0.shape[1:]), generator=g).to(device)
             eps_c = torch.randn((1, *clip0.shape[1:]), generator=g).to(device)
             z_n = pipe.schedule.add_noise(z0[i:i + 1], eps_z, t).expand(len(captions), -1, -1, -1)
             clip_n = pipe.schedule.add_noise(clip0[i:i + 1], eps_c, t).expand(len(captions), -1, -1)
             pred, _ = predict_clean(pipe, z_n, clip_n, text, t)
-            errors[:, j] = (pred - eps_z).pow(2).mean(dim=(1, 2, 3)).cpu()
-        for name, err in zip(names, errors.split([len(ATTRIBUTES[m]) for m in names]), strict=True):
-            truth = ATTRIBUTES[name].index(attrs[name])
+            sq = (pred - eps_z).pow(2).mean(dim=1)  # [k, h, w]
+            errors[:, j, 0] = sq.mean(dim=(1, 2)).cpu()
+            errors[:, j, 1] = ((sq * face).sum(dim=(1, 2)) / face.sum().clamp_min(1.0)).cpu()
+        pooled = text.mean(dim=1).cpu()  # the backbone's text input, pooled over tokens
+        sizes = [len(ATTRIBUTES[m]) for m in names]
+        for name, err, feats in zip(names, errors.split(sizes), pooled.split(sizes), strict=True):
+            truth, k = ATTRIBUTES[name].index(attrs[name]), len(feats)
             for j, t in enumerate(steps):
-                hits[t][name].append(int(err[:, j].argmin()) == truth)
-            hits["summed"][name].append(int(err.sum(dim=1).argmin()) == truth)
+                hits[t][name].append(int(err[:, j, 0].argmin()) == truth)
+            hits["summed"][name].append(int(err[:, :, 0].sum(dim=1).argmin()) == truth)
+            hits["face_box"][name].append(int(err[:, :, 1].sum(dim=1).argmin()) == truth)
+            pair = torch.cdist(feats, feats).sum() / (k * k - k)
+            distance[name].append(float(pair / feats.norm(dim=-1).mean().clamp_min(1e-12)))
         if (i + 1) % max(n // 10, 1) == 0 or i + 1 == n:
             print(f"[evaluate] backbone_attributes {i + 1}/{n} renders, {time.perf_counter() - t0:.0f} s", flush=True)
 
-    def rates(h: dict[str, list[bool]]) -> dict[str, float]:
+    def rates(h: dict[str, list]) -> dict[str, float]:
         return {name: float(np.mean(v)) for name, v in h.items() if v}
 
     return {"backbone_attribute_accuracy": rates(hits["summed"]),
             "backbone_attribute_accuracy_by_timestep": {str(t): rates(hits[t]) for t in steps},
+            "backbone_attribute_accuracy_face_box": rates(hits["face_box"]),
+            "backbone_text_distance": rates(distance),
             "backbone_attributes": {
                 "renders": n, "render_index": 1, "timesteps": list(steps),
                 "chance": {k: 1 / len(v) for k, v in ATTRIBUTES.items()},
                 "renders_per_attribute": {name: len(h) for name, h in hits["summed"].items()},
                 "measure": "the caption (one per value) with the smallest image-noise error is the answer; "
-                           "by timestep, and with the errors summed over the timesteps"}}
+                           "by timestep, and with the errors summed over the timesteps (over the whole latent, "
+                           "and over the render's face box only)",
+                "text_distance": "mean distance between the token-pooled text features of captions that differ "
+                                 "only in the attribute, over their mean norm"}}
 
 
 @torch.no_grad()
