@@ -1,6 +1,7 @@
 """`bash scripts/world.sh --tiny`: every registered stage of `python -m pretrain.world` trains and exports a
 whole world folder on the CPU; a rerun resumes every stage and trains nothing; WORLD_<STAGE>_ARGS reach
-that stage only (the other stages refuse backbone or clip flags)."""
+that stage only (the other stages refuse backbone or clip flags). `scripts/world_backbone_arms_call.sh`
+continues that world's backbone in two arms and evaluates each."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+import pytest
 
 from pretrain.world.__main__ import STAGES
 
@@ -23,8 +27,14 @@ def _world_sh(tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tmp_path):
-    first = _world_sh(tmp_path)
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    root = tmp_path_factory.mktemp("world_sh")
+    return root, _world_sh(root)
+
+
+def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tiny_world):
+    tmp_path, first = tiny_world
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     assert [line.split(": ")[1] for line in first.stdout.splitlines() if line.startswith("== world stage")] \
         == list(STAGES)
@@ -43,3 +53,31 @@ def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tmp_path):
     trained = [line for line in again.stdout.splitlines() if "] step " in line]
     assert not trained, trained  # every stage was finished: resumed, re-exported, no training step
     assert "pretrain:" in first.stderr and "pretrain:" not in again.stderr  # the identity stage's progress bar
+
+
+def test_backbone_arms_call_continues_the_backbone_in_each_arm_and_evaluates_it(tiny_world, tmp_path):
+    root, first = tiny_world
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "BASE": str(tmp_path / "arms"), "WORLD": str(root / "world"),
+           "STEPS": "2", "EVAL_SEEDS": "3", "CLASSIFY": "2", "RENDER_WORKERS": "0",
+           "TRAIN_ARGS": "--tiny --device cpu", "EVAL_ARGS": "--tiny --device cpu", "PYTHON": sys.executable}
+    arms = subprocess.run(["bash", str(REPO / "scripts/world_backbone_arms_call.sh"), "300", "plain:",
+                           "face2:--face-weight 2"], env=env, capture_output=True, text=True, timeout=600)
+    assert arms.returncode == 0, arms.stdout[-2000:] + arms.stderr[-2000:]
+    assert (out / "plain_uvit_v1.safetensors").is_file() and (out / "face2_uvit_v1.safetensors").is_file()
+    with tarfile.open(out / "arms.tgz") as tar:
+        names = set(tar.getnames())
+        for arm in ("plain", "face2"):
+            for part in ("t2i_seed3", "single_attribute_seed3", "backbone_attributes_seed3"):
+                assert f"logs/{arm}_{part}.json" in names, (arm, part, sorted(names))
+        result = json.load(tar.extractfile("logs/face2_backbone_attributes_seed3.json"))
+        assert result["backbone_attributes"]["renders"] == 2
+    runs = tmp_path / "arms"
+    face2 = json.loads((runs / "face2/runs/backbone/checkpoint/state.json").read_text())
+    assert face2["step"] == 2 and face2["config"]["train"]["face_weight"] == 2.0  # the arm's own flags
+    plain = json.loads((runs / "plain/runs/backbone/checkpoint/state.json").read_text())
+    assert plain["config"]["train"]["face_weight"] == 1.0
+    refused = subprocess.run(["bash", str(REPO / "scripts/world_backbone_arms_call.sh"), "300"], env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "name at least one arm" in refused.stderr
