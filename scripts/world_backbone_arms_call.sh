@@ -11,7 +11,7 @@
 # one file under 16 MiB) and arms.tgz (every JSON and log). The arms share the GPU and the CPUs: render
 # processes are split between them (RENDER_WORKERS in all).
 # Environment: STEPS (default 3400), BASE (/tmp/arms), WORLD (checkpoints/world), EVAL_SEEDS ("31337 27182"),
-# CLASSIFY (1000), RENDER_WORKERS (14), BATCH_REUSE (4), EVAL_SECONDS (the time kept for the evaluations,
+# CLASSIFY (500), RENDER_WORKERS (14), BATCH_REUSE (4), EVAL_SECONDS (the time kept for the evaluations,
 # 150), TRAIN_ARGS (every arm's training flags before its own, default --compile; "--tiny --device cpu" for a
 # CPU dry run on a tiny world), EVAL_ARGS (added to every evaluation: "--tiny --device cpu" likewise),
 # PYTHON (an interpreter with the project's packages: then the carried wheels are not installed).
@@ -57,7 +57,7 @@ for spec in "$@"; do
             --out "${r}_single_attribute_seed$s.json" ${EVAL_ARGS:-} || exit 1
           # shellcheck disable=SC2086
           "$PY" -m pretrain.world evaluate --world "$w" --seed "$s" --only backbone_attributes \
-            --classify-renders "${CLASSIFY:-1000}" --out "${r}_backbone_attributes_seed$s.json" ${EVAL_ARGS:-} || exit 1
+            --classify-renders "${CLASSIFY:-500}" --out "${r}_backbone_attributes_seed$s.json" ${EVAL_ARGS:-} || exit 1
           first=0
         fi
       done

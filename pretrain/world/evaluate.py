@@ -441,7 +441,7 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
         text = clip.text_features(tokenizer(captions).to(device)).float()
         x1, y1, x2, y2 = renders.boxes[i] * scale
         face = torch.zeros(z0.shape[-2:], device=device)
-        face[int(y1):int(np.ceil(y2)), int(x1):int(np.ceil(x2))] = 1.0
+        face[max(int(y1), 0):int(np.ceil(y2)), max(int(x1), 0):int(np.ceil(x2))] = 1.0
         errors = torch.zeros(len(captions), len(steps), 2)  # whole latent, face box
         for j, t in enumerate(steps):  # one noise draw per (render, timestep), shared by its captions
             eps_z = torch.randn((1, *z0.shape[1:]), generator=g).to(device)
