@@ -130,6 +130,10 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert set(data["backbone_attribute_accuracy_face_box"]) == set(data["backbone_attribute_accuracy"])
     assert all(v >= 0 for v in data["backbone_text_distance"].values())
     assert all(0.0 <= v <= 1.0 for v in data["backbone_attribute_accuracy"].values())
+    energy = data["attribute_energy"]
+    assert set(ATTRIBUTES) - {"hat_color"} <= set(energy) <= set(ATTRIBUTES)  # a hat colour needs a hat
+    assert all(v["latent_share"] > 0 and v["pixel_share"] > 0 and 0 < v["pixels_changed"] <= 1
+               for v in energy.values())
     grid = data["frechet_world_clip"]
     assert set(grid) == {str(s) for s in STEPS_GRID}
     assert all(set(row) == {f"{g:g}" for g in GUIDANCE_GRID} for row in grid.values())
@@ -286,6 +290,28 @@ def test_backbone_attributes_scores_what_the_backbone_ties_to_its_words(tmp_path
     assert all(out["backbone_text_distance"][n] == 0.0 for n in ("scene", "glasses", "clothing", "style"))
     assert out["backbone_attributes"]["renders_per_attribute"]["expression"] == cfg.classify_renders
     assert out["backbone_attributes"]["chance"]["expression"] == pytest.approx(1 / 3)
+
+
+def test_attribute_energy_measures_each_attribute_s_change_through_the_autoencoder(tmp_path: Path):
+    """Through the tiny world's pixel space (one gain, 1: the latent is the image) the latent and pixel shares
+    agree; the scene, which repaints most of the picture, outweighs the glasses, a few pixels of the face."""
+    import dataclasses
+
+    from tiny_world import make_tiny_world
+
+    from models.pipeline import UniDiffuserT2I
+    from pretrain.world.evaluate import EvalConfig, evaluate_attribute_energy
+
+    pipe = UniDiffuserT2I.from_pretrained(make_tiny_world(tmp_path / "world"), device="cpu", dtype=torch.float32)
+    cfg = dataclasses.replace(EvalConfig.tiny(), energy_renders=24)
+    out = evaluate_attribute_energy(pipe, 5, cfg, torch.device("cpu"))
+    energy = out["attribute_energy"]
+    for name, row in energy.items():
+        assert row["latent_share"] == pytest.approx(row["pixel_share"], rel=1e-4), name
+    assert energy["scene"]["latent_share"] > 5 * energy["glasses"]["latent_share"] > 0
+    assert energy["scene"]["pixels_changed"] > energy["glasses"]["pixels_changed"] > 0
+    assert energy["expression"]["pairs"] == 2 * cfg.energy_renders  # every other value of three, in turn
+    assert out["attribute_energy_setup"]["renders"] == cfg.energy_renders
 
 
 def test_linear_probe_reads_a_feature_that_carries_the_label_and_not_one_that_does_not():

@@ -43,6 +43,14 @@ on their own seed's training identities; test identities come from the test rang
   `backbone_text_distance`: how far apart those captions are in the text features the backbone reads
   (pooled over tokens; the mean pairwise distance over the mean norm): near 0, the backbone cannot hear the
   attribute whatever it learnt.
+- attribute_energy: how much of what the backbone learns to denoise each attribute is. For each of
+  `energy_renders` test renders and each attribute, the render again with only that attribute changed (every
+  other value of it in turn; same person, pose and light), through the pipeline's autoencoder: the mean
+  squared change of the latent, as a share of the mean squared difference between two random test renders
+  (twice the latent's variance across renders; `latent_share`), the same in pixels (`pixel_share`), and the
+  share of pixels visibly changed. The denoising loss rewards
+  learning an attribute's words in proportion to the latent energy they decide: an attribute with a small
+  share is one a backbone learns last (compare backbone_attributes).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
   test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
   distance between two disjoint sets of real renders (the floor).
@@ -78,7 +86,7 @@ from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_attributes", "backbone_attributes",
-            "frechet", "text_dependence", "sizes")
+            "attribute_energy", "frechet", "text_dependence", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
@@ -91,7 +99,7 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
     accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
-    classify_renders: renders of backbone_attributes;
+    classify_renders: renders of backbone_attributes; energy_renders: renders of attribute_energy;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
     setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting)."""
 
@@ -107,11 +115,13 @@ class EvalConfig:
     dependence_renders: int = 256
     clip_renders: int = 1000
     classify_renders: int = 120
+    energy_renders: int = 300
 
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
-                   batch=64, dependence_renders=8, clip_renders=6, classify_renders=3)
+                   batch=64, dependence_renders=8, clip_renders=6, classify_renders=3,
+                   energy_renders=8)
 
 
 # -------------------------------------------------------------------------------------------- Frechet
@@ -484,6 +494,43 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
 
 
 @torch.no_grad()
+def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """Each attribute's share of the latent's (and the pixels') variance (see the module docstring)."""
+    from data_prep.faceworld.attributes import ATTRIBUTES, split_range, with_value
+    from data_prep.faceworld.render import FaceWorld
+
+    n = cfg.energy_renders
+    world = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch)
+    ids = split_range("test")[0] + np.arange(n, dtype=np.int64)
+    base = world.render(ids, 1)
+    x0 = to_signed(base.images).to(device).float()
+    z0 = pipe.autoencoder.encode(x0.to(pipe.dtype)).float()
+    z_var, x_var = float(z0.var(dim=0).mean()), float(x0.var(dim=0).mean())
+    visible = 60 / 127.5  # a summed |change| over the 3 channels of 60 levels of 255
+    out: dict[str, dict[str, float]] = {}
+    for name, values in ATTRIBUTES.items():
+        dz, dx, seen = [], [], []
+        for value in values:
+            keep = [i for i, a in enumerate(base.attributes) if a[name] != value
+                    and not (name == "hat_color" and a["hat"] == "none")]  # a colour needs a hat
+            if not keep:
+                continue
+            changed = world.render(ids[keep], 1, [with_value(base.attributes[i], name, value) for i in keep])
+            x = to_signed(changed.images).to(device).float()
+            z = pipe.autoencoder.encode(x.to(pipe.dtype)).float()
+            dz.append((z - z0[keep]).pow(2).mean(dim=(1, 2, 3)))
+            dx.append((x - x0[keep]).pow(2).mean(dim=(1, 2, 3)))
+            seen.append(((x - x0[keep]).abs().sum(dim=1) > visible).float().mean(dim=(1, 2)))
+        if dz:
+            out[name] = {"latent_share": float(torch.cat(dz).mean()) / (2 * z_var),  # a random pair: 2 var
+                         "pixel_share": float(torch.cat(dx).mean()) / (2 * x_var),
+                         "pixels_changed": float(torch.cat(seen).mean()), "pairs": int(sum(len(d) for d in dz))}
+    return {"attribute_energy": out,
+            "attribute_energy_setup": {"renders": n, "render_index": 1, "latent_variance": z_var,
+                                       "pixel_variance": x_var, "visible_change": "summed |change| > 60 of 255"}}
+
+
+@torch.no_grad()
 def evaluate_text_dependence(world_dir: Path, pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
     """R^2 of the predicted clean image's mean colour at the noisiest timesteps (see the module docstring)."""
     from data_prep.faceworld.attributes import split_range
@@ -563,7 +610,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     classifier = pipe = clip = None
     if {"attributes", "text_to_image", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"text_to_image", "single_attribute", "backbone_attributes", "frechet", "text_dependence"} & set(sections):
+    if {"text_to_image", "single_attribute", "backbone_attributes", "attribute_energy", "frechet",
+            "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if {"frechet", "clip_attributes"} & set(sections):
@@ -584,6 +632,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_clip_attributes(clip, seed, cfg, device))
         elif name == "backbone_attributes":
             result.update(evaluate_backbone_attributes(world_dir, pipe, seed, cfg, device))
+        elif name == "attribute_energy":
+            result.update(evaluate_attribute_energy(pipe, seed, cfg, device))
         elif name == "frechet":
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
         elif name == "text_dependence":
