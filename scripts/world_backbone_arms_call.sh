@@ -26,6 +26,12 @@ OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
 B=${BASE:-/tmp/arms}; W=${WORLD:-checkpoints/world}; SEEDS=${EVAL_SEEDS:-31337 27182}
 UVIT=$W/models/uvit_v1.safetensors
 [ -f "$UVIT" ] || { echo "error: $UVIT is missing: WORLD must be a world folder with a backbone" >&2; exit 2; }
+left() { echo $(( CALL - $(el) - 20 )); }  # seconds an evaluation may still take (20 s kept for packing)
+run_eval() {  # an evaluation, stopped in time for the packing; skipped when no time is left
+  [ "$(left)" -ge 10 ] || { echo "no time left for: $*"; return 1; }
+  # shellcheck disable=SC2086
+  timeout -s INT "$(left)" "$PY" -m pretrain.world evaluate "$@" ${EVAL_ARGS:-}
+}
 workers=$(( ${RENDER_WORKERS:-14} / $# ))
 budget=$(( CALL - ${EVAL_SECONDS:-150} - 30 ))
 pids=()
@@ -48,16 +54,12 @@ for spec in "$@"; do
     (
       first=1
       for s in $SEEDS; do
-        # shellcheck disable=SC2086
-        "$PY" -m pretrain.world evaluate --world "$w" --seed "$s" --only text_to_image,frechet \
-          --out "${r}_t2i_seed$s.json" ${EVAL_ARGS:-} || exit 1
+        run_eval --world "$w" --seed "$s" --only text_to_image,frechet --out "${r}_t2i_seed$s.json" || exit 1
         if [ $first = 1 ]; then
-          # shellcheck disable=SC2086
-          "$PY" -m pretrain.world evaluate --world "$w" --seed "$s" --only single_attribute --t2i-images 12 \
-            --out "${r}_single_attribute_seed$s.json" ${EVAL_ARGS:-} || exit 1
-          # shellcheck disable=SC2086
-          "$PY" -m pretrain.world evaluate --world "$w" --seed "$s" --only backbone_attributes \
-            --classify-renders "${CLASSIFY:-500}" --out "${r}_backbone_attributes_seed$s.json" ${EVAL_ARGS:-} || exit 1
+          run_eval --world "$w" --seed "$s" --only single_attribute --t2i-images 12 \
+            --out "${r}_single_attribute_seed$s.json" || exit 1
+          run_eval --world "$w" --seed "$s" --only backbone_attributes --classify-renders "${CLASSIFY:-500}" \
+            --out "${r}_backbone_attributes_seed$s.json" || exit 1
           first=0
         fi
       done
