@@ -754,7 +754,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
                                        "text_to_image_attribute_success", "single_attribute_success",
                                        "single_attribute_unasked", "clip_attribute_accuracy",
-                                       "backbone_attribute_accuracy", "frechet_world_clip", "text_dependence")
+                                       "backbone_attribute_accuracy", "attribute_energy", "frechet_world_clip",
+                                       "text_dependence")
                 if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
