@@ -311,6 +311,10 @@ def test_attribute_energy_measures_each_attribute_s_change_through_the_autoencod
     assert energy["scene"]["latent_share"] > 5 * energy["glasses"]["latent_share"] > 0
     assert energy["scene"]["pixels_changed"] > energy["glasses"]["pixels_changed"] > 0
     assert energy["expression"]["pairs"] == 2 * cfg.energy_renders  # every other value of three, in turn
+    for w in ("4", "16"):  # weighing the face box raises what the glasses' pixels are worth, not the scene's
+        assert energy["glasses"]["latent_share_face_weight"][w] > energy["glasses"]["latent_share"]
+        assert energy["scene"]["latent_share_face_weight"][w] < energy["scene"]["latent_share"]
+    assert energy["glasses"]["latent_share_face_weight"]["16"] > energy["glasses"]["latent_share_face_weight"]["4"]
     assert out["attribute_energy_setup"]["renders"] == cfg.energy_renders
 
 

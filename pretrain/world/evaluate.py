@@ -48,7 +48,9 @@ on their own seed's training identities; test identities come from the test rang
   other value of it in turn; same person, pose and light), through the pipeline's autoencoder: the mean
   squared change of the latent, as a share of the mean squared difference between two random test renders
   (twice the latent's variance across renders; `latent_share`), the same in pixels (`pixel_share`), and the
-  share of pixels visibly changed. The denoising loss rewards
+  share of pixels visibly changed; and the latent share under the backbone stage's `--face-weight W` for W in
+  ENERGY_FACE_WEIGHTS (`latent_share_face_weight`: both the change and the random pair weighed by that stage's
+  map, pretrain.world.backbone.face_weight_map). The denoising loss rewards
   learning an attribute's words in proportion to the latent energy they decide: an attribute with a small
   share is one a backbone learns last (compare backbone_attributes).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
@@ -90,6 +92,7 @@ SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_at
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
+ENERGY_FACE_WEIGHTS = (4.0, 16.0)  # the backbone's --face-weight values attribute_energy also weighs with
 FAR = 1e-3
 STEPS_GRID = (10, 20, 30)
 GUIDANCE_GRID = (1.0, 3.0, 7.0)
@@ -498,6 +501,7 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     """Each attribute's share of the latent's (and the pixels') variance (see the module docstring)."""
     from data_prep.faceworld.attributes import ATTRIBUTES, split_range, with_value
     from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.backbone import face_weight_map
 
     n = cfg.energy_renders
     world = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch)
@@ -506,10 +510,14 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     x0 = to_signed(base.images).to(device).float()
     z0 = pipe.autoencoder.encode(x0.to(pipe.dtype)).float()
     z_var, x_var = float(z0.var(dim=0).mean()), float(x0.var(dim=0).mean())
+    boxes = torch.as_tensor(base.boxes, device=device) * (z0.shape[-1] / pipe.image_size)
+    maps = {w: face_weight_map(boxes, z0.shape[-1], w)[:, 0] for w in ENERGY_FACE_WEIGHTS}  # [n, h, w] each
+    pair = 2 * z0.var(dim=0).mean(dim=0)  # [h, w]: a random pair's mean squared difference per latent cell
+    pair_weighted = {w: float((m * pair).mean()) for w, m in maps.items()}
     visible = 60 / 127.5  # a summed |change| over the 3 channels of 60 levels of 255
     out: dict[str, dict[str, float]] = {}
     for name, values in ATTRIBUTES.items():
-        dz, dx, seen = [], [], []
+        dz, dx, seen, cells, where = [], [], [], [], []
         for value in values:
             keep = [i for i, a in enumerate(base.attributes) if a[name] != value
                     and not (name == "hat_color" and a["hat"] == "none")]  # a colour needs a hat
@@ -519,12 +527,17 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
             x = to_signed(changed.images).to(device).float()
             z = pipe.autoencoder.encode(x.to(pipe.dtype)).float()
             dz.append((z - z0[keep]).pow(2).mean(dim=(1, 2, 3)))
+            cells.append((z - z0[keep]).pow(2).mean(dim=1))  # [k, h, w]
+            where.append(torch.as_tensor(keep, device=device))
             dx.append((x - x0[keep]).pow(2).mean(dim=(1, 2, 3)))
             seen.append(((x - x0[keep]).abs().sum(dim=1) > visible).float().mean(dim=(1, 2)))
         if dz:
             out[name] = {"latent_share": float(torch.cat(dz).mean()) / (2 * z_var),  # a random pair: 2 var
                          "pixel_share": float(torch.cat(dx).mean()) / (2 * x_var),
-                         "pixels_changed": float(torch.cat(seen).mean()), "pairs": int(sum(len(d) for d in dz))}
+                         "pixels_changed": float(torch.cat(seen).mean()), "pairs": int(sum(len(d) for d in dz)),
+                         "latent_share_face_weight": {
+                             f"{w:g}": float((m[torch.cat(where)] * torch.cat(cells)).mean()) / pair_weighted[w]
+                             for w, m in maps.items()}}
     return {"attribute_energy": out,
             "attribute_energy_setup": {"renders": n, "render_index": 1, "latent_variance": z_var,
                                        "pixel_variance": x_var, "visible_change": "summed |change| > 60 of 255"}}
