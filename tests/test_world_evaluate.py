@@ -167,6 +167,10 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert merged["demo_parts_mb"]["total"] == sizes["total"] and "attribute_accuracy" not in merged
     assert merged["included"][0]["git_commit"] == "abc" and merged["git_commit"] == data["git_commit"]
     assert merged["included"][0]["commands"] == made["commands"]
+    for flag in ("--t2i-images", "--classify-renders"):
+        with pytest.raises(UserError, match=f"{flag} must be 1 or more"):
+            main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
+                  flag, "0"])
     with pytest.raises(UserError, match="measured by this run too"):
         main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "frechet",
               "--include", str(gpu)])

@@ -498,7 +498,8 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
 
 @torch.no_grad()
 def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
-    """Each attribute's share of the latent's (and the pixels') variance (see the module docstring)."""
+    """Each attribute's share of what two random test renders differ by, in the latent and in pixels (see the
+    module docstring)."""
     from data_prep.faceworld.attributes import ATTRIBUTES, split_range, with_value
     from data_prep.faceworld.render import FaceWorld
     from pretrain.world.backbone import face_weight_map
@@ -526,8 +527,8 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
             changed = world.render(ids[keep], 1, [with_value(base.attributes[i], name, value) for i in keep])
             x = to_signed(changed.images).to(device).float()
             z = pipe.autoencoder.encode(x.to(pipe.dtype)).float()
-            dz.append((z - z0[keep]).pow(2).mean(dim=(1, 2, 3)))
             cells.append((z - z0[keep]).pow(2).mean(dim=1))  # [k, h, w]
+            dz.append(cells[-1].mean(dim=(1, 2)))
             where.append(torch.as_tensor(keep, device=device))
             dx.append((x - x0[keep]).pow(2).mean(dim=(1, 2, 3)))
             seen.append(((x - x0[keep]).abs().sum(dim=1) > visible).float().mean(dim=(1, 2)))
