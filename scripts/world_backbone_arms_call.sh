@@ -6,8 +6,8 @@
 #          "gains_face4:--level-gains 1,1,0.8,0.5,0.3 --face-weight 4"
 # Each arm: a copy of WORLD in $BASE/NAME/w, `train backbone --init-from WORLD's UViT` for STEPS steps with the
 # arm's flags (stopped in time for the evaluations), then `evaluate` of text_to_image and frechet on every
-# renderer seed of EVAL_SEEDS, single_attribute (12 images a prompt) and backbone_attributes (CLASSIFY renders)
-# on the first. What comes back in $OUT: NAME_uvit_v1.safetensors (the arm's exported backbone, fp16,
+# renderer seed of EVAL_SEEDS, backbone_attributes (CLASSIFY renders) and single_attribute (12 images a prompt)
+# on the first; each evaluation is stopped in time for the packing, the first seed's first. What comes back in $OUT: NAME_uvit_v1.safetensors (the arm's exported backbone, fp16,
 # one file under 16 MiB) and arms.tgz (every JSON and log). The arms share the GPU and the CPUs: render
 # processes are split between them (RENDER_WORKERS in all).
 # Environment: STEPS (default 3400), BASE (/tmp/arms), WORLD (checkpoints/world), EVAL_SEEDS ("31337 27182"),
@@ -55,11 +55,11 @@ for spec in "$@"; do
       first=1
       for s in $SEEDS; do
         run_eval --world "$w" --seed "$s" --only text_to_image,frechet --out "${r}_t2i_seed$s.json" || exit 1
-        if [ $first = 1 ]; then
-          run_eval --world "$w" --seed "$s" --only single_attribute --t2i-images 12 \
-            --out "${r}_single_attribute_seed$s.json" || exit 1
+        if [ $first = 1 ]; then  # the first seed's diagnostics before the other seeds (time may run short)
           run_eval --world "$w" --seed "$s" --only backbone_attributes --classify-renders "${CLASSIFY:-500}" \
             --out "${r}_backbone_attributes_seed$s.json" || exit 1
+          run_eval --world "$w" --seed "$s" --only single_attribute --t2i-images 12 \
+            --out "${r}_single_attribute_seed$s.json" || exit 1
           first=0
         fi
       done
