@@ -7,9 +7,10 @@
 # Each arm: a copy of WORLD in $BASE/NAME/w, `train backbone --init-from WORLD's UViT` for STEPS steps with the
 # arm's flags (stopped in time for the evaluations), then `evaluate` of text_to_image and frechet on every
 # renderer seed of EVAL_SEEDS, backbone_attributes (CLASSIFY renders) and single_attribute (12 images a prompt)
-# on the first; each evaluation is stopped in time for the packing, the first seed's first. What comes back in $OUT: NAME_uvit_v1.safetensors (the arm's exported backbone, fp16,
-# one file under 16 MiB) and arms.tgz (every JSON and log). The arms share the GPU and the CPUs: render
-# processes are split between them (RENDER_WORKERS in all).
+# on the first; each evaluation is stopped in time for the packing, the first seed's first. What comes back in
+# $OUT: NAME_uvit_v1.safetensors (the arm's exported backbone, fp16, one file under 16 MiB) and arms.tgz (every
+# JSON and log). The arms share the GPU and the CPUs: render processes are split between them (RENDER_WORKERS
+# in all).
 # Environment: STEPS (default 3400), BASE (/tmp/arms), WORLD (checkpoints/world), EVAL_SEEDS ("31337 27182"),
 # CLASSIFY (500), RENDER_WORKERS (14), BATCH_REUSE (4), EVAL_SECONDS (the time kept for the evaluations,
 # 150), TRAIN_ARGS (every arm's training flags before its own, default --compile; "--tiny --device cpu" for a
