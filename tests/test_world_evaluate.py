@@ -307,11 +307,14 @@ def test_attribute_energy_measures_each_attribute_s_change_through_the_autoencod
     from pretrain.world.evaluate import EvalConfig, evaluate_attribute_energy
 
     pipe = UniDiffuserT2I.from_pretrained(make_tiny_world(tmp_path / "world"), device="cpu", dtype=torch.float32)
-    cfg = dataclasses.replace(EvalConfig.tiny(), energy_renders=24)
+    cfg = dataclasses.replace(EvalConfig.tiny(), energy_renders=24, energy_level_gains=((1.0,), (1.0, 1.0, 0.3)))
     out = evaluate_attribute_energy(pipe, 5, cfg, torch.device("cpu"))
     energy = out["attribute_energy"]
     for name, row in energy.items():
         assert row["latent_share"] == pytest.approx(row["pixel_share"], rel=1e-4), name
+        assert row["latent_share_level_gains"]["1"] == pytest.approx(row["latent_share"], rel=1e-4), name
+    # coarse bands turned down: the glasses' fine lines are more of what is left
+    assert energy["glasses"]["latent_share_level_gains"]["1,1,0.3"] > energy["glasses"]["latent_share"]
     assert energy["scene"]["latent_share"] > 5 * energy["glasses"]["latent_share"] > 0
     assert energy["scene"]["pixels_changed"] > energy["glasses"]["pixels_changed"] > 0
     assert energy["expression"]["pairs"] == 2 * cfg.energy_renders  # every other value of three, in turn

@@ -21,7 +21,7 @@ import torch
 
 from models.errors import UserError, run_cli
 from pretrain.world import evaluate
-from pretrain.world.common import Stage, StageOptions, run_stage
+from pretrain.world.common import Stage, StageOptions, gain_list, run_stage
 
 # name -> "module:Class"; scripts/world.sh runs them in this order (the backbone needs the world-CLIP).
 STAGES: dict[str, str] = {
@@ -101,17 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
     evaluate.add_arguments(e)
     return p.parse_args(argv)
-
-
-def gain_list(text: str) -> tuple[float, ...]:
-    """--level-gains: comma-separated positive numbers."""
-    try:
-        gains = tuple(float(g) for g in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
-    if any(not g > 0 for g in gains):
-        raise argparse.ArgumentTypeError(f"gains must be positive: {text!r}")
-    return gains
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ so a resumed run continues the same data stream without storing RNG state.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -548,3 +549,14 @@ def merge_model_configs(world: Path, entries: dict[str, dict]) -> Path:
 def as_json_config(config) -> dict:
     """A frozen dataclass config as a JSON-able dict (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def gain_list(text: str) -> tuple[float, ...]:
+    """--level-gains (train) and --energy-level-gains (evaluate): comma-separated positive numbers."""
+    try:
+        gains = tuple(float(g) for g in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated numbers: {text!r}") from None
+    if any(not g > 0 for g in gains):
+        raise argparse.ArgumentTypeError(f"gains must be positive: {text!r}")
+    return gains

@@ -50,7 +50,9 @@ on their own seed's training identities; test identities come from the test rang
   (twice the latent's variance across renders; `latent_share`), the same in pixels (`pixel_share`), and the
   share of pixels visibly changed; and the latent share under the backbone stage's `--face-weight W` for W in
   ENERGY_FACE_WEIGHTS (`latent_share_face_weight`: both the change and the random pair weighed by that stage's
-  map, pretrain.world.backbone.face_weight_map). The denoising loss rewards
+  map, pretrain.world.backbone.face_weight_map), and under other band gains of the pixel space than the world's
+  (`--energy-level-gains G1,G2,..`, repeatable: `latent_share_level_gains`), what a backbone trained on them
+  would see. The denoising loss rewards
   learning an attribute's words in proportion to the latent energy they decide: an attribute with a small
   share is one a backbone learns last (compare backbone_attributes).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
@@ -72,6 +74,7 @@ measure itself. Its command, commit and device are kept beside them (`included`)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -103,6 +106,7 @@ class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
     accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
     classify_renders: renders of backbone_attributes; energy_renders: renders of attribute_energy;
+    energy_level_gains: other pixel-space band gains attribute_energy also measures under;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
     setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting)."""
 
@@ -119,6 +123,7 @@ class EvalConfig:
     clip_renders: int = 1000
     classify_renders: int = 120
     energy_renders: int = 300
+    energy_level_gains: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
     def tiny(cls) -> EvalConfig:
@@ -502,8 +507,14 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     module docstring)."""
     from data_prep.faceworld.attributes import ATTRIBUTES, split_range, with_value
     from data_prep.faceworld.render import FaceWorld
+    from models.pixel_space import PixelSpace
     from pretrain.world.backbone import face_weight_map
 
+    if cfg.energy_level_gains and not isinstance(pipe.autoencoder, PixelSpace):
+        raise ValueError("other level gains apply to a pixel-space world only")
+    others = {",".join(f"{g:g}" for g in gains): PixelSpace(dataclasses.replace(pipe.autoencoder.config,
+                                                                                  level_gains=gains)).to(device)
+              for gains in cfg.energy_level_gains}
     n = cfg.energy_renders
     world = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch)
     ids = split_range("test")[0] + np.arange(n, dtype=np.int64)
@@ -515,10 +526,13 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     maps = {w: face_weight_map(boxes, z0.shape[-1], w)[:, 0] for w in ENERGY_FACE_WEIGHTS}  # [n, h, w] each
     pair = 2 * z0.var(dim=0).mean(dim=0)  # [h, w]: a random pair's mean squared difference per latent cell
     pair_weighted = {w: float((m * pair).mean()) for w, m in maps.items()}
+    other_z0 = {k: space.encode(x0).float() for k, space in others.items()}
+    other_pair = {k: 2 * float(z.var(dim=0).mean()) for k, z in other_z0.items()}
     visible = 60 / 127.5  # a summed |change| over the 3 channels of 60 levels of 255
     out: dict[str, dict[str, float]] = {}
     for name, values in ATTRIBUTES.items():
         dz, dx, seen, cells, where = [], [], [], [], []
+        other_dz: dict[str, list[torch.Tensor]] = {k: [] for k in others}
         for value in values:
             keep = [i for i, a in enumerate(base.attributes) if a[name] != value
                     and not (name == "hat_color" and a["hat"] == "none")]  # a colour needs a hat
@@ -531,6 +545,8 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
             dz.append(cells[-1].mean(dim=(1, 2)))
             where.append(torch.as_tensor(keep, device=device))
             dx.append((x - x0[keep]).pow(2).mean(dim=(1, 2, 3)))
+            for k, space in others.items():
+                other_dz[k].append((space.encode(x).float() - other_z0[k][keep]).pow(2).mean(dim=(1, 2, 3)))
             seen.append(((x - x0[keep]).abs().sum(dim=1) > visible).float().mean(dim=(1, 2)))
         if dz:
             out[name] = {"latent_share": float(torch.cat(dz).mean()) / (2 * z_var),  # a random pair: 2 var
@@ -538,7 +554,9 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
                          "pixels_changed": float(torch.cat(seen).mean()), "pairs": int(sum(len(d) for d in dz)),
                          "latent_share_face_weight": {
                              f"{w:g}": float((m[torch.cat(where)] * torch.cat(cells)).mean()) / pair_weighted[w]
-                             for w, m in maps.items()}}
+                             for w, m in maps.items()},
+                         **({"latent_share_level_gains": {k: float(torch.cat(d).mean()) / other_pair[k]
+                                                          for k, d in other_dz.items()}} if others else {})}
     return {"attribute_energy": out,
             "attribute_energy_setup": {"renders": n, "render_index": 1, "latent_variance": z_var,
                                        "pixel_variance": x_var, "visible_change": "summed |change| > 60 of 255"}}
@@ -714,6 +732,8 @@ def add_include(result: dict, path: str | os.PathLike, other: dict) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from pretrain.world.common import gain_list
+
     p.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder")
     p.add_argument("--seed", type=int, required=True, help="renderer seed of the test identities")
     p.add_argument("--out", type=Path, default=Path("eval/results/world_foundation.json"), help="JSON to write")
@@ -726,6 +746,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per prompt of text_to_image and single_attribute (default 8; 1 with --tiny)")
     p.add_argument("--classify-renders", type=int, default=None, metavar="N",
                    help="test renders of backbone_attributes (default 120; 3 with --tiny)")
+    p.add_argument("--energy-level-gains", type=gain_list, action="append", default=[], metavar="G1,G2,..",
+                   help="attribute_energy also under these band gains of the pixel space (finest first, as the "
+                        "backbone stage's --level-gains); repeatable")
     p.add_argument("--headline-only", action="store_true",
                    help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
@@ -736,7 +759,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, command: str) -> int:
     """The CLI's evaluate command: evaluate, add commands and commit, write the JSON atomically."""
-    import dataclasses
     import json
 
     from models.errors import UserError
@@ -751,6 +773,8 @@ def run(args: argparse.Namespace, command: str) -> int:
         if args.t2i_images < 1:
             raise UserError(f"--t2i-images must be 1 or more, got {args.t2i_images}")
         cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
+    if args.energy_level_gains:
+        cfg = dataclasses.replace(cfg, energy_level_gains=tuple(args.energy_level_gains))
     if args.classify_renders is not None:
         if args.classify_renders < 1:
             raise UserError(f"--classify-renders must be 1 or more, got {args.classify_renders}")
