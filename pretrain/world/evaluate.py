@@ -531,7 +531,7 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     visible = 60 / 127.5  # a summed |change| over the 3 channels of 60 levels of 255
     out: dict[str, dict[str, float]] = {}
     for name, values in ATTRIBUTES.items():
-        dz, dx, seen, cells, where = [], [], [], [], []
+        cells, where, dx, seen = [], [], [], []  # per changed render: latent change per cell, its index, ...
         other_dz: dict[str, list[torch.Tensor]] = {k: [] for k in others}
         for value in values:
             keep = [i for i, a in enumerate(base.attributes) if a[name] != value
@@ -542,19 +542,18 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
             x = to_signed(changed.images).to(device).float()
             z = pipe.autoencoder.encode(x.to(pipe.dtype)).float()
             cells.append((z - z0[keep]).pow(2).mean(dim=1))  # [k, h, w]
-            dz.append(cells[-1].mean(dim=(1, 2)))
             where.append(torch.as_tensor(keep, device=device))
             dx.append((x - x0[keep]).pow(2).mean(dim=(1, 2, 3)))
             for k, space in others.items():
                 other_dz[k].append((space.encode(x).float() - other_z0[k][keep]).pow(2).mean(dim=(1, 2, 3)))
             seen.append(((x - x0[keep]).abs().sum(dim=1) > visible).float().mean(dim=(1, 2)))
-        if dz:
-            out[name] = {"latent_share": float(torch.cat(dz).mean()) / (2 * z_var),  # a random pair: 2 var
+        if cells:
+            change, rows = torch.cat(cells), torch.cat(where)
+            out[name] = {"latent_share": float(change.mean()) / (2 * z_var),  # a random pair: 2 var
                          "pixel_share": float(torch.cat(dx).mean()) / (2 * x_var),
-                         "pixels_changed": float(torch.cat(seen).mean()), "pairs": int(sum(len(d) for d in dz)),
-                         "latent_share_face_weight": {
-                             f"{w:g}": float((m[torch.cat(where)] * torch.cat(cells)).mean()) / pair_weighted[w]
-                             for w, m in maps.items()},
+                         "pixels_changed": float(torch.cat(seen).mean()), "pairs": len(rows),
+                         "latent_share_face_weight": {f"{w:g}": float((m[rows] * change).mean()) / pair_weighted[w]
+                                                      for w, m in maps.items()},
                          **({"latent_share_level_gains": {k: float(torch.cat(d).mean()) / other_pair[k]
                                                           for k, d in other_dz.items()}} if others else {})}
     return {"attribute_energy": out,
