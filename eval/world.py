@@ -905,7 +905,7 @@ def provenance() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from data_prep.faceworld.attributes import split_range
-    from data_prep.faceworld.render import RENDERER_VERSION
+    from data_prep.faceworld.render import renderer_version
     from models.atomic import write_json_atomic
     from models.device import pick_device
 
@@ -950,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                    "headline_photos": plan.headline, "references_per_identity": plan.refs,
                    "held_out_edit_prompts": sum(1 for p in people for q in p.prompts if q.get("held_out"))},
         "renderer_seed": plan.seed,
-        "renderer": {"seed": plan.seed, "split": plan.split, "version": RENDERER_VERSION,
+        "renderer": {"seed": plan.seed, "split": plan.split, "version": renderer_version(),
                      "identities": [lo, lo + plan.identities]},
         "sampling": {"steps": plan.steps, "cfg": plan.cfg, "seeds": plan.seeds, "id_scale": plan.id_scale,
                      "id_guidance": plan.id_guidance, "id_start": plan.id_start,

@@ -38,7 +38,7 @@ from data_prep.faceworld.attributes import (
 )
 from data_prep.faceworld.hashing import STREAM_PROMPTS, hash_bits
 from data_prep.faceworld.identity import identity_params
-from data_prep.faceworld.render import RENDERER_VERSION, FaceWorld
+from data_prep.faceworld.render import FaceWorld
 from models.atomic import write_json_atomic
 from models.errors import UserError
 
@@ -131,7 +131,7 @@ def write_folders(out: str | Path, *, seed: int, identities: int, photos: int, s
     index = np.arange(lo + first, lo + first + identities, dtype=np.int64)
     people = name_people(seed, index)
     (out / PROMPTS_DIR).mkdir(parents=True, exist_ok=True)
-    side = {"format": "faceworld-folders", "renderer": RENDERER_VERSION, "seed": int(seed), "split": split,
+    side = {"format": "faceworld-folders", "renderer": world.version, "seed": int(seed), "split": split,
             "size": size, "photos": photos, "command": " ".join(sys.argv), "people": []}
     for pos, person in enumerate(tqdm(people, desc="faceworld people", unit="person", disable=not progress)):
         batch = world.render(np.full(photos, person.identity), np.arange(photos), mode="portrait", mention="all")

@@ -17,6 +17,8 @@ maps (numpy float64) of the very same formulas.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -28,14 +30,37 @@ NOSE_PROTRUSION = 0.24  # nose tip height above the face ellipsoid, normalised u
 FACE_TOP = -0.8  # the face box starts at this fraction of face_h above the centre (forehead)
 
 
-def sample_nuisance(seed: int, identities, renders) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Look:
+    """What a renderer version draws differently (render.VERSIONS names them).
+
+    head_scale multiplies the head's size in the picture. The expression fields are (smiling, surprised)
+    changes at full expression strength: eye_h and mouth_w relative to the person's own, brow_raise and
+    mouth_open in face units; mouth_lift raises a smile's corners. frame: half the glasses frame's
+    thickness, face units.
+    """
+
+    head_scale: float
+    eye_h: tuple[float, float]
+    brow_raise: tuple[float, float]
+    mouth_w: tuple[float, float]
+    mouth_lift: float
+    mouth_open: tuple[float, float]
+    frame: float
+
+
+SUBTLE = Look(head_scale=1.0, eye_h=(-0.45, 0.55), brow_raise=(0.02, 0.15), mouth_w=(0.3, -0.45), mouth_lift=0.12,
+              mouth_open=(0.17, 0.32), frame=0.05)
+
+
+def sample_nuisance(seed: int, identities, renders, look: Look = SUBTLE) -> dict[str, np.ndarray]:
     """float64 [B] per name (scene_u: [B, SCENE_UNIFORMS]); a pure function of (seed, identity, render)."""
     d = Draws(uniforms(seed, STREAM_NUISANCE, identities, renders, 64))
     n: dict[str, np.ndarray] = {}
     n["yaw"] = d.normal(0.0, 0.26, clip=2.3)  # radians, + turns the face towards image right
     n["pitch"] = d.normal(0.0, 0.12, clip=2.2)  # + looks up
     n["roll"] = d.normal(0.0, 0.10, clip=2.5)
-    n["scale"] = 0.36 * d.uniform(0.88, 1.12)  # image half-widths per head unit
+    n["scale"] = 0.36 * d.uniform(0.88, 1.12) * look.head_scale  # image half-widths per head unit
     n["tx"] = d.uniform(-0.10, 0.10)
     n["ty"] = -0.10 + d.uniform(-0.07, 0.07)
     az = d.uniform(0.0, 2.0 * np.pi)
@@ -62,16 +87,17 @@ def sample_nuisance(seed: int, identities, renders) -> dict[str, np.ndarray]:
     return n
 
 
-def expression_layout(p: dict[str, np.ndarray], n: dict[str, np.ndarray], expression: np.ndarray) -> dict:
+def expression_layout(p: dict[str, np.ndarray], n: dict[str, np.ndarray], expression: np.ndarray,
+                      look: Look = SUBTLE) -> dict:
     """Face feature geometry after the expression (0 neutral, 1 smiling, 2 surprised): [B] arrays."""
     smile = (expression == 1) * n["amount"]
     surprise = (expression == 2) * n["amount"]
     return {
-        "eye_h": p["eye_h"] * (1 - 0.45 * smile + 0.55 * surprise),
-        "brow_raise": 0.15 * surprise + 0.02 * smile,
-        "mouth_w": p["mouth_w"] * (1 + 0.3 * smile - 0.45 * surprise),
-        "mouth_lift": 0.015 * p["mouth_curve"] + 0.12 * smile,  # corners above the centre
-        "mouth_open": 0.17 * smile + 0.32 * surprise,
+        "eye_h": p["eye_h"] * (1 + look.eye_h[0] * smile + look.eye_h[1] * surprise),
+        "brow_raise": look.brow_raise[1] * surprise + look.brow_raise[0] * smile,
+        "mouth_w": p["mouth_w"] * (1 + look.mouth_w[0] * smile + look.mouth_w[1] * surprise),
+        "mouth_lift": 0.015 * p["mouth_curve"] + look.mouth_lift * smile,  # corners above the centre
+        "mouth_open": look.mouth_open[0] * smile + look.mouth_open[1] * surprise,
         "smile": smile,
         "surprise": surprise,
     }

@@ -24,6 +24,7 @@ pixel operation is elementwise, so an item's pixels do not depend on the batch i
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -47,8 +48,34 @@ from data_prep.faceworld.shapes import (
     soft,
     tri,
 )
+from models.errors import UserError
 
-RENDERER_VERSION = "faceworld-2"  # changes whenever the pixels of some (seed, identity, render) change
+# A new version whenever the pixels of some (seed, identity, render) change; older ones stay drawable, since the
+# committed world was trained and measured on them. faceworld-3: heads a quarter larger, expressions drawn
+# broadly (wider smiles with the teeth showing, a round open mouth, wide eyes and high brows when surprised),
+# glasses frames 1.4 times as thick: the details the prompt names are bigger than the backbone's 4 px patches.
+VERSIONS = {
+    "faceworld-2": geo.SUBTLE,
+    "faceworld-3": geo.Look(head_scale=1.25, eye_h=(-0.55, 1.0), brow_raise=(0.03, 0.30), mouth_w=(0.55, -0.35),
+                            mouth_lift=0.22, mouth_open=(0.30, 0.70), frame=0.07),
+}
+DEFAULT_VERSION = "faceworld-2"
+VERSION_ENV = "FACEWORLD_VERSION"  # names the version of every FaceWorld built without one (workers inherit it)
+
+
+class RendererVersionError(UserError, ValueError):
+    """An unknown renderer version."""
+
+
+def renderer_version(version: str | None = None) -> str:
+    """The version in force: `version`, else $FACEWORLD_VERSION, else DEFAULT_VERSION."""
+    name = version or os.environ.get(VERSION_ENV) or DEFAULT_VERSION
+    if name not in VERSIONS:
+        source = "version" if version else f"${VERSION_ENV}"
+        raise RendererVersionError(f"unknown renderer version {name!r} (from {source})",
+                                   hint=f"known versions: {', '.join(VERSIONS)}")
+    return name
+
 SIZES = (64, 128)
 HAT_COLORS = {"red": (0.82, 0.10, 0.10), "blue": (0.12, 0.28, 0.85), "green": (0.10, 0.58, 0.20),
               "yellow": (0.97, 0.85, 0.12), "black": (0.07, 0.07, 0.08), "white": (0.95, 0.95, 0.95)}
@@ -190,16 +217,18 @@ class FaceWorld:
     window: draw the face's features on a crop around the face only (same pixels, faster);
     threads: torch CPU threads while drawing on the CPU (default 1: the drawing is many small
     elementwise operations, which extra threads slow down; run several processes to use more cores),
-    None leaves torch's setting alone."""
+    None leaves torch's setting alone; version: a key of VERSIONS (default: see renderer_version)."""
 
     def __init__(self, seed: int, size: int = 64, device: torch.device | str = "cpu", chunk: int = 64,
-                 window: bool = True, threads: int | None = 1):
+                 window: bool = True, threads: int | None = 1, version: str | None = None):
         if size not in SIZES:
             raise ValueError(f"size must be one of {SIZES}, got {size}")
         if not 0 <= int(seed) < 2**62:
             raise ValueError(f"seed must lie in [0, 2**62), got {seed}")
         self.seed, self.size, self.device, self.chunk = int(seed), size, torch.device(device), max(1, int(chunk))
         self.window, self.threads = window, threads
+        self.version = renderer_version(version)
+        self.look = VERSIONS[self.version]
         self.bank = torch.from_numpy(noise_bank(size)).to(self.device).reshape(len(NOISE_CHANNELS), -1)
         r = (torch.arange(size, device=self.device, dtype=torch.float32) + 0.5) * (2.0 / size) - 1.0
         self.X, self.Y = r.view(1, 1, size), r.view(1, size, 1)  # broadcast to [B, H, W]
@@ -226,10 +255,10 @@ class FaceWorld:
         people = identity_params(self.seed, ids)
         words = people.class_words
         captions = [caption(a, w, rng, mention) for a, w, rng in zip(attrs, words, caption_rngs(self.seed, ids, rs))]
-        nu = geo.sample_nuisance(self.seed, ids, rs)
+        nu = geo.sample_nuisance(self.seed, ids, rs, self.look)
         codes = {name: np.array([ATTRIBUTES[name].index(a[name]) if a[name] is not None else -1 for a in attrs])
                  for name in ATTRIBUTES}
-        layout = geo.expression_layout(people.p, nu, codes["expression"])
+        layout = geo.expression_layout(people.p, nu, codes["expression"], self.look)
         landmarks, boxes = geo.landmarks_and_box(people, nu, layout, self.size)
         images = torch.empty((len(ids), self.size, self.size, 3), dtype=torch.uint8, device=self.device)
         with self._cpu_threads():
@@ -646,7 +675,7 @@ class FaceWorld:
         gy = fy - ey - 0.01
         rx, ry = 1.3 * ew + 0.07, (0.8 * ew + 0.06) * (1.0 + 0.05 * sun)
         lens = ellipse_d(gx, gy, rx, ry)
-        ft = 0.05
+        ft = self.look.frame
         rim = soft(lens.abs() - ft, aa)
         bridge = soft(torch.maximum(fx.abs() - (edx - rx + 0.02), (gy + 0.03).abs() - 0.7 * ft), aa)
         temple = soft(torch.maximum((gy + 0.02).abs() - 0.7 * ft, rx - gx), aa) * soft(hx.abs() - fw, aa)

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from data_prep.faceworld.attributes import SPLITS, split_range
-from data_prep.faceworld.render import RENDERER_VERSION, FaceWorld
+from data_prep.faceworld.render import FaceWorld
 from data_prep.sources import RawSample, SourceError
 
 
@@ -83,7 +83,7 @@ class FaceworldSource:
     def describe(self) -> dict:
         return {"kind": "faceworld", "seed": self.seed, "split": self.split, "first_identity": self.first_identity,
                 "identities": self.identities, "photos": self.photos, "size": self.size,
-                "renderer": RENDERER_VERSION, "items": len(self)}
+                "renderer": self.world.version, "items": len(self)}
 
     def item(self, i: int) -> tuple[int, int]:
         """(identity index, render index) of item i."""

@@ -270,7 +270,8 @@ class WorldData:
 
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
                                                  initializer=_start_render_worker,
-                                                 initargs=(self.seed, self.size, self.batch_size))
+                                                 initargs=(self.seed, self.size, self.batch_size,
+                                                           self.world.version))
             else:
                 self._pool = ThreadPoolExecutor(max_workers=1)
         return self._pool
@@ -335,11 +336,11 @@ class WorldData:
 _WORKER_WORLD = None  # a render worker's FaceWorld (WorldData with render_workers)
 
 
-def _start_render_worker(seed: int, size: int, chunk: int) -> None:
+def _start_render_worker(seed: int, size: int, chunk: int, version: str) -> None:
     global _WORKER_WORLD
     from data_prep.faceworld.render import FaceWorld
 
-    _WORKER_WORLD = FaceWorld(seed, size, "cpu", chunk=chunk)
+    _WORKER_WORLD = FaceWorld(seed, size, "cpu", chunk=chunk, version=version)
 
 
 def _render_on_worker(identities: np.ndarray, renders: np.ndarray):
@@ -492,6 +493,9 @@ def run_stage(stage: Stage) -> dict:
         step, done = int(state["step"]), bool(state["done"])
         print(f"[{stage.name}] resumed from {found} at step {step}"
               + (" (optimizer state restarted)" if stage.resumed_without_optimizer_at is not None else ""), flush=True)
+    from data_prep.faceworld.render import renderer_version
+
+    print(f"[{stage.name}] renders of {renderer_version()}", flush=True)
     start = last_save = last_log = time.monotonic()
     steps_run, logged_steps = 0, 0
     budget = None if opts.minutes is None else opts.minutes * 60

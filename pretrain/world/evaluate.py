@@ -760,6 +760,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     """The CLI's evaluate command: evaluate, add commands and commit, write the JSON atomically."""
     import json
 
+    from data_prep.faceworld.render import renderer_version
     from models.errors import UserError
     from pretrain.world.common import write_json
 
@@ -785,6 +786,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     for path, other in included:
         add_include(result, path, other)
     result["commands"] = {"evaluate": command}
+    result["renderer_version"] = renderer_version()
     result.update(git_provenance())
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(args.out, result)
