@@ -26,6 +26,7 @@ from pretrain.world.common import Stage, StageOptions, gain_list, run_stage
 # name -> "module:Class"; scripts/world.sh runs them in this order (the backbone needs the world-CLIP).
 STAGES: dict[str, str] = {
     "clip": "pretrain.world.clip:ClipStage",
+    "autoencoder": "pretrain.world.autoencoder:AutoencoderStage",  # used by `train backbone --space autoencoder`
     "backbone": "pretrain.world.backbone:BackboneStage",
     "faces": "pretrain.world.faces:RecogniserStage",  # conditioning recogniser + pack.json -> <world>/faces/
     "face_detector": "pretrain.world.faces:DetectorStage",  # SCRFD-signature detector -> <world>/faces/
@@ -88,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(widened by a quarter on each side) as outside, each image's weights averaging 1 (default "
                         "1: the plain mean; W > 1 spends more of the model on the face's small details; part of "
                         "the run's config)")
+    t.add_argument("--space", choices=("pixel", "autoencoder"), default=None,
+                   help="backbone only: the latent space it denoises: the pixel space (models.pixel_space) or the "
+                        "world's AutoencoderKL (<world>/autoencoder/, the autoencoder stage; the patch side then "
+                        "defaults to give as many image tokens); default: the space exported beside --init-from's "
+                        "weights, else pixel; part of the run's config, exported with the weights")
     t.add_argument("--hard-negatives", action="store_true",
                    help="clip only: contrast each image with its caption changed in one stated attribute too "
                         "(NegCLIP's hard negatives), so that small details such as expressions count; part of the "
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
-                        face_weight=args.face_weight, hard_negatives=args.hard_negatives,
+                        face_weight=args.face_weight, space=args.space, hard_negatives=args.hard_negatives,
                         batch_size=args.batch_size)
     backbone, clip = ("backbone",), ("clip",)
     for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--level-gains", args.level_gains is not None, backbone),
                                 ("--eps-steps", args.eps_steps is not None, backbone),
                                 ("--face-weight", args.face_weight is not None, backbone),
+                                ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
                                 ("--batch-size", args.batch_size is not None, clip)):
         if given and args.stage not in stages:

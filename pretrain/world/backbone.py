@@ -84,6 +84,8 @@ from pretrain.world.common import (
 )
 
 CLIP_DIR = "world_clip"
+PIXEL_SPACE_FILE = "pixel_space.safetensors"
+AUTOENCODER_FILE = "autoencoder_kl.safetensors"  # models.paths finds the world's autoencoder under this name
 FACE_MARGIN = 0.25  # --face-weight's region: the face box widened by this fraction of its side on each side
 SAMPLE_PROMPTS = ("a photo of a man", "a photo of a woman wearing sunglasses", "a painting of a girl, smiling",
                   "a photo of a boy wearing a red cap", "a sketch of a man in the desert",
@@ -115,6 +117,7 @@ class BackboneConfig:
     conv: bool = True  # U-ViT's final 3x3 conv (UViTConfig.conv); `--final-conv` / `--no-final-conv`
     batch_reuse: int = 1  # each rendered batch trains this many steps (fresh noise and timesteps); `--batch-reuse`
     face_weight: float = 1.0  # the image term's weight inside the face region relative to outside; `--face-weight`
+    space: str = "pixel"  # "pixel" (models.pixel_space) or "autoencoder" (the world's AutoencoderKL); `--space`
 
     @classmethod
     def tiny(cls) -> BackboneConfig:
@@ -123,11 +126,12 @@ class BackboneConfig:
 
 
 def world_uvit_config(c: BackboneConfig, text_dim: int, context_length: int, clip_dim: int,
-                      img_size: int = 64) -> UViTConfig:
-    """The world's UViT: pixel space (3 channels of img_size), text and CLIP-image widths of the world-CLIP."""
-    return UViTConfig(img_size=img_size, in_chans=3, patch_size=c.patch_size, embed_dim=c.embed_dim, depth=c.depth,
-                      num_heads=c.num_heads, mlp_ratio=4.0, text_dim=text_dim, num_text_tokens=context_length,
-                      clip_img_dim=clip_dim, conv=c.conv)
+                      img_size: int = 64, in_chans: int = 3) -> UViTConfig:
+    """The world's UViT on latents of img_size x img_size x in_chans (the pixel space: 64 x 64 x 3), with the
+    text and CLIP-image widths of the world-CLIP."""
+    return UViTConfig(img_size=img_size, in_chans=in_chans, patch_size=c.patch_size, embed_dim=c.embed_dim,
+                      depth=c.depth, num_heads=c.num_heads, mlp_ratio=4.0, text_dim=text_dim,
+                      num_text_tokens=context_length, clip_img_dim=clip_dim, conv=c.conv)
 
 
 def init_uvit(model: UViT) -> UViT:
@@ -228,13 +232,48 @@ def exported_pixel_space(weights: Path) -> PixelSpaceConfig | None:
     return PixelSpaceConfig.from_dict(entry) if is_pixel_space_config(entry) else None
 
 
-def write_pixel_space(world: Path, config: PixelSpaceConfig) -> Path:
-    """<world>/models/pixel_space.safetensors and its model_configs.json entry ("autoencoder")."""
-    pixel = PixelSpace(config)
-    path = world / "models" / "pixel_space.safetensors"
-    save_state_dict({k: v.detach().float() for k, v in pixel.state_dict().items()}, path)
-    merge_model_configs(world, {"autoencoder": as_json_config(pixel.config)})
+def exported_space(weights: Path) -> str | None:
+    """"pixel" or "autoencoder": the latent space exported beside these UViT weights (None: they stand alone)."""
+    entry = read_model_configs(Path(weights).parent.parent).get("autoencoder")
+    if entry is None:
+        return None
+    return "pixel" if is_pixel_space_config(entry) else "autoencoder"
+
+
+LATENT_FILES = {"pixel": PIXEL_SPACE_FILE, "autoencoder": AUTOENCODER_FILE}
+
+
+def write_latent_space(world: Path, space: nn.Module) -> Path:
+    """The world's latent space, <world>/models/<LATENT_FILES file> and its model_configs.json entry
+    ("autoencoder"): the pixel space, or the world's AutoencoderKL (fp16). The other space's file is removed,
+    since models.paths would find it too."""
+    kind = "pixel" if isinstance(space, PixelSpace) else "autoencoder"
+    path = world / "models" / LATENT_FILES[kind]
+    dtype = torch.float32 if kind == "pixel" else torch.float16
+    save_state_dict({k: v.detach().to("cpu", dtype) for k, v in space.state_dict().items()}, path)
+    for other, name in LATENT_FILES.items():
+        if other != kind:
+            (world / "models" / name).unlink(missing_ok=True)
+    merge_model_configs(world, {"autoencoder": as_json_config(space.config)})
     return path
+
+
+class AutoencoderLatent(nn.Module):
+    """The world's AutoencoderKL as the backbone's latent space: latent(x) = scale x the posterior mean (the
+    KL term keeps its spread negligible), as PixelSpace.latent is for pixels."""
+
+    def __init__(self, autoencoder: nn.Module):
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.config = autoencoder.config
+
+    @torch.no_grad()
+    def latent(self, pixels: torch.Tensor) -> torch.Tensor:
+        mean = self.autoencoder.encode_moments(pixels).chunk(2, dim=1)[0]
+        return mean.float() * self.config.scale_factor
+
+    def state_dict(self, *args, **kwargs):  # the AutoencoderKL's own keys (what models.autoencoder loads)
+        return self.autoencoder.state_dict(*args, **kwargs)
 
 
 class BackboneStage(Stage):
@@ -253,6 +292,10 @@ class BackboneStage(Stage):
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         if opts.face_weight is not None:
             c = dataclasses.replace(c, face_weight=opts.face_weight)
+        space = opts.space or (exported_space(opts.init_from) if opts.init_from is not None else None) or c.space
+        c = dataclasses.replace(c, space=space)
+        if space == "autoencoder" and (opts.level_gains is not None or c.face_weight != 1.0):
+            raise UserError("--level-gains and --face-weight apply to the pixel space only, not --space autoencoder")
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
         elif opts.init_from is not None and (exported := exported_pixel_space(opts.init_from)) is not None:
@@ -272,14 +315,25 @@ class BackboneStage(Stage):
                             hint=f"run `python -m pretrain.world train clip --world {opts.world}` first")
         self.tokenizer, self.clip = load_world_clip(clip_dir, device=self.device, dtype=torch.float32)
         cc = self.clip.config
-        if c.patch_size < 1 or cc.image_size % c.patch_size:
-            raise UserError(f"--patch-size {c.patch_size} does not tile the world's {cc.image_size} px images",
-                            hint=f"use a divisor of {cc.image_size}, such as 2 or 4")
-        self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, cc.image_size)
-        self.pixel = PixelSpace(pixel_space_config(c, self.uvit_config.in_chans)).to(self.device)
-        if cc.image_size % self.pixel.config.block:
-            raise UserError(f"--level-gains: {len(c.level_gains)} bands need image sides that are multiples of "
-                            f"{self.pixel.config.block}, not {cc.image_size}", hint="give fewer gains")
+        side, chans = cc.image_size, 3
+        if space == "autoencoder":
+            from pretrain.world.autoencoder import load_world_autoencoder
+
+            self.pixel = AutoencoderLatent(load_world_autoencoder(opts.world, self.device))
+            f = self.pixel.config.downsample_factor
+            side, chans = cc.image_size // f, self.pixel.config.embed_dim
+            if opts.patch_size is None:  # as many image tokens as the pixel space's patches give
+                c = dataclasses.replace(c, patch_size=max(1, c.patch_size // f))
+            self.c = c
+        if c.patch_size < 1 or side % c.patch_size:
+            raise UserError(f"--patch-size {c.patch_size} does not tile the backbone's {side} x {side} latents",
+                            hint=f"use a divisor of {side}")
+        self.uvit_config = world_uvit_config(c, cc.text_dim, cc.context_length, cc.embed_dim, side, chans)
+        if space == "pixel":
+            self.pixel = PixelSpace(pixel_space_config(c, chans)).to(self.device)
+            if cc.image_size % self.pixel.config.block:
+                raise UserError(f"--level-gains: {len(c.level_gains)} bands need image sides that are multiples of "
+                                f"{self.pixel.config.block}, not {cc.image_size}", hint="give fewer gains")
         self.set_steps(c.total_steps, c.batch_size, c.lr, c.warmup_steps)
         torch.manual_seed(opts.seed)
         self.uvit = init_uvit(UViT(self.uvit_config))
@@ -302,10 +356,10 @@ class BackboneStage(Stage):
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size,
                               render_workers=opts.render_workers)
         self._conditioned: tuple | None = None  # (k, pixels, clip0, text0, pixel weights) of batch k
-        # The pixel space has no training and the UViT's shape is known: both written now, so that
+        # The latent space is frozen and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
-        write_pixel_space(opts.world, self.pixel.config)
+        write_latent_space(opts.world, self.pixel)
         merge_model_configs(opts.world, {"uvit": as_json_config(self.uvit_config)})
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -374,14 +428,14 @@ class BackboneStage(Stage):
 
     # ---- export -------------------------------------------------------------------------------------------
     def export_paths(self, world: Path) -> list[Path]:
-        return [world / "models" / "uvit_v1.safetensors", world / "models" / "pixel_space.safetensors",
+        return [world / "models" / "uvit_v1.safetensors", world / "models" / LATENT_FILES[self.c.space],
                 world / "model_configs.json"]
 
     def export(self, world: Path) -> list[Path]:
         uvit_path, pixel_path, configs_path = self.export_paths(world)
         save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in self.ema.shadow.state_dict().items()},
                         uvit_path)
-        write_pixel_space(world, self.pixel.config)
+        write_latent_space(world, self.pixel)
         merge_model_configs(world, {"uvit": as_json_config(self.uvit_config)})
         self.sample_grid(world)
         return [uvit_path, pixel_path, configs_path]

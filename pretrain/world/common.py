@@ -75,6 +75,8 @@ class StageOptions:
     eps_steps: the backbone's first steps use the plain noise MSE before its timestep weighting (None: its
     config's for a new run, 0 for a continued one; part of the run's config); face_weight: the backbone's image
     term weighs the face region this many times the rest (None: its config's, 1; part of the run's config);
+    space: the backbone's latent space, "pixel" or "autoencoder" (the world's AutoencoderKL; None: the space
+    exported beside --init-from's weights, else the pixel space; part of the run's config);
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
     the run's config); batch_size: the world-CLIP's batch instead of its default (part of the run's config).
     """
@@ -98,6 +100,7 @@ class StageOptions:
     level_gains: tuple[float, ...] | None = None
     eps_steps: int | None = None
     face_weight: float | None = None
+    space: str | None = None
     hard_negatives: bool = False
     batch_size: int | None = None
 

@@ -1,0 +1,191 @@
+"""The world's autoencoder: models.autoencoder.AutoencoderKL (a small config) trained on training renders.
+
+    python -m pretrain.world train autoencoder --out runs/world --world checkpoints/world [--minutes 9] [--tiny]
+
+UniDiffuser denoises in the latent of a KL autoencoder, whose decoder draws the fine detail (eyes, mouths,
+glasses frames) from a compact latent; the world's pixel space (models.pixel_space) leaves every pixel to
+the UViT's per-patch linear output. This stage makes the autoencoder the world can use instead: the
+project's AutoencoderKL with a small config (4x downsampling, 4 latent channels: 64 x 64 renders become
+16 x 16 x 4 latents), trained on renders of training identities with an L1 reconstruction loss and a small
+KL term (no perceptual or adversarial loss: the renders are flat-shaded drawings, and those losses need
+networks this world does not have). The scale factor is set at export to 1 / the standard deviation of
+the latent means over a few batches, as Stable Diffusion's 0.18215 was, so that the scaled latent has
+about unit variance.
+
+Exported to <world>/autoencoder/ (config.json: the AutoencoderConfig, scale factor included, and the
+training record; model.safetensors in fp16). It is a foundation model like the world-CLIP: nothing else
+reads it until a backbone is trained in its latent (`train backbone --space autoencoder`), whose export
+puts it into <world>/models/ as the world's autoencoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from models.autoencoder import AutoencoderConfig, AutoencoderKL
+from models.errors import UserError
+from models.weights import save_state_dict
+from pretrain.ema import EMA
+from pretrain.world.common import Stage, StageOptions, WorldData, as_json_config, param_groups, write_json
+
+EXPORT_DIR = "autoencoder"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+SCALE_BATCHES = 8  # batches of training renders the exported scale factor is measured on
+
+
+@dataclass(frozen=True)
+class AutoencoderTrainConfig:
+    """The network (`ch`, `ch_mult`, `num_res_blocks`, `embed_dim`: AutoencoderConfig's fields) and its training."""
+
+    ch: int = 32
+    ch_mult: tuple[int, ...] = (1, 2, 2)  # 4x downsampling
+    num_res_blocks: int = 1
+    embed_dim: int = 4
+    batch_size: int = 256
+    total_steps: int = 6000
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    kl_weight: float = 1e-6
+    ema_decay: float = 0.999
+
+    @classmethod
+    def tiny(cls) -> AutoencoderTrainConfig:
+        return cls(ch=32, ch_mult=(1, 2), batch_size=4, total_steps=3, warmup_steps=1, ema_decay=0.5)
+
+    def network(self, image_size: int, scale_factor: float = 1.0) -> AutoencoderConfig:
+        return AutoencoderConfig(ch=self.ch, ch_mult=self.ch_mult, num_res_blocks=self.num_res_blocks,
+                                 z_channels=self.embed_dim, embed_dim=self.embed_dim, resolution=image_size,
+                                 scale_factor=scale_factor)
+
+
+def kl_term(moments: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, var) || N(0, 1)) per latent element, averaged: moments [B, 2E, h, w] (mean, log-variance)."""
+    mean, logvar = moments.float().chunk(2, dim=1)
+    logvar = logvar.clamp(-30.0, 20.0)
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def reconstruction_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: float,
+                        generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L1 of decode(sample(encode(x))) against x (x in [-1, 1]) + kl_weight x KL; (loss, detached terms)."""
+    moments = model.encode_moments(pixels)
+    z = model.sample(moments, generator)
+    recon = model.decode(z)
+    l1 = F.l1_loss(recon.float(), pixels)
+    kl = kl_term(moments)
+    return l1 + kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
+
+
+class AutoencoderStage(Stage):
+    """Trains the world's AutoencoderKL; exports it (EMA, fp16) with its scale factor to <world>/autoencoder/."""
+
+    name = "autoencoder"
+
+    def __init__(self, opts: StageOptions):
+        super().__init__(opts)
+        c = self.sized(AutoencoderTrainConfig(), AutoencoderTrainConfig.tiny())
+        self.c = c
+        self.image_size = 64
+        if self.image_size % (2 ** (len(c.ch_mult) - 1)):
+            raise UserError(f"{len(c.ch_mult) - 1} downsamplings do not tile {self.image_size} px renders")
+        self.set_steps(c.total_steps, c.batch_size, c.lr, c.warmup_steps)
+        torch.manual_seed(opts.seed)
+        self.model = AutoencoderKL(c.network(self.image_size)).to(self.device).train()
+        self.ema = EMA(self.model, c.ema_decay)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(param_groups(self.model, c.weight_decay), lr=c.lr, betas=(0.9, 0.99), **fused)
+        self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=self.image_size,
+                              render_workers=opts.render_workers)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+    def modules(self):
+        return {"model": self.model, "ema": self.ema.shadow}
+
+    def optimizer(self):
+        return self.opt
+
+    def config(self) -> dict:
+        return {"train": dataclasses.asdict(self.c), "autoencoder": as_json_config(self.model.config)}
+
+    def extra_state(self) -> dict:
+        return {"ema_updates": self.ema.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema.updates = int(state.get("ema_updates", 0))
+
+    def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
+        lr = self.set_lr(self.opt, step)
+        pixels = self.data.get(step).pixels
+        with self.autocast():
+            loss, terms = reconstruction_loss(self.model, pixels, self.c.kl_weight, generator)
+        grad = self.optimize(self.opt, loss, self.model.parameters())
+        self.ema.update(self.model)
+        return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
+
+    # ---- export -------------------------------------------------------------------------------------------
+    def export_paths(self, world: Path) -> list[Path]:
+        return [world / EXPORT_DIR / CONFIG_FILE, world / EXPORT_DIR / WEIGHTS_FILE]
+
+    @torch.no_grad()
+    def latent_std(self, model: AutoencoderKL) -> float:
+        """The standard deviation of the latent means over SCALE_BATCHES batches of training renders of their own
+        stream (not the training batches)."""
+        means = [model.encode_moments(self.data.make(k, "export").pixels).float().chunk(2, dim=1)[0]
+                 for k in range(1 if self.opts.tiny else SCALE_BATCHES)]
+        return float(torch.cat(means).std())
+
+    def export(self, world: Path) -> list[Path]:
+        config_path, weights_path = self.export_paths(world)
+        model = self.ema.shadow.eval()
+        std = self.latent_std(model)
+        network = dataclasses.replace(model.config, scale_factor=round(1.0 / max(std, 1e-6), 6))
+        save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()},
+                        weights_path)
+        write_json(config_path, {"format": "world-autoencoder", "autoencoder": as_json_config(network),
+                                 "latent_std": std, "train": dataclasses.asdict(self.c)})
+        self.reconstruction_grid(network)
+        return [config_path, weights_path]
+
+    @torch.no_grad()
+    def reconstruction_grid(self, network: AutoencoderConfig) -> Path:
+        """Eight renders over their reconstructions through the exported (fp16) weights, to
+        <out>/autoencoder/reconstructions.png: a check of what the latent keeps."""
+        model = AutoencoderKL(network).to(self.device).eval()
+        model.load_state_dict({k: v.to(torch.float16).float() for k, v in self.ema.shadow.state_dict().items()})
+        pixels = self.data.make(0, "check", batch_size=8).pixels
+        recon = model.decode(model.encode_moments(pixels).chunk(2, dim=1)[0] * network.scale_factor)
+        rows = [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1) for x in (pixels, recon)]
+        grid = torch.cat([torch.cat(list(r), dim=1) for r in rows], dim=0).cpu().numpy()  # [2H, 8W, 3]
+        path = self.opts.out / self.name / "reconstructions.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(path)
+        return path
+
+
+def load_world_autoencoder(world: Path, device: torch.device | str = "cpu") -> AutoencoderKL:
+    """The frozen autoencoder of <world>/autoencoder/ (fp32, eval); UserError when the stage has not run."""
+    from models.weights import load_frozen
+
+    folder = Path(world) / EXPORT_DIR
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"no world autoencoder in {folder}",
+                        hint=f"run `python -m pretrain.world train autoencoder --world {world}` first")
+    config = AutoencoderConfig.from_dict(read_config(folder)["autoencoder"])
+    return load_frozen(lambda: AutoencoderKL(config), folder / WEIGHTS_FILE, "the world autoencoder",
+                       device=device, dtype=torch.float32)
+
+
+def read_config(folder: Path) -> dict:
+    import json
+
+    return json.loads((Path(folder) / CONFIG_FILE).read_text())
