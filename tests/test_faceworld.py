@@ -306,3 +306,58 @@ def test_data_prep_source_writes_shards_with_identities(tmp_path):
 
     with pytest.raises(SourceError, match="min-image-side"):
         run(bad, models=models)
+
+
+# ------------------------------------------------------------------------------------ versions
+def test_renderer_versions_are_chosen_by_argument_or_environment(monkeypatch):
+    from data_prep.faceworld.render import DEFAULT_VERSION, VERSION_ENV, RendererVersionError, renderer_version
+    from models.errors import UserError
+
+    monkeypatch.delenv(VERSION_ENV, raising=False)
+    assert renderer_version() == DEFAULT_VERSION == "faceworld-2" == FaceWorld(0).version
+    monkeypatch.setenv(VERSION_ENV, "faceworld-3")
+    assert renderer_version() == "faceworld-3" == FaceWorld(0).version
+    assert FaceWorld(0, version="faceworld-2").version == "faceworld-2"  # the argument wins
+    monkeypatch.setenv(VERSION_ENV, "faceworld-9")
+    with pytest.raises(RendererVersionError, match=r"'faceworld-9' \(from \$FACEWORLD_VERSION\)") as e:
+        FaceWorld(0)
+    assert isinstance(e.value, UserError) and "faceworld-2, faceworld-3" in e.value.hint
+
+
+def test_faceworld3_draws_bigger_heads_and_broader_expressions():
+    """The same people, poses and light: faceworld-3's face boxes are a quarter wider, and an expression
+    changes more pixels than in faceworld-2; both versions stay deterministic item by item."""
+    ids, rs = np.arange(40, 56), np.arange(16) % 5
+    old, new = FaceWorld(5, version="faceworld-2"), FaceWorld(5, version="faceworld-3")
+    a, b = old.render(ids, rs), new.render(ids, rs)
+    assert a.captions == b.captions and a.attributes == b.attributes
+    widths = (b.boxes[:, 2] - b.boxes[:, 0]) / (a.boxes[:, 2] - a.boxes[:, 0])
+    np.testing.assert_allclose(widths, 1.25, rtol=0.05)
+    one = new.render(ids[3:4], rs[3:4])
+    np.testing.assert_array_equal(one.images.numpy()[0], b.images.numpy()[3])
+
+    def changed(world, value):  # pixels (of 64 x 64) an expression changes, mean over the people
+        plain = world.render(ids, 0, dict(PLAIN)).images.numpy().astype(int)
+        other = world.render(ids, 0, dict(PLAIN, expression=value)).images.numpy().astype(int)
+        return (np.abs(plain - other).max(axis=-1) > 24).sum(axis=(1, 2)).mean()
+
+    for value in ("smiling", "surprised"):
+        assert changed(new, value) > 2 * changed(old, value), value
+
+
+def test_render_workers_draw_the_version_of_their_parent(monkeypatch):
+    import torch
+
+    from data_prep.faceworld.render import VERSION_ENV
+    from pretrain.world.common import WorldData
+
+    monkeypatch.setenv(VERSION_ENV, "faceworld-3")
+    there = WorldData(0, "backbone", 2, torch.device("cpu"), render_workers=1)
+    monkeypatch.delenv(VERSION_ENV)  # the workers were told the version; they do not read it again
+    try:
+        got = there.get(0).pixels
+    finally:
+        there.close()
+    ids, rs = there.draw(0)
+    want = FaceWorld(0, version="faceworld-3").render(ids, rs).images
+    np.testing.assert_array_equal(((got + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy(), want.numpy())

@@ -1,0 +1,93 @@
+"""`python -m pretrain.world train autoencoder --tiny` and `train backbone --space autoencoder`: the world's
+AutoencoderKL is trained, exported with its scale factor, and a backbone trained in its latent exports a world
+folder that the pipeline samples through that autoencoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.errors import UserError
+from pretrain.world.__main__ import main
+from tests.tiny_world import make_tiny_world
+
+
+@pytest.fixture(scope="module")
+def latent_world(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("latent_world")
+    out, world = root / "runs", make_tiny_world(root / "world")
+    args = ["--tiny", "--out", str(out), "--world", str(world)]
+    assert main(["train", "autoencoder", *args]) == 0
+    assert main(["train", "backbone", *args, "--space", "autoencoder"]) == 0
+    return out, world
+
+
+def test_autoencoder_stage_exports_its_config_weights_and_scale(latent_world):
+    from models.autoencoder import AutoencoderConfig
+    from pretrain.world.autoencoder import load_world_autoencoder
+
+    out, world = latent_world
+    info = json.loads((world / "autoencoder/config.json").read_text())
+    config = AutoencoderConfig.from_dict(info["autoencoder"])
+    assert info["format"] == "world-autoencoder" and config.downsample_factor == 2  # the tiny config
+    assert config.scale_factor == pytest.approx(1.0 / info["latent_std"], rel=1e-5)
+    model = load_world_autoencoder(world)
+    assert model.config == config and not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert model.decode(model.encode(x)).shape == (2, 3, 64, 64)
+    assert (out / "autoencoder/reconstructions.png").is_file()
+
+
+def test_backbone_in_the_autoencoder_latent_exports_a_world_the_pipeline_samples(latent_world):
+    from models.autoencoder import AutoencoderKL
+    from models.pipeline import UniDiffuserT2I
+
+    out, world = latent_world
+    assert (world / "models/autoencoder_kl.safetensors").is_file()
+    assert not (world / "models/pixel_space.safetensors").exists()  # models.paths would find the stale one too
+    configs = json.loads((world / "model_configs.json").read_text())
+    ae = json.loads((world / "autoencoder/config.json").read_text())["autoencoder"]
+    assert configs["autoencoder"] == ae
+    # 64 px renders -> 32 x 32 x 4 latents; the tiny pixel patch (16) becomes 8: the same 16 image tokens
+    assert (configs["uvit"]["img_size"], configs["uvit"]["in_chans"], configs["uvit"]["patch_size"]) == (32, 4, 8)
+    state = json.loads((out / "backbone/checkpoint/state.json").read_text())
+    assert state["done"]
+    pipe = UniDiffuserT2I.from_pretrained(world, device="cpu")
+    assert isinstance(pipe.autoencoder, AutoencoderKL) and pipe.image_size == 64
+    (image,), = pipe(["a photo of a man in the snow"], n_per_prompt=1, steps=2, seed=1)
+    assert image.size == (64, 64)
+
+
+def test_a_continued_run_keeps_the_latent_space_and_pixel_space_comes_back(latent_world, tmp_path, capsys):
+    out, world = latent_world
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    args = ["--tiny", "--world", str(copy), "--init-from", str(world / "models/uvit_v1.safetensors")]
+    assert main(["train", "backbone", "--out", str(tmp_path / "a"), *args]) == 0
+    configs = json.loads((copy / "model_configs.json").read_text())
+    assert "kind" not in configs["autoencoder"] and configs["uvit"]["in_chans"] == 4
+    # a new pixel-space run in the same folder puts the pixel space back and removes the autoencoder's file
+    assert main(["train", "backbone", "--tiny", "--world", str(copy), "--out", str(tmp_path / "b")]) == 0
+    configs = json.loads((copy / "model_configs.json").read_text())
+    assert configs["autoencoder"]["kind"] == "pixel_space" and configs["uvit"]["in_chans"] == 3
+    assert (copy / "models/pixel_space.safetensors").is_file()
+    assert not (copy / "models/autoencoder_kl.safetensors").exists()
+
+
+def test_autoencoder_space_refuses_pixel_flags_and_needs_the_stage(latent_world, tmp_path):
+    _, world = latent_world
+    base = ["train", "backbone", "--tiny", "--out", str(tmp_path / "r"), "--space", "autoencoder"]
+    with pytest.raises(UserError, match="pixel space only"):
+        main([*base, "--world", str(world), "--level-gains", "1,0.5"])
+    with pytest.raises(UserError, match="pixel space only"):
+        main([*base, "--world", str(world), "--face-weight", "4"])
+    bare = make_tiny_world(tmp_path / "bare")
+    with pytest.raises(UserError, match="no world autoencoder") as e:
+        main([*base, "--world", str(bare)])
+    assert "train autoencoder" in e.value.hint
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--space", "autoencoder"])
