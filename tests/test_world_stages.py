@@ -336,7 +336,7 @@ def test_render_workers_draw_the_same_batches_as_the_training_device():
     finally:
         there.close()
         here.close()
-    with pytest.raises(UserError, match="backbone stage only"):
+    with pytest.raises(UserError, match="backbone and autoencoder stages only"):
         main(["train", "clip", "--tiny", "--render-workers", "2"])
 
 

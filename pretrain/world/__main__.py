@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone only: run its training forward under torch.compile (CUDA only; time it first "
                         "with `python -m eval.bench.world_backbone`)")
     t.add_argument("--render-workers", type=int, default=0, metavar="P",
-                   help="backbone only: draw the training renders on P CPU processes instead of the training "
-                        "device (default 0; time it first with `python -m eval.bench.world_backbone`)")
+                   help="backbone and autoencoder only: draw the training renders on P CPU processes instead of "
+                        "the training device (default 0; time it first with `python -m eval.bench.world_backbone`)")
     t.add_argument("--batch-reuse", type=int, default=1, metavar="R",
                    help="backbone only: train R steps on each rendered batch, with fresh noise and timesteps "
                         "(default 1; R > 1 when rendering, not the step, limits the rate; part of the run's config)")
@@ -99,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(NegCLIP's hard negatives), so that small details such as expressions count; part of the "
                         "run's config")
     t.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="clip only: renders per step (default 512; smaller for a CPU run; part of the run's config)")
+                   help="clip and autoencoder only: renders per step (default 512 and 256; smaller for a CPU run; "
+                        "part of the run's config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
                                 ("--final-conv", args.final_conv is not None, backbone),
                                 ("--compile", args.compile, backbone),
-                                ("--render-workers", args.render_workers > 0, backbone),
+                                ("--render-workers", args.render_workers > 0, ("backbone", "autoencoder")),
                                 ("--batch-reuse", args.batch_reuse != 1, backbone),
                                 ("--patch-size", args.patch_size is not None, backbone),
                                 ("--level-gains", args.level_gains is not None, backbone),
@@ -138,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--face-weight", args.face_weight is not None, backbone),
                                 ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
-                                ("--batch-size", args.batch_size is not None, clip)):
+                                ("--batch-size", args.batch_size is not None, ("clip", "autoencoder"))):
         if given and args.stage not in stages:
             where = " and ".join(stages) + (" stages" if len(stages) > 1 else " stage")
             raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")
     if args.batch_size is not None and args.batch_size < 2:
-        raise UserError(f"--batch-size must be 2 or more (a contrastive batch), got {args.batch_size}")
+        raise UserError(f"--batch-size must be 2 or more (a contrastive batch, a latent spread), got {args.batch_size}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:

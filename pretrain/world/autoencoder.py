@@ -92,6 +92,8 @@ class AutoencoderStage(Stage):
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
         c = self.sized(AutoencoderTrainConfig(), AutoencoderTrainConfig.tiny())
+        if opts.batch_size is not None:
+            c = dataclasses.replace(c, batch_size=opts.batch_size)
         self.c = c
         self.image_size = 64
         if self.image_size % (2 ** (len(c.ch_mult) - 1)):

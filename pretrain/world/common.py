@@ -78,7 +78,8 @@ class StageOptions:
     space: the backbone's latent space, "pixel" or "autoencoder" (the world's AutoencoderKL; None: the space
     exported beside --init-from's weights, else the pixel space; part of the run's config);
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
-    the run's config); batch_size: the world-CLIP's batch instead of its default (part of the run's config).
+    the run's config); batch_size: the world-CLIP's or the autoencoder's batch instead of its default (part of the
+    run's config).
     """
 
     out: Path
