@@ -9,7 +9,7 @@
 # fp16) and latent.tgz (logs, the reconstruction and sample grids, the evaluation JSON).
 # Environment: WORLD (checkpoints/world: its world_clip/, attributes/ and face packs are used), BASE
 # (/tmp/latent), AE_SECONDS (150), AE_MAX_STEPS (6000), BB_RATE (7000: backbone samples/s assumed when setting
-# its total), EVAL_SECONDS (80), EVAL_SEED (31337), BB_ARGS (extra backbone flags), PYTHON (an interpreter
+# its total), EVAL_SECONDS (80: left for the evaluation at that rate), EVAL_SEED (31337), BB_ARGS (extra backbone flags), PYTHON (an interpreter
 # with the project's packages: then the carried wheels are not installed), TRAIN_ARGS (added to every stage
 # and EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU dry run).
 set -u
@@ -32,8 +32,8 @@ if [ -n "${FROM:-}" ]; then
   echo "[$(el) s] autoencoder from $FROM; the backbone continues $FROM/uvit_v1.safetensors"
 else
   INIT=""
-  # the autoencoder's rate from 60 steps of a throwaway run (its total fixes its schedule, so it is set first)
-  R=$B/probe train 90 autoencoder --render-workers 8 --total-steps 100000 --steps 60 --log-every 20 > "$L/autoencoder_probe.log" 2>&1
+  # the autoencoder's rate from 40 steps of a throwaway run (its total fixes its schedule, so it is set first)
+  R=$B/probe train 90 autoencoder --render-workers 8 --total-steps 100000 --steps 40 --log-every 20 > "$L/autoencoder_probe.log" 2>&1
   rate=$(grep -o '[0-9]* samples/s' "$L/autoencoder_probe.log" | tail -1 | cut -d' ' -f1)
   steps=$(( ${rate:-0} * ${AE_SECONDS:-150} / 256 )); [ "$steps" -gt "${AE_MAX_STEPS:-6000}" ] && steps=${AE_MAX_STEPS:-6000}
   [ "$steps" -ge 1 ] || { echo "the autoencoder probe gave no rate (logs/autoencoder_probe.log)"; steps=1000; }
@@ -44,9 +44,11 @@ else
 fi
 [ -f "$W/autoencoder/model.safetensors" ] || { echo "no autoencoder (logs/autoencoder.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
 mkdir -p "$OUTD/autoencoder"; cp "$W/autoencoder/config.json" "$W/autoencoder/model.safetensors" "$OUTD/autoencoder/"
-left=$(( CALL - $(el) - ${EVAL_SECONDS:-80} - 25 ))
-steps=$(( (left - 60) * ${BB_RATE:-7000} / 512 ))  # 60 s for start-up, compilation and the export
-echo "[$(el) s] backbone: $steps steps in at most $left s"
+# the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE; a slower run may take that time
+# too (the export matters more: an evaluation can be run elsewhere), not the packing's
+left=$(( CALL - $(el) - 25 ))
+steps=$(( (left - ${EVAL_SECONDS:-80} - 60) * ${BB_RATE:-7000} / 512 ))  # 60 s: start-up, compilation, export
+echo "[$(el) s] backbone: $steps steps, stopped after $left s"
 # shellcheck disable=SC2086
 train "$left" backbone --space autoencoder $INIT --compile --render-workers 14 --batch-reuse 3 --total-steps "$steps" \
   --log-every 250 ${BB_ARGS:-} > "$L/backbone.log" 2>&1
