@@ -5,13 +5,19 @@
 # Arguments go to every stage. Environment: WORLD_OUT (runs/world), WORLD_DIR (checkpoints/world),
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
-# flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives").
+# flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"). The autoencoder stage runs only when
+# WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 OUT="${WORLD_OUT:-runs/world}"
 WORLD="${WORLD_DIR:-checkpoints/world}"
 for stage in $("$PYTHON" -m pretrain.world list); do
+    if [ "$stage" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]; then
+        echo "== world stage skipped: autoencoder (the backbone trains in the pixel space; give" \
+             "WORLD_BACKBONE_ARGS=\"--space autoencoder\" to train it in the autoencoder's latent)"
+        continue
+    fi
     echo "== world stage: $stage"
     var="WORLD_${stage^^}_ARGS"
     read -r -a extra <<< "${!var:-}"
