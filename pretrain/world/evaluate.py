@@ -11,6 +11,11 @@ on their own seed's training identities; test identities come from the test rang
   (pretrain.world.faces: verification TAR at FAR 1e-3, same / different-person similarity
   distributions), and a verifier on colour histograms of the same aligned crops.
 - attributes: the attribute classifier's accuracy per attribute on test renders.
+- reconstruction: what the world's latent space keeps: the classifier's accuracy on the same test renders
+  passed through the pipeline's autoencoder (its posterior mean, decoded), beside its accuracy on the renders
+  themselves, and the reconstructions' mean absolute error and PSNR. The pixel space keeps everything; an
+  AutoencoderKL (`train backbone --space autoencoder`) must keep what prompts name, or no backbone in its
+  latent can draw it.
 - text_to_image: the backbone samples text only (models.pipeline.UniDiffuserT2I, "true_uncond"
   guidance) prompts that state exactly one held-out attribute pair of the renderer (HELD_OUT: never
   rendered together for training identities, together covering every attribute), for every class
@@ -90,8 +95,8 @@ from models.pixels import to_signed
 from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "text_to_image", "single_attribute", "clip_attributes", "backbone_attributes",
-            "attribute_energy", "frechet", "text_dependence", "sizes")
+SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "single_attribute", "clip_attributes",
+            "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
@@ -251,6 +256,58 @@ def evaluate_attributes(world_dir: Path, seed: int, cfg: EvalConfig, device: tor
     acc = attribute_accuracy(classifier, FaceWorld(seed, 64, device, chunk=cfg.batch), ids,
                              np.arange(n, dtype=np.int64) % 2, cfg.batch)
     return {"attribute_accuracy": acc, "attribute_renders": n}
+
+
+class _ThroughLatent:
+    """A FaceWorld whose renders come back through the pipeline's autoencoder (the posterior mean, decoded),
+    keeping the sums of the reconstructions' absolute and squared errors (pixels in [0, 1])."""
+
+    def __init__(self, world, autoencoder):
+        self.world, self.autoencoder = world, autoencoder
+        self.abs_err = self.sq_err = 0.0
+        self.values = 0
+
+    @torch.no_grad()
+    def render(self, identities, renders):
+        batch = self.world.render(identities, renders)
+        x = to_signed(batch.images)
+        ae = self.autoencoder
+        param = next(ae.parameters(), None)
+        dtype = torch.float32 if param is None else param.dtype
+        mean = ae.encode_moments(x.to(dtype)).float().chunk(2, dim=1)[0]
+        y = ae.decode((mean * ae.config.scale_factor).to(dtype)).float().clamp(-1.0, 1.0)
+        err = (y - x) / 2.0
+        self.abs_err += float(err.abs().sum())
+        self.sq_err += float(err.pow(2).sum())
+        self.values += err.numel()
+        images = ((y + 1.0) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+        return dataclasses.replace(batch, images=images)
+
+
+def evaluate_reconstruction(pipe, classifier, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
+    """What the world's latent space keeps: the attribute classifier on test renders and on the same renders
+    through the autoencoder (encode's mean, decode), and the reconstructions' mean absolute error and PSNR
+    (pixels in [0, 1]). The pixel space keeps everything; an AutoencoderKL must keep what prompts name."""
+    from data_prep.faceworld.attributes import split_range
+    from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.attributes import attribute_accuracy
+
+    lo, _ = split_range("test")
+    n = cfg.attribute_renders
+    ids, rs = lo + np.arange(n, dtype=np.int64) // 2, np.arange(n, dtype=np.int64) % 2  # as evaluate_attributes
+    world = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch)
+    through = _ThroughLatent(world, pipe.autoencoder)
+    mse = None
+    acc_through = attribute_accuracy(classifier, through, ids, rs, cfg.batch)
+    if through.values:
+        mse = through.sq_err / through.values
+    return {"reconstruction_attribute_accuracy": acc_through,
+            "reconstruction": {"renders": n, "render_index": [0, 1],
+                               "attribute_accuracy_of_renders": attribute_accuracy(classifier, world, ids, rs,
+                                                                                   cfg.batch),
+                               "mean_abs_error": through.abs_err / max(through.values, 1),
+                               "psnr_db": None if not mse else float(10 * np.log10(1.0 / mse)),
+                               "autoencoder": type(pipe.autoencoder).__name__}}
 
 
 def _success(classifier, images: torch.Tensor, items: list[dict]) -> dict:
@@ -639,10 +696,10 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
-    if {"attributes", "text_to_image", "single_attribute"} & set(sections):
+    if {"attributes", "reconstruction", "text_to_image", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"text_to_image", "single_attribute", "backbone_attributes", "attribute_energy", "frechet",
-            "text_dependence"} & set(sections):
+    if {"reconstruction", "text_to_image", "single_attribute", "backbone_attributes", "attribute_energy",
+            "frechet", "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if {"frechet", "clip_attributes"} & set(sections):
@@ -655,6 +712,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_faces(world_dir, seed, cfg, device))
         elif name == "attributes":
             result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
+        elif name == "reconstruction":
+            result.update(evaluate_reconstruction(pipe, classifier, seed, cfg, device))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "single_attribute":
@@ -791,6 +850,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     result["seconds"]["total"] = round(time.perf_counter() - t0, 2)
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
+                                       "reconstruction_attribute_accuracy",
                                        "text_to_image_attribute_success", "single_attribute_success",
                                        "single_attribute_unasked", "clip_attribute_accuracy",
                                        "backbone_attribute_accuracy", "attribute_energy", "frechet_world_clip",
