@@ -9,7 +9,8 @@
 # fp16) and latent.tgz (logs, the reconstruction and sample grids, the evaluation JSON).
 # Environment: WORLD (checkpoints/world: its world_clip/, attributes/ and face packs are used), BASE
 # (/tmp/latent), AE_SECONDS (150), AE_MAX_STEPS (6000), BB_RATE (7000: backbone samples/s assumed when setting
-# its total), EVAL_SECONDS (80: left for the evaluation at that rate), EVAL_SEED (31337), BB_ARGS (extra backbone flags), PYTHON (an interpreter
+# its total), EVAL_SECONDS (80: left for the evaluation at that rate), EVAL_SEED (31337), BB_ARGS and AE_ARGS (extra
+# backbone and autoencoder flags, e.g. AE_ARGS="--batch-reuse 4 --face-weight 4"), PYTHON (an interpreter
 # with the project's packages: then the carried wheels are not installed), TRAIN_ARGS (added to every stage
 # and EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU dry run).
 set -u
@@ -33,12 +34,15 @@ if [ -n "${FROM:-}" ]; then
 else
   INIT=""
   # the autoencoder's rate from 40 steps of a throwaway run (its total fixes its schedule, so it is set first)
-  R=$B/probe train 90 autoencoder --render-workers 8 --total-steps 100000 --steps 40 --log-every 20 > "$L/autoencoder_probe.log" 2>&1
+  # shellcheck disable=SC2086
+  R=$B/probe train 90 autoencoder --render-workers 8 ${AE_ARGS:-} --total-steps 100000 --steps 40 --log-every 20 \
+    > "$L/autoencoder_probe.log" 2>&1
   rate=$(grep -o '[0-9]* samples/s' "$L/autoencoder_probe.log" | tail -1 | cut -d' ' -f1)
   steps=$(( ${rate:-0} * ${AE_SECONDS:-150} / 256 )); [ "$steps" -gt "${AE_MAX_STEPS:-6000}" ] && steps=${AE_MAX_STEPS:-6000}
   [ "$steps" -ge 1 ] || { echo "the autoencoder probe gave no rate (logs/autoencoder_probe.log)"; steps=1000; }
   echo "[$(el) s] autoencoder: ${rate:-?} samples/s in the probe, $steps steps"
-  train $(( ${AE_SECONDS:-150} + 60 )) autoencoder --render-workers 8 --total-steps "$steps" --log-every 250 \
+  # shellcheck disable=SC2086
+  train $(( ${AE_SECONDS:-150} + 60 )) autoencoder --render-workers 8 ${AE_ARGS:-} --total-steps "$steps" --log-every 250 \
     > "$L/autoencoder.log" 2>&1
   cp "$R/autoencoder/reconstructions.png" "$L/" 2>/dev/null
 fi

@@ -91,3 +91,44 @@ def test_autoencoder_space_refuses_pixel_flags_and_needs_the_stage(latent_world,
     assert "train autoencoder" in e.value.hint
     with pytest.raises(UserError, match="backbone stage only"):
         main(["train", "clip", "--tiny", "--space", "autoencoder"])
+
+
+def test_autoencoder_batch_reuse_and_face_weight(tmp_path, monkeypatch):
+    """--batch-reuse R: R steps train on each rendered batch; --face-weight W: the L1 is weighed by the face
+    box map of that batch (the backbone's face_weight_map), none at the default."""
+    from pretrain.world import autoencoder as A
+    from pretrain.world.backbone import face_weight_map
+
+    seen = []
+    real = A.reconstruction_loss
+
+    def spy(model, pixels, kl_weight, generator, pixel_weight=None):
+        seen.append((pixels, pixel_weight))
+        return real(model, pixels, kl_weight, generator, pixel_weight)
+
+    monkeypatch.setattr(A, "reconstruction_loss", spy)
+    args = ["train", "autoencoder", "--tiny", "--out", str(tmp_path / "r"), "--world", str(tmp_path / "w"),
+            "--total-steps", "4", "--batch-reuse", "2", "--face-weight", "4"]
+    assert main(args) == 0
+    assert len(seen) == 4 and seen[0][0] is seen[1][0] and seen[2][0] is seen[3][0]
+    assert not torch.equal(seen[1][0], seen[2][0])
+    data = A.WorldData(0, "autoencoder", 4, torch.device("cpu"))
+    boxes = torch.from_numpy(data.make(1).renders.boxes)
+    torch.testing.assert_close(seen[2][1], face_weight_map(boxes, 64, 4.0))
+    state = json.loads((tmp_path / "r/autoencoder/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["batch_reuse"] == 2 and state["config"]["train"]["face_weight"] == 4.0
+    seen.clear()
+    assert main(["train", "autoencoder", "--tiny", "--out", str(tmp_path / "r2"), "--world", str(tmp_path / "w2")]) == 0
+    assert all(w is None for _, w in seen)
+
+
+def test_reconstruction_measures_the_autoencoder_stage_s_export_else_the_pipeline_s_space(latent_world, tmp_path):
+    from models.autoencoder import AutoencoderKL
+    from models.pixel_space import PixelSpace
+    from pretrain.world.evaluate import world_latent_space
+
+    _, world = latent_world
+    ae, where = world_latent_space(world, torch.device("cpu"))
+    assert isinstance(ae, AutoencoderKL) and where == str(world / "autoencoder")
+    pixel, where = world_latent_space(make_tiny_world(tmp_path / "pixel"), torch.device("cpu"))
+    assert isinstance(pixel, PixelSpace) and where.endswith("pixel_space.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -111,6 +112,9 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert "pretrain.world evaluate" in data["commands"]["evaluate"] and "--seed 3" in data["commands"]["evaluate"]
     assert data["git_commit"]
     assert set(data["attribute_accuracy"]) == set(vocabularies())
+    # the pixel space keeps every render: the classifier reads its reconstructions as it reads the renders
+    assert data["reconstruction_attribute_accuracy"] == data["reconstruction"]["attribute_accuracy_of_renders"]
+    assert data["reconstruction"]["psnr_db"] > 40 and data["reconstruction"]["autoencoder"] == "PixelSpace"
     assert all(v is None or 0.0 <= v <= 1.0 for v in data["attribute_accuracy"].values())
     success = data["text_to_image_attribute_success"]
     assert set(ATTRIBUTES) | {CLASS_WORD, "overall", "overall_with_class_word"} == set(success)
@@ -335,3 +339,44 @@ def test_linear_probe_reads_a_feature_that_carries_the_label_and_not_one_that_do
     assert linear_probe(carried, labels, 3)["accuracy"] > 0.95
     blind = linear_probe(noise, labels, 3)
     assert blind["accuracy"] < blind["majority"] + 0.1
+
+
+def test_reconstruction_scores_what_an_autoencoder_keeps():
+    """A stand-in autoencoder that keeps only each image's mean colour: its reconstructions lose the
+    expression a stand-in classifier reads from the face's pixels (mouth, eyes), and their error is large."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from data_prep.faceworld.attributes import ATTRIBUTES, split_range
+    from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.evaluate import EvalConfig, evaluate_reconstruction
+
+    class MeanColour(nn.Module):
+        config = SimpleNamespace(scale_factor=2.0)
+
+        def encode_moments(self, x):
+            mean = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
+            return torch.cat([mean, torch.zeros_like(mean)], dim=1)
+
+        def decode(self, z):
+            return z / self.config.scale_factor
+
+    class ReadsDetail:  # "smiling" when the image has sharp detail, else "neutral"; other heads fixed
+        config = SimpleNamespace(head_names=["expression", "scene"])
+
+        def predict(self, images, batch_size=512, raw=False):
+            detail = images.float().std(dim=(1, 2)).mean(dim=-1)  # within each channel
+            return [{"expression": "smiling" if d > 5 else "neutral", "scene": ATTRIBUTES["scene"][0]}
+                    for d in detail]
+
+    cfg = dataclasses.replace(EvalConfig.tiny(), attribute_renders=24)
+    out = evaluate_reconstruction(MeanColour(), "here", ReadsDetail(), 5, cfg, torch.device("cpu"))
+    setup = out["reconstruction"]
+    assert setup["renders"] == 24 and setup["autoencoder"] == "MeanColour" and setup["from"] == "here"
+    lo, _ = split_range("test")
+    truth = FaceWorld(5, 64).render(lo + np.arange(24) // 2, np.arange(24) % 2).attributes
+    share = {v: np.mean([t["expression"] == v for t in truth]) for v in ("smiling", "neutral")}
+    assert setup["attribute_accuracy_of_renders"]["expression"] == pytest.approx(share["smiling"])
+    assert out["reconstruction_attribute_accuracy"]["expression"] == pytest.approx(share["neutral"])
+    assert setup["mean_abs_error"] > 0.05 and setup["psnr_db"] < 25

@@ -170,7 +170,7 @@ def test_batch_reuse_trains_several_steps_on_each_rendered_batch(world, tmp_path
         main(["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh),
               "--total-steps", "5"])
     for bad, match in ((["backbone", "--batch-reuse", "0"], "1 or more"), (["clip", "--batch-reuse", "2"],
-                                                                          "backbone stage only")):
+                                                                          "backbone and autoencoder stages only")):
         with pytest.raises(UserError, match=match):
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), *bad[1:]])
 
@@ -401,7 +401,7 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
     torch.testing.assert_close(loss_z(torch.ones(2, 1, 64, 64)), loss_z(None))
     assert not torch.allclose(loss_z(face), loss_z(None))
     for bad, match in ((["backbone", "--face-weight", "0"], "positive"),
-                       (["clip", "--face-weight", "2"], "backbone stage only")):
+                       (["clip", "--face-weight", "2"], "backbone and autoencoder stages only")):
         with pytest.raises(UserError, match=match):
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), *bad[1:]])
 

@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone and autoencoder only: draw the training renders on P CPU processes instead of "
                         "the training device (default 0; time it first with `python -m eval.bench.world_backbone`)")
     t.add_argument("--batch-reuse", type=int, default=1, metavar="R",
-                   help="backbone only: train R steps on each rendered batch, with fresh noise and timesteps "
-                        "(default 1; R > 1 when rendering, not the step, limits the rate; part of the run's config)")
+                   help="backbone and autoencoder only: train R steps on each rendered batch (the backbone with "
+                        "fresh noise and timesteps; default 1; R > 1 when rendering, not the step, limits the "
+                        "rate; part of the run's config)")
     t.add_argument("--patch-size", type=int, default=None, metavar="P",
                    help="backbone only: the UViT's patch side for a new run (default the config's, 4 at 64 px; 2 "
                         "quadruples the image tokens, for small details; time it first with `python -m "
@@ -85,10 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone only: the first N steps use the plain noise MSE, then the run's \"v\" weighting "
                         "(default 3000 for a new run, 0 with --init-from; part of the run's config)")
     t.add_argument("--face-weight", type=float, default=None, metavar="W",
-                   help="backbone only: weigh the image term's error W times as much inside the render's face box "
-                        "(widened by a quarter on each side) as outside, each image's weights averaging 1 (default "
-                        "1: the plain mean; W > 1 spends more of the model on the face's small details; part of "
-                        "the run's config)")
+                   help="backbone and autoencoder only: weigh the image term's (the reconstruction's) error W "
+                        "times as much inside the render's face box (widened by a quarter on each side) as "
+                        "outside, each image's weights averaging 1 (default 1: the plain mean; W > 1 spends more "
+                        "of the model on the face's small details; part of the run's config)")
     t.add_argument("--space", choices=("pixel", "autoencoder"), default=None,
                    help="backbone only: the latent space it denoises: the pixel space (models.pixel_space) or the "
                         "world's AutoencoderKL (<world>/autoencoder/, the autoencoder stage; the patch side then "
@@ -132,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--final-conv", args.final_conv is not None, backbone),
                                 ("--compile", args.compile, backbone),
                                 ("--render-workers", args.render_workers > 0, ("backbone", "autoencoder")),
-                                ("--batch-reuse", args.batch_reuse != 1, backbone),
+                                ("--batch-reuse", args.batch_reuse != 1, ("backbone", "autoencoder")),
                                 ("--patch-size", args.patch_size is not None, backbone),
                                 ("--level-gains", args.level_gains is not None, backbone),
                                 ("--eps-steps", args.eps_steps is not None, backbone),
-                                ("--face-weight", args.face_weight is not None, backbone),
+                                ("--face-weight", args.face_weight is not None, ("backbone", "autoencoder")),
                                 ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
                                 ("--batch-size", args.batch_size is not None, ("clip", "autoencoder"))):

@@ -6,9 +6,10 @@ UniDiffuser denoises in the latent of a KL autoencoder, whose decoder draws the 
 glasses frames) from a compact latent; the world's pixel space (models.pixel_space) leaves every pixel to
 the UViT's per-patch linear output. This stage makes the autoencoder the world can use instead: the
 project's AutoencoderKL with a small config (4x downsampling, 4 latent channels: 64 x 64 renders become
-16 x 16 x 4 latents), trained on renders of training identities with an L1 reconstruction loss and a small
-KL term (no perceptual or adversarial loss: the renders are flat-shaded drawings, and those losses need
-networks this world does not have). The scale factor is set at export to 1 / the standard deviation of
+16 x 16 x 4 latents), trained on renders of training identities with an L1 reconstruction loss (optionally
+weighed more inside the face box, `--face-weight`, where the details prompts name live) and a small KL term
+(no perceptual or adversarial loss: the renders are flat-shaded drawings, and those losses need networks
+this world does not have). The scale factor is set at export to 1 / the standard deviation of
 the latent means over a few batches, as Stable Diffusion's 0.18215 was, so that the scaled latent has
 about unit variance.
 
@@ -25,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.errors import UserError
 from models.weights import save_state_dict
 from pretrain.ema import EMA
+from pretrain.world.backbone import face_weight_map
 from pretrain.world.common import Stage, StageOptions, WorldData, as_json_config, param_groups, write_json
 
 EXPORT_DIR = "autoencoder"
@@ -55,6 +56,8 @@ class AutoencoderTrainConfig:
     weight_decay: float = 0.0
     kl_weight: float = 1e-6
     ema_decay: float = 0.999
+    batch_reuse: int = 1  # each rendered batch trains this many steps (rendering limits the rate); `--batch-reuse`
+    face_weight: float = 1.0  # the L1 inside the widened face box, relative to outside; `--face-weight`
 
     @classmethod
     def tiny(cls) -> AutoencoderTrainConfig:
@@ -74,12 +77,15 @@ def kl_term(moments: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: float,
-                        generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L1 of decode(sample(encode(x))) against x (x in [-1, 1]) + kl_weight x KL; (loss, detached terms)."""
+                        generator: torch.Generator,
+                        pixel_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L1 of decode(sample(encode(x))) against x (x in [-1, 1]) + kl_weight x KL; (loss, detached terms).
+    pixel_weight: [B, 1, H, W] weights of the L1, each image's averaging 1 (backbone.face_weight_map)."""
     moments = model.encode_moments(pixels)
     z = model.sample(moments, generator)
     recon = model.decode(z)
-    l1 = F.l1_loss(recon.float(), pixels)
+    err = (recon.float() - pixels).abs()
+    l1 = (err if pixel_weight is None else err * pixel_weight).mean()
     kl = kl_term(moments)
     return l1 + kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
 
@@ -94,7 +100,12 @@ class AutoencoderStage(Stage):
         c = self.sized(AutoencoderTrainConfig(), AutoencoderTrainConfig.tiny())
         if opts.batch_size is not None:
             c = dataclasses.replace(c, batch_size=opts.batch_size)
+        if opts.batch_reuse != 1:
+            c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
+        if opts.face_weight is not None:
+            c = dataclasses.replace(c, face_weight=opts.face_weight)
         self.c = c
+        self._batch: tuple[int, torch.Tensor, torch.Tensor | None] | None = None  # (k, pixels, weights) of batch k
         self.image_size = 64
         if self.image_size % (2 ** (len(c.ch_mult) - 1)):
             raise UserError(f"{len(c.ch_mult) - 1} downsamplings do not tile {self.image_size} px renders")
@@ -127,9 +138,17 @@ class AutoencoderStage(Stage):
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
-        pixels = self.data.get(step).pixels
+        k = step // self.c.batch_reuse  # with reuse R, steps kR .. kR + R - 1 train on rendered batch k
+        if self._batch is None or self._batch[0] != k:
+            batch = self.data.get(k)
+            weights = None
+            if self.c.face_weight != 1.0:
+                boxes = torch.from_numpy(batch.renders.boxes).to(self.device)
+                weights = face_weight_map(boxes, batch.pixels.shape[-1], self.c.face_weight)
+            self._batch = (k, batch.pixels, weights)
+        _, pixels, weights = self._batch
         with self.autocast():
-            loss, terms = reconstruction_loss(self.model, pixels, self.c.kl_weight, generator)
+            loss, terms = reconstruction_loss(self.model, pixels, self.c.kl_weight, generator, weights)
         grad = self.optimize(self.opt, loss, self.model.parameters())
         self.ema.update(self.model)
         return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}

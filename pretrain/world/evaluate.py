@@ -284,10 +284,24 @@ class _ThroughLatent:
         return dataclasses.replace(batch, images=images)
 
 
-def evaluate_reconstruction(pipe, classifier, seed: int, cfg: EvalConfig, device: torch.device) -> dict:
-    """What the world's latent space keeps: the attribute classifier on test renders and on the same renders
-    through the autoencoder (encode's mean, decode), and the reconstructions' mean absolute error and PSNR
-    (pixels in [0, 1]). The pixel space keeps everything; an AutoencoderKL must keep what prompts name."""
+def world_latent_space(world_dir: Path, device: torch.device) -> tuple[object, str]:
+    """(autoencoder, where): the autoencoder stage's export (<world>/autoencoder/, the one a backbone would be
+    trained in) when the world has one, else the latent space the world's pipeline samples through."""
+    from models.autoencoder import load_autoencoder
+    from models.paths import find_weights, read_model_configs
+    from pretrain.world.autoencoder import CONFIG_FILE, EXPORT_DIR, load_world_autoencoder
+
+    if (world_dir / EXPORT_DIR / CONFIG_FILE).is_file():
+        return load_world_autoencoder(world_dir, device), str(world_dir / EXPORT_DIR)
+    path = find_weights("autoencoder", root=world_dir)
+    return load_autoencoder(path, read_model_configs(world_dir).get("autoencoder"), device=device), str(path)
+
+
+def evaluate_reconstruction(autoencoder, where: str, classifier, seed: int, cfg: EvalConfig,
+                            device: torch.device) -> dict:
+    """What a latent space keeps: the attribute classifier on test renders and on the same renders through
+    the autoencoder (encode's mean, decode), and the reconstructions' mean absolute error and PSNR (pixels in
+    [0, 1]). The pixel space keeps everything; an AutoencoderKL must keep what prompts name."""
     from data_prep.faceworld.attributes import split_range
     from data_prep.faceworld.render import FaceWorld
     from pretrain.world.attributes import attribute_accuracy
@@ -295,8 +309,8 @@ def evaluate_reconstruction(pipe, classifier, seed: int, cfg: EvalConfig, device
     lo, _ = split_range("test")
     n = cfg.attribute_renders
     ids, rs = lo + np.arange(n, dtype=np.int64) // 2, np.arange(n, dtype=np.int64) % 2  # as evaluate_attributes
-    world = FaceWorld(seed, pipe.image_size, device, chunk=cfg.batch)
-    through = _ThroughLatent(world, pipe.autoencoder)
+    world = FaceWorld(seed, 64, device, chunk=cfg.batch)
+    through = _ThroughLatent(world, autoencoder)
     mse = None
     acc_through = attribute_accuracy(classifier, through, ids, rs, cfg.batch)
     if through.values:
@@ -307,7 +321,7 @@ def evaluate_reconstruction(pipe, classifier, seed: int, cfg: EvalConfig, device
                                                                                    cfg.batch),
                                "mean_abs_error": through.abs_err / max(through.values, 1),
                                "psnr_db": None if not mse else float(10 * np.log10(1.0 / mse)),
-                               "autoencoder": type(pipe.autoencoder).__name__}}
+                               "autoencoder": type(autoencoder).__name__, "from": where}}
 
 
 def _success(classifier, images: torch.Tensor, items: list[dict]) -> dict:
@@ -698,8 +712,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     classifier = pipe = clip = None
     if {"attributes", "reconstruction", "text_to_image", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
-    if {"reconstruction", "text_to_image", "single_attribute", "backbone_attributes", "attribute_energy",
-            "frechet", "text_dependence"} & set(sections):
+    if {"text_to_image", "single_attribute", "backbone_attributes", "attribute_energy", "frechet",
+            "text_dependence"} & set(sections):
         pipe = UniDiffuserT2I.from_pretrained(world_dir, device=device,
                                               dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     if {"frechet", "clip_attributes"} & set(sections):
@@ -713,7 +727,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
         elif name == "attributes":
             result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
         elif name == "reconstruction":
-            result.update(evaluate_reconstruction(pipe, classifier, seed, cfg, device))
+            result.update(evaluate_reconstruction(*world_latent_space(world_dir, device), classifier, seed, cfg,
+                                                  device))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "single_attribute":
