@@ -91,6 +91,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.errors import number
 from models.pixels import to_signed
 from models.provenance import git_provenance
 
@@ -815,9 +816,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
     p.add_argument("--steps", type=int, default=30, help="headline steps of text_to_image (default 30)")
     p.add_argument("--guidance", type=float, default=7.0, help="headline guidance of text_to_image (default 7)")
-    p.add_argument("--t2i-images", type=int, default=None, metavar="N",
+    p.add_argument("--t2i-images", type=number(int, low=1), default=None, metavar="N",
                    help="images per prompt of text_to_image and single_attribute (default 8; 1 with --tiny)")
-    p.add_argument("--classify-renders", type=int, default=None, metavar="N",
+    p.add_argument("--classify-renders", type=number(int, low=1), default=None, metavar="N",
                    help="test renders of backbone_attributes (default 120; 3 with --tiny)")
     p.add_argument("--energy-level-gains", type=gain_list, action="append", default=[], metavar="G1,G2,..",
                    help="attribute_energy also under these band gains of the pixel space (finest first, as the "
@@ -835,7 +836,6 @@ def run(args: argparse.Namespace, command: str) -> int:
     import json
 
     from data_prep.faceworld.render import renderer_version
-    from models.errors import UserError
     from pretrain.world.common import write_json
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
@@ -844,14 +844,10 @@ def run(args: argparse.Namespace, command: str) -> int:
     if args.headline_only:
         cfg = dataclasses.replace(cfg, t2i_grid=False)
     if args.t2i_images is not None:
-        if args.t2i_images < 1:
-            raise UserError(f"--t2i-images must be 1 or more, got {args.t2i_images}")
         cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
     if args.energy_level_gains:
         cfg = dataclasses.replace(cfg, energy_level_gains=tuple(args.energy_level_gains))
     if args.classify_renders is not None:
-        if args.classify_renders < 1:
-            raise UserError(f"--classify-renders must be 1 or more, got {args.classify_renders}")
         cfg = dataclasses.replace(cfg, classify_renders=args.classify_renders)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else SECTIONS
     included = [(path, read_include(path, Path(args.world), args.seed, sections)) for path in args.include]
