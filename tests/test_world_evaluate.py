@@ -115,6 +115,9 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     # the pixel space keeps every render: the classifier reads its reconstructions as it reads the renders
     assert data["reconstruction_attribute_accuracy"] == data["reconstruction"]["attribute_accuracy_of_renders"]
     assert data["reconstruction"]["psnr_db"] > 40 and data["reconstruction"]["autoencoder"] == "PixelSpace"
+    kept = data["reconstruction"]["identity"]
+    assert kept["renders"] == tiny.identities and kept["render_and_reconstruction"] > 0.999
+    assert kept["reconstruction_and_other_render"] == pytest.approx(kept["two_renders_of_a_person"], abs=1e-3)
     assert all(v is None or 0.0 <= v <= 1.0 for v in data["attribute_accuracy"].values())
     success = data["text_to_image_attribute_success"]
     assert set(ATTRIBUTES) | {CLASS_WORD, "overall", "overall_with_class_word"} == set(success)

@@ -13,9 +13,11 @@ on their own seed's training identities; test identities come from the test rang
 - attributes: the attribute classifier's accuracy per attribute on test renders.
 - reconstruction: what the world's latent space keeps: the classifier's accuracy on the same test renders
   passed through the pipeline's autoencoder (its posterior mean, decoded), beside its accuracy on the renders
-  themselves, and the reconstructions' mean absolute error and PSNR. The pixel space keeps everything; an
-  AutoencoderKL (`train backbone --space autoencoder`) must keep what prompts name, or no backbone in its
-  latent can draw it.
+  themselves, the reconstructions' mean absolute error and PSNR, and how much of the person the evaluation
+  recogniser finds in them (`identity`: a render against its reconstruction, and a reconstruction against the
+  person's other render, beside the two renders' own similarity). The pixel space keeps everything; an
+  AutoencoderKL (`train backbone --space autoencoder`) must keep what prompts name and who the person is, or
+  no backbone in its latent can draw it.
 - text_to_image: the backbone samples text only (models.pipeline.UniDiffuserT2I, "true_uncond"
   guidance) prompts that state exactly one held-out attribute pair of the renderer (HELD_OUT: never
   rendered together for training identities, together covering every attribute), for every class
@@ -261,12 +263,14 @@ def evaluate_attributes(world_dir: Path, seed: int, cfg: EvalConfig, device: tor
 
 class _ThroughLatent:
     """A FaceWorld whose renders come back through the pipeline's autoencoder (the posterior mean, decoded),
-    keeping the sums of the reconstructions' absolute and squared errors (pixels in [0, 1])."""
+    keeping the sums of the reconstructions' absolute and squared errors (pixels in [0, 1]) and the first
+    `keep` renders, reconstructions and landmarks (uint8 [N, H, W, 3], [N, 5, 2])."""
 
-    def __init__(self, world, autoencoder):
-        self.world, self.autoencoder = world, autoencoder
+    def __init__(self, world, autoencoder, keep: int = 0):
+        self.world, self.autoencoder, self.keep = world, autoencoder, keep
         self.abs_err = self.sq_err = 0.0
         self.values = 0
+        self.kept: dict[str, list] = {"renders": [], "reconstructions": [], "landmarks": []}
 
     @torch.no_grad()
     def render(self, identities, renders):
@@ -282,7 +286,37 @@ class _ThroughLatent:
         self.sq_err += float(err.pow(2).sum())
         self.values += err.numel()
         images = ((y + 1.0) * 127.5).round().to(torch.uint8).movedim(-3, -1)
+        room = self.keep - sum(len(x) for x in self.kept["renders"])
+        if room > 0:
+            self.kept["renders"].append(batch.images[:room].cpu())
+            self.kept["reconstructions"].append(images[:room].cpu())
+            self.kept["landmarks"].append(torch.from_numpy(batch.landmarks[:room]))
         return dataclasses.replace(batch, images=images)
+
+
+def identity_kept(world_dir: Path, renders: torch.Tensor, reconstructions: torch.Tensor,
+                  landmarks: torch.Tensor) -> dict:
+    """The evaluation recogniser (<world>/eval_faces/) on aligned crops (the renders' true landmarks) of renders
+    that come in pairs of one person (items 2i, 2i + 1) and of their reconstructions: the mean cosine of a
+    render and its reconstruction, of the two renders of a person, and of one's reconstruction and the other
+    render (what a recogniser finds of the person in a generated image, against the renders' own)."""
+    from pretrain.world.faces import aligned_crops, load_world_analyzer
+
+    analyzer = load_world_analyzer(world_dir, "evaluation")
+
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        crops = aligned_crops(images.permute(0, 3, 1, 2).float(), landmarks.float())
+        crops = crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return torch.from_numpy(np.concatenate([analyzer.embed_aligned(list(crops[i:i + 256]))
+                                                for i in range(0, len(crops), 256)]))
+
+    a, b = embed(renders), embed(reconstructions)
+    n = len(a) // 2 * 2
+    return {"render_and_reconstruction": float((a * b).sum(-1).mean()),
+            "two_renders_of_a_person": float((a[0:n:2] * a[1:n:2]).sum(-1).mean()),
+            "reconstruction_and_other_render": float(((b[0:n:2] * a[1:n:2]).sum(-1).mean()
+                                                      + (b[1:n:2] * a[0:n:2]).sum(-1).mean()) / 2),
+            "renders": len(a), "recogniser": "evaluation (eval_faces/)"}
 
 
 def world_latent_space(world_dir: Path, device: torch.device) -> tuple[object, str]:
@@ -299,10 +333,12 @@ def world_latent_space(world_dir: Path, device: torch.device) -> tuple[object, s
 
 
 def evaluate_reconstruction(autoencoder, where: str, classifier, seed: int, cfg: EvalConfig,
-                            device: torch.device) -> dict:
+                            device: torch.device, world_dir: Path | None = None) -> dict:
     """What a latent space keeps: the attribute classifier on test renders and on the same renders through
-    the autoencoder (encode's mean, decode), and the reconstructions' mean absolute error and PSNR (pixels in
-    [0, 1]). The pixel space keeps everything; an AutoencoderKL must keep what prompts name."""
+    the autoencoder (encode's mean, decode), the reconstructions' mean absolute error and PSNR (pixels in
+    [0, 1]), and with world_dir the identity the evaluation recogniser finds in the first cfg.identities
+    reconstructions (identity_kept). The pixel space keeps everything; an AutoencoderKL must keep what prompts
+    name and who the person is."""
     from data_prep.faceworld.attributes import split_range
     from data_prep.faceworld.render import FaceWorld
     from pretrain.world.attributes import attribute_accuracy
@@ -311,18 +347,22 @@ def evaluate_reconstruction(autoencoder, where: str, classifier, seed: int, cfg:
     n = cfg.attribute_renders
     ids, rs = lo + np.arange(n, dtype=np.int64) // 2, np.arange(n, dtype=np.int64) % 2  # as evaluate_attributes
     world = FaceWorld(seed, 64, device, chunk=cfg.batch)
-    through = _ThroughLatent(world, autoencoder)
+    through = _ThroughLatent(world, autoencoder, keep=min(n, cfg.identities) if world_dir is not None else 0)
     mse = None
     acc_through = attribute_accuracy(classifier, through, ids, rs, cfg.batch)
     if through.values:
         mse = through.sq_err / through.values
+    identity = None
+    if through.keep:
+        identity = identity_kept(world_dir, *(torch.cat(v) for v in through.kept.values()))
     return {"reconstruction_attribute_accuracy": acc_through,
             "reconstruction": {"renders": n, "render_index": [0, 1],
                                "attribute_accuracy_of_renders": attribute_accuracy(classifier, world, ids, rs,
                                                                                    cfg.batch),
                                "mean_abs_error": through.abs_err / max(through.values, 1),
                                "psnr_db": None if not mse else float(10 * np.log10(1.0 / mse)),
-                               "autoencoder": type(autoencoder).__name__, "from": where}}
+                               "autoencoder": type(autoencoder).__name__, "from": where,
+                               "identity": identity}}
 
 
 def _success(classifier, images: torch.Tensor, items: list[dict]) -> dict:
@@ -729,7 +769,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
         elif name == "reconstruction":
             result.update(evaluate_reconstruction(*world_latent_space(world_dir, device), classifier, seed, cfg,
-                                                  device))
+                                                  device, world_dir))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "single_attribute":
