@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             where = " and ".join(stages) + (" stages" if len(stages) > 1 else " stage")
             raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")
     if args.batch_size is not None and args.batch_size < 2:
-        raise UserError(f"--batch-size must be 2 or more (a contrastive batch, a latent spread), got {args.batch_size}")
+        raise UserError(f"--batch-size must be 2 or more, got {args.batch_size}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:

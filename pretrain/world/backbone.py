@@ -53,6 +53,13 @@ gradients, linear warm-up then cosine) and an EMA; the export is the EMA in fp16
 
 after which models.pipeline.UniDiffuserT2I.from_pretrained(<world>) samples text-to-image (a grid of
 sample prompts is written to <out>/backbone/samples.png as a check).
+
+`--space autoencoder` trains the same UViT with the same objective in the latent of the world's
+AutoencoderKL (<world>/autoencoder/, pretrain.world.autoencoder), as UniDiffuser denoises its VAE's latent:
+z0 = scale x the posterior mean, the patch side by default as many latent pixels as give the pixel space's
+token count. The export writes <world>/models/autoencoder_kl.safetensors (and removes the pixel space's file)
+instead; the pipeline, sampler and evaluations run unchanged. The band gains and the face weight are the
+pixel space's only.
 """
 
 from __future__ import annotations
@@ -281,7 +288,7 @@ class AutoencoderLatent(nn.Module):
 
 
 class BackboneStage(Stage):
-    """Trains the world's UViT; exports it (EMA, fp16), pixel space and model_configs.json."""
+    """Trains the world's UViT; exports it (EMA, fp16), its latent space and model_configs.json."""
 
     name = "backbone"
 
@@ -312,7 +319,6 @@ class BackboneStage(Stage):
                 raise UserError("--patch-size with --init-from: a continued run keeps the exported weights' patch "
                                 "size; start a new run for another one")
             c = dataclasses.replace(c, patch_size=opts.patch_size)
-        self.c = c
         clip_dir = opts.world / CLIP_DIR
         if not (clip_dir / "config.json").is_file():
             raise UserError(f"the backbone needs the world-CLIP in {clip_dir}",
@@ -328,7 +334,7 @@ class BackboneStage(Stage):
             side, chans = cc.image_size // f, self.pixel.config.embed_dim
             if opts.patch_size is None:  # as many image tokens as the pixel space's patches give
                 c = dataclasses.replace(c, patch_size=max(1, c.patch_size // f))
-            self.c = c
+        self.c = c
         if c.patch_size < 1 or side % c.patch_size:
             raise UserError(f"--patch-size {c.patch_size} does not tile the backbone's {side} x {side} latents",
                             hint=f"use a divisor of {side}")
