@@ -488,7 +488,7 @@ def test_clip_stage_hard_negatives_and_init_from(world, tmp_path):
     state = json.loads((tmp_path / "runs2/clip/checkpoint/state.json").read_text())
     assert state["config"]["batch_size"] == 4 and state["config"]["init_from"] == str(root / "world_clip")
     for bad, match in ((["clip", "--batch-size", "1"], "2 or more"), (["backbone", "--batch-size", "4"],
-                                                                      "clip stage only")):
+                                                                      "clip and autoencoder stages only")):
         with pytest.raises(UserError, match=match):
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r4"), "--world", str(fresh), *bad[1:]])
     with pytest.raises(UserError, match="clip stage only"):
