@@ -97,7 +97,7 @@ def test_autoencoder_batch_reuse_and_face_weight(tmp_path, monkeypatch):
     """--batch-reuse R: R steps train on each rendered batch; --face-weight W: the L1 is weighed by the face
     box map of that batch (the backbone's face_weight_map), none at the default."""
     from pretrain.world import autoencoder as A
-    from pretrain.world.backbone import face_weight_map
+    from pretrain.world.common import face_weight_map
 
     seen = []
     real = A.reconstruction_loss

@@ -344,7 +344,7 @@ def test_face_weight_map_weighs_the_widened_face_box_and_averages_one():
     """face_weight_map: `weight` times the rest inside the face box widened by FACE_MARGIN, mean 1 per image."""
     import torch
 
-    from pretrain.world.backbone import FACE_MARGIN, face_weight_map
+    from pretrain.world.common import FACE_MARGIN, face_weight_map
 
     boxes = torch.tensor([[16.0, 20.0, 32.0, 44.0], [0.0, 0.0, 64.0, 64.0]])
     w = face_weight_map(boxes, 64, 4.0)
@@ -367,6 +367,7 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
     import torch
 
     from pretrain.world import backbone as B
+    from pretrain.world import common as C
 
     _, root = world
     fresh = tmp_path / "world"
@@ -382,7 +383,7 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
     args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh), "--total-steps", "1"]
     assert main([*args, "--face-weight", "3"]) == 0
     boxes, weight = seen[0]
-    torch.testing.assert_close(weight, B.face_weight_map(torch.from_numpy(boxes), 64, 3.0))
+    torch.testing.assert_close(weight, C.face_weight_map(torch.from_numpy(boxes), 64, 3.0))
     state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
     assert state["config"]["train"]["face_weight"] == 3.0
     assert main([*args[:4], str(tmp_path / "runs1"), *args[5:]]) == 0
@@ -397,7 +398,7 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
         return B.joint_loss(stage.uvit, z0, clip0, text0, stage.noise, stage.c, torch.Generator().manual_seed(0),
                             pixel_weight=pixel_weight)[1]["loss_z"]
 
-    face = B.face_weight_map(torch.tensor([[16.0, 16.0, 40.0, 48.0]] * 2), 64, 5.0)
+    face = C.face_weight_map(torch.tensor([[16.0, 16.0, 40.0, 48.0]] * 2), 64, 5.0)
     torch.testing.assert_close(loss_z(torch.ones(2, 1, 64, 64)), loss_z(None))
     assert not torch.allclose(loss_z(face), loss_z(None))
     for bad, match in ((["backbone", "--face-weight", "0"], "positive"),

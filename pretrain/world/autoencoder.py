@@ -32,8 +32,15 @@ from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.errors import UserError
 from models.weights import save_state_dict
 from pretrain.ema import EMA
-from pretrain.world.backbone import face_weight_map
-from pretrain.world.common import Stage, StageOptions, WorldData, as_json_config, param_groups, write_json
+from pretrain.world.common import (
+    Stage,
+    StageOptions,
+    WorldData,
+    as_json_config,
+    face_weight_map,
+    param_groups,
+    write_json,
+)
 
 EXPORT_DIR = "autoencoder"
 WEIGHTS_FILE = "model.safetensors"
@@ -80,7 +87,7 @@ def reconstruction_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: f
                         generator: torch.Generator,
                         pixel_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L1 of decode(sample(encode(x))) against x (x in [-1, 1]) + kl_weight x KL; (loss, detached terms).
-    pixel_weight: [B, 1, H, W] weights of the L1, each image's averaging 1 (backbone.face_weight_map)."""
+    pixel_weight: [B, 1, H, W] weights of the L1, each image's averaging 1 (common.face_weight_map)."""
     moments = model.encode_moments(pixels)
     z = model.sample(moments, generator)
     recon = model.decode(z)

@@ -36,7 +36,7 @@ it keeps the pixel space exported beside its weights (its gains are what the wei
 
 The face is a small part of a 64 px render, and what the prompt names inside it (an expression, glasses)
 is a few pixels wide. `--face-weight W` weights the image term's squared error W times as much inside the
-render's face box (widened by FACE_MARGIN of its size on each side) as outside, per image normalised to a
+render's face box (widened by common.FACE_MARGIN of its size on each side) as outside, per image normalised to a
 mean weight of 1, so that the term's scale stays that of the plain mean (1, the default, is the plain mean).
 
 Rendering a batch can cost more than the step that trains on it (eval.bench.world_backbone):
@@ -86,6 +86,7 @@ from pretrain.world.common import (
     StageOptions,
     WorldData,
     as_json_config,
+    face_weight_map,
     merge_model_configs,
     param_groups,
 )
@@ -93,7 +94,6 @@ from pretrain.world.common import (
 CLIP_DIR = "world_clip"
 PIXEL_SPACE_FILE = "pixel_space.safetensors"
 AUTOENCODER_FILE = "autoencoder_kl.safetensors"  # models.paths finds the world's autoencoder under this name
-FACE_MARGIN = 0.25  # --face-weight's region: the face box widened by this fraction of its side on each side
 SAMPLE_PROMPTS = ("a photo of a man", "a photo of a woman wearing sunglasses", "a painting of a girl, smiling",
                   "a photo of a boy wearing a red cap", "a sketch of a man in the desert",
                   "a photo of a woman under the sea", "a photo of a man in a green sweater in the snow",
@@ -166,21 +166,6 @@ def identity_conv_state(conv: nn.Conv2d) -> dict[str, torch.Tensor]:
     channels = torch.arange(weight.shape[0])
     weight[channels, channels, 1, 1] = 1.0
     return {"final_layer.weight": weight, "final_layer.bias": torch.zeros_like(conv.bias)}
-
-
-def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float = FACE_MARGIN) -> torch.Tensor:
-    """[B, 1, size, size] float32: `weight` on the pixels whose centres lie in the face box (x1, y1, x2, y2 in
-    pixels, boxes [B, 4]) widened by margin times its width and height on each side, 1 elsewhere, divided by
-    each image's mean (so every map averages 1)."""
-    boxes = boxes.float()
-    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
-    lo, hi = boxes[:, :2] - wh, boxes[:, 2:] + wh
-    centres = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
-    inside_x = (centres >= lo[:, :1]) & (centres <= hi[:, :1])  # [B, size]
-    inside_y = (centres >= lo[:, 1:]) & (centres <= hi[:, 1:])
-    inside = inside_y[:, :, None] & inside_x[:, None, :]  # [B, y, x]
-    w = 1.0 + (weight - 1.0) * inside.float()
-    return rearrange(w / w.mean(dim=(1, 2), keepdim=True), "b h w -> b 1 h w")
 
 
 def joint_loss(uvit: nn.Module, z0: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,

@@ -38,6 +38,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -236,6 +237,26 @@ def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     decay = [p for p in module.parameters() if p.requires_grad and p.ndim >= 2]
     rest = [p for p in module.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ---- the face region ----------------------------------------------------------------------------------
+FACE_MARGIN = 0.25  # --face-weight's region: the face box widened by this fraction of its side on each side
+
+
+def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float = FACE_MARGIN) -> torch.Tensor:
+    """[B, 1, size, size] float32: `weight` on the pixels whose centres lie in the face box (x1, y1, x2, y2 in
+    pixels, boxes [B, 4]) widened by margin times its width and height on each side, 1 elsewhere, divided by
+    each image's mean (so every map averages 1). The --face-weight of the backbone and the autoencoder stages,
+    and attribute_energy's weighing."""
+    boxes = boxes.float()
+    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
+    lo, hi = boxes[:, :2] - wh, boxes[:, 2:] + wh
+    centres = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
+    inside_x = (centres >= lo[:, :1]) & (centres <= hi[:, :1])  # [B, size]
+    inside_y = (centres >= lo[:, 1:]) & (centres <= hi[:, 1:])
+    inside = inside_y[:, :, None] & inside_x[:, None, :]  # [B, y, x]
+    w = 1.0 + (weight - 1.0) * inside.float()
+    return rearrange(w / w.mean(dim=(1, 2), keepdim=True), "b h w -> b 1 h w")
 
 
 # ---- training renders ---------------------------------------------------------------------------------

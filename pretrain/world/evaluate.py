@@ -57,7 +57,7 @@ on their own seed's training identities; test identities come from the test rang
   (twice the latent's variance across renders; `latent_share`), the same in pixels (`pixel_share`), and the
   share of pixels visibly changed; and the latent share under the backbone stage's `--face-weight W` for W in
   ENERGY_FACE_WEIGHTS (`latent_share_face_weight`: both the change and the random pair weighed by that stage's
-  map, pretrain.world.backbone.face_weight_map), and under other band gains of the pixel space than the world's
+  map, pretrain.world.common.face_weight_map), and under other band gains of the pixel space than the world's
   (`--energy-level-gains G1,G2,..`, repeatable: `latent_share_level_gains`), what a backbone trained on them
   would see. The denoising loss rewards
   learning an attribute's words in proportion to the latent energy they decide: an attribute with a small
@@ -620,7 +620,7 @@ def evaluate_attribute_energy(pipe, seed: int, cfg: EvalConfig, device: torch.de
     from data_prep.faceworld.attributes import ATTRIBUTES, split_range, with_value
     from data_prep.faceworld.render import FaceWorld
     from models.pixel_space import PixelSpace
-    from pretrain.world.backbone import face_weight_map
+    from pretrain.world.common import face_weight_map
 
     if cfg.energy_level_gains and not isinstance(pipe.autoencoder, PixelSpace):
         raise ValueError("other level gains apply to a pixel-space world only")
