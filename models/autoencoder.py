@@ -256,7 +256,7 @@ class AutoencoderKL(nn.Module):
 
     encode_moments(x [B, 3, H, W] in [-1, 1]) -> moments [B, 2 * embed_dim, H/8, W/8]
     sample(moments) -> z [B, embed_dim, H/8, W/8], scaled by scale_factor
-    encode(x) = sample(encode_moments(x))
+    encode(x) = sample(encode_moments(x)); latent(x) = scale_factor * the mean, without the sample's noise
     decode(z) -> x [B, 3, H, W], raw (about [-1, 1]; callers map 0.5 * (x + 1) and clamp to [0, 1])
     """
 
@@ -282,6 +282,11 @@ class AutoencoderKL(nn.Module):
     def encode(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """[B, 3, H, W] in [-1, 1] -> scaled latent sample [B, E, H / f, W / f]."""
         return self.sample(self.encode_moments(x), generator)
+
+    def latent(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [-1, 1] -> scale_factor x the posterior mean [B, E, H / f, W / f]: encode without
+        its sampling noise (as PixelSpace.latent), what a backbone is trained on and a reconstruction decodes."""
+        return self.config.scale_factor * self.encode_moments(x).chunk(2, dim=1)[0]
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latent [B, E, h, w] -> image [B, 3, h * f, w * f], not clamped."""

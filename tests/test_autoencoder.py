@@ -50,6 +50,15 @@ def test_sampling_formula():
 
 
 @torch.no_grad()
+def test_latent_is_the_scaled_posterior_mean():
+    ae = tiny_autoencoder()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mean = ae.encode_moments(x).chunk(2, dim=1)[0]
+    torch.testing.assert_close(ae.latent(x), 0.18215 * mean)
+    assert ae.latent(x).shape == ae.encode(x).shape
+
+
+@torch.no_grad()
 def test_decode_unscales_before_post_quant_conv():
     ae = tiny_autoencoder()
     z = torch.randn(1, 4, 16, 16)

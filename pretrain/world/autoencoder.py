@@ -33,11 +33,11 @@ from models.errors import UserError
 from models.weights import save_state_dict
 from pretrain.ema import EMA
 from pretrain.world.common import (
-    Stage,
+    EMAStage,
     StageOptions,
     WorldData,
     as_json_config,
-    face_weight_map,
+    batch_face_weights,
     param_groups,
     write_json,
 )
@@ -97,7 +97,7 @@ def reconstruction_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: f
     return l1 + kl_weight * kl, {"l1": l1.detach(), "kl": kl.detach()}
 
 
-class AutoencoderStage(Stage):
+class AutoencoderStage(EMAStage):
     """Trains the world's AutoencoderKL; exports it (EMA, fp16) with its scale factor to <world>/autoencoder/."""
 
     name = "autoencoder"
@@ -112,7 +112,6 @@ class AutoencoderStage(Stage):
         if opts.face_weight is not None:
             c = dataclasses.replace(c, face_weight=opts.face_weight)
         self.c = c
-        self._batch: tuple[int, torch.Tensor, torch.Tensor | None] | None = None  # (k, pixels, weights) of batch k
         self.image_size = 64
         if self.image_size % (2 ** (len(c.ch_mult) - 1)):
             raise UserError(f"{len(c.ch_mult) - 1} downsamplings do not tile {self.image_size} px renders")
@@ -137,25 +136,12 @@ class AutoencoderStage(Stage):
     def config(self) -> dict:
         return {"train": dataclasses.asdict(self.c), "autoencoder": as_json_config(self.model.config)}
 
-    def extra_state(self) -> dict:
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
-        k = step // self.c.batch_reuse  # with reuse R, steps kR .. kR + R - 1 train on rendered batch k
-        if self._batch is None or self._batch[0] != k:
-            batch = self.data.get(k)
-            weights = None
-            if self.c.face_weight != 1.0:
-                boxes = torch.from_numpy(batch.renders.boxes).to(self.device)
-                weights = face_weight_map(boxes, batch.pixels.shape[-1], self.c.face_weight)
-            self._batch = (k, batch.pixels, weights)
-        _, pixels, weights = self._batch
+        batch = self.data.get(step // self.c.batch_reuse)  # with reuse R, steps kR .. kR + R - 1 share batch k
         with self.autocast():
-            loss, terms = reconstruction_loss(self.model, pixels, self.c.kl_weight, generator, weights)
+            loss, terms = reconstruction_loss(self.model, batch.pixels, self.c.kl_weight, generator,
+                                              batch_face_weights(batch, self.c.face_weight))
         grad = self.optimize(self.opt, loss, self.model.parameters())
         self.ema.update(self.model)
         return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
@@ -191,7 +177,7 @@ class AutoencoderStage(Stage):
         model = AutoencoderKL(network).to(self.device).eval()
         model.load_state_dict({k: v.to(torch.float16).float() for k, v in self.ema.shadow.state_dict().items()})
         pixels = self.data.make(0, "check", batch_size=8).pixels
-        recon = model.decode(model.encode_moments(pixels).chunk(2, dim=1)[0] * network.scale_factor)
+        recon = model.decode(model.latent(pixels))
         rows = [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1) for x in (pixels, recon)]
         grid = torch.cat([torch.cat(list(r), dim=1) for r in rows], dim=0).cpu().numpy()  # [2H, 8W, 3]
         path = self.opts.out / self.name / "reconstructions.png"

@@ -82,11 +82,11 @@ from models.weights import save_state_dict
 from models.world_clip import load_world_clip
 from pretrain.ema import EMA
 from pretrain.world.common import (
-    Stage,
+    EMAStage,
     StageOptions,
     WorldData,
     as_json_config,
-    face_weight_map,
+    batch_face_weights,
     merge_model_configs,
     param_groups,
 )
@@ -264,15 +264,14 @@ class AutoencoderLatent(nn.Module):
     @torch.no_grad()
     def latent(self, pixels: torch.Tensor) -> torch.Tensor:
         if self._last is None or self._last[0] is not pixels:
-            mean = self.autoencoder.encode_moments(pixels).chunk(2, dim=1)[0]
-            self._last = (pixels, mean.float() * self.config.scale_factor)
+            self._last = (pixels, self.autoencoder.latent(pixels).float())
         return self._last[1]
 
     def state_dict(self, *args, **kwargs):  # the AutoencoderKL's own keys (what models.autoencoder loads)
         return self.autoencoder.state_dict(*args, **kwargs)
 
 
-class BackboneStage(Stage):
+class BackboneStage(EMAStage):
     """Trains the world's UViT; exports it (EMA, fp16), its latent space and model_configs.json."""
 
     name = "backbone"
@@ -369,12 +368,6 @@ class BackboneStage(Stage):
     def config(self) -> dict:
         return {"train": dataclasses.asdict(self.c), "uvit": as_json_config(self.uvit_config)}
 
-    def extra_state(self) -> dict:
-        return {"ema_updates": self.ema.updates}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.ema.updates = int(state.get("ema_updates", 0))
-
     @torch.no_grad()
     def condition(self, pixels: torch.Tensor, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen world-CLIP: (image embedding [B, 1, Dc], caption prefix features [B, L, Dt]), float32."""
@@ -397,10 +390,7 @@ class BackboneStage(Stage):
         batch). The pixel weights are face_weight_map's (None when face_weight is 1)."""
         if self._conditioned is None or self._conditioned[0] != k:
             batch = self.data.get(k)
-            weights = None
-            if self.c.face_weight != 1.0:
-                boxes = torch.from_numpy(batch.renders.boxes).to(self.device)
-                weights = face_weight_map(boxes, batch.pixels.shape[-1], self.c.face_weight)
+            weights = batch_face_weights(batch, self.c.face_weight)
             self._conditioned = (k, batch.pixels, *self.condition(batch.pixels, batch.captions), weights)
         return self._conditioned[1:]
 

@@ -45,6 +45,7 @@ from torch import nn
 from models.atomic import atomic_write, replace_folder
 from models.errors import UserError
 from models.pixels import to_signed
+from pretrain.ema import EMA
 
 FILE_LIMIT = 15 * 2**20  # bytes per checkpoint file (the limit is 16 MiB; keep a margin for the header)
 OPTIMIZER_LIMIT = 16 * 2**20  # optimizer state is kept only when its bfloat16 copy is at most this
@@ -226,6 +227,19 @@ class Stage(ABC):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
 
+class EMAStage(Stage):
+    """A stage whose export is an EMA (`self.ema`, pretrain.ema.EMA) of its trained model: the checkpoint keeps
+    the EMA's update count too, so that a resumed run's EMA goes on from where it was."""
+
+    ema: EMA
+
+    def extra_state(self) -> dict:
+        return {"ema_updates": self.ema.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema.updates = int(state.get("ema_updates", 0))
+
+
 def step_generator(seed: int, stage: str, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of step `step` of `stage` (on `device`), seeded from (seed, stage, step) alone."""
     digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
@@ -259,6 +273,15 @@ def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float
     return rearrange(w / w.mean(dim=(1, 2), keepdim=True), "b h w -> b 1 h w")
 
 
+def batch_face_weights(batch: WorldBatch, weight: float) -> torch.Tensor | None:
+    """face_weight_map of a training batch's face boxes, on its pixels' device; None at weight 1 (the plain
+    mean): what a stage's --face-weight weighs its image term with."""
+    if weight == 1.0:
+        return None
+    boxes = torch.from_numpy(batch.renders.boxes).to(batch.pixels.device)
+    return face_weight_map(boxes, batch.pixels.shape[-1], weight)
+
+
 # ---- training renders ---------------------------------------------------------------------------------
 @dataclass
 class WorldBatch:
@@ -287,6 +310,7 @@ class WorldData:
         self.world = FaceWorld(seed, size, device, chunk=batch_size)
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor | None = None  # started by the first batch asked for
         self._pending: dict[int, Future] = {}
+        self._last: tuple[int, WorldBatch] | None = None  # the last batch `get` gave (for batch reuse)
 
     def _executor(self) -> ThreadPoolExecutor | ProcessPoolExecutor:
         if self._pool is None:
@@ -326,7 +350,10 @@ class WorldData:
         return self._executor().submit(self.make, step)
 
     def get(self, step: int) -> WorldBatch:
-        """Step `step`'s batch (prepared ahead when an earlier step asked for it)."""
+        """Step `step`'s batch (prepared ahead when an earlier step asked for it). Asked again for the same
+        step (a stage's batch reuse), the same batch comes back, not rendered again."""
+        if self._last is not None and self._last[0] == step:
+            return self._last[1]
         pending = self._pending.pop(step, None)
         for stale in [k for k in self._pending if k < step or k > step + max(1, self.workers)]:
             self._pending.pop(stale).cancel()
@@ -336,7 +363,9 @@ class WorldData:
             if ahead not in self._pending:
                 self._pending[ahead] = self._submit(ahead)
         batch = pending.result()
-        return self._batch(batch) if self.workers else batch
+        batch = self._batch(batch) if self.workers else batch
+        self._last = (step, batch)
+        return batch
 
     def close(self) -> None:
         """Stop preparing batches ahead: pending ones are cancelled, the background thread or processes end

@@ -262,7 +262,7 @@ def evaluate_attributes(world_dir: Path, seed: int, cfg: EvalConfig, device: tor
 
 
 class _ThroughLatent:
-    """A FaceWorld whose renders come back through the pipeline's autoencoder (the posterior mean, decoded),
+    """A FaceWorld whose renders come back through an autoencoder (the posterior mean, decoded),
     keeping the sums of the reconstructions' absolute and squared errors (pixels in [0, 1]) and the first
     `keep` renders, reconstructions and landmarks (uint8 [N, H, W, 3], [N, 5, 2])."""
 
@@ -279,7 +279,7 @@ class _ThroughLatent:
         ae = self.autoencoder
         param = next(ae.parameters(), None)
         dtype = torch.float32 if param is None else param.dtype
-        mean = ae.encode_moments(x.to(dtype)).float().chunk(2, dim=1)[0]
+        mean = ae.encode_moments(x.to(dtype)).float().chunk(2, dim=1)[0]  # the moments every latent space gives
         y = ae.decode((mean * ae.config.scale_factor).to(dtype)).float().clamp(-1.0, 1.0)
         err = (y - x) / 2.0
         self.abs_err += float(err.abs().sum())
@@ -348,10 +348,8 @@ def evaluate_reconstruction(autoencoder, where: str, classifier, seed: int, cfg:
     ids, rs = lo + np.arange(n, dtype=np.int64) // 2, np.arange(n, dtype=np.int64) % 2  # as evaluate_attributes
     world = FaceWorld(seed, 64, device, chunk=cfg.batch)
     through = _ThroughLatent(world, autoencoder, keep=min(n, cfg.identities) if world_dir is not None else 0)
-    mse = None
     acc_through = attribute_accuracy(classifier, through, ids, rs, cfg.batch)
-    if through.values:
-        mse = through.sq_err / through.values
+    mse = through.sq_err / max(through.values, 1)
     identity = None
     if through.keep:
         identity = identity_kept(world_dir, *(torch.cat(v) for v in through.kept.values()))
