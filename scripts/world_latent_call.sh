@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # One time-limited GPU call that trains the world's backbone in an autoencoder's latent instead of the pixel
-# space: the autoencoder stage (its step total set from a short probe of its rate), then `train backbone
-# --space autoencoder` from scratch (its total set from the time left), then text-to-image and Frechet on one
-# renderer seed. With FROM (a folder holding an earlier call's autoencoder/ and uvit_v1.safetensors) the
+# space: the autoencoder stage (scripts/world_autoencoder_call.sh: one run sized from a probe of its rate),
+# then `train backbone --space autoencoder` from scratch (its total set from the time left), then text-to-image
+# and Frechet on one renderer seed. With FROM (a folder holding an earlier call's autoencoder/ and uvit_v1.safetensors) the
 # autoencoder is reused and the backbone continues those weights instead.
 #   bash scripts/world_latent_call.sh CALL_SECONDS
 # What comes back in $OUT: autoencoder/ (config.json, model.safetensors), uvit_v1.safetensors (the backbone,
 # fp16) and latent.tgz (logs, the reconstruction and sample grids, the evaluation JSON).
 # Environment: WORLD (checkpoints/world: its world_clip/, attributes/ and face packs are used), BASE
 # (/tmp/latent), AE_SECONDS (150), AE_MAX_STEPS (6000), BB_RATE (7000: backbone samples/s assumed when setting
-# its total), EVAL_SECONDS (80: left for the evaluation at that rate), EVAL_SEED (31337), BB_ARGS and AE_ARGS (extra
-# backbone and autoencoder flags, e.g. AE_ARGS="--batch-reuse 4 --face-weight 4"), PYTHON (an interpreter
-# with the project's packages: then the carried wheels are not installed), TRAIN_ARGS (added to every stage
-# and EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU dry run).
+# its total), AE_FROM (a folder holding an autoencoder export, config.json and model.safetensors: used instead of
+# training one; the backbone starts from scratch), EVAL_SECONDS (80: left for the evaluation at that rate),
+# EVAL_SEED (31337), BB_ARGS and AE_ARGS (extra backbone and autoencoder flags, e.g. AE_ARGS="--batch-reuse 4
+# --face-weight 4"), PYTHON (an interpreter with the project's packages: then the carried wheels are not
+# installed), TRAIN_ARGS (added to every stage and EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU
+# dry run).
 set -u
 CALL=${1:?call seconds}
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
@@ -31,22 +33,21 @@ if [ -n "${FROM:-}" ]; then
   cp -r "$FROM/autoencoder" "$W/autoencoder"
   INIT="--init-from $FROM/uvit_v1.safetensors"
   echo "[$(el) s] autoencoder from $FROM; the backbone continues $FROM/uvit_v1.safetensors"
+elif [ -n "${AE_FROM:-}" ]; then
+  mkdir -p "$W/autoencoder"; cp "$AE_FROM/config.json" "$AE_FROM/model.safetensors" "$W/autoencoder/"
+  INIT=""
+  echo "[$(el) s] autoencoder from $AE_FROM; the backbone starts from scratch"
 else
   INIT=""
-  # the autoencoder's rate from 40 steps of a throwaway run (its total fixes its schedule, so it is set first)
-  # shellcheck disable=SC2086
-  R=$B/probe train 90 autoencoder --render-workers 8 ${AE_ARGS:-} --total-steps 100000 --steps 40 --log-every 20 \
-    > "$L/autoencoder_probe.log" 2>&1
-  rate=$(grep -o '[0-9]* samples/s' "$L/autoencoder_probe.log" | tail -1 | cut -d' ' -f1)
-  steps=$(( ${rate:-0} * ${AE_SECONDS:-150} / 256 )); [ "$steps" -gt "${AE_MAX_STEPS:-6000}" ] && steps=${AE_MAX_STEPS:-6000}
-  [ "$steps" -ge 1 ] || { echo "the autoencoder probe gave no rate (logs/autoencoder_probe.log)"; steps=1000; }
-  echo "[$(el) s] autoencoder: ${rate:-?} samples/s in the probe, $steps steps"
-  # shellcheck disable=SC2086
-  train $(( ${AE_SECONDS:-150} + 60 )) autoencoder --render-workers 8 ${AE_ARGS:-} --total-steps "$steps" --log-every 250 \
-    > "$L/autoencoder.log" 2>&1
-  cp "$R/autoencoder/reconstructions.png" "$L/" 2>/dev/null
+  # one run of scripts/world_autoencoder_call.sh, without its evaluation (its logs join this call's)
+  PYTHON=$PY OUT=$B/ae_out BASE=$B/ae AE_VARIANTS="ae:" AE_SECONDS=${AE_SECONDS:-150} \
+    AE_MAX_STEPS=${AE_MAX_STEPS:-6000} RENDER_WORKERS=8 EVAL_SECONDS=0 \
+    bash scripts/world_autoencoder_call.sh $(( ${AE_SECONDS:-150} + 200 )) > "$L/autoencoder_call.log" 2>&1
+  tar xzf "$B/ae_out/autoencoders.tgz" -C "$B/ae_out" && cp "$B"/ae_out/logs/* "$L/"
+  mkdir -p "$W/autoencoder"; cp "$B"/ae_out/ae/* "$W/autoencoder/" 2>/dev/null
+  grep -h "samples/s in the probe" "$L/autoencoder_call.log"
 fi
-[ -f "$W/autoencoder/model.safetensors" ] || { echo "no autoencoder (logs/autoencoder.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
+[ -f "$W/autoencoder/model.safetensors" ] || { echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
 mkdir -p "$OUTD/autoencoder"; cp "$W/autoencoder/config.json" "$W/autoencoder/model.safetensors" "$OUTD/autoencoder/"
 # the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE; a slower run may take that time
 # too (the export matters more: an evaluation can be run elsewhere), not the packing's

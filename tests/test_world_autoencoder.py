@@ -132,3 +132,24 @@ def test_reconstruction_measures_the_autoencoder_stage_s_export_else_the_pipelin
     assert isinstance(ae, AutoencoderKL) and where == str(world / "autoencoder")
     pixel, where = world_latent_space(make_tiny_world(tmp_path / "pixel"), torch.device("cpu"))
     assert isinstance(pixel, PixelSpace) and where.endswith("pixel_space.safetensors")
+
+
+def test_downsample_and_latent_channels_shape_the_latent_and_the_backbone_follows(tmp_path):
+    """--downsample 4 --latent-channels 3 on the tiny config (2x, 4 channels): 16 x 16 x 3 latents, recorded in
+    the run's config and the export; a backbone in that latent takes 3 channels and a patch of 16 // 4."""
+    from models.autoencoder import AutoencoderConfig
+
+    out, world = tmp_path / "runs", make_tiny_world(tmp_path / "world")
+    args = ["--tiny", "--out", str(out), "--world", str(world)]
+    assert main(["train", "autoencoder", *args, "--downsample", "4", "--latent-channels", "3"]) == 0
+    config = AutoencoderConfig.from_dict(json.loads((world / "autoencoder/config.json").read_text())["autoencoder"])
+    assert (config.downsample_factor, config.embed_dim) == (4, 3)
+    state = json.loads((out / "autoencoder/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["ch_mult"] == [1, 2, 2] and state["config"]["train"]["embed_dim"] == 3
+    assert main(["train", "backbone", *args, "--space", "autoencoder"]) == 0
+    uvit = json.loads((world / "model_configs.json").read_text())["uvit"]
+    assert (uvit["img_size"], uvit["in_chans"], uvit["patch_size"]) == (16, 3, 4)
+    with pytest.raises(SystemExit):  # argparse: one usage line
+        main(["train", "autoencoder", *args, "--downsample", "3"])
+    with pytest.raises(UserError, match="autoencoder stage only"):
+        main(["train", "backbone", *args, "--latent-channels", "8"])

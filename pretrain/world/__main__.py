@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from models.errors import UserError, run_cli
+from models.errors import UserError, number, run_cli
 from pretrain.world import evaluate
 from pretrain.world.common import Stage, StageOptions, gain_list, run_stage
 
@@ -102,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="clip and autoencoder only: renders per step (default 512 and 256; smaller for a CPU run; "
                         "part of the run's config)")
+    t.add_argument("--downsample", type=int, choices=(2, 4, 8), default=None, metavar="F",
+                   help="autoencoder only: the latent's downsampling, 2, 4 or 8 (default 4: 64 px renders become "
+                        "16 x 16 latents; 2 keeps more detail, and the backbone's patch follows; part of the run's "
+                        "config)")
+    t.add_argument("--latent-channels", type=number(int, low=1), default=None, metavar="C",
+                   help="autoencoder only: the latent's channels (default 4, as UniDiffuser's; part of the run's "
+                        "config)")
     t.add_argument("--tiny", action="store_true", help="tiny configs and a few steps (CPU tests)")
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
                         face_weight=args.face_weight, space=args.space, hard_negatives=args.hard_negatives,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, downsample=args.downsample,
+                        latent_channels=args.latent_channels)
     backbone, clip = ("backbone",), ("clip",)
     for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
                                 ("--final-conv", args.final_conv is not None, backbone),
@@ -140,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--face-weight", args.face_weight is not None, ("backbone", "autoencoder")),
                                 ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
-                                ("--batch-size", args.batch_size is not None, ("clip", "autoencoder"))):
+                                ("--batch-size", args.batch_size is not None, ("clip", "autoencoder")),
+                                ("--downsample", args.downsample is not None, ("autoencoder",)),
+                                ("--latent-channels", args.latent_channels is not None, ("autoencoder",))):
         if given and args.stage not in stages:
             where = " and ".join(stages) + (" stages" if len(stages) > 1 else " stage")
             raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")

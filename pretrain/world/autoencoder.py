@@ -111,6 +111,10 @@ class AutoencoderStage(EMAStage):
             c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
         if opts.face_weight is not None:
             c = dataclasses.replace(c, face_weight=opts.face_weight)
+        if opts.downsample is not None:
+            c = dataclasses.replace(c, ch_mult=c.ch_mult[:1] + (2,) * (opts.downsample.bit_length() - 1))
+        if opts.latent_channels is not None:
+            c = dataclasses.replace(c, embed_dim=opts.latent_channels)
         self.c = c
         self.image_size = 64
         if self.image_size % (2 ** (len(c.ch_mult) - 1)):

@@ -81,7 +81,8 @@ class StageOptions:
     exported beside --init-from's weights, else the pixel space; part of the run's config);
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
     the run's config); batch_size: the world-CLIP's or the autoencoder's batch instead of its default (part of the
-    run's config).
+    run's config); downsample, latent_channels: the autoencoder's downsampling factor (2, 4 or 8) and latent
+    channels instead of its config's (part of the run's config).
     """
 
     out: Path
@@ -106,6 +107,8 @@ class StageOptions:
     space: str | None = None
     hard_negatives: bool = False
     batch_size: int | None = None
+    downsample: int | None = None
+    latent_channels: int | None = None
 
 
 @dataclass(frozen=True)
