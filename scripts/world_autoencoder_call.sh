@@ -10,7 +10,7 @@
 # (the export, fp16) for each run, and autoencoders.tgz (logs, reconstruction grids, evaluation JSONs).
 # Environment: WORLD (checkpoints/world: its attributes/, faces/ and eval_faces/ are used), BASE
 # (/tmp/autoencoders), AE_ARGS (flags for every run), AE_SECONDS (training seconds of each run; default: what the call leaves after
-# EVAL_SECONDS), AE_MAX_STEPS (30000), RENDER_WORKERS (15 shared out between the runs), EVAL_SECONDS (90; 0 skips
+# EVAL_SECONDS), AE_MAX_STEPS (30000), RENDER_WORKERS (15 shared out between the runs), EVAL_SECONDS (60; 0 skips
 # the evaluation), EVAL_SEED (31337), PYTHON (an interpreter with the project's packages: then the carried
 # wheels are not installed), TRAIN_ARGS / EVAL_ARGS (added to every stage / evaluation: "--tiny --device cpu"
 # for a CPU dry run).
@@ -23,7 +23,7 @@ OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
 B=${BASE:-/tmp/autoencoders}; SRC=${WORLD:-checkpoints/world}
 IFS=';' read -ra VARIANTS <<< "${AE_VARIANTS:-ae:}"
 RW=${RENDER_WORKERS:-$(( 15 / ${#VARIANTS[@]} ))}; [ "$RW" -ge 1 ] || RW=1
-EVAL=${EVAL_SECONDS:-90}
+EVAL=${EVAL_SECONDS:-60}
 rm -rf "$B"; mkdir -p "$B"
 
 variant() {  # name flags: probe, train, export, evaluate one run (its lines go to logs/<name>.log)
@@ -38,12 +38,12 @@ variant() {  # name flags: probe, train, export, evaluate one run (its lines go 
   local rate secs steps
   rate=$(grep -o '[0-9]* samples/s' "$L/${name}_probe.log" | tail -1 | cut -d' ' -f1)
   secs=${AE_SECONDS:-$(( CALL - $(el) - EVAL - 60 ))}  # 60 s: start-up, export, packing
-  steps=$(( ${rate:-0} * secs * 9 / 10 / 256 ))
+  steps=$(( ${rate:-0} * secs * 3 / 4 / 256 ))  # runs side by side slow each other more than their probes show
   [ "$steps" -ge 1 ] || { echo "the probe gave no usable rate (logs/${name}_probe.log): 1000 steps"; steps=1000; }
   [ "$steps" -gt "${AE_MAX_STEPS:-30000}" ] && steps=${AE_MAX_STEPS:-30000}
   echo "[$(el) s] $name ($flags): ${rate:-?} samples/s in the probe; $steps steps in about $secs s"
   # shellcheck disable=SC2086
-  timeout -s INT $(( secs + 40 )) "$PY" -m pretrain.world train autoencoder --out "$R" --world "$W" \
+  timeout -s INT $(( CALL - $(el) - EVAL - 20 )) "$PY" -m pretrain.world train autoencoder --out "$R" --world "$W" \
     --render-workers "$RW" ${AE_ARGS:-} $flags --total-steps "$steps" --log-every 500 ${TRAIN_ARGS:-} \
     > "$L/${name}_train.log" 2>&1
   cp "$R/autoencoder/reconstructions.png" "$L/${name}_reconstructions.png" 2>/dev/null
