@@ -83,16 +83,25 @@ def timestep_weights(schedule: NoiseScheduleVP, n: torch.Tensor, kind: str) -> t
     raise ValueError(f"unknown timestep weighting {kind!r} (one of {WEIGHTINGS})")
 
 
+def box_mask(box: torch.Tensor, h: int, w: int, margin: float = 0.0) -> torch.Tensor:
+    """[B, 1, h, w] bool: the pixels whose centres lie in the box [B, 4] (x1, y1, x2, y2 in the map's pixels),
+    widened by margin times its width and height on each side. The one face-region rule: the identity
+    objective's face weights, the world stages' --face-weight and the world evaluation's face-box errors."""
+    b = box.float()
+    if margin:
+        wh = (b[:, 2:] - b[:, :2]) * margin
+        b = torch.cat([b[:, :2] - wh, b[:, 2:] + wh], dim=1)
+    ys = torch.arange(h, device=box.device, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, device=box.device, dtype=torch.float32) + 0.5
+    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] <= b[:, 3:4])  # [B, h]
+    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] <= b[:, 2:3])  # [B, w]
+    return rearrange(inside_y, "b h -> b 1 h 1") & rearrange(inside_x, "b w -> b 1 1 w")
+
+
 def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tensor:
     """Per-pixel loss weights [B, 1, h, w]: 1 + extra where the pixel centre lies in the box [B, 4]
     (x1, y1, x2, y2 in latent pixels), else 1."""
-    ys = torch.arange(h, device=box.device, dtype=torch.float32) + 0.5
-    xs = torch.arange(w, device=box.device, dtype=torch.float32) + 0.5
-    b = box.float()
-    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] <= b[:, 3:4])  # [B, h]
-    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] <= b[:, 2:3])  # [B, w]
-    inside = rearrange(inside_y, "b h -> b 1 h 1") & rearrange(inside_x, "b w -> b 1 1 w")
-    return 1.0 + extra * inside.float()
+    return 1.0 + extra * box_mask(box, h, w).float()
 
 
 def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch.Tensor, text: torch.Tensor,

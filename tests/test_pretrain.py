@@ -21,6 +21,7 @@ from tiny_stack import make_tiny_weights_dir, tiny_configs
 import pretrain.train as train_mod
 from data_prep.synthetic import shapes_for, write_synthetic
 from encoder.identity import IdentityModule
+from encoder.objective import box_mask
 from models.errors import run_cli
 from models.uvit import UViTConfig
 from pretrain.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -91,6 +92,9 @@ def test_face_weights_and_dropout_rates():
     w = face_weights(torch.tensor([[2.0, 1.0, 4.0, 3.0]]), 6, 6, extra=4.0)
     assert w.shape == (1, 1, 6, 6)
     assert w[0, 0, 1:3, 2:4].eq(5).all() and w.sum() == 36 + 4 * 4
+    # the same rule widened: [2, 2, 4, 4] by half its side on each side is [1, 1, 5, 5], centres 1.5 .. 4.5
+    wide = box_mask(torch.tensor([[2.0, 2.0, 4.0, 4.0]]), 8, 8, margin=0.5)
+    assert wide.dtype == torch.bool and wide[0, 0, 1:5, 1:5].all() and wide.sum() == 16
     g = torch.Generator().manual_seed(0)
     drop_id, drop_text = condition_dropout(40_000, LossConfig(), g, torch.device("cpu"))
     both = (drop_id & drop_text).float().mean()

@@ -38,10 +38,10 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from encoder.objective import box_mask
 from models.atomic import atomic_write, replace_folder
 from models.errors import UserError
 from models.pixels import to_signed
@@ -265,15 +265,9 @@ def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float
     pixels, boxes [B, 4]) widened by margin times its width and height on each side, 1 elsewhere, divided by
     each image's mean (so every map averages 1). The --face-weight of the backbone and the autoencoder stages,
     and attribute_energy's weighing."""
-    boxes = boxes.float()
-    wh = (boxes[:, 2:] - boxes[:, :2]) * margin
-    lo, hi = boxes[:, :2] - wh, boxes[:, 2:] + wh
-    centres = torch.arange(size, device=boxes.device, dtype=torch.float32) + 0.5
-    inside_x = (centres >= lo[:, :1]) & (centres <= hi[:, :1])  # [B, size]
-    inside_y = (centres >= lo[:, 1:]) & (centres <= hi[:, 1:])
-    inside = inside_y[:, :, None] & inside_x[:, None, :]  # [B, y, x]
-    w = 1.0 + (weight - 1.0) * inside.float()
-    return rearrange(w / w.mean(dim=(1, 2), keepdim=True), "b h w -> b 1 h w")
+    inside = box_mask(boxes, size, size, margin).float()  # [B, 1, y, x]
+    w = 1.0 + (weight - 1.0) * inside
+    return w / w.mean(dim=(2, 3), keepdim=True)
 
 
 def batch_face_weights(batch: WorldBatch, weight: float) -> torch.Tensor | None:

@@ -46,7 +46,8 @@ on their own seed's training identities; test identities come from the test rang
   CLASSIFY_TIMESTEPS and with the errors summed over them, beside chance. An attribute the backbone draws when
   asked is one it reads here; one at chance here is one whose words it never tied to the pixels, however well
   it could draw it (single_attribute's "unasked" rates say whether it draws the value at all). The same
-  errors restricted to the render's face box give a second answer (`backbone_attribute_accuracy_face_box`).
+  errors restricted to the render's face box (the latent cells whose centres it holds: encoder.objective's
+  box_mask) give a second answer (`backbone_attribute_accuracy_face_box`).
   `backbone_text_distance`: how far apart those captions are in the text features the backbone reads
   (pooled over tokens; the mean pairwise distance over the mean norm): near 0, the backbone cannot hear the
   attribute whatever it learnt.
@@ -550,6 +551,7 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
     """The backbone as a zero-shot attribute classifier of test renders (see the module docstring)."""
     from data_prep.faceworld.attributes import ATTRIBUTES, split_range
     from data_prep.faceworld.render import FaceWorld
+    from encoder.objective import box_mask
     from models.world_clip import load_world_clip
 
     n, steps = cfg.classify_renders, CLASSIFY_TIMESTEPS
@@ -567,9 +569,8 @@ def evaluate_backbone_attributes(world_dir: Path, pipe, seed: int, cfg: EvalConf
     for i, attrs in enumerate(renders.attributes):
         names, captions = variant_captions(attrs, renders.class_words[i], [seed, i])
         text = clip.text_features(tokenizer(captions).to(device)).float()
-        x1, y1, x2, y2 = renders.boxes[i] * scale
-        face = torch.zeros(z0.shape[-2:], device=device)
-        face[max(int(y1), 0):int(np.ceil(y2)), max(int(x1), 0):int(np.ceil(x2))] = 1.0
+        box = torch.as_tensor(renders.boxes[i:i + 1] * scale, device=device)
+        face = box_mask(box, *z0.shape[-2:])[0, 0].float()  # [h, w]: the latent cells whose centres it holds
         errors = torch.zeros(len(captions), len(steps), 2)  # whole latent, face box
         for j, t in enumerate(steps):  # one noise draw per (render, timestep), shared by its captions
             eps_z = torch.randn((1, *z0.shape[1:]), generator=g).to(device)
