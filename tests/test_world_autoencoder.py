@@ -151,5 +151,14 @@ def test_downsample_and_latent_channels_shape_the_latent_and_the_backbone_follow
     assert (uvit["img_size"], uvit["in_chans"], uvit["patch_size"]) == (16, 3, 4)
     with pytest.raises(SystemExit):  # argparse: one usage line
         main(["train", "autoencoder", *args, "--downsample", "3"])
+    from pretrain.world.autoencoder import AutoencoderStage
+    from pretrain.world.common import StageOptions
+
+    stage = AutoencoderStage(StageOptions(out=out, world=world, device=torch.device("cpu"), tiny=True, compile=True))
+    assert stage.model.encoder._compiled_call_impl is None  # --compile compiles on CUDA only
+    keys = list(stage.model.state_dict())
+    stage.compile_model()  # in place: the modules' calls compile lazily, their weights and keys stay
+    assert stage.model.encoder._compiled_call_impl is not None and stage.model.decoder._compiled_call_impl is not None
+    assert list(stage.model.state_dict()) == keys
     with pytest.raises(UserError, match="autoencoder stage only"):
         main(["train", "backbone", *args, "--latent-channels", "8"])

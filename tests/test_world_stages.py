@@ -133,8 +133,8 @@ def test_final_conv_continues_an_export_without_it_unchanged_then_trains_and_loa
     assert json.loads((fresh / "model_configs.json").read_text())["uvit"]["conv"] is True
     from models.pipeline import UniDiffuserT2I
     assert UniDiffuserT2I.from_pretrained(fresh, device=torch.device("cpu")).uvit.final_layer is not None
-    for flag in ("--final-conv", "--compile"):
-        with pytest.raises(UserError, match="backbone stage only"):
+    for flag, only in (("--final-conv", "backbone stage only"), ("--compile", "backbone and autoencoder stages only")):
+        with pytest.raises(UserError, match=only):
             main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh), flag])
     compiled = BackboneStage(dataclasses.replace(opts, compile=True))  # compiles on CUDA only
     assert compiled.step_model is compiled.uvit

@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="backbone only: U-ViT's final 3x3 conv over the image output (smooths 4x4-patch seams; "
                         "default on); with --init-from from weights without it, it starts as the identity")
     t.add_argument("--compile", action="store_true",
-                   help="backbone only: run its training forward under torch.compile (CUDA only; time it first "
-                        "with `python -m eval.bench.world_backbone`)")
+                   help="backbone and autoencoder only: run the training forward under torch.compile (CUDA only; "
+                        "time it first with `python -m eval.bench.world_backbone` / `eval.bench.world_autoencoder`)")
     t.add_argument("--render-workers", type=int, default=0, metavar="P",
                    help="backbone and autoencoder only: draw the training renders on P CPU processes instead of "
                         "the training device (default 0; time it first with `python -m eval.bench.world_backbone`)")
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     backbone, clip = ("backbone",), ("clip",)
     for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
                                 ("--final-conv", args.final_conv is not None, backbone),
-                                ("--compile", args.compile, backbone),
+                                ("--compile", args.compile, ("backbone", "autoencoder")),
                                 ("--render-workers", args.render_workers > 0, ("backbone", "autoencoder")),
                                 ("--batch-reuse", args.batch_reuse != 1, ("backbone", "autoencoder")),
                                 ("--patch-size", args.patch_size is not None, backbone),

@@ -130,6 +130,14 @@ class AutoencoderStage(EMAStage):
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            if opts.compile:
+                self.compile_model()
+
+    def compile_model(self) -> None:
+        """The encoder's and decoder's calls run under torch.compile (nn.Module.compile: in place, so the
+        weights, their state-dict keys, the EMA and the checkpoints stay the eager modules')."""
+        self.model.encoder.compile()
+        self.model.decoder.compile()
 
     def modules(self):
         return {"model": self.model, "ema": self.ema.shadow}
@@ -143,12 +151,18 @@ class AutoencoderStage(EMAStage):
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
         batch = self.data.get(step // self.c.batch_reuse)  # with reuse R, steps kR .. kR + R - 1 share batch k
+        return {**self.optimize_on(batch.pixels, generator, batch_face_weights(batch, self.c.face_weight)),
+                "lr": lr}
+
+    def optimize_on(self, pixels: torch.Tensor, generator: torch.Generator,
+                    pixel_weight: torch.Tensor | None = None) -> dict[str, float | torch.Tensor]:
+        """One optimizer step of the reconstruction loss on a batch, then the EMA update (eval.bench.
+        world_autoencoder times it alone)."""
         with self.autocast():
-            loss, terms = reconstruction_loss(self.model, batch.pixels, self.c.kl_weight, generator,
-                                              batch_face_weights(batch, self.c.face_weight))
+            loss, terms = reconstruction_loss(self.model, pixels, self.c.kl_weight, generator, pixel_weight)
         grad = self.optimize(self.opt, loss, self.model.parameters())
         self.ema.update(self.model)
-        return {"loss": loss.detach(), **terms, "grad": grad, "lr": lr}
+        return {"loss": loss.detach(), **terms, "grad": grad}
 
     # ---- export -------------------------------------------------------------------------------------------
     def export_paths(self, world: Path) -> list[Path]:

@@ -82,7 +82,8 @@ class StageOptions:
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
     the run's config); batch_size: the world-CLIP's or the autoencoder's batch instead of its default (part of the
     run's config); downsample, latent_channels: the autoencoder's downsampling factor (2, 4 or 8) and latent
-    channels instead of its config's (part of the run's config).
+    channels instead of its config's (part of the run's config). compile, render_workers, batch_reuse and
+    face_weight apply to the autoencoder stage as to the backbone's.
     """
 
     out: Path
