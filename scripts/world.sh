@@ -6,7 +6,9 @@
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
 # flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"). The autoencoder stage runs only when
-# WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space).
+# WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space);
+# the committed autoencoder's flags: WORLD_AUTOENCODER_ARGS="--downsample 2 --batch-reuse 4 --face-weight 4
+# --render-workers 15".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
