@@ -905,11 +905,12 @@ def provenance() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from data_prep.faceworld.attributes import split_range
-    from data_prep.faceworld.render import renderer_version
+    from data_prep.faceworld.render import renderer_version, use_folder_version
     from models.atomic import write_json_atomic
     from models.device import pick_device
 
     args = build_parser().parse_args(argv)
+    use_folder_version(args.world)  # test identities drawn as the world's models saw renders
     argv_list = sys.argv[1:] if argv is None else list(argv)
     id_start = module_id_start(args.world, args.encoder) if args.id_start is None else args.id_start
     plan = Plan(seed=args.seed, identities=args.identities, photos=tuple(int(x) for x in args.photos.split(",")),

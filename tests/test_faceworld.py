@@ -324,6 +324,32 @@ def test_renderer_versions_are_chosen_by_argument_or_environment(monkeypatch):
     assert isinstance(e.value, UserError) and "faceworld-2, faceworld-3" in e.value.hint
 
 
+def test_a_folder_of_models_names_the_renderer_version_they_saw(tmp_path, monkeypatch):
+    """record_folder_version writes the version in force once; use_folder_version makes a folder's version the
+    process's (FaceWorlds built without one draw it) and refuses $FACEWORLD_VERSION asking for another."""
+    import os
+
+    from data_prep.faceworld.render import (
+        VERSION_ENV,
+        RendererVersionError,
+        record_folder_version,
+        use_folder_version,
+    )
+
+    monkeypatch.setenv(VERSION_ENV, "")  # as if unset (and restored after the test)
+    assert use_folder_version(tmp_path) == "faceworld-2"  # no file: the version in force
+    assert os.environ[VERSION_ENV] == ""  # the default is not written into the environment
+    path = record_folder_version(tmp_path)
+    assert json.loads(path.read_text()) == {"version": "faceworld-2"}
+    path.write_text('{"version": "faceworld-3"}')
+    record_folder_version(tmp_path)  # an existing record is kept
+    assert json.loads(path.read_text()) == {"version": "faceworld-3"}
+    assert use_folder_version(tmp_path) == "faceworld-3" == os.environ[VERSION_ENV] == FaceWorld(0).version
+    monkeypatch.setenv(VERSION_ENV, "faceworld-2")
+    with pytest.raises(RendererVersionError, match="trained on renders of faceworld-3; .* asks for faceworld-2"):
+        use_folder_version(tmp_path)
+
+
 def test_faceworld3_draws_bigger_heads_and_broader_expressions():
     """The same people, poses and light: faceworld-3's face boxes are a quarter wider, and an expression
     changes more pixels than in faceworld-2; both versions stay deterministic item by item."""

@@ -144,6 +144,7 @@ def test_downsample_and_latent_channels_shape_the_latent_and_the_backbone_follow
     assert main(["train", "autoencoder", *args, "--downsample", "4", "--latent-channels", "3"]) == 0
     config = AutoencoderConfig.from_dict(json.loads((world / "autoencoder/config.json").read_text())["autoencoder"])
     assert (config.downsample_factor, config.embed_dim) == (4, 3)
+    assert json.loads((world / "renderer.json").read_text()) == {"version": "faceworld-2"}  # every export
     state = json.loads((out / "autoencoder/checkpoint/state.json").read_text())
     assert state["config"]["train"]["ch_mult"] == [1, 2, 2] and state["config"]["train"]["embed_dim"] == 3
     assert main(["train", "backbone", *args, "--space", "autoencoder"]) == 0

@@ -27,6 +27,7 @@ import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +76,45 @@ def renderer_version(version: str | None = None) -> str:
         raise RendererVersionError(f"unknown renderer version {name!r} (from {source})",
                                    hint=f"known versions: {', '.join(VERSIONS)}")
     return name
+
+
+VERSION_FILE = "renderer.json"  # in a folder of models trained on renders (a world): the version they saw
+
+
+def use_folder_version(folder: str | os.PathLike) -> str:
+    """The renderer version of a folder of models trained on renders (<folder>/renderer.json; without one, the
+    version in force), made the process's: $FACEWORLD_VERSION is set to it when it is not the default, so that
+    every FaceWorld built without a version, render workers included, draws what those models saw. Refused
+    (RendererVersionError) when $FACEWORLD_VERSION asks for another version than the folder's."""
+    import json
+
+    path = Path(folder) / VERSION_FILE
+    if not path.is_file():
+        return renderer_version()
+    version = renderer_version(json.loads(path.read_text())["version"])
+    asked = os.environ.get(VERSION_ENV)
+    if asked and asked != version:
+        raise RendererVersionError(f"the models in {folder} were trained on renders of {version}; "
+                                   f"${VERSION_ENV} asks for {asked}",
+                                   hint=f"unset ${VERSION_ENV}, or train into another folder")
+    if version != DEFAULT_VERSION:
+        os.environ[VERSION_ENV] = version
+    return version
+
+
+def record_folder_version(folder: str | os.PathLike) -> Path:
+    """<folder>/renderer.json naming the version in force, written (atomically) when the folder has none: what
+    a stage's export leaves beside its models (use_folder_version has checked an existing one)."""
+    import json
+
+    from models.atomic import atomic_write
+
+    path = Path(folder) / VERSION_FILE
+    if not path.is_file():
+        text = json.dumps({"version": renderer_version()}) + "\n"
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
 
 SIZES = (64, 128)
 HAT_COLORS = {"red": (0.82, 0.10, 0.10), "blue": (0.12, 0.28, 0.85), "green": (0.10, 0.58, 0.20),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from data_prep.faceworld.render import use_folder_version
 from models.errors import UserError, number, run_cli
 from pretrain.world import evaluate
 from pretrain.world.common import Stage, StageOptions, gain_list, run_stage
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
     if args.face_weight is not None and not args.face_weight > 0:
         raise UserError(f"--face-weight must be positive, got {args.face_weight}")
+    use_folder_version(args.world)  # a world trained on another renderer version goes on with it
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
         run_stage(stage)

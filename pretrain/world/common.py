@@ -545,7 +545,7 @@ def run_stage(stage: Stage) -> dict:
         step, done = int(state["step"]), bool(state["done"])
         print(f"[{stage.name}] resumed from {found} at step {step}"
               + (" (optimizer state restarted)" if stage.resumed_without_optimizer_at is not None else ""), flush=True)
-    from data_prep.faceworld.render import renderer_version
+    from data_prep.faceworld.render import record_folder_version, renderer_version
 
     print(f"[{stage.name}] renders of {renderer_version()}", flush=True)
     start = last_save = last_log = time.monotonic()
@@ -580,6 +580,7 @@ def run_stage(stage: Stage) -> dict:
         wanted = stage.export_paths(opts.world)
         if steps_run or not wanted or not all(p.exists() for p in wanted):
             exported = stage.export(opts.world)
+            record_folder_version(opts.world)
             print(f"[{stage.name}] exported {', '.join(str(p) for p in exported)}", flush=True)
     else:
         print(f"[{stage.name}] stopped at step {step}/{stage.total_steps}; rerun to continue",

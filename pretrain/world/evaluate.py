@@ -874,9 +874,10 @@ def run(args: argparse.Namespace, command: str) -> int:
     """The CLI's evaluate command: evaluate, add commands and commit, write the JSON atomically."""
     import json
 
-    from data_prep.faceworld.render import renderer_version
+    from data_prep.faceworld.render import renderer_version, use_folder_version
     from pretrain.world.common import write_json
 
+    use_folder_version(args.world)  # the test renders the world's models were trained on
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     cfg = dataclasses.replace(EvalConfig.tiny() if args.tiny else EvalConfig(), steps=args.steps,
                               guidance=args.guidance)
