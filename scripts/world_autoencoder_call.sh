@@ -16,10 +16,7 @@
 # for a CPU dry run).
 set -u
 CALL=${1:?call seconds}
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; else source scripts/device_env.sh; PY=python3; fi
-OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
+source "$(dirname "$0")/call_env.sh"  # T0, el, PY, OUTD, L; cd to the repository root
 B=${BASE:-/tmp/autoencoders}; SRC=${WORLD:-checkpoints/world}
 IFS=';' read -ra VARIANTS <<< "${AE_VARIANTS:-ae:}"
 RW=${RENDER_WORKERS:-$(( 15 / ${#VARIANTS[@]} ))}; [ "$RW" -ge 1 ] || RW=1

@@ -19,11 +19,7 @@
 set -u
 CALL=${1:?call seconds}; shift
 [ $# -ge 1 ] || { echo "error: name at least one arm, as NAME:FLAGS (FLAGS may be empty)" >&2; exit 2; }
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-cd "$(dirname "$0")/.."
-# the GPU host: its python3 with the carried wheels; elsewhere (a CPU dry run) PYTHON names the interpreter
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; else source scripts/device_env.sh; PY=python3; fi
-OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
+source "$(dirname "$0")/call_env.sh"  # T0, el, PY, OUTD, L; cd to the repository root
 B=${BASE:-/tmp/arms}; W=${WORLD:-checkpoints/world}; SEEDS=${EVAL_SEEDS:-31337 27182}
 UVIT=$W/models/uvit_v1.safetensors
 [ -f "$UVIT" ] || { echo "error: $UVIT is missing: WORLD must be a world folder with a backbone" >&2; exit 2; }

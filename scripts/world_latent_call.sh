@@ -17,10 +17,7 @@
 # dry run).
 set -u
 CALL=${1:?call seconds}
-T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
-cd "$(dirname "$0")/.."
-if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; else source scripts/device_env.sh; PY=python3; fi
-OUTD=${OUT:-/tmp/out}; L=$OUTD/logs; mkdir -p "$L"
+source "$(dirname "$0")/call_env.sh"  # T0, el, PY, OUTD, L; cd to the repository root
 B=${BASE:-/tmp/latent}; W=$B/world; R=$B/runs; SRC=${WORLD:-checkpoints/world}
 rm -rf "$B"; mkdir -p "$W"
 for d in world_clip attributes faces eval_faces; do [ -d "$SRC/$d" ] && cp -r "$SRC/$d" "$W/"; done
