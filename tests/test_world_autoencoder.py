@@ -34,7 +34,7 @@ def test_autoencoder_stage_exports_its_config_weights_and_scale(latent_world):
     info = json.loads((world / "autoencoder/config.json").read_text())
     config = AutoencoderConfig.from_dict(info["autoencoder"])
     assert info["format"] == "world-autoencoder" and config.downsample_factor == 2  # the tiny config
-    assert config.scale_factor == pytest.approx(1.0 / info["latent_std"], rel=1e-5)
+    assert config.scale_factor == 1.0 and len(info["latent_standardised"]["std"]) == config.embed_dim  # folded in
     model = load_world_autoencoder(world)
     assert model.config == config and not any(p.requires_grad for p in model.parameters())
     x = torch.rand(2, 3, 64, 64) * 2 - 1
@@ -163,3 +163,63 @@ def test_downsample_and_latent_channels_shape_the_latent_and_the_backbone_follow
     assert list(stage.model.state_dict()) == keys
     with pytest.raises(UserError, match="autoencoder stage only"):
         main(["train", "backbone", *args, "--latent-channels", "8"])
+
+
+def test_standardised_whitens_each_latent_channel_and_keeps_the_reconstructions():
+    """standardised folds per-channel statistics into the 1x1 convolutions: on the batch they were measured on,
+    every channel of latent(x) has mean 0 and spread 1, and decode(latent(x)) and the sampled latent's spread
+    are what they were; the original model is left alone."""
+    from models.autoencoder import AutoencoderConfig, AutoencoderKL
+    from pretrain.world.autoencoder import standardised
+
+    torch.manual_seed(0)
+    model = AutoencoderKL(AutoencoderConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=3, embed_dim=3,
+                                            resolution=32, scale_factor=0.7)).eval()
+    with torch.no_grad():
+        model.quant_conv.bias[:3] += torch.tensor([2.0, -3.0, 0.5])  # channels off zero
+        x = torch.rand(6, 3, 32, 32) * 2 - 1
+        raw = model.encode_moments(x)[:, :3]
+        mean, std = raw.mean(dim=(0, 2, 3)), raw.std(dim=(0, 2, 3))
+        before = model.decode(model.latent(x))
+        white = standardised(model, mean, std)
+        z = white.latent(x)
+        torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(z.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(white.decode(z), before, atol=1e-4, rtol=1e-4)
+        # the posterior's spread is scaled with the mean: a sample differs from the mean by the old sample's / std
+        _, lv0 = model.encode_moments(x).chunk(2, dim=1)
+        _, lv1 = white.encode_moments(x).chunk(2, dim=1)
+        torch.testing.assert_close(lv1, lv0 - 2 * torch.log(std)[None, :, None, None], atol=1e-4, rtol=1e-4)
+    assert white.config.scale_factor == 1.0 and model.config.scale_factor == 0.7
+    torch.testing.assert_close(model.decode(model.latent(x)), before)  # untouched
+
+
+def test_standardise_export_redoes_an_older_export_once(latent_world, tmp_path):
+    """An export made before standardising (scale factor, no statistics) is exported again standardised: the
+    same reconstructions, its record kept; a second time is refused."""
+    from models.autoencoder import AutoencoderKL
+    from models.weights import save_state_dict
+    from pretrain.world.autoencoder import load_world_autoencoder, standardise_export
+
+    _, world = latent_world
+    old = tmp_path / "world"
+    (old / "autoencoder").mkdir(parents=True)
+    info = json.loads((world / "autoencoder/config.json").read_text())
+    model = load_world_autoencoder(world)
+    # the same network as an old-style export: its latent scaled by one factor, with no statistics folded in
+    info["autoencoder"]["scale_factor"] = 0.5
+    info.pop("latent_standardised")
+    (old / "autoencoder/config.json").write_text(json.dumps(info))
+    save_state_dict({k: v.half() for k, v in model.state_dict().items()}, old / "autoencoder/model.safetensors")
+    before = load_world_autoencoder(old)
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    standardise_export(old, batches=1)
+    after = load_world_autoencoder(old)
+    redone = json.loads((old / "autoencoder/config.json").read_text())
+    assert redone["autoencoder"]["scale_factor"] == 1.0 and redone["train"] == info["train"]
+    assert redone["standardised_after_export"]["previous_scale_factor"] == 0.5
+    assert isinstance(after, AutoencoderKL)
+    with torch.no_grad():
+        torch.testing.assert_close(after.decode(after.latent(x)), before.decode(before.latent(x)), atol=2e-2, rtol=0)
+    with pytest.raises(UserError, match="already standardised"):
+        standardise_export(old, batches=1)

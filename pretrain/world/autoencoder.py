@@ -9,9 +9,9 @@ project's AutoencoderKL with a small config (4x downsampling, 4 latent channels:
 16 x 16 x 4 latents), trained on renders of training identities with an L1 reconstruction loss (optionally
 weighed more inside the face box, `--face-weight`, where the details prompts name live) and a small KL term
 (no perceptual or adversarial loss: the renders are flat-shaded drawings, and those losses need networks
-this world does not have). The scale factor is set at export to 1 / the standard deviation of
-the latent means over a few batches, as Stable Diffusion's 0.18215 was, so that the scaled latent has
-about unit variance.
+this world does not have). At export the latent is standardised per channel (`standardised`: each
+channel's mean and spread over a few batches are folded into the 1x1 convolutions around the latent, and the
+scale factor is 1), where Stable Diffusion scales all channels by one factor (0.18215).
 
 Exported to <world>/autoencoder/ (config.json: the AutoencoderConfig, scale factor included, and the
 training record; model.safetensors in fp16). It is a foundation model like the world-CLIP: nothing else
@@ -45,7 +45,7 @@ from pretrain.world.common import (
 EXPORT_DIR = "autoencoder"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-SCALE_BATCHES = 8  # batches of training renders the exported scale factor is measured on
+SCALE_BATCHES = 8  # batches of training renders the exported standardisation is measured on
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def reconstruction_loss(model: AutoencoderKL, pixels: torch.Tensor, kl_weight: f
 
 
 class AutoencoderStage(EMAStage):
-    """Trains the world's AutoencoderKL; exports it (EMA, fp16) with its scale factor to <world>/autoencoder/."""
+    """Trains the world's AutoencoderKL; exports it (EMA, fp16, its latent standardised) to <world>/autoencoder/."""
 
     name = "autoencoder"
 
@@ -168,40 +168,91 @@ class AutoencoderStage(EMAStage):
     def export_paths(self, world: Path) -> list[Path]:
         return [world / EXPORT_DIR / CONFIG_FILE, world / EXPORT_DIR / WEIGHTS_FILE]
 
-    @torch.no_grad()
-    def latent_std(self, model: AutoencoderKL) -> float:
-        """The standard deviation of the latent means over SCALE_BATCHES batches of training renders of their own
-        stream (not the training batches)."""
-        means = [model.encode_moments(self.data.make(k, "export").pixels).float().chunk(2, dim=1)[0]
-                 for k in range(1 if self.opts.tiny else SCALE_BATCHES)]
-        return float(torch.cat(means).std())
-
     def export(self, world: Path) -> list[Path]:
-        config_path, weights_path = self.export_paths(world)
-        model = self.ema.shadow.eval()
-        std = self.latent_std(model)
-        network = dataclasses.replace(model.config, scale_factor=round(1.0 / max(std, 1e-6), 6))
-        save_state_dict({k: v.detach().to("cpu", torch.float16) for k, v in model.state_dict().items()},
-                        weights_path)
-        write_json(config_path, {"format": "world-autoencoder", "autoencoder": as_json_config(network),
-                                 "latent_std": std, "train": dataclasses.asdict(self.c)})
-        self.reconstruction_grid(network)
-        return [config_path, weights_path]
+        ema = self.ema.shadow.eval()
+        model = standardised(ema, *latent_statistics(ema, self.data, 1 if self.opts.tiny else SCALE_BATCHES))
+        paths = write_export(world, model, {"train": dataclasses.asdict(self.c)})
+        self.reconstruction_grid(model)
+        return paths
 
     @torch.no_grad()
-    def reconstruction_grid(self, network: AutoencoderConfig) -> Path:
+    def reconstruction_grid(self, model: AutoencoderKL) -> Path:
         """Eight renders over their reconstructions through the exported (fp16) weights, to
         <out>/autoencoder/reconstructions.png: a check of what the latent keeps."""
-        model = AutoencoderKL(network).to(self.device).eval()
-        model.load_state_dict({k: v.to(torch.float16).float() for k, v in self.ema.shadow.state_dict().items()})
+        exported = AutoencoderKL(model.config).to(self.device).eval()
+        exported.load_state_dict({k: v.to(torch.float16).float() for k, v in model.state_dict().items()})
         pixels = self.data.make(0, "check", batch_size=8).pixels
-        recon = model.decode(model.latent(pixels))
+        recon = exported.decode(exported.latent(pixels))
         rows = [((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1) for x in (pixels, recon)]
         grid = torch.cat([torch.cat(list(r), dim=1) for r in rows], dim=0).cpu().numpy()  # [2H, 8W, 3]
         path = self.opts.out / self.name / "reconstructions.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(path)
         return path
+
+
+# ---- the exported latent: standardised per channel --------------------------------------------------------
+@torch.no_grad()
+def latent_statistics(model: AutoencoderKL, data: WorldData, batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation [E] of the posterior means over `batches` batches of the data's
+    "export" stream of training renders (not the training batches)."""
+    means = torch.cat([model.encode_moments(data.make(k, "export").pixels).float().chunk(2, dim=1)[0]
+                       for k in range(batches)])
+    return means.mean(dim=(0, 2, 3)), means.std(dim=(0, 2, 3))
+
+
+@torch.no_grad()
+def standardised(model: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) -> AutoencoderKL:
+    """The same autoencoder (a copy), its latent standardised per channel: (posterior mean - mean) / std, the
+    log-variance less 2 log std, folded into quant_conv; post_quant_conv takes the standardised latent back
+    (std x z + mean, folded too), so that decode(latent(x)) is unchanged; scale_factor 1.
+
+    One scale factor (Stable Diffusion's 0.18215) leaves each channel's offset and spread as they come: a
+    channel far from zero with a small spread carries little content for its share of the latent's variance,
+    and a backbone's noise drowns that content sooner than its schedule assumes (docs/: the world README's
+    autoencoder section has the figures)."""
+    import copy
+
+    out = copy.deepcopy(model).float()
+    e, inv = out.config.embed_dim, 1.0 / std.clamp_min(1e-6)
+    q, p = out.quant_conv, out.post_quant_conv
+    mean, std, inv = (t.to(q.weight.device, torch.float32) for t in (mean, std, inv))
+    q.weight[:e] *= inv[:, None, None, None]
+    q.bias[:e] = (q.bias[:e] - mean) * inv
+    q.bias[e:] -= 2.0 * torch.log(std.clamp_min(1e-6))
+    p.bias += p.weight[:, :, 0, 0] @ mean
+    p.weight *= std[None, :, None, None]
+    out.config = dataclasses.replace(out.config, scale_factor=1.0)
+    out.latent_mean, out.latent_std = mean.tolist(), std.tolist()
+    return out
+
+
+def write_export(world: Path, model: AutoencoderKL, record: dict) -> list[Path]:
+    """<world>/autoencoder/: model.safetensors (fp16) and config.json (the AutoencoderConfig, the latent's
+    per-channel statistics standardised away, and `record`, e.g. the training config)."""
+    folder = Path(world) / EXPORT_DIR
+    weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    save_state_dict({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()},
+                    weights)
+    write_json(config, {"format": "world-autoencoder", "autoencoder": as_json_config(model.config),
+                        "latent_standardised": {"mean": model.latent_mean, "std": model.latent_std}, **record})
+    return [config, weights]
+
+
+def standardise_export(world: Path, seed: int = 0, batches: int = SCALE_BATCHES) -> list[Path]:
+    """Export <world>/autoencoder/ again with its latent standardised per channel (`standardised`), measured on
+    the renders the stage's own export measures (the "export" stream of world seed `seed`): for an export
+    made before exports were standardised. Refused (UserError) for one that already is."""
+    info = read_config(Path(world) / EXPORT_DIR)
+    if "latent_standardised" in info:
+        raise UserError(f"the autoencoder in {Path(world) / EXPORT_DIR} is already standardised")
+    model = load_world_autoencoder(world)
+    data = WorldData(seed, "autoencoder", int(info["train"]["batch_size"]), torch.device("cpu"),
+                     size=model.config.resolution)
+    record = {k: v for k, v in info.items() if k not in ("format", "autoencoder", "latent_std")}
+    record["standardised_after_export"] = {"previous_scale_factor": model.config.scale_factor, "seed": seed,
+                                           "batches": batches}
+    return write_export(world, standardised(model, *latent_statistics(model, data, batches)), record)
 
 
 def load_world_autoencoder(world: Path, device: torch.device | str = "cpu") -> AutoencoderKL:
