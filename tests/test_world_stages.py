@@ -159,11 +159,14 @@ def test_batch_reuse_trains_several_steps_on_each_rendered_batch(world, tmp_path
     stage.data.get = lambda k: asked.append(k) or get(k)
     seen = []
     optimize_on = stage.optimize_on
-    stage.optimize_on = lambda pixels, *a: seen.append(pixels) or optimize_on(pixels, *a)
+    stage.optimize_on = lambda pixels, *a, **kw: seen.append((pixels, kw["latent"])) or optimize_on(pixels, *a, **kw)
     run_stage(stage)
     assert asked == [0, 1, 2] and len(seen) == 5
-    assert seen[0] is seen[1] and seen[2] is seen[3] and not torch.equal(seen[1], seen[2])
-    torch.testing.assert_close(seen[2], get(1).pixels)
+    (p0, z0), (p1, z1), (p2, z2), (p3, z3) = seen[:4]
+    assert p0 is p1 and p2 is p3 and not torch.equal(p1, p2)
+    assert z0 is z1 and z2 is z3  # the latent made once a batch, too
+    torch.testing.assert_close(p2, get(1).pixels)
+    torch.testing.assert_close(z2, stage.pixel.latent(p2))
     state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
     assert state["config"]["train"]["batch_reuse"] == 2
     with pytest.raises(UserError, match="another backbone configuration"):
@@ -220,9 +223,9 @@ def test_level_gains_train_on_and_export_a_pixel_space_with_those_band_gains(wor
     seen = []
     optimize = BackboneStage.optimize_on
 
-    def spy(self, pixels, *a):
-        seen.append((pixels, self.pixel.latent(pixels)))
-        return optimize(self, pixels, *a)
+    def spy(self, pixels, *a, **kw):
+        seen.append((pixels, kw["latent"]))
+        return optimize(self, pixels, *a, **kw)
 
     monkeypatch.setattr(BackboneStage, "optimize_on", spy)
     assert main([*args, "--level-gains", "1,0.6,0.3"]) == 0
@@ -375,9 +378,9 @@ def test_face_weight_weighs_the_image_term_on_the_face(world, tmp_path, monkeypa
     seen = []
     optimize = B.BackboneStage.optimize_on
 
-    def spy(self, pixels, clip0, text0, generator, model=None, weighting=None, pixel_weight=None):
+    def spy(self, pixels, clip0, text0, generator, model=None, weighting=None, pixel_weight=None, latent=None):
         seen.append((self.data.get(0).renders.boxes, pixel_weight))
-        return optimize(self, pixels, clip0, text0, generator, model, weighting, pixel_weight)
+        return optimize(self, pixels, clip0, text0, generator, model, weighting, pixel_weight, latent)
 
     monkeypatch.setattr(B.BackboneStage, "optimize_on", spy)
     args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh), "--total-steps", "1"]

@@ -349,7 +349,7 @@ class BackboneStage(EMAStage):
         self.noise = NoiseScheduleVP.stable_diffusion()
         self.data = WorldData(opts.seed, self.name, c.batch_size, self.device, size=cc.image_size,
                               render_workers=opts.render_workers)
-        self._conditioned: tuple | None = None  # (k, pixels, clip0, text0, pixel weights) of batch k
+        self._conditioned: tuple | None = None  # (k, pixels, latent, clip0, text0, pixel weights) of batch k
         # The latent space is frozen and the UViT's shape is known: both written now, so that
         # data_prep can write the identity stage's shards (and pretrain.train --random_backbone time
         # its step) while the backbone trains.
@@ -379,32 +379,37 @@ class BackboneStage(EMAStage):
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         lr = self.set_lr(self.opt, step)
-        pixels, clip0, text0, pixel_weight = self.conditioned_batch(step // self.c.batch_reuse)
+        pixels, z0, clip0, text0, pixel_weight = self.conditioned_batch(step // self.c.batch_reuse)
         weighting = "eps" if step < self.c.eps_steps else self.c.timestep_weighting
-        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model, weighting, pixel_weight),
-                "lr": lr}
+        return {**self.optimize_on(pixels, clip0, text0, generator, self.step_model, weighting, pixel_weight,
+                                   latent=z0), "lr": lr}
 
-    def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(pixels, clip0, text0, pixel weights) of rendered batch k, kept for the batch_reuse steps that train
-        on it: with reuse R, steps kR .. kR + R - 1 share batch k (a resumed run renders it again: the same
-        batch). The pixel weights are face_weight_map's (None when face_weight is 1)."""
+    def conditioned_batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor | None]:
+        """(pixels, latent, clip0, text0, pixel weights) of rendered batch k, kept for the batch_reuse steps that
+        train on it: with reuse R, steps kR .. kR + R - 1 share batch k (a resumed run renders it again: the same
+        batch). The latent is the space's encode of the pixels, made once a batch (in an autoencoder's latent,
+        its encoder's pass); the pixel weights are face_weight_map's (None when face_weight is 1)."""
         if self._conditioned is None or self._conditioned[0] != k:
             batch = self.data.get(k)
             weights = batch_face_weights(batch, self.c.face_weight)
-            self._conditioned = (k, batch.pixels, *self.condition(batch.pixels, batch.captions), weights)
+            with torch.no_grad(), self.autocast():
+                z0 = self.pixel.latent(batch.pixels)  # the space's latent (its encode, less its sampling noise)
+            self._conditioned = (k, batch.pixels, z0, *self.condition(batch.pixels, batch.captions), weights)
         return self._conditioned[1:]
 
     def optimize_on(self, pixels: torch.Tensor, clip0: torch.Tensor, text0: torch.Tensor,
                     generator: torch.Generator, model: nn.Module | None = None,
-                    weighting: str | None = None,
-                    pixel_weight: torch.Tensor | None = None) -> dict[str, float | torch.Tensor]:
+                    weighting: str | None = None, pixel_weight: torch.Tensor | None = None,
+                    latent: torch.Tensor | None = None) -> dict[str, float | torch.Tensor]:
         """One optimizer step of the joint objective on a conditioned batch, then the EMA update. `model`
         (default the UViT) may be a compiled view of it (eval.bench.world_backbone times both); `weighting`
         replaces the config's timestep weighting (the --eps-steps phase); `pixel_weight` weights the image
-        term (face_weight_map)."""
+        term (face_weight_map); `latent`: the pixels' latent when already made (conditioned_batch), else it is
+        made here."""
         model = self.uvit if model is None else model
         with self.autocast():
-            z0 = self.pixel.latent(pixels)  # the pixel space's latent (its encode, less its 1e-7 noise)
+            z0 = self.pixel.latent(pixels) if latent is None else latent
             loss, terms = joint_loss(model, z0, clip0, text0, self.noise, self.c, generator, weighting,
                                      pixel_weight)
         grad = self.optimize(self.opt, loss, self.uvit.parameters())
