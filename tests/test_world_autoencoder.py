@@ -83,8 +83,6 @@ def test_autoencoder_space_refuses_pixel_flags_and_needs_the_stage(latent_world,
     base = ["train", "backbone", "--tiny", "--out", str(tmp_path / "r"), "--space", "autoencoder"]
     with pytest.raises(UserError, match="pixel space only"):
         main([*base, "--world", str(world), "--level-gains", "1,0.5"])
-    with pytest.raises(UserError, match="pixel space only"):
-        main([*base, "--world", str(world), "--face-weight", "4"])
     bare = make_tiny_world(tmp_path / "bare")
     with pytest.raises(UserError, match="no world autoencoder") as e:
         main([*base, "--world", str(bare)])
@@ -223,3 +221,21 @@ def test_standardise_export_redoes_an_older_export_once(latent_world, tmp_path):
         torch.testing.assert_close(after.decode(after.latent(x)), before.decode(before.latent(x)), atol=2e-2, rtol=0)
     with pytest.raises(UserError, match="already standardised"):
         standardise_export(old, batches=1)
+
+
+def test_face_weight_in_the_latent_weighs_the_cells_the_face_box_maps_to(latent_world, tmp_path):
+    """--face-weight with --space autoencoder: the image term's weights are face_weight_map over the latent's
+    cells (the tiny autoencoder's 32 x 32), the face boxes scaled from pixels to cells."""
+    from pretrain.world import backbone as B
+    from pretrain.world.common import StageOptions, face_weight_map
+
+    _, world = latent_world
+    copy = tmp_path / "world"
+    shutil.copytree(world, copy)
+    stage = B.BackboneStage(StageOptions(out=tmp_path / "r", world=copy, device=torch.device("cpu"), tiny=True,
+                                         space="autoencoder", face_weight=4.0))
+    pixels, z0, _, _, weights = stage.conditioned_batch(0)
+    boxes = torch.from_numpy(stage.data.get(0).renders.boxes)
+    assert z0.shape[-1] == 32 and weights.shape == (pixels.shape[0], 1, 32, 32)
+    torch.testing.assert_close(weights, face_weight_map(boxes * 0.5, 32, 4.0))
+    assert stage.train_step(0, torch.Generator().manual_seed(0))["loss"].isfinite()

@@ -88,9 +88,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default 3000 for a new run, 0 with --init-from; part of the run's config)")
     t.add_argument("--face-weight", type=float, default=None, metavar="W",
                    help="backbone and autoencoder only: weigh the image term's (the reconstruction's) error W "
-                        "times as much inside the render's face box (widened by a quarter on each side) as "
-                        "outside, each image's weights averaging 1 (default 1: the plain mean; W > 1 spends more "
-                        "of the model on the face's small details; part of the run's config)")
+                        "times as much inside the render's face box (widened by a quarter on each side; in an "
+                        "autoencoder's latent, the cells it maps to) as outside, each image's weights averaging 1 "
+                        "(default 1: the plain mean; W > 1 spends more of the model on the face's small details; "
+                        "part of the run's config)")
     t.add_argument("--space", choices=("pixel", "autoencoder"), default=None,
                    help="backbone only: the latent space it denoises: the pixel space (models.pixel_space) or the "
                         "world's AutoencoderKL (<world>/autoencoder/, the autoencoder stage; the patch side then "

@@ -289,8 +289,8 @@ class BackboneStage(EMAStage):
             c = dataclasses.replace(c, face_weight=opts.face_weight)
         space = opts.space or (exported_space(opts.init_from) if opts.init_from is not None else None) or c.space
         c = dataclasses.replace(c, space=space)
-        if space == "autoencoder" and (opts.level_gains is not None or c.face_weight != 1.0):
-            raise UserError("--level-gains and --face-weight apply to the pixel space only, not --space autoencoder")
+        if space == "autoencoder" and opts.level_gains is not None:
+            raise UserError("--level-gains applies to the pixel space only, not --space autoencoder")
         if opts.level_gains is not None:
             c = dataclasses.replace(c, level_gains=tuple(opts.level_gains))
         elif opts.init_from is not None and (exported := exported_pixel_space(opts.init_from)) is not None:
@@ -392,9 +392,9 @@ class BackboneStage(EMAStage):
         its encoder's pass); the pixel weights are face_weight_map's (None when face_weight is 1)."""
         if self._conditioned is None or self._conditioned[0] != k:
             batch = self.data.get(k)
-            weights = batch_face_weights(batch, self.c.face_weight)
             with torch.no_grad(), self.autocast():
                 z0 = self.pixel.latent(batch.pixels)  # the space's latent (its encode, less its sampling noise)
+            weights = batch_face_weights(batch, self.c.face_weight, z0.shape[-1])  # over the latent's cells
             self._conditioned = (k, batch.pixels, z0, *self.condition(batch.pixels, batch.captions), weights)
         return self._conditioned[1:]
 

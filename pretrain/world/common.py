@@ -271,13 +271,15 @@ def face_weight_map(boxes: torch.Tensor, size: int, weight: float, margin: float
     return w / w.mean(dim=(2, 3), keepdim=True)
 
 
-def batch_face_weights(batch: WorldBatch, weight: float) -> torch.Tensor | None:
-    """face_weight_map of a training batch's face boxes, on its pixels' device; None at weight 1 (the plain
-    mean): what a stage's --face-weight weighs its image term with."""
+def batch_face_weights(batch: WorldBatch, weight: float, size: int | None = None) -> torch.Tensor | None:
+    """face_weight_map of a training batch's face boxes, on its pixels' device, over a map of `size` (default
+    the pixels' side; a latent's side maps the boxes onto its cells); None at weight 1 (the plain mean): what a
+    stage's --face-weight weighs its image term with."""
     if weight == 1.0:
         return None
+    side = batch.pixels.shape[-1]
     boxes = torch.from_numpy(batch.renders.boxes).to(batch.pixels.device)
-    return face_weight_map(boxes, batch.pixels.shape[-1], weight)
+    return face_weight_map(boxes * ((size or side) / side), size or side, weight)
 
 
 # ---- training renders ---------------------------------------------------------------------------------
