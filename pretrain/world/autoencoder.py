@@ -209,8 +209,8 @@ def standardised(model: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) ->
 
     One scale factor (Stable Diffusion's 0.18215) leaves each channel's offset and spread as they come: a
     channel far from zero with a small spread carries little content for its share of the latent's variance,
-    and a backbone's noise drowns that content sooner than its schedule assumes (docs/: the world README's
-    autoencoder section has the figures)."""
+    and a backbone's noise drowns that content sooner than its schedule assumes (the committed autoencoder's
+    figures are in checkpoints/world/README.md)."""
     import copy
 
     out = copy.deepcopy(model).float()
