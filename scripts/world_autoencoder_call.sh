@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# One time-limited GPU call that trains one or more world autoencoders side by side (the autoencoder stage is
-# limited by rendering, so several runs share the GPU well), each sized from a short probe of its rate, then
-# measures each with `evaluate --only reconstruction` (what the classifier and the evaluation recogniser still
-# find in test renders passed through it).
+# One time-limited GPU call that trains one or more world autoencoders side by side (they share the GPU, which
+# limits the stage: N runs each go about 1/N as fast, so this saves start-ups and evaluations, not GPU time),
+# each sized from a short probe of its rate, then measures each with `evaluate --only reconstruction` (what
+# the classifier and the evaluation recogniser still find in test renders passed through it).
 #   bash scripts/world_autoencoder_call.sh CALL_SECONDS
 # AE_VARIANTS names the runs, "name:flags" separated by ";", e.g.
 #   AE_VARIANTS="f4:;f2:--downsample 2;f4c8:--latent-channels 8" AE_ARGS="--batch-reuse 4 --face-weight 4"
 # (default "ae:", the stage's config). What comes back in $OUT: <name>/config.json and <name>/model.safetensors
 # (the export, fp16) for each run, and autoencoders.tgz (logs, reconstruction grids, evaluation JSONs).
 # Environment: WORLD (checkpoints/world: its attributes/, faces/ and eval_faces/ are used), BASE
-# (/tmp/autoencoders), AE_ARGS (flags for every run), AE_SECONDS (training seconds of each run; default: what the call leaves after
-# EVAL_SECONDS), AE_MAX_STEPS (30000), RENDER_WORKERS (15 shared out between the runs), EVAL_SECONDS (60; 0 skips
-# the evaluation), EVAL_SEED (31337), PYTHON (an interpreter with the project's packages: then the carried
+# (/tmp/autoencoders), AE_ARGS (flags for every run), AE_SECONDS (training seconds of each run; default: what
+# the call leaves after EVAL_SECONDS), AE_MAX_STEPS (30000), RENDER_WORKERS (15 shared out between the runs),
+# EVAL_SECONDS (60; 0 skips the evaluation), EVAL_SEED (31337), PYTHON (an interpreter with the project's packages: then the carried
 # wheels are not installed), TRAIN_ARGS / EVAL_ARGS (added to every stage / evaluation: "--tiny --device cpu"
 # for a CPU dry run).
 set -u

@@ -2,8 +2,8 @@
 # One time-limited GPU call that trains the world's backbone in an autoencoder's latent instead of the pixel
 # space: the autoencoder stage (scripts/world_autoencoder_call.sh: one run sized from a probe of its rate),
 # then `train backbone --space autoencoder` from scratch (its total set from the time left), then text-to-image
-# and Frechet on one renderer seed. With FROM (a folder holding an earlier call's autoencoder/ and uvit_v1.safetensors) the
-# autoencoder is reused and the backbone continues those weights instead.
+# and Frechet on one renderer seed. With FROM (a folder holding an earlier call's autoencoder/ and
+# uvit_v1.safetensors) the autoencoder is reused and the backbone continues those weights instead.
 #   bash scripts/world_latent_call.sh CALL_SECONDS
 # What comes back in $OUT: autoencoder/ (config.json, model.safetensors), uvit_v1.safetensors (the backbone,
 # fp16) and latent.tgz (logs, the reconstruction and sample grids, the evaluation JSON).
@@ -44,7 +44,8 @@ else
   mkdir -p "$W/autoencoder"; cp "$B"/ae_out/ae/* "$W/autoencoder/" 2>/dev/null
   grep -h "samples/s in the probe" "$L/autoencoder_call.log"
 fi
-[ -f "$W/autoencoder/model.safetensors" ] || { echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
+[ -f "$W/autoencoder/model.safetensors" ] || {
+  echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
 mkdir -p "$OUTD/autoencoder"; cp "$W/autoencoder/config.json" "$W/autoencoder/model.safetensors" "$OUTD/autoencoder/"
 # the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE; a slower run may take that time
 # too (the export matters more: an evaluation can be run elsewhere), not the packing's
