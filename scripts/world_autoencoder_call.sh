@@ -11,9 +11,9 @@
 # Environment: WORLD (checkpoints/world: its attributes/, faces/ and eval_faces/ are used), BASE
 # (/tmp/autoencoders), AE_ARGS (flags for every run), AE_SECONDS (training seconds of each run; default: what
 # the call leaves after EVAL_SECONDS), AE_MAX_STEPS (30000), RENDER_WORKERS (15 shared out between the runs),
-# EVAL_SECONDS (60; 0 skips the evaluation), EVAL_SEED (31337), PYTHON (an interpreter with the project's packages: then the carried
-# wheels are not installed), TRAIN_ARGS / EVAL_ARGS (added to every stage / evaluation: "--tiny --device cpu"
-# for a CPU dry run).
+# EVAL_SECONDS (60; 0 skips the evaluation), EVAL_SEED (31337), PYTHON (an interpreter with the project's
+# packages: then the carried wheels are not installed), TRAIN_ARGS / EVAL_ARGS (added to every stage /
+# evaluation: "--tiny --device cpu" for a CPU dry run).
 set -u
 CALL=${1:?call seconds}
 source "$(dirname "$0")/call_env.sh"  # T0, el, PY, OUTD, L; cd to the repository root

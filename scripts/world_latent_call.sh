@@ -45,7 +45,8 @@ else
   grep -h "samples/s in the probe" "$L/autoencoder_call.log"
 fi
 [ -f "$W/autoencoder/model.safetensors" ] || {
-  echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"; tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
+  echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"
+  tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
 mkdir -p "$OUTD/autoencoder"; cp "$W/autoencoder/config.json" "$W/autoencoder/model.safetensors" "$OUTD/autoencoder/"
 # the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE; a slower run may take that time
 # too (the export matters more: an evaluation can be run elsewhere), not the packing's
