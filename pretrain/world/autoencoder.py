@@ -38,6 +38,7 @@ from pretrain.world.common import (
     WorldData,
     as_json_config,
     batch_face_weights,
+    overridden,
     param_groups,
     write_json,
 )
@@ -105,17 +106,10 @@ class AutoencoderStage(EMAStage):
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
         c = self.sized(AutoencoderTrainConfig(), AutoencoderTrainConfig.tiny())
-        if opts.batch_size is not None:
-            c = dataclasses.replace(c, batch_size=opts.batch_size)
-        if opts.batch_reuse != 1:
-            c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
-        if opts.face_weight is not None:
-            c = dataclasses.replace(c, face_weight=opts.face_weight)
-        if opts.downsample is not None:
-            c = dataclasses.replace(c, ch_mult=c.ch_mult[:1] + (2,) * (opts.downsample.bit_length() - 1))
-        if opts.latent_channels is not None:
-            c = dataclasses.replace(c, embed_dim=opts.latent_channels)
-        self.c = c
+        levels = None if opts.downsample is None else c.ch_mult[:1] + (2,) * (opts.downsample.bit_length() - 1)
+        self.c = c = overridden(c, batch_size=opts.batch_size, face_weight=opts.face_weight, ch_mult=levels,
+                                embed_dim=opts.latent_channels,
+                                batch_reuse=None if opts.batch_reuse == 1 else opts.batch_reuse)
         self.image_size = 64
         if self.image_size % (2 ** (len(c.ch_mult) - 1)):
             raise UserError(f"{len(c.ch_mult) - 1} downsamplings do not tile {self.image_size} px renders")

@@ -88,6 +88,7 @@ from pretrain.world.common import (
     as_json_config,
     batch_face_weights,
     merge_model_configs,
+    overridden,
     param_groups,
 )
 
@@ -281,12 +282,8 @@ class BackboneStage(EMAStage):
         c = self.sized(BackboneConfig(), BackboneConfig.tiny())
         if opts.init_from is not None:
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
-        if opts.final_conv is not None:
-            c = dataclasses.replace(c, conv=opts.final_conv)
-        if opts.batch_reuse != 1:
-            c = dataclasses.replace(c, batch_reuse=opts.batch_reuse)
-        if opts.face_weight is not None:
-            c = dataclasses.replace(c, face_weight=opts.face_weight)
+        c = overridden(c, conv=opts.final_conv, face_weight=opts.face_weight,
+                       batch_reuse=None if opts.batch_reuse == 1 else opts.batch_reuse)
         space = opts.space or (exported_space(opts.init_from) if opts.init_from is not None else None) or c.space
         c = dataclasses.replace(c, space=space)
         if space == "autoencoder" and opts.level_gains is not None:

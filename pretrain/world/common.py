@@ -244,6 +244,12 @@ class EMAStage(Stage):
         self.ema.updates = int(state.get("ema_updates", 0))
 
 
+def overridden(config, **values):
+    """dataclasses.replace(config, ...) with only the values that are not None: the options a run was given,
+    over its stage's config."""
+    return dataclasses.replace(config, **{k: v for k, v in values.items() if v is not None})
+
+
 def step_generator(seed: int, stage: str, step: int, device: torch.device | str = "cpu") -> torch.Generator:
     """The generator of step `step` of `stage` (on `device`), seeded from (seed, stage, step) alone."""
     digest = hashlib.sha256(f"{seed}/{stage}/{step}".encode()).digest()
