@@ -122,6 +122,12 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     success = data["text_to_image_attribute_success"]
     assert set(ATTRIBUTES) | {CLASS_WORD, "overall", "overall_with_class_word"} == set(success)
     assert data["text_to_image"]["combinations"] >= 8
+    by_pair = data["text_to_image"]["success_by_pair"]  # each held-out pair's prompts, scored on their own
+    assert set(by_pair) == set(data["text_to_image"]["prompts"])
+    for key, rates in by_pair.items():
+        assert set(rates) == {n.split("=")[0] for n in key.split(" + ")} | {CLASS_WORD, "overall",
+                                                                           "overall_with_class_word"}
+    assert success["overall"] == pytest.approx(np.mean([r["overall"] for r in by_pair.values()]))
     assert set(data["single_attribute_success"]) == set(data["single_attribute_unasked"])
     assert {k.split("=")[0] for k in data["single_attribute_success"]} == {"hat", "glasses", "expression"}
     assert all(0.0 <= v <= 1.0 for part in ("single_attribute_success", "single_attribute_unasked")

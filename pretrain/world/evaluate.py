@@ -384,7 +384,7 @@ def _success(classifier, images: torch.Tensor, items: list[dict]) -> dict:
 
 def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict:
     """Held-out-pair prompts sampled at the headline setting (and every grid point with cfg.t2i_grid):
-    success rates at each."""
+    success rates at each, and at the headline per held-out pair (`success_by_pair`)."""
     items = [it for it in held_out_prompts(seed) for _ in range(cfg.t2i_images)]
     prompts = [it["prompt"] for it in items]
     grid: dict[str, dict[str, dict]] = {}
@@ -395,14 +395,21 @@ def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict
         images = generate(pipe, prompts, steps=steps, guidance=guidance, seed=seed, batch=cfg.batch)
         s, g = _grid_key(steps, guidance)
         grid.setdefault(s, {})[g] = _success(classifier, images, items)
+        if (steps, guidance) == (cfg.steps, cfg.guidance):
+            headline = images
     s, g = _grid_key(cfg.steps, cfg.guidance)
-    per_pair = {}
+    pair_key = lambda it: " + ".join(f"{n}={v}" for n, v in it["pair"])  # noqa: E731
+    per_pair: dict[str, list[str]] = {}
     for it in held_out_prompts(seed):
-        key = " + ".join(f"{n}={v}" for n, v in it["pair"])
-        per_pair.setdefault(key, []).append(it["prompt"])
+        per_pair.setdefault(pair_key(it), []).append(it["prompt"])
+    rows: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        rows.setdefault(pair_key(it), []).append(i)
+    by_pair = {key: _success(classifier, headline[idx], [items[i] for i in idx]) for key, idx in rows.items()}
     return {"text_to_image_attribute_success": grid[s][g],
             "text_to_image": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
-                              "prompts": per_pair, "combinations": len(per_pair), "success_grid": grid}}
+                              "prompts": per_pair, "combinations": len(per_pair), "success_grid": grid,
+                              "success_by_pair": by_pair}}
 
 
 def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> dict:
