@@ -3,7 +3,10 @@
 # space: the autoencoder stage (scripts/world_autoencoder_call.sh: one run sized from a probe of its rate),
 # then `train backbone --space autoencoder` from scratch (its total set from the time left), then text-to-image
 # and Frechet on one renderer seed. With FROM (a folder holding an earlier call's autoencoder/ and
-# uvit_v1.safetensors) the autoencoder is reused and the backbone continues those weights instead.
+# uvit_v1.safetensors) the autoencoder is reused and the backbone continues those weights instead. A chain of
+# calls carries the last call's files as FROM (an ignored folder such as .gpu_ops/from, named in the device
+# call's carry); with the wheels they leave no room for the committed backbone, so move
+# checkpoints/world/models/uvit_v1.safetensors out of the working tree for such a call (it is not used).
 #   bash scripts/world_latent_call.sh CALL_SECONDS
 # What comes back in $OUT: autoencoder/ (config.json, model.safetensors), uvit_v1.safetensors (the backbone,
 # fp16) and latent.tgz (logs, the reconstruction and sample grids, the evaluation JSON).
