@@ -14,10 +14,10 @@
 # (/tmp/latent), AE_SECONDS (150), AE_MAX_STEPS (6000), BB_RATE (7000: backbone samples/s assumed when setting
 # its total), AE_FROM (a folder holding an autoencoder export, config.json and model.safetensors: used instead of
 # training one; the backbone starts from scratch), EVAL_SECONDS (80: left for the evaluation at that rate),
-# EVAL_SEED (31337), BB_ARGS and AE_ARGS (extra backbone and autoencoder flags, e.g. AE_ARGS="--batch-reuse 4
-# --face-weight 4"), PYTHON (an interpreter with the project's packages: then the carried wheels are not
-# installed), TRAIN_ARGS (added to every stage and EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU
-# dry run).
+# EVAL_SEED (31337), EVAL_ONLY (the evaluation's sections; text_to_image,frechet), BB_ARGS and AE_ARGS (extra
+# backbone and autoencoder flags, e.g. AE_ARGS="--batch-reuse 4 --face-weight 4"), PYTHON (an interpreter with
+# the project's packages: then the carried wheels are not installed), TRAIN_ARGS (added to every stage and
+# EVAL_ARGS to the evaluation: "--tiny --device cpu" for a CPU dry run).
 set -u
 CALL=${1:?call seconds}
 source "$(dirname "$0")/call_env.sh"  # T0, el, PY, OUTD, L; cd to the repository root
@@ -64,7 +64,8 @@ if [ -f "$W/models/uvit_v1.safetensors" ]; then
   cp "$W/models/uvit_v1.safetensors" "$OUTD/"; cp "$W/model_configs.json" "$L/"
   # shellcheck disable=SC2086
   timeout -s INT $(( CALL - $(el) - 15 )) "$PY" -m pretrain.world evaluate --world "$W" --seed "${EVAL_SEED:-31337}" \
-    --only text_to_image,frechet --out "$L/t2i_seed${EVAL_SEED:-31337}.json" ${EVAL_ARGS:-} > "$L/eval.log" 2>&1
+    --only "${EVAL_ONLY:-text_to_image,frechet}" --out "$L/t2i_seed${EVAL_SEED:-31337}.json" ${EVAL_ARGS:-} \
+    > "$L/eval.log" 2>&1
   echo "[$(el) s] evaluated (logs/eval.log)"
 else
   echo "[$(el) s] the backbone did not finish (logs/backbone.log)"
