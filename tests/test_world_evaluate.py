@@ -159,7 +159,9 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     sizes = data["demo_parts_mb"]
     files = [p for p in world.rglob("*") if p.is_file()]
     assert len(sizes["files"]) == len(files)
-    assert sizes["total"] == pytest.approx(sum(p.stat().st_size for p in files) / 1e6, abs=1e-3)
+    unique = {p.read_bytes(): p.stat().st_size for p in files}
+    assert sizes["total"] == pytest.approx(sum(unique.values()) / 1e6, abs=1e-3)
+    assert len(sizes["copies"]) == len(files) - len(unique)
     assert "frechet_world_clip" in capsys.readouterr().out
 
     # --include: the GPU's sections of an earlier run join a later run's JSON, checked before anything runs
@@ -195,6 +197,21 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     with pytest.raises(UserError, match="other backbone files"):
         main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
               "--include", str(gpu)])
+
+
+def test_folder_sizes_count_each_content_once(tmp_path: Path):
+    from pretrain.world.evaluate import folder_sizes
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "weights.bin").write_bytes(b"x" * 3_000_000)
+    (tmp_path / "b" / "same.bin").write_bytes(b"x" * 3_000_000)  # the same bytes: counted once
+    (tmp_path / "b" / "other.bin").write_bytes(b"y" * 1_000_000)
+    sizes = folder_sizes([tmp_path / "a", tmp_path / "b"])
+    assert sizes["files"] == {str(tmp_path / "a" / "weights.bin"): 3.0, str(tmp_path / "b" / "other.bin"): 1.0,
+                              str(tmp_path / "b" / "same.bin"): 3.0}
+    assert sizes["copies"] == {str(tmp_path / "b" / "same.bin"): str(tmp_path / "a" / "weights.bin")}
+    assert sizes["total"] == 4.0
 
 
 def test_attribute_variants_keep_the_hat_colour_rule():

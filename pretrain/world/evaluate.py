@@ -725,9 +725,13 @@ def _clip_features(clip, images: torch.Tensor, batch: int = 512) -> np.ndarray:
 
 
 def folder_sizes(folders: Sequence[Path]) -> dict:
-    """{"files": {path: MB}, "total": MB} of every file under the folders (paths relative to the repo
-    when inside it)."""
-    files = {}
+    """{"files": {path: MB}, "total": MB, "copies": {path: the path of the same bytes}} of every file under the
+    folders (paths relative to the repo when inside it). The total counts each content once, as git stores it:
+    a file with the same bytes as one listed before it (e.g. the autoencoder stage's export and the pipeline's
+    copy of it) is listed in "copies" and not added again."""
+    import hashlib
+
+    files, copies, first = {}, {}, {}
     for folder in folders:
         for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
             try:
@@ -735,7 +739,13 @@ def folder_sizes(folders: Sequence[Path]) -> dict:
             except ValueError:
                 name = str(path)
             files[name] = round(path.stat().st_size / 1e6, 4)
-    return {"files": files, "total": round(sum(files.values()), 4)}
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in first:
+                copies[name] = first[digest]
+            else:
+                first[digest] = name
+    total = sum(mb for name, mb in files.items() if name not in copies)
+    return {"files": files, "total": round(total, 4), "copies": copies}
 
 
 # ------------------------------------------------------------------------------------------------ all
