@@ -22,7 +22,8 @@ on their own seed's training identities; test identities come from the test rang
   guidance) prompts that state exactly one held-out attribute pair of the renderer (HELD_OUT: never
   rendered together for training identities, together covering every attribute), for every class
   word; an image succeeds when the attribute classifier finds all of its prompt's attributes. Rates
-  per attribute and overall, at every (steps, guidance) of the grid; the headline at --steps / --guidance.
+  per attribute and overall, at every (steps, guidance) of the grid; the headline at --steps / --guidance,
+  also per held-out pair (`success_by_pair`).
 - single_attribute: which small details can the backbone draw at all, outside held-out pairs? Prompts
   that state one value of a detail attribute (hat, glasses, expression: every value seen in training
   captions) for every class word, and prompts that state only the class word. Per value, the rate at
@@ -71,7 +72,8 @@ on their own seed's training identities; test identities come from the test rang
   render's own caption, another render's caption (shuffled), and the own caption with pure noise as the
   noisy image (where sampling starts). A backbone that follows its prompts scores far higher with the
   own caption than shuffled; one that reads the colours off the noise scores the same. Minutes on the CPU.
-- sizes: every file under the world folder (and --demo folders), in MB, and the total.
+- sizes: every file under the world folder (and --demo folders), in MB, and the total, which counts files
+  with the same bytes once, as git stores them (`copies`).
 
 `--include JSON` adds the sections of an earlier run of this command (e.g. text_to_image and frechet, made
 on a GPU) to this one's JSON, so that one file holds every figure of the world: only when that run measured
@@ -398,7 +400,9 @@ def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict
         if (steps, guidance) == (cfg.steps, cfg.guidance):
             headline = images
     s, g = _grid_key(cfg.steps, cfg.guidance)
-    pair_key = lambda it: " + ".join(f"{n}={v}" for n, v in it["pair"])  # noqa: E731
+    def pair_key(it: dict) -> str:
+        return " + ".join(f"{n}={v}" for n, v in it["pair"])
+
     per_pair: dict[str, list[str]] = {}
     for it in held_out_prompts(seed):
         per_pair.setdefault(pair_key(it), []).append(it["prompt"])
