@@ -253,20 +253,17 @@ def write_latent_space(world: Path, space: nn.Module) -> Path:
 
 class AutoencoderLatent(nn.Module):
     """The world's AutoencoderKL as the backbone's latent space: latent(x) = scale x the posterior mean (the
-    KL term keeps its spread negligible), as PixelSpace.latent is for pixels. The latent of the last batch is
-    kept: with --batch-reuse R a rendered batch trains R steps, and is encoded once."""
+    KL term keeps its spread negligible), as PixelSpace.latent is for pixels. With --batch-reuse R a rendered
+    batch is encoded once for its R steps: BackboneStage.conditioned_batch keeps its latent."""
 
     def __init__(self, autoencoder: nn.Module):
         super().__init__()
         self.autoencoder = autoencoder
         self.config = autoencoder.config
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (pixels, their latent)
 
     @torch.no_grad()
     def latent(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self._last is None or self._last[0] is not pixels:
-            self._last = (pixels, self.autoencoder.latent(pixels).float())
-        return self._last[1]
+        return self.autoencoder.latent(pixels).float()
 
     def state_dict(self, *args, **kwargs):  # the AutoencoderKL's own keys (what models.autoencoder loads)
         return self.autoencoder.state_dict(*args, **kwargs)
