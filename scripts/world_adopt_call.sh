@@ -9,8 +9,10 @@
 #   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # the module snapshot and identity scale chosen on validation
 #                                                     #   identities and exported (unless ENCODER names a module
 #                                                     #   chosen already, sampled at ID_SCALE), then eval.world
-# The candidate world is built at $W (default /tmp/wn): checkpoints/world with the candidate's models/ and
-# model_configs.json laid over it. Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
+# The candidate world is built at $W (default /tmp/wn): checkpoints/world with its models/ and model_configs.json
+# replaced by the candidate's (so the committed backbone is not needed: a call carrying a 16 MB candidate may move
+# checkpoints/world/models/uvit_v1.safetensors out of the working tree to stay under the 64 MiB limit).
+# Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
 # module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*), the evaluation's work folder without
 # images (ew.txz) and the logs (adopt_logs.tgz).
@@ -39,7 +41,9 @@ if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
   exit 2
 fi
 if [ ! -f "$W/.candidate" ]; then
-  rm -rf "$W" && cp -r checkpoints/world "$W" && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
+  # models/ is replaced, not merged: a latent candidate brings autoencoder_kl.safetensors instead of the pixel space
+  rm -rf "$W" && cp -r checkpoints/world "$W" && rm -rf "$W/models" \
+    && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
     && touch "$W/.candidate" && echo "candidate world at $W"
 fi
 GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --identities 8 --photos 3 --prompts 4
