@@ -37,7 +37,9 @@ source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
 W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
 if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
-  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (e: 'git archive 5d7c56e checkpoints/world_next | tar -x -C /tmp/e', then NEXT=/tmp/e/checkpoints/world_next; h, adopted since: commit 938222a)" >&2
+  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the latent backbone:" \
+    "'git archive dd0aeba checkpoints/world_next | tar -x -C .gpu_ops', then NEXT=.gpu_ops/checkpoints/world_next;" \
+    "h, adopted since: commit 938222a)" >&2
   exit 2
 fi
 if [ ! -f "$W/.candidate" ]; then
