@@ -400,15 +400,10 @@ def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict
         if (steps, guidance) == (cfg.steps, cfg.guidance):
             headline = images
     s, g = _grid_key(cfg.steps, cfg.guidance)
-    def pair_key(it: dict) -> str:
-        return " + ".join(f"{n}={v}" for n, v in it["pair"])
-
-    per_pair: dict[str, list[str]] = {}
-    for it in held_out_prompts(seed):
-        per_pair.setdefault(pair_key(it), []).append(it["prompt"])
-    rows: dict[str, list[int]] = {}
+    rows: dict[str, list[int]] = {}  # each held-out pair's items (its prompts, each cfg.t2i_images times in a row)
     for i, it in enumerate(items):
-        rows.setdefault(pair_key(it), []).append(i)
+        rows.setdefault(" + ".join(f"{n}={v}" for n, v in it["pair"]), []).append(i)
+    per_pair = {key: [items[i]["prompt"] for i in idx[::cfg.t2i_images]] for key, idx in rows.items()}
     by_pair = {key: _success(classifier, headline[idx], [items[i] for i in idx]) for key, idx in rows.items()}
     return {"text_to_image_attribute_success": grid[s][g],
             "text_to_image": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
