@@ -216,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.device import pick_device
     from models.errors import UserError
     from models.paths import file_sha256
+    from models.pipeline import folder_sampler_policy
 
     args = build_parser().parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
@@ -278,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                              "prompts": {"sim": plan.prompts, "edit": plan.prompts}, "images_per_prompt": plan.n,
                              "sampling_steps": plan.steps, "cfg": plan.cfg},
               "work_folder": str(out), "world_sha256": weights_sha256(args.world, modules[0][1]),
+              "sampler": folder_sampler_policy(args.world),
               "commands": {"grid": shlex.join(["python", "-m", "eval.identity_grid", *argv_list])}, **provenance()}
     write_json_atomic(args.json, result, indent=1)
     if args.plot:

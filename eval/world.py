@@ -32,7 +32,8 @@ A run stopped part way can be read before it is finished: `--aggregate-only` run
 JSON from the identities that have every unit of --methods (`aggregated_identities` names them).
 
 Work folder (default runs/eval_world/seed<S>), every unit written atomically, so a rerun resumes
-(`weights.json` there: the weights each method was scored with; a rerun with others stops):
+(`weights.json` there: the files each method was scored with, the backbone's (BACKBONE_FILES: model_configs.json
+with its sampler policy among them) and the module's; a rerun with others stops; the JSON's `world_sha256`):
 
     data/                 the rendered folders (photos, eval_prompts/, faceworld.json); photos<K>/<name>/
     prompts/<name>.json   the evaluated prompt file (sim then edit, once per seed)
@@ -809,9 +810,10 @@ def aggregate(plan: Plan, out: Path, people: list[Person]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- the CLI
-def finetune_setting(grid_json: Path | None, override: str | None):
+def finetune_setting(grid_json: Path | None, override: str | None, world: Path | None = None):
     """(FinetuneConfig, where it came from): --finetune-setting mode,lr,steps, else the grid JSON's best,
-    else the baseline's defaults (noted)."""
+    else the baseline's defaults (noted). With `world`, a grid tuned on other backbone files than the world's
+    (its world_sha256), or one that does not record them, is said so in where it came from and on stderr."""
     import dataclasses
 
     from eval.finetune_baseline import DEFAULT_GRID_JSON, FinetuneConfig
@@ -821,9 +823,14 @@ def finetune_setting(grid_json: Path | None, override: str | None):
         return FinetuneConfig(mode=mode, lr=float(lr), steps=int(steps)), f"--finetune-setting {override}"
     path = Path(grid_json or DEFAULT_GRID_JSON)
     if path.is_file():
-        best = json.loads(path.read_text())["best"]
+        grid = json.loads(path.read_text())
+        best, tuned_on = grid["best"], grid.get("world_sha256")
         cfg = dataclasses.replace(FinetuneConfig(), mode=best["mode"], lr=float(best["lr"]), steps=int(best["steps"]))
-        return cfg, f"best of {path}"
+        if world is None or tuned_on == weights_sha256(world, names=BACKBONE_FILES):
+            return cfg, f"best of {path}"
+        why = "tuned on other backbone files" if tuned_on else "its backbone files are not recorded"
+        print(f"note: the fine-tuning grid {path} may not suit {world}: {why}", file=sys.stderr)
+        return cfg, f"best of {path} ({why})"
     print(f"note: no fine-tuning grid at {path} (python -m eval.finetune_baseline grid): the baseline runs at its "
           f"default setting", file=sys.stderr)
     return FinetuneConfig(), "default (no grid JSON)"
@@ -908,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_prep.faceworld.render import renderer_version, use_folder_version
     from models.atomic import write_json_atomic
     from models.device import pick_device
+    from models.pipeline import folder_sampler_policy
 
     args = build_parser().parse_args(argv)
     use_folder_version(args.world)  # test identities drawn as the world's models saw renders
@@ -926,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
     people = prepare_data(plan, out, progress=not args.no_progress)
     hashes = weights_sha256(args.world, args.encoder, SCORED_FILES)
     check_scored_weights(out, plan.methods, hashes, write=not args.part)  # workers: the parent wrote it
-    setting = finetune_setting(args.finetune_grid, args.finetune_setting)
+    setting = finetune_setting(args.finetune_grid, args.finetune_setting, args.world)
     if args.part:  # a worker of --workers: its share of the identities, scored unit by unit; the parent aggregates
         i, n = parse_part(args.part)
         worker_plan = replace(plan, command_timing=0)
@@ -958,12 +966,13 @@ def main(argv: list[str] | None = None) -> int:
                      "id_start_from": "--id-start" if args.id_start is not None else "module's sampling block, else 1",
                      "refine_steps": plan.refine_steps,
                      "photo_tokens": plan.photo_tokens,
+                     "sampler": folder_sampler_policy(args.world),
                      "seed_of_prompt": f"{SEED_BASE} + seed index x {2 * plan.prompts} prompts + prompt index"},
         "finetune_setting": {**setting[0].to_dict(), "source": setting[1]},
         "plan": asdict(plan), "world": str(args.world), "work_folder": str(out), "workers": args.workers,
         "wall_seconds_this_run": {**evaluation.wall, "total": round(time.perf_counter() - t0, 2)},
         "commands": {"evaluate": shlex.join(["python", "-m", "eval.world", *argv_list])},
-        "world_sha256": {name: h for name, h in hashes.items() if name in RESULT_FILES},
+        "world_sha256": hashes,
         **provenance()})
     if args.workers > 1:
         result["note"] = (f"in-process personalisation seconds were measured while {args.workers} worker processes "
@@ -979,17 +988,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 MODULE_FILE = "faceid_encoder/identity.safetensors"  # the identity module's weights (at --encoder when given)
-RESULT_FILES = ("models/uvit_v1.safetensors", MODULE_FILE)  # the results JSON's world_sha256
-# the world's files each method's images depend on (the ceiling's renders depend on none)
-BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors", "model_configs.json")
+# the world's files each method's images depend on (the ceiling's renders depend on none): the backbone, its
+# image space (a pixel-space world has pixel_space.safetensors, a latent one autoencoder_kl.safetensors) and
+# model_configs.json, which holds their configs and the sampler policy
+BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors", "models/autoencoder_kl.safetensors",
+                  "model_configs.json")
 METHOD_FILES = {"encoder": (*BACKBONE_FILES, MODULE_FILE), "text_only": BACKBONE_FILES,
                 "finetune": BACKBONE_FILES, "ceiling": ()}
-SCORED_FILES = METHOD_FILES["encoder"]  # every file some method depends on
+SCORED_FILES = METHOD_FILES["encoder"]  # every file some method depends on: the results JSON's world_sha256
 WEIGHTS_RECORD = "weights.json"
 
 
-def weights_sha256(world: Path, encoder: Path | None = None, names: tuple[str, ...] = RESULT_FILES) -> dict[str, str]:
-    """{file: SHA-256} of the named world files an evaluation used (default the backbone and the identity
+def weights_sha256(world: Path, encoder: Path | None = None, names: tuple[str, ...] = SCORED_FILES) -> dict[str, str]:
+    """{file: SHA-256} of the named world files an evaluation used (default the backbone's files and the identity
     module), so that a results JSON names the exact weights behind its numbers (the commit alone does not
     when weights are swapped in). Files that are absent are left out."""
     from models.paths import file_sha256
@@ -1051,6 +1062,7 @@ def grid_search(args) -> dict:
     from eval.finetune_baseline import GRID_LRS, FinetuneConfig, pick_best, sample_tuned
     from models.atomic import write_json_atomic
     from models.device import pick_device
+    from models.pipeline import folder_sampler_policy
 
     steps = tuple(sorted(int(s) for s in str(args.steps).split(",")))
     modes = tuple(m for m in str(args.modes).split(",") if m)
@@ -1106,6 +1118,8 @@ def grid_search(args) -> dict:
               "validation": {"seed": plan.seed, "split": "val", "identities": plan.identities, "photos": k,
                              "prompts": {"sim": plan.prompts, "edit": plan.prompts}, "images_per_prompt": plan.n,
                              "sampling_steps": plan.steps},
+              "world": str(args.world), "world_sha256": weights_sha256(args.world, names=BACKBONE_FILES),
+              "sampler": folder_sampler_policy(args.world),
               "commands": {"grid": shlex.join(["python", "-m", "eval.finetune_baseline", *args.argv])},
               **provenance()}
     write_json_atomic(args.json, result, indent=1)

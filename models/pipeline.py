@@ -56,6 +56,12 @@ def sampler_policy(configs: dict) -> dict:
     return {"final_denoise": False, **given}
 
 
+def folder_sampler_policy(root: str | os.PathLike | None = None) -> dict:
+    """sampler_policy of the weights folder `root` (what from_pretrained samples with): evaluations record it
+    beside their numbers, since no weights file holds it."""
+    return sampler_policy(read_model_configs(root))
+
+
 class UniDiffuserT2I:
     """The frozen text-to-image stack.
 

@@ -44,7 +44,8 @@ if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
 fi
 if [ ! -f "$W/.candidate" ]; then
   # models/ is replaced, not merged: a latent candidate brings autoencoder_kl.safetensors instead of the pixel space
-  rm -rf "$W" && cp -r checkpoints/world "$W" && rm -rf "$W/models" \
+  rm -rf "$W" && mkdir -p "$W" \
+    && find checkpoints/world -mindepth 1 -maxdepth 1 ! -name models -exec cp -r -t "$W" {} + \
     && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
     && touch "$W/.candidate" && echo "candidate world at $W"
 fi

@@ -29,6 +29,17 @@ def test_finetune_grid_scores_every_point_and_picks_one(world, tmp_path):
     assert (grid["best"]["mode"], grid["best"]["lr"], grid["best"]["steps"]) in points
     assert grid["validation"]["split"] == "val" and "commands" in grid and "git_commit" in grid
     assert all(r["identity_similarity"] is not None and r["seconds_per_identity"] > 0 for r in grid["grid"])
+    # the backbone files it was tuned on: eval.world says when its grid was tuned on others, or does not say
+    from eval.world import BACKBONE_FILES, finetune_setting, weights_sha256
+    assert grid["world_sha256"] == weights_sha256(world, names=BACKBONE_FILES) and "model_configs.json" in grid[
+        "world_sha256"]
+    assert finetune_setting(out, None, world)[1] == f"best of {out}"
+    for tuned_on, why in (({"models/uvit_v1.safetensors": "0"}, "tuned on other backbone files"),
+                          (None, "its backbone files are not recorded")):
+        other = tmp_path / "other_grid.json"
+        other.write_text(json.dumps({**grid, "world_sha256": tuned_on}))
+        cfg, source = finetune_setting(other, None, world)
+        assert source == f"best of {other} ({why})" and cfg.steps == grid["best"]["steps"]
 
 
 def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_path, monkeypatch):
@@ -60,9 +71,10 @@ def test_eval_world_runs_every_method_writes_the_json_and_resumes(world, tmp_pat
     assert r["sampling"]["id_start"] == 1.0 and r["sampling"]["id_start_from"].startswith("module's")
     assert "--id-start 1" in (out / "logs" / "sample.log").read_text()
     from models.paths import file_sha256
-    assert r["world_sha256"] == {  # the exact weights behind the numbers
-        "models/uvit_v1.safetensors": file_sha256(world / "models" / "uvit_v1.safetensors"),
-        "faceid_encoder/identity.safetensors": file_sha256(world / "faceid_encoder" / "identity.safetensors")}
+    assert r["world_sha256"] == {  # the exact weights behind the numbers, and the configs with the sampler policy
+        name: file_sha256(world / name) for name in ("models/uvit_v1.safetensors", "models/pixel_space.safetensors",
+                                                     "model_configs.json", "faceid_encoder/identity.safetensors")}
+    assert r["sampling"]["sampler"] == {"final_denoise": False}
     assert set(r["targets"]) >= {"identity_vs_ceiling", "edit_vs_text_only", "speedup_vs_finetune"}
     assert r["intervals"]["identity_similarity"]["encoder"]["n"] == 2
     # the ceiling is renders of the person: the (projection) recogniser finds them closer to the references
@@ -163,6 +175,20 @@ def test_eval_world_stops_when_a_method_was_scored_with_other_weights(tmp_path):
     with pytest.raises(UserError, match="text_only units .*uvit_v1"):
         check_weights(out, ("text_only",), world, None)
     check_weights(out, ("ceiling",), world, None)  # renders: no weights
+    # a latent world's autoencoder and the configs with their sampler policy are the backbone's files too
+    (world / "models" / "uvit_v1.safetensors").write_bytes(b"backbone")
+    for name, before, after in (("models/autoencoder_kl.safetensors", b"decoder", b"another decoder"),
+                                ("model_configs.json", b"{}", b'{"sampler": {"final_denoise": true}}')):
+        shutil.rmtree(out)
+        out.mkdir()
+        (world / name).write_bytes(before)
+        check_weights(out, ("text_only",), world, None)
+        unit = out / "scores" / "text_only" / "p3" / "s0" / "girl1.json"
+        unit.parent.mkdir(parents=True)
+        unit.write_text("{}")
+        (world / name).write_bytes(after)
+        with pytest.raises(UserError, match=f"text_only units .*{name.split('/')[-1]}"):
+            check_weights(out, ("text_only",), world, None)
 
 
 def test_eval_world_workers_split_the_identities_and_match_one_process(world, tmp_path):

@@ -169,8 +169,11 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
 
     gpu = tmp_path / "results" / "t2i.json"
     assert main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(gpu), "--tiny",
-                 "--only", "text_to_image,frechet"]) == 0
+                 "--only", "text_to_image,frechet", "--headline-only", "--steps", "2", "--guidance", "3",
+                 "--frechet-images", "4"]) == 0
     made = json.loads(gpu.read_text())
+    assert list(made["frechet_world_clip"]) == ["2"] and list(made["frechet_world_clip"]["2"]) == ["3"]
+    assert made["frechet"]["images"] == 4  # --headline-only: frechet at --steps and --guidance alone
     gpu.write_text(json.dumps({**made, "git_commit": "abc"}))  # as if made elsewhere
     both = tmp_path / "results" / "both.json"
     assert main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
@@ -194,6 +197,19 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
         main(["evaluate", "--world", str(world), "--seed", "4", "--out", str(both), "--tiny", "--only", "sizes",
               "--include", str(gpu)])
     gpu.write_text(json.dumps({**made, "world_sha256": {"models/uvit_v1.safetensors": "0"}}))
+    with pytest.raises(UserError, match="other backbone files"):
+        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
+              "--include", str(gpu)])
+    # the configs (and the sampler policy they hold) are part of what was measured
+    assert "model_configs.json" in made["world_sha256"] and made["sampler"] == {"final_denoise": False}
+    weights_only = {k: v for k, v in made["world_sha256"].items() if k != "model_configs.json"}
+    gpu.write_text(json.dumps({**made, "world_sha256": weights_only}))  # as a JSON made before it was hashed
+    with pytest.raises(UserError, match="does not record the model_configs.json"):
+        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
+              "--include", str(gpu)])
+    gpu.write_text(json.dumps(made))
+    configs = world / "model_configs.json"
+    configs.write_text(json.dumps({**json.loads(configs.read_text()), "sampler": {"final_denoise": True}}))
     with pytest.raises(UserError, match="other backbone files"):
         main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
               "--include", str(gpu)])

@@ -65,8 +65,8 @@ on their own seed's training identities; test identities come from the test rang
   learning an attribute's words in proportion to the latent energy they decide: an attribute with a small
   share is one a backbone learns last (compare backbone_attributes).
 - frechet: Frechet distance between world-CLIP image features of generated images (the captions of
-  test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7, beside the
-  distance between two disjoint sets of real renders (the floor).
+  test renders as prompts) and of those renders, for steps 10/20/30 x guidance 1/3/7 (with --headline-only at
+  --steps and --guidance alone), beside the distance between two disjoint sets of real renders (the floor).
 - text_dependence: does the backbone take the image from its prompt? At the noisiest training
   timesteps, the R^2 of the predicted clean image's mean colour against the render's, given the
   render's own caption, another render's caption (shuffled), and the own caption with pure noise as the
@@ -77,8 +77,9 @@ on their own seed's training identities; test identities come from the test rang
 
 `--include JSON` adds the sections of an earlier run of this command (e.g. text_to_image and frechet, made
 on a GPU) to this one's JSON, so that one file holds every figure of the world: only when that run measured
-the same backbone files (its `world_sha256`) at the same renderer seed, and only sections this run does not
-measure itself. Its command, commit and device are kept beside them (`included`).
+the same backbone files (its `world_sha256`: models/*.safetensors and model_configs.json, whose sampler policy
+is also recorded as `sampler`) at the same renderer seed, and only sections this run does not measure itself.
+Its command, commit and device are kept beside them (`included`).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class EvalConfig:
     classify_renders: renders of backbone_attributes; energy_renders: renders of attribute_energy;
     energy_level_gains: other pixel-space band gains attribute_energy also measures under;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
-    setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting)."""
+    setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting);
+    frechet_grid: frechet at every grid point (else at the headline setting only)."""
 
     identities: int = 1000
     renders: int = 5
@@ -129,6 +131,7 @@ class EvalConfig:
     steps: int = 30
     guidance: float = 7.0
     t2i_grid: bool = True
+    frechet_grid: bool = True
     batch: int = 512
     dependence_renders: int = 256
     clip_renders: int = 1000
@@ -528,11 +531,11 @@ def evaluate_frechet(pipe, clip, seed: int, cfg: EvalConfig, device: torch.devic
     real_features = np.concatenate(real)
     ref, other = real_features[:n], real_features[n:]
     out: dict[str, dict[str, float]] = {}
-    for steps in STEPS_GRID:
-        for guidance in GUIDANCE_GRID:
-            images = generate(pipe, captions[:n], steps=steps, guidance=guidance, seed=seed + 1, batch=cfg.batch)
-            s, g = _grid_key(steps, guidance)
-            out.setdefault(s, {})[g] = frechet_distance(_clip_features(clip, images), ref)
+    grid = [(s, g) for s in STEPS_GRID for g in GUIDANCE_GRID] if cfg.frechet_grid else [(cfg.steps, cfg.guidance)]
+    for steps, guidance in grid:
+        images = generate(pipe, captions[:n], steps=steps, guidance=guidance, seed=seed + 1, batch=cfg.batch)
+        s, g = _grid_key(steps, guidance)
+        out.setdefault(s, {})[g] = frechet_distance(_clip_features(clip, images), ref)
     return {"frechet_world_clip": out, "frechet_world_clip_real_vs_real": frechet_distance(other, ref),
             "frechet": {"images": n, "features": "world-CLIP image embedding", "by": "steps, then guidance"}}
 
@@ -753,7 +756,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                    demo_dirs: Sequence[str | os.PathLike] = ()) -> dict:
     """Run the sections on the world folder; returns the result dict (see the module docstring)."""
     from models.image_text import load_image_text_model
-    from models.pipeline import UniDiffuserT2I
+    from models.pipeline import UniDiffuserT2I, folder_sampler_policy
     from pretrain.world.attributes import EXPORT_DIR, AttributeClassifier
 
     world_dir, device = Path(world_dir), torch.device(device)
@@ -762,7 +765,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     from data_prep.faceworld.attributes import split_range
     result: dict = {"format": "world-foundation", "version": 1, "world": str(world_dir), "renderer_seed": seed,
-                    "world_sha256": backbone_sha256(world_dir),
+                    "world_sha256": backbone_sha256(world_dir), "sampler": folder_sampler_policy(world_dir),
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
@@ -808,16 +811,18 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     return result
 
 
-META_KEYS = {"format", "version", "world", "renderer_seed", "world_sha256", "test_identities", "sections", "seconds",
-             "config", "device", "commands", "git_commit", "git_dirty", "included"}
+META_KEYS = {"format", "version", "world", "renderer_seed", "world_sha256", "sampler", "test_identities", "sections",
+             "seconds", "config", "device", "commands", "git_commit", "git_dirty", "included"}
 
 
 def backbone_sha256(world_dir: Path) -> dict:
-    """SHA-256 of the world's backbone files (<world>/models/*.safetensors), by name."""
+    """SHA-256 of the world's backbone files by name: <world>/models/*.safetensors and model_configs.json (their
+    configs and the sampler policy)."""
     from models.paths import files_sha256
 
     models = world_dir / "models"
-    return files_sha256(world_dir, sorted(models.glob("*.safetensors")) if models.is_dir() else [])
+    configs = [world_dir / "model_configs.json"] if (world_dir / "model_configs.json").is_file() else []
+    return files_sha256(world_dir, (sorted(models.glob("*.safetensors")) if models.is_dir() else []) + configs)
 
 
 def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: Sequence[str]) -> dict:
@@ -833,9 +838,13 @@ def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: 
         raise UserError(f"--include {path}: cannot read it as JSON ({e})") from None
     if other.get("format") != "world-foundation":
         raise UserError(f"--include {path}: not a `pretrain.world evaluate` JSON (format {other.get('format')!r})")
-    if other.get("world_sha256") != backbone_sha256(world_dir):
-        raise UserError(f"--include {path}: it measured other backbone files than {world_dir}'s "
-                        f"(world_sha256 differs): evaluate this world instead")
+    theirs, ours = other.get("world_sha256") or {}, backbone_sha256(world_dir)
+    if theirs != ours:
+        unrecorded = theirs == {k: v for k, v in ours.items() if k != "model_configs.json"}  # the same weights
+        raise UserError(f"--include {path}: " + ("it does not record the model_configs.json it sampled with (made "
+                                                 "before that file was hashed)" if unrecorded else
+                                                 f"it measured other backbone files than {world_dir}'s (world_sha256 "
+                                                 f"differs)") + ": evaluate this world instead")
     if other.get("renderer_seed") != seed:
         raise UserError(f"--include {path}: renderer seed {other.get('renderer_seed')} is not this run's {seed}")
     overlap = set(other["sections"]) & set(sections)
@@ -879,7 +888,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attribute_energy also under these band gains of the pixel space (finest first, as the "
                         "backbone stage's --level-gains); repeatable")
     p.add_argument("--headline-only", action="store_true",
-                   help="text_to_image at the headline steps and guidance only, not the whole grid (CPU)")
+                   help="text_to_image and frechet at the headline steps and guidance only, not the whole grid "
+                        "(CPU; e.g. --guidance 3 for frechet's usual figure)")
+    p.add_argument("--frechet-images", type=number(int, low=2), default=None, metavar="N",
+                   help="generated (and real) images per frechet grid point (default 1000)")
     p.add_argument("--demo", action="append", default=[], help="a further folder the demo commits (sizes)")
     p.add_argument("--include", action="append", default=[], metavar="JSON",
                    help="add the sections of an earlier evaluate JSON of the same backbone files and seed "
@@ -898,7 +910,9 @@ def run(args: argparse.Namespace, command: str) -> int:
     cfg = dataclasses.replace(EvalConfig.tiny() if args.tiny else EvalConfig(), steps=args.steps,
                               guidance=args.guidance)
     if args.headline_only:
-        cfg = dataclasses.replace(cfg, t2i_grid=False)
+        cfg = dataclasses.replace(cfg, t2i_grid=False, frechet_grid=False)
+    if args.frechet_images is not None:
+        cfg = dataclasses.replace(cfg, frechet_images=args.frechet_images)
     if args.t2i_images is not None:
         cfg = dataclasses.replace(cfg, t2i_images=args.t2i_images)
     if args.energy_level_gains:
