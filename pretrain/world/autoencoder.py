@@ -164,8 +164,9 @@ class AutoencoderStage(EMAStage):
 
     def export(self, world: Path) -> list[Path]:
         ema = self.ema.shadow.eval()
-        model = standardised(ema, *latent_statistics(ema, self.data, 1 if self.opts.tiny else SCALE_BATCHES))
-        paths = write_export(world, model, {"train": dataclasses.asdict(self.c)})
+        statistics = latent_statistics(ema, self.data, 1 if self.opts.tiny else SCALE_BATCHES)
+        model = standardised(ema, *statistics)
+        paths = write_export(world, model, statistics, {"train": dataclasses.asdict(self.c)})
         self.reconstruction_grid(model)
         return paths
 
@@ -217,19 +218,21 @@ def standardised(model: AutoencoderKL, mean: torch.Tensor, std: torch.Tensor) ->
     p.bias += p.weight[:, :, 0, 0] @ mean
     p.weight *= std[None, :, None, None]
     out.config = dataclasses.replace(out.config, scale_factor=1.0)
-    out.latent_mean, out.latent_std = mean.tolist(), std.tolist()
     return out
 
 
-def write_export(world: Path, model: AutoencoderKL, record: dict) -> list[Path]:
+def write_export(world: Path, model: AutoencoderKL, statistics: tuple[torch.Tensor, torch.Tensor],
+                 record: dict) -> list[Path]:
     """<world>/autoencoder/: model.safetensors (fp16) and config.json (the AutoencoderConfig, the latent's
-    per-channel statistics standardised away, and `record`, e.g. the training config)."""
+    per-channel mean and std that `model` was standardised with (`standardised`), and `record`, e.g. the
+    training config)."""
+    mean, std = (t.tolist() for t in statistics)
     folder = Path(world) / EXPORT_DIR
     weights, config = folder / WEIGHTS_FILE, folder / CONFIG_FILE
     save_state_dict({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()},
                     weights)
     write_json(config, {"format": "world-autoencoder", "autoencoder": as_json_config(model.config),
-                        "latent_standardised": {"mean": model.latent_mean, "std": model.latent_std}, **record})
+                        "latent_standardised": {"mean": mean, "std": std}, **record})
     return [config, weights]
 
 
@@ -243,10 +246,11 @@ def standardise_export(world: Path, seed: int = 0, batches: int = SCALE_BATCHES)
     model = load_world_autoencoder(world)
     data = WorldData(seed, "autoencoder", int(info["train"]["batch_size"]), torch.device("cpu"),
                      size=model.config.resolution)
-    record = {k: v for k, v in info.items() if k not in ("format", "autoencoder", "latent_std")}
+    record = {k: v for k, v in info.items() if k not in ("format", "autoencoder")}
     record["standardised_after_export"] = {"previous_scale_factor": model.config.scale_factor, "seed": seed,
                                            "batches": batches}
-    return write_export(world, standardised(model, *latent_statistics(model, data, batches)), record)
+    statistics = latent_statistics(model, data, batches)
+    return write_export(world, standardised(model, *statistics), statistics, record)
 
 
 def load_world_autoencoder(world: Path, device: torch.device | str = "cpu") -> AutoencoderKL:

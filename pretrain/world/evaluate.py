@@ -285,8 +285,7 @@ class _ThroughLatent:
         ae = self.autoencoder
         param = next(ae.parameters(), None)
         dtype = torch.float32 if param is None else param.dtype
-        mean = ae.encode_moments(x.to(dtype)).float().chunk(2, dim=1)[0]  # the moments every latent space gives
-        y = ae.decode((mean * ae.config.scale_factor).to(dtype)).float().clamp(-1.0, 1.0)
+        y = ae.decode(ae.latent(x.to(dtype))).float().clamp(-1.0, 1.0)  # the posterior mean, decoded
         err = (y - x) / 2.0
         self.abs_err += float(err.abs().sum())
         self.sq_err += float(err.pow(2).sum())
