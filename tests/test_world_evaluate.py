@@ -158,6 +158,11 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
     assert set(dependence) == {"800", "900", "950", "1000"}
     assert all(set(row) == {"own_caption", "shuffled_caption", "noise_image"} and all(np.isfinite(v) and v <= 1.0
                for v in row.values()) for row in dependence.values())
+    captions = data["captions"]  # the tiny world's context (24 tokens) as the committed one's
+    assert captions["count"] == tiny.captions and captions["context_words"] == 22
+    assert 0.0 <= captions["longer_than_context"] < 0.2 and captions["words_max"] >= captions["words_mean"] > 5
+    assert set(captions["stated"]) == set(captions["lost_when_stated"]) <= set(ATTRIBUTES)
+    assert all(0.0 <= v <= 1.0 for part in ("stated", "lost_when_stated") for v in captions[part].values())
     sizes = data["demo_parts_mb"]
     files = [p for p in world.rglob("*") if p.is_file()]
     assert len(sizes["files"]) == len(files)

@@ -72,6 +72,8 @@ on their own seed's training identities; test identities come from the test rang
   render's own caption, another render's caption (shuffled), and the own caption with pure noise as the
   noisy image (where sampling starts). A backbone that follows its prompts scores far higher with the
   own caption than shuffled; one that reads the colours off the noise scores the same. Minutes on the CPU.
+- captions: what training captions reach the text tower with (`captions`): the share of the seed's training
+  captions longer than the world-CLIP's context, and per attribute how often a statement is lost with the cut.
 - sizes: every file under the world folder (and --demo folders), in MB, and the total, which counts files
   with the same bytes once, as git stores them (`copies`).
 
@@ -103,7 +105,7 @@ from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "single_attribute", "clip_attributes",
-            "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "sizes")
+            "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "captions", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
@@ -121,7 +123,8 @@ class EvalConfig:
     energy_level_gains: other pixel-space band gains attribute_energy also measures under;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
     setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting);
-    frechet_grid: frechet at every grid point (else at the headline setting only)."""
+    frechet_grid: frechet at every grid point (else at the headline setting only); captions: training captions
+    the captions section reads."""
 
     identities: int = 1000
     renders: int = 5
@@ -138,12 +141,13 @@ class EvalConfig:
     classify_renders: int = 120
     energy_renders: int = 300
     energy_level_gains: tuple[tuple[float, ...], ...] = ()
+    captions: int = 20_000
 
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
                    batch=64, dependence_renders=8, clip_renders=6, classify_renders=3,
-                   energy_renders=8)
+                   energy_renders=8, captions=64)
 
 
 # -------------------------------------------------------------------------------------------- Frechet
@@ -725,6 +729,44 @@ def _clip_features(clip, images: torch.Tensor, batch: int = 512) -> np.ndarray:
     return np.concatenate([clip.embed_images(c).double().cpu().numpy() for c in images.split(batch)])
 
 
+def evaluate_captions(world_dir: Path, seed: int, cfg: EvalConfig) -> dict:
+    """What training captions reach the text tower with: `cfg.captions` captions of the seed's training
+    identities, each stating a random subset as the training stages' captions do, cut to the world-CLIP's
+    context as its tokenizer cuts them. The share of captions longer than the context, and per attribute the
+    share of the captions stating it whose statement is lost with the cut (parse_caption of the kept words)."""
+    from data_prep.faceworld.attributes import CaptionError, caption, parse_caption, sample_attributes, split_range
+    from data_prep.faceworld.identity import identity_params
+    from data_prep.faceworld.render import caption_rngs
+    from models.tokenizers import WordTokenizer, split_words
+
+    keep = WordTokenizer.from_folder(world_dir / "world_clip").context_length - 2  # BOS and EOS
+    rng = np.random.default_rng(seed)
+    lo, hi = split_range("train")
+    ids, rs = rng.integers(lo, hi, cfg.captions), rng.integers(0, 64, cfg.captions)
+    attrs = sample_attributes(seed, ids, rs, avoid_held_out=np.ones(len(ids), dtype=bool))
+    words = identity_params(seed, ids).class_words
+    stated: dict[str, int] = {}
+    lost: dict[str, int] = {}
+    lengths = []
+    for a, w, r in zip(attrs, words, caption_rngs(seed, ids, rs)):
+        text = caption(a, w, r)
+        cut = split_words(text)
+        lengths.append(len(cut))
+        try:
+            kept = parse_caption(" ".join(cut[:keep]))
+        except CaptionError:  # not expected of a caption's first words; if it happens, all of it counts as lost
+            kept = {}
+        for name, value in parse_caption(text).items():
+            stated[name] = stated.get(name, 0) + 1
+            lost[name] = lost.get(name, 0) + (kept.get(name) != value)
+    lengths = np.array(lengths)
+    return {"captions": {"count": len(lengths), "context_words": keep, "split": "train",
+                         "words_mean": float(lengths.mean()), "words_max": int(lengths.max()),
+                         "longer_than_context": float(np.mean(lengths > keep)),
+                         "stated": {k: stated[k] / len(lengths) for k in sorted(stated)},
+                         "lost_when_stated": {k: lost[k] / stated[k] for k in sorted(stated)}}}
+
+
 def folder_sizes(folders: Sequence[Path]) -> dict:
     """{"files": {path: MB}, "total": MB, "copies": {path: the path of the same bytes}} of every file under the
     folders (paths relative to the repo when inside it). The total counts each content once, as git stores it:
@@ -801,6 +843,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_frechet(pipe, clip, seed, cfg, device))
         elif name == "text_dependence":
             result.update(evaluate_text_dependence(world_dir, pipe, seed, cfg, device))
+        elif name == "captions":
+            result.update(evaluate_captions(world_dir, seed, cfg))
         else:
             result["demo_parts_mb"] = folder_sizes([world_dir, *map(Path, demo_dirs)])
         result["seconds"][name] = round(time.perf_counter() - t0, 2)
