@@ -978,7 +978,7 @@ def run(args: argparse.Namespace, command: str) -> int:
                                        "text_to_image_attribute_success", "single_attribute_success",
                                        "single_attribute_unasked", "clip_attribute_accuracy",
                                        "backbone_attribute_accuracy", "attribute_energy", "frechet_world_clip",
-                                       "text_dependence")
+                                       "text_dependence", "captions")
                 if k in result}
     if "demo_parts_mb" in result:
         headline["demo_parts_mb_total"] = result["demo_parts_mb"]["total"]
