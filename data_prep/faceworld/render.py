@@ -172,6 +172,22 @@ def caption_rngs(seed: int, identities: np.ndarray, renders: np.ndarray) -> list
     return [np.random.Generator(np.random.Philox(key=int(k))) for k in keys]
 
 
+def draw_attributes(seed: int, identities: np.ndarray, renders: np.ndarray,
+                    attributes: Sequence[Mapping | None] | None = None, mode: str = "world") -> list[dict]:
+    """The items' attribute values: those in attributes[i] as given, the others drawn (training identities never
+    get a HELD_OUT pair that was not asked for); what FaceWorld.render draws and captions."""
+    avoid = np.array([split_of(int(i)) == "train" for i in identities], dtype=bool)
+    return sample_attributes(seed, identities, renders, avoid_held_out=avoid, mode=mode,
+                             overrides=None if attributes is None else list(attributes))
+
+
+def captions_of(seed: int, identities: np.ndarray, renders: np.ndarray, attrs: Sequence[Mapping],
+                class_words: Sequence[str], mention=None) -> list[str]:
+    """The items' captions, as FaceWorld.render phrases them (mention: see attributes.caption)."""
+    rngs = caption_rngs(seed, identities, renders)
+    return [caption(a, w, rng, mention) for a, w, rng in zip(attrs, class_words, rngs)]
+
+
 # ------------------------------------------------------------------------------------------- hair
 def hair_layout(p: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-item hair shape numbers (head units, [B] arrays) from the style and its parameters."""
@@ -289,12 +305,10 @@ class FaceWorld:
         rs = np.broadcast_to(np.asarray(renders, dtype=np.int64), ids.shape).copy()
         if isinstance(attributes, Mapping):
             attributes = [attributes] * len(ids)
-        avoid = np.array([split_of(int(i)) == "train" for i in ids], dtype=bool)
-        attrs = sample_attributes(self.seed, ids, rs, avoid_held_out=avoid, mode=mode,
-                                  overrides=None if attributes is None else list(attributes))
+        attrs = draw_attributes(self.seed, ids, rs, attributes, mode)
         people = identity_params(self.seed, ids)
         words = people.class_words
-        captions = [caption(a, w, rng, mention) for a, w, rng in zip(attrs, words, caption_rngs(self.seed, ids, rs))]
+        captions = captions_of(self.seed, ids, rs, attrs, words, mention)
         nu = geo.sample_nuisance(self.seed, ids, rs, self.look)
         codes = {name: np.array([ATTRIBUTES[name].index(a[name]) if a[name] is not None else -1 for a in attrs])
                  for name in ATTRIBUTES}

@@ -734,22 +734,20 @@ def evaluate_captions(world_dir: Path, seed: int, cfg: EvalConfig) -> dict:
     identities, each stating a random subset as the training stages' captions do, cut to the world-CLIP's
     context as its tokenizer cuts them. The share of captions longer than the context, and per attribute the
     share of the captions stating it whose statement is lost with the cut (parse_caption of the kept words)."""
-    from data_prep.faceworld.attributes import CaptionError, caption, parse_caption, sample_attributes, split_range
+    from data_prep.faceworld.attributes import CaptionError, parse_caption, split_range
     from data_prep.faceworld.identity import identity_params
-    from data_prep.faceworld.render import caption_rngs
+    from data_prep.faceworld.render import captions_of, draw_attributes
     from models.tokenizers import WordTokenizer, split_words
 
     keep = WordTokenizer.from_folder(world_dir / "world_clip").context_length - 2  # BOS and EOS
     rng = np.random.default_rng(seed)
     lo, hi = split_range("train")
     ids, rs = rng.integers(lo, hi, cfg.captions), rng.integers(0, 64, cfg.captions)
-    attrs = sample_attributes(seed, ids, rs, avoid_held_out=np.ones(len(ids), dtype=bool))
-    words = identity_params(seed, ids).class_words
+    texts = captions_of(seed, ids, rs, draw_attributes(seed, ids, rs), identity_params(seed, ids).class_words)
     stated: dict[str, int] = {}
     lost: dict[str, int] = {}
     lengths = []
-    for a, w, r in zip(attrs, words, caption_rngs(seed, ids, rs)):
-        text = caption(a, w, r)
+    for text in texts:
         cut = split_words(text)
         lengths.append(len(cut))
         try:
