@@ -810,10 +810,11 @@ def aggregate(plan: Plan, out: Path, people: list[Person]) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- the CLI
-def finetune_setting(grid_json: Path | None, override: str | None, world: Path | None = None):
+def finetune_setting(grid_json: Path | None, override: str | None, backbone: dict[str, str] | None = None):
     """(FinetuneConfig, where it came from): --finetune-setting mode,lr,steps, else the grid JSON's best,
-    else the baseline's defaults (noted). With `world`, a grid tuned on other backbone files than the world's
-    (its world_sha256), or one that does not record them, is said so in where it came from and on stderr."""
+    else the baseline's defaults (noted). With `backbone` (the world's weights_sha256 of BACKBONE_FILES), a grid
+    tuned on other backbone files (its world_sha256), or one that does not record them, is said so in where it
+    came from and on stderr."""
     import dataclasses
 
     from eval.finetune_baseline import DEFAULT_GRID_JSON, FinetuneConfig
@@ -826,10 +827,10 @@ def finetune_setting(grid_json: Path | None, override: str | None, world: Path |
         grid = json.loads(path.read_text())
         best, tuned_on = grid["best"], grid.get("world_sha256")
         cfg = dataclasses.replace(FinetuneConfig(), mode=best["mode"], lr=float(best["lr"]), steps=int(best["steps"]))
-        if world is None or tuned_on == weights_sha256(world, names=BACKBONE_FILES):
+        if backbone is None or tuned_on == backbone:
             return cfg, f"best of {path}"
         why = "tuned on other backbone files" if tuned_on else "its backbone files are not recorded"
-        print(f"note: the fine-tuning grid {path} may not suit {world}: {why}", file=sys.stderr)
+        print(f"note: the fine-tuning grid {path} may not suit this world's backbone: {why}", file=sys.stderr)
         return cfg, f"best of {path} ({why})"
     print(f"note: no fine-tuning grid at {path} (python -m eval.finetune_baseline grid): the baseline runs at its "
           f"default setting", file=sys.stderr)
@@ -934,7 +935,8 @@ def main(argv: list[str] | None = None) -> int:
     people = prepare_data(plan, out, progress=not args.no_progress)
     hashes = weights_sha256(args.world, args.encoder, SCORED_FILES)
     check_scored_weights(out, plan.methods, hashes, write=not args.part)  # workers: the parent wrote it
-    setting = finetune_setting(args.finetune_grid, args.finetune_setting, args.world)
+    setting = finetune_setting(args.finetune_grid, args.finetune_setting,
+                               {name: h for name, h in hashes.items() if name in BACKBONE_FILES})
     if args.part:  # a worker of --workers: its share of the identities, scored unit by unit; the parent aggregates
         i, n = parse_part(args.part)
         worker_plan = replace(plan, command_timing=0)

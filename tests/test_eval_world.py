@@ -33,12 +33,13 @@ def test_finetune_grid_scores_every_point_and_picks_one(world, tmp_path):
     from eval.world import BACKBONE_FILES, finetune_setting, weights_sha256
     assert grid["world_sha256"] == weights_sha256(world, names=BACKBONE_FILES) and "model_configs.json" in grid[
         "world_sha256"]
-    assert finetune_setting(out, None, world)[1] == f"best of {out}"
+    backbone = weights_sha256(world, names=BACKBONE_FILES)  # as eval.world passes it (from its hashes)
+    assert finetune_setting(out, None, backbone)[1] == f"best of {out}"
     for tuned_on, why in (({"models/uvit_v1.safetensors": "0"}, "tuned on other backbone files"),
                           (None, "its backbone files are not recorded")):
         other = tmp_path / "other_grid.json"
         other.write_text(json.dumps({**grid, "world_sha256": tuned_on}))
-        cfg, source = finetune_setting(other, None, world)
+        cfg, source = finetune_setting(other, None, backbone)
         assert source == f"best of {other} ({why})" and cfg.steps == grid["best"]["steps"]
 
 
