@@ -76,6 +76,7 @@ from eval.world_scores import (
     pose_diversity,
 )
 from models.errors import UserError
+from models.paths import WORLD_BACKBONE_FILES
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("encoder", "text_only", "finetune", "ceiling")
@@ -990,11 +991,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 MODULE_FILE = "faceid_encoder/identity.safetensors"  # the identity module's weights (at --encoder when given)
-# the world's files each method's images depend on (the ceiling's renders depend on none): the backbone, its
-# image space (a pixel-space world has pixel_space.safetensors, a latent one autoencoder_kl.safetensors) and
-# model_configs.json, which holds their configs and the sampler policy
-BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors", "models/autoencoder_kl.safetensors",
-                  "model_configs.json")
+# the world's files each method's images depend on (the ceiling's renders depend on none)
+BACKBONE_FILES = WORLD_BACKBONE_FILES
 METHOD_FILES = {"encoder": (*BACKBONE_FILES, MODULE_FILE), "text_only": BACKBONE_FILES,
                 "finetune": BACKBONE_FILES, "ceiling": ()}
 SCORED_FILES = METHOD_FILES["encoder"]  # every file some method depends on: the results JSON's world_sha256

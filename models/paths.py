@@ -21,6 +21,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_VAR = "UNIDIFFUSER_WEIGHTS"
 FACE_PACKS = ("antelopev2", "buffalo_l")  # insightface packs looked for, in this order, when none is named
 MODEL_CONFIGS = "model_configs.json"  # optional: configs replacing v1 (tiny test stacks)
+# a world's backbone files, relative to its folder: the backbone, its image space (a pixel-space world has
+# pixel_space.safetensors, a latent one autoencoder_kl.safetensors) and model_configs.json, which holds their
+# configs and the sampler policy. What a world evaluation's images depend on before any identity module.
+WORLD_BACKBONE_FILES = ("models/uvit_v1.safetensors", "models/pixel_space.safetensors",
+                        "models/autoencoder_kl.safetensors", MODEL_CONFIGS)
 
 # name -> (file or folder, what it is, where users get it)
 KNOWN_WEIGHTS = {
@@ -129,6 +134,12 @@ def files_sha256(root: str | os.PathLike, files) -> dict[str, str]:
     results JSON records to name the exact weights behind its numbers."""
     root = Path(root)
     return {Path(f).relative_to(root).as_posix(): file_sha256(f) for f in files}
+
+
+def world_backbone_sha256(world: str | os.PathLike) -> dict[str, str]:
+    """{file: SHA-256} of the WORLD_BACKBONE_FILES present in a world folder."""
+    world = Path(world)
+    return files_sha256(world, [world / name for name in WORLD_BACKBONE_FILES if (world / name).is_file()])
 
 
 def missing_weights(names, root: str | os.PathLike | None = None) -> list[str]:

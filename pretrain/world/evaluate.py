@@ -79,9 +79,9 @@ on their own seed's training identities; test identities come from the test rang
 
 `--include JSON` adds the sections of an earlier run of this command (e.g. text_to_image and frechet, made
 on a GPU) to this one's JSON, so that one file holds every figure of the world: only when that run measured
-the same backbone files (its `world_sha256`: models/*.safetensors and model_configs.json, whose sampler policy
-is also recorded as `sampler`) at the same renderer seed, and only sections this run does not measure itself.
-Its command, commit and device are kept beside them (`included`).
+the same backbone files (its `world_sha256`: models.paths.WORLD_BACKBONE_FILES, the weights and
+model_configs.json, whose sampler policy is also recorded as `sampler`) at the same renderer seed, and only
+sections this run does not measure itself. Its command, commit and device are kept beside them (`included`).
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ import numpy as np
 import torch
 
 from models.errors import number
+from models.paths import world_backbone_sha256
 from models.pixels import to_signed
 from models.provenance import git_provenance
 
@@ -804,7 +805,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
         raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     from data_prep.faceworld.attributes import split_range
     result: dict = {"format": "world-foundation", "version": 1, "world": str(world_dir), "renderer_seed": seed,
-                    "world_sha256": backbone_sha256(world_dir), "sampler": folder_sampler_policy(world_dir),
+                    "world_sha256": world_backbone_sha256(world_dir), "sampler": folder_sampler_policy(world_dir),
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
@@ -856,16 +857,6 @@ META_KEYS = {"format", "version", "world", "renderer_seed", "world_sha256", "sam
              "seconds", "config", "device", "commands", "git_commit", "git_dirty", "included"}
 
 
-def backbone_sha256(world_dir: Path) -> dict:
-    """SHA-256 of the world's backbone files by name: <world>/models/*.safetensors and model_configs.json (their
-    configs and the sampler policy)."""
-    from models.paths import files_sha256
-
-    models = world_dir / "models"
-    configs = [world_dir / "model_configs.json"] if (world_dir / "model_configs.json").is_file() else []
-    return files_sha256(world_dir, (sorted(models.glob("*.safetensors")) if models.is_dir() else []) + configs)
-
-
 def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: Sequence[str]) -> dict:
     """An earlier `evaluate` JSON whose sections can join this run's (see the module docstring), checked
     before this run measures anything; raises UserError (one line) when it cannot."""
@@ -879,7 +870,7 @@ def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: 
         raise UserError(f"--include {path}: cannot read it as JSON ({e})") from None
     if other.get("format") != "world-foundation":
         raise UserError(f"--include {path}: not a `pretrain.world evaluate` JSON (format {other.get('format')!r})")
-    theirs, ours = other.get("world_sha256") or {}, backbone_sha256(world_dir)
+    theirs, ours = other.get("world_sha256") or {}, world_backbone_sha256(world_dir)
     if theirs != ours:
         unrecorded = theirs == {k: v for k, v in ours.items() if k != "model_configs.json"}  # the same weights
         raise UserError(f"--include {path}: " + ("it does not record the model_configs.json it sampled with (made "
