@@ -42,6 +42,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -240,17 +241,18 @@ def world_fingerprint(world: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------- running
-def stream(argv: list[str], env: dict, log: Path) -> tuple[int, str]:
+def stream(argv: list[str], env: dict, log: Path, echo: bool = True) -> tuple[int, str]:
     """Run a command from the repository root, its output passed through as it comes (progress bars
-    included) and appended to `log`; returns (exit status, output)."""
+    included; not with echo=False) and appended to `log`; returns (exit status, output)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     chunks = []
     with open(log, "ab") as f:
         f.write(f"$ {' '.join(argv)}\n".encode())
         proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         while chunk := os.read(proc.stdout.fileno(), 65536):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+            if echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
             f.write(chunk)
             chunks.append(chunk)
         code = proc.wait()
@@ -289,14 +291,46 @@ def _fresh_start(out: Path, key: dict) -> bool:
     return same
 
 
-def _run_script(script: str, args: list[str], env: dict, log: Path, what: str) -> str:
+def _run_script(script: str, args: list[str], env: dict, log: Path, what: str, echo: bool = True) -> str:
     from models.errors import UserError
 
-    code, text = stream(["bash", f"scripts/{script}", *args], env, log)
+    code, text = stream(["bash", f"scripts/{script}", *args], env, log, echo=echo)
     if code:
+        if not echo:  # held back while text only ran: its end names the failure
+            print("\n".join(text.splitlines()[-15:]), flush=True)
         raise UserError(f"scripts/{script} failed ({what}; exit {code})",
                         hint=f"its table above names the failure; the whole output is in {log}")
     return text
+
+
+def side_by_side_threads(device) -> int | None:
+    """Text only's threads when it should run beside the workflow's scripts: half the cores of a CPU of at least
+    2 (the scripts keep torch's default, all of them, as they would alone); None: one after the other (CUDA, or
+    one core). One process's threads do not scale to the last core, so the two side by side, oversubscribed,
+    finish sooner (docs/demo.md)."""
+    cores = os.cpu_count() or 1
+    return cores // 2 if device.type == "cpu" and cores >= 2 else None
+
+
+class _Workflow(threading.Thread):
+    """scripts/train.sh then scripts/sample.sh in the background, their output held back (in the logs, and
+    printed when they are done), timed each: text only runs meanwhile."""
+
+    def __init__(self, run):
+        super().__init__(daemon=True)
+        self.run_scripts, self.result, self.error = run, None, None
+
+    def run(self):
+        try:
+            self.result = self.run_scripts()
+        except BaseException as e:  # re-raised in the main thread by join_result
+            self.error = e
+
+    def join_result(self):
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 def score_identity(scorer, renderer, person: DemoIdentity, folders: dict[str, Path], settings: Settings) -> dict:
@@ -398,26 +432,57 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
            "IDENTITIES": str(out / "identities"), "EVAL_PROMPTS": str(out / "prompts"),
            "OUTPUTS": str(out / "samples"), "PY": sys.executable}
     quiet = [] if progress else ["--quiet"]
-    t = time.perf_counter()
-    print(f"[demo] 1/5 train.py: {len(people)} identities ({', '.join(p.name for p in people)})", flush=True)
-    _run_script("train.sh", ["--device", settings.device, *quiet], env, out / "logs" / "train.log", "train.py")
-    t = lap("train.py", t)
-    print(f"[demo] 2/5 sample.py: {sum(len(p.prompts) for p in people)} prompts x {settings.n} images, "
-          f"{settings.steps} steps, {settings.dtype}", flush=True)
     sample_args = ["--steps", str(settings.steps), "--dtype", settings.dtype, "--cfg", str(settings.cfg),
                    "--seed", str(settings.seed), "--n", str(settings.n), "--device", settings.device, *quiet]
-    text = _run_script("sample.sh", sample_args, env, out / "logs" / "sample.log", "sample.py")
+    threads = side_by_side_threads(device)
+
+    stage_lines = [f"[demo] 1/5 train.py: {len(people)} identities ({', '.join(p.name for p in people)})",
+                   f"[demo] 2/5 sample.py: {sum(len(p.prompts) for p in people)} prompts x {settings.n} images, "
+                   f"{settings.steps} steps, {settings.dtype}",
+                   "[demo] 3/5 text only: the same prompts through the plain pipeline (no identity)"]
+
+    def workflow() -> str:  # side by side, its lines are printed before it starts and its output after it ends
+        t = time.perf_counter()
+        threads or print(stage_lines[0], flush=True)
+        _run_script("train.sh", ["--device", settings.device, *quiet], env, out / "logs" / "train.log", "train.py",
+                    echo=not threads)
+        t = lap("train.py", t)
+        threads or print(stage_lines[1], flush=True)
+        text = _run_script("sample.sh", sample_args, env, out / "logs" / "sample.log", "sample.py", echo=not threads)
+        lap("sample.py", t)
+        return text
+
+    def text_only():
+        t = time.perf_counter()
+        print(stage_lines[2], flush=True)
+        pipe = plain_pipeline(world, device, dtype)
+        opts = GenerateOptions(n_per_prompt=settings.n, steps=settings.steps, cfg=settings.cfg, seed=settings.seed)
+        for person in people:
+            if threads and not scripts.is_alive() and scripts.error is not None:
+                break  # the workflow failed: its error is raised below, without finishing this
+            generate_text_only(pipe, person.texts, out / "text_only" / person.name, opts, world, progress=progress)
+        lap("text only", t)
+
+    if threads:
+        print("\n".join(stage_lines[:2]), flush=True)
+        print(f"[demo] steps 1-2 run beside step 3 (text only, {threads} thread(s)) on this CPU; their output is "
+              f"shown when they are done (and in {out / 'logs'})", flush=True)
+        scripts = _Workflow(workflow)
+        scripts.start()
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            text_only()
+        finally:
+            torch.set_num_threads(before)
+        text = scripts.join_result()
+        print("\n".join(line for line in text.splitlines() if "\r" not in line), flush=True)  # no progress bars
+    else:
+        text = workflow()
+        text_only()
     counts = [int(line.rsplit(":", 1)[1]) for line in text.splitlines()
               if line.startswith("finetuned parameters:")]
-    t = lap("sample.py", t)
-
-    print("[demo] 3/5 text only: the same prompts through the plain pipeline (no identity)", flush=True)
-    pipe = plain_pipeline(world, device, dtype)
-    opts = GenerateOptions(n_per_prompt=settings.n, steps=settings.steps, cfg=settings.cfg, seed=settings.seed)
-    for person in people:
-        generate_text_only(pipe, person.texts, out / "text_only" / person.name, opts, world, progress=progress)
-    del pipe
-    t = lap("text only", t)
+    t = time.perf_counter()
 
     print("[demo] 4/5 scores: identity similarity (evaluation recogniser), edit success, copy-paste", flush=True)
     from tqdm.auto import tqdm
@@ -448,7 +513,8 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
         "renderer": {"seed": side["seed"], "split": side["split"], "version": side["renderer"],
                      "identities": {p.name: p.identity for p in people}},
         "settings": {**settings.__dict__, "device": str(device), "torch_dtype": str(dtype),
-                     "torch_threads": torch.get_num_threads()},
+                     "torch_threads": torch.get_num_threads(),
+                     "text_only_threads_beside_scripts": threads},
         "prompts": {p.name: p.prompts for p in people},
         "metrics": {m: f"mean over the {'edit' if layout == 'edit' else 'sim and edit'} prompts' images"
                     for m, layout in METRICS.items()},

@@ -138,6 +138,9 @@ def test_demo_end_to_end_on_the_committed_world(tmp_path):
         assert sheet.format == "PNG" and sheet.height > 5 * 128  # the photos' row and 4 prompt rows
     assert set(result["scores"]) == set(METHODS) and (out / "scores.md").is_file()
     assert "identity similarity" in text and str(out / "sheets") in text.replace("\n", " ")
+    # on a CPU of 2 cores or more, text only ran beside the scripts on half of them (the scripts keep all)
+    cores = os.cpu_count() or 1
+    assert result["settings"]["text_only_threads_beside_scripts"] == (cores // 2 if cores >= 2 else None)
     # rerun: every image is kept, the same scores come out
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stdout + again.stderr
@@ -149,6 +152,27 @@ def test_demo_end_to_end_on_the_committed_world(tmp_path):
     ident = {m: result["scores"][m]["per_identity"] for m in METHODS}
     assert set(result["identity_above_text_only"]) == {p.name for p in people}
     assert all(result["identity_above_text_only"].values()), ident
+
+
+def test_a_failing_script_beside_text_only_stops_the_demo_with_its_error(tmp_path, monkeypatch, capsys):
+    """Side by side (a CPU of 2 cores or more): when train.sh fails, its output's end is shown, the demo stops
+    with the script's one-line error, and text only does not go on to the next identity."""
+    import eval.demo as demo
+    import eval.world
+    from models.errors import UserError
+
+    def failing(argv, env, log, echo=True):
+        assert argv[1] == "scripts/train.sh" and not echo  # held back beside text only
+        return 1, "girl1        failed  no face found in the photos\n"
+
+    made = []
+    monkeypatch.setattr(demo, "side_by_side_threads", lambda device: 1)
+    monkeypatch.setattr(demo, "stream", failing)
+    monkeypatch.setattr(eval.world, "plain_pipeline", lambda *a: __import__("time").sleep(0.5))  # the script fails
+    monkeypatch.setattr(eval.world, "generate_text_only", lambda pipe, texts, folder, *a, **k: made.append(folder))
+    with pytest.raises(UserError, match=r"scripts/train.sh failed \(train.py; exit 1\)"):
+        demo.run_demo(demo.demo_world(), DEMO_DATA, tmp_path / "demo", demo.Settings(device="cpu"), progress=False)
+    assert made == [] and "no face found" in capsys.readouterr().out
 
 
 def test_a_rerun_keeps_images_only_when_weights_data_and_settings_are_the_same(tmp_path):
