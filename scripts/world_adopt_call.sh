@@ -18,7 +18,8 @@
 # images (ew.txz) and the logs (adopt_logs.tgz).
 # The machine is released after 30 s idle, and /tmp with it: issue the next call at once. If it went cold,
 # carry the last ident.tgz.* as .gpu_ops/state (the training resumes; the shards are written again) and
-# pass the grid as GRID_JSON; phase 3 resumes from a carried .gpu_ops/state/ew.txz (its previous return), or
+# pass the grid as GRID_JSON; phase 3 takes the module's snapshots from the carried ident.tgz.* when /tmp/wi
+# is gone, and resumes from a carried .gpu_ops/state/ew.txz (its previous return), or
 # from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
@@ -77,6 +78,9 @@ case $PHASE in
     EW_STATE=${EW_STATE:-${STATE:-.gpu_ops/state}/ew.txz}
     if [ ! -d /tmp/ew ] && [ -f "$EW_STATE" ]; then  # a previous call's units (resumed; gzip or xz)
       tar xf "$EW_STATE" -C /tmp && echo "evaluation work folder restored from $EW_STATE"
+    fi
+    if [ ! -d /tmp/wi/runs ]; then  # a cold machine: the module's snapshots from phases 1-2's returned state
+      source scripts/gpu_state.sh; restore_state ident /tmp/wi
     fi
     if [ -n "${ENCODER:-}" ]; then  # chosen already: sampled at its scale
       rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"
