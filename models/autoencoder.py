@@ -297,6 +297,19 @@ class AutoencoderKL(nn.Module):
         return self.decode(self.encode(x, generator))
 
 
+def latent_scale_factor(config: AutoencoderConfig | dict | None = None) -> float:
+    """The scale factor between an image space's moments and the UViT's latents (`sample`, `latent`) of a
+    model_configs.json "autoencoder" entry (AutoencoderKL or pixel space; None: v1's). Whatever samples
+    latents from stored moments (training objectives) takes it from here, so that it trains in the space
+    the backbone samples in."""
+    from .pixel_space import PixelSpaceConfig, is_pixel_space_config
+    from .weights import as_config
+
+    if is_pixel_space_config(config):
+        return (config if isinstance(config, PixelSpaceConfig) else PixelSpaceConfig.from_dict(config)).scale_factor
+    return as_config(config, AutoencoderConfig).scale_factor
+
+
 def load_autoencoder(path: str | os.PathLike | None = None,
                      config: AutoencoderConfig | dict | None = None, *,
                      device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> AutoencoderKL:

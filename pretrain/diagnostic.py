@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from data_prep.format import CorruptSample, decode_arrays, decode_meta
-from encoder.objective import LossConfig, noise_prediction_loss
+from encoder.objective import LATENT_SCALE, LossConfig, noise_prediction_loss
 from models.noise_schedule import NoiseScheduleVP
 from pretrain.data import expected_shapes, load_clusters, readable_samples
 from pretrain.model import PretrainNet
@@ -205,8 +205,10 @@ class IdentityDiagnostic:
     """diagnostic(uvit, identity) -> {"id_gain", "id_gain_se", "generic_gain", "generic_gain_se",
     "loss_right", "loss_other", "loss_none", "samples", "real_pairs"} on the held-out samples."""
 
-    def __init__(self, held: HeldOut, objective: LossConfig, *, batch_size: int, seed: int, fused: bool = False):
+    def __init__(self, held: HeldOut, objective: LossConfig, *, batch_size: int, seed: int, fused: bool = False,
+                 latent_scale: float = LATENT_SCALE):
         self.held, self.batch_size, self.seed, self.fused = held, max(1, batch_size), seed, fused
+        self.latent_scale = latent_scale  # the weights' image space (pretrain.model.latent_scale), as training's
         # the training objective with condition dropout off: every sample keeps its text and its face
         self.objective = dataclasses.replace(objective, p_drop_id=0.0, p_drop_text=0.0, p_drop_both=0.0)
         self.schedule = NoiseScheduleVP.stable_diffusion()
@@ -227,7 +229,10 @@ class IdentityDiagnostic:
         log.info("identity diagnostic: %d held-out samples (%d with another photo of the same person, %d with an "
                  "augmented view, %d with their own face) every %d steps", len(held), pairs,
                  held.how.count("augmented"), held.how.count("self"), config.val_every)
-        return cls(held, config.loss, batch_size=config.batch_size, seed=config.seed, fused=config.fused_identity)
+        from pretrain.model import latent_scale
+
+        return cls(held, config.loss, batch_size=config.batch_size, seed=config.seed, fused=config.fused_identity,
+                   latent_scale=latent_scale(config))
 
     @torch.no_grad()
     def __call__(self, uvit, identity, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
@@ -251,7 +256,7 @@ class IdentityDiagnostic:
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     loss, _ = noise_prediction_loss(predict, h.moments[part], h.clip[part], h.text[part],
                                                     self.schedule, self.objective, generator, box=h.box[part],
-                                                    per_sample=True, timestep=timestep)
+                                                    per_sample=True, timestep=timestep, latent_scale=self.latent_scale)
                 losses[condition].append(loss.float().cpu())
         loss = {c: torch.cat(v) for c, v in losses.items()}
         id_gain, id_se = mean_and_se(loss["other"] - loss["right"])

@@ -31,6 +31,19 @@ def backbone_config(config) -> UViTConfig:
     return UViTConfig.v1()
 
 
+def latent_scale(config) -> float:
+    """The weights folder's image-space scale factor (models.autoencoder.latent_scale_factor of its
+    model_configs.json; v1's without one, or for a random backbone without a weights folder): the objective
+    samples the shards' moments into the latents the backbone was trained on with it."""
+    from models.autoencoder import latent_scale_factor
+
+    if not config.random_backbone or config.weights:
+        from models.paths import read_model_configs
+
+        return latent_scale_factor(read_model_configs(config.weights).get("autoencoder"))
+    return latent_scale_factor(None)
+
+
 def build_backbone(config, device: torch.device) -> UViT:
     """The frozen UViT in `config.backbone_dtype` on `device`: loaded from the weights folder, or with
     random weights (seeded by config.seed, the same on every rank) when config.random_backbone."""

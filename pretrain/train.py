@@ -73,7 +73,7 @@ from pretrain.diagnostic import IdentityDiagnostic, verdict
 from pretrain.ema import EMA
 from pretrain.logs import JsonLog, LogWindow, make_logger, write_identity_scalars, write_scalars
 from pretrain.losses import diffusion_loss
-from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity
+from pretrain.model import PretrainNet, backbone_config, build_backbone, build_identity, latent_scale
 from pretrain.validation import SampleGrid, split_shards
 
 EXPORT_DIR = "faceid_encoder"
@@ -126,9 +126,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA, batches: list[dict],
                    schedule: NoiseScheduleVP, loss_cfg: LossConfig, generator: torch.Generator,
-                   grad_clip: float, stop_requested: Callable[[], bool] | None = None
+                   grad_clip: float, stop_requested: Callable[[], bool] | None = None, *, latent_scale: float
                    ) -> tuple[bool, torch.Tensor, float, bool]:
-    """One optimizer step over `batches` (the micro-batches, on the device).
+    """One optimizer step over `batches` (the micro-batches, on the device); latent_scale: the weights' image
+    space's (pretrain.model.latent_scale).
 
     Returns (ok, terms [3] on the CPU = global mean loss, loss_z, loss_clip, grad norm, stop). ok is False
     when a loss or the gradient norm is not finite; then the weights are not updated (identical on every
@@ -140,7 +141,7 @@ def optimizer_step(accelerator: Accelerator, net, optimizer, scheduler, ema: EMA
         sync = i == len(batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(net):
             with accelerator.autocast():
-                loss, parts = diffusion_loss(net, batch, schedule, loss_cfg, generator)
+                loss, parts = diffusion_loss(net, batch, schedule, loss_cfg, generator, latent_scale)
             accelerator.backward(loss / len(batches))
         terms += torch.stack([parts[k] for k in TERMS]) / len(batches)
     stop = float(stop_requested is not None and stop_requested())
@@ -263,6 +264,7 @@ def train(config: PretrainConfig) -> TrainResult:
         write_json_atomic(run_dir / "config.json", config.to_dict(), indent=1)
 
     schedule = NoiseScheduleVP.stable_diffusion()
+    scale = latent_scale(config)  # the weights' image space: shard moments -> the backbone's latents
     stop = min(config.max_steps, config.stop_at_step or config.max_steps)
     samples_per_step = config.batch_size * config.grad_accum * world
     losses: list[float] = []
@@ -281,7 +283,7 @@ def train(config: PretrainConfig) -> TrainResult:
                     damaged += b["damaged"]
                 ok, terms, grad_norm, interrupted = optimizer_step(
                     accelerator, net, optimizer, scheduler, ema, [to_device(b, device) for b in micro], schedule,
-                    config.loss, generator, config.grad_clip, stop_requested=ctrl_c.requested)
+                    config.loss, generator, config.grad_clip, stop_requested=ctrl_c.requested, latent_scale=scale)
                 progress.step += 1
                 step = progress.step
                 losses.append(float(terms[0]) if ok else math.nan)
@@ -476,13 +478,13 @@ def benchmark(config: PretrainConfig, *, steps: int = 20, warmup: int = 3, data:
         uvit, identity, net, ema, optimizer, scheduler = build(config, device)
         net, optimizer = accelerator.prepare(net, optimizer)
         generator = torch.Generator(device).manual_seed(config.seed)
-        schedule = NoiseScheduleVP.stable_diffusion()
+        schedule, scale = NoiseScheduleVP.stable_diffusion(), latent_scale(config)
         dtype = getattr(torch, autocast) if autocast else None
 
         def step() -> None:
             with torch.autocast(device.type, dtype=dtype) if autocast else contextlib.nullcontext():
                 _, terms, _, _ = optimizer_step(accelerator, net, optimizer, scheduler, ema, batches(), schedule,
-                                                config.loss, generator, config.grad_clip)
+                                                config.loss, generator, config.grad_clip, latent_scale=scale)
             losses.append(terms[0])
 
     def run(n: int) -> float:

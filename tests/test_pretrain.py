@@ -125,6 +125,45 @@ def test_dropout_feeds_noise_text_and_no_identity():
     torch.testing.assert_close(seen["text"], batch["text"].float())
 
 
+def test_the_objective_samples_latents_in_the_weights_image_space(tmp_path):
+    """Training, like sampling, scales the shards' moments by the weights' own scale factor: a latent world's
+    standardised autoencoder has 1, pixel space and v1 0.18215. With v1's fixed 0.18215, an identity module
+    trained on a latent world saw latents 5.5 times too small and learned to undo that instead of identity."""
+    from models.noise_schedule import NoiseScheduleVP
+    from pretrain.model import latent_scale
+
+    def folder(name: str, autoencoder: dict | None) -> str:
+        (tmp_path / name).mkdir()
+        if autoencoder is not None:
+            (tmp_path / name / "model_configs.json").write_text(json.dumps({"autoencoder": autoencoder}))
+        return str(tmp_path / name)
+
+    config = PretrainConfig.from_file(TINY)
+    kl = {"ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "z_channels": 4, "embed_dim": 4, "resolution": 64,
+          "attn_resolutions": [], "scale_factor": 1.0}
+    for weights, scale in ((folder("latent", kl), 1.0), (folder("v1", None), 0.18215),
+                           (folder("pixels", {"kind": "pixel_space", "embed_dim": 3, "scale_factor": 0.5}), 0.5)):
+        assert latent_scale(dataclasses.replace(config, weights=weights, random_backbone=False)) == scale
+
+    seen = []
+
+    def net(z_n, clip_n, text, t_img, t_text, data_type, face, face_flip, id_scale):
+        seen.append((z_n, t_img))
+        return torch.zeros_like(z_n), torch.zeros_like(clip_n)
+
+    batch = synthetic_batch(UVIT, 3, torch.device("cpu"))
+    mean = torch.randn(batch["moments"].shape[0], batch["moments"].shape[1] // 2, *batch["moments"].shape[2:])
+    batch["moments"] = torch.cat([mean, torch.full_like(mean, -30.0)], dim=1)  # (almost) no posterior noise
+    schedule = NoiseScheduleVP.stable_diffusion()
+    for scale in (1.0, 0.18215):
+        diffusion_loss(net, batch, schedule, LossConfig(0, 0, 0), torch.Generator().manual_seed(0), scale)
+    (z1, t), (z2, t2) = seen  # the same draws: they differ by the latent's scale alone
+    assert torch.equal(t, t2)
+    difference = (1.0 - 0.18215) * mean
+    torch.testing.assert_close(z1 - z2, schedule.add_noise(difference, torch.zeros_like(difference), t.long()),
+                               atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("injection", ["extra_tokens", "text_slots"])
 def test_activation_checkpointing_gives_the_same_gradients(injection, tmp_path):
     c = dataclasses.replace(PretrainConfig.from_file(TINY), injection=injection)
