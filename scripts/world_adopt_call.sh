@@ -23,7 +23,8 @@
 # from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
-# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's),
+# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's;
+# phases 1-2 then run no grid),
 # VARIANTS (phases 1-2: the module runs side by side, "NAME:FLAGS;NAME:FLAGS", names of letters, digits and
 # '-'; default "face4:", the committed recipe), e.g. "face4:;eps:--timestep_weighting eps;seed1:--seed 1".
 # Phase 3 then chooses among every variant's snapshots (runs/v_NAME/exports/step_<n>) by sampling, at the
@@ -60,7 +61,7 @@ grid_json() { for f in /tmp/fg.json "${GRID_JSON:-}" eval/results/finetune_grid.
 bg=()
 case $PHASE in
   1|2)
-    if [ ! -f /tmp/fg.json ]; then
+    if [ ! -f /tmp/fg.json ] && [ -z "${GRID_JSON:-}" ]; then  # a grid tuned on this backbone already: not rerun
       timeout -s INT $(( $(left) - 45 )) "${GRID[@]}" > "$L/grid_$PHASE.log" 2>&1 &
       bg+=($!)
     fi
