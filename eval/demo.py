@@ -443,11 +443,13 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
 
     def workflow() -> str:  # side by side, its lines are printed before it starts and its output after it ends
         t = time.perf_counter()
-        threads or print(stage_lines[0], flush=True)
+        if not threads:
+            print(stage_lines[0], flush=True)
         _run_script("train.sh", ["--device", settings.device, *quiet], env, out / "logs" / "train.log", "train.py",
                     echo=not threads)
         t = lap("train.py", t)
-        threads or print(stage_lines[1], flush=True)
+        if not threads:
+            print(stage_lines[1], flush=True)
         text = _run_script("sample.sh", sample_args, env, out / "logs" / "sample.log", "sample.py", echo=not threads)
         lap("sample.py", t)
         return text
