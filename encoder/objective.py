@@ -34,7 +34,6 @@ from einops import rearrange
 from models.autoencoder import latent_from_moments
 from models.noise_schedule import NoiseScheduleVP
 
-LATENT_SCALE = 0.18215  # AutoencoderKL v1's scale factor
 TERMS = ("loss", "loss_z", "loss_clip")
 WEIGHTINGS = ("eps", "v")
 
@@ -106,14 +105,16 @@ def face_weights(box: torch.Tensor, h: int, w: int, extra: float) -> torch.Tenso
 
 def noise_prediction_loss(predict: Predictor, moments: torch.Tensor, clip: torch.Tensor, text: torch.Tensor,
                           schedule: NoiseScheduleVP, cfg: LossConfig, generator: torch.Generator | None = None, *,
-                          box: torch.Tensor | None = None, latent_scale: float = LATENT_SCALE,
+                          latent_scale: float, box: torch.Tensor | None = None,
                           per_sample: bool = False,
                           timestep: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One batch's loss (a 0-d float32 tensor) and its terms {"loss", "loss_z", "loss_clip"} (detached).
 
-    moments [B, 2C, h, w] (VAE mean and log-variance), clip [B, Dc] (image-CLIP embedding of the
-    same image), text [B, L, Dt] (its caption's text features), box [B, 4] (the face in latent
-    pixels; needed when cfg.face_loss_weight > 0), all on one device; predict: see `Predictor`.
+    moments [B, 2C, h, w] (VAE mean and log-variance), sampled into latents with `latent_scale` (the image
+    space's own factor: models.autoencoder.latent_scale_factor; no default, as one factor fits only some
+    image spaces), clip [B, Dc] (image-CLIP embedding of the same image), text [B, L, Dt] (its caption's
+    text features), box [B, 4] (the face in latent pixels; needed when cfg.face_loss_weight > 0), all on one
+    device; predict: see `Predictor`.
     per_sample: the loss and its terms per sample, [B] each, instead of their batch means (the
     pretraining identity diagnostic's paired differences). timestep: every sample at this timestep
     (1..N) instead of the uniform draw (which then takes nothing from `generator`).

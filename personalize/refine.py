@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from encoder.crop import face_crop
 from encoder.id_uvit import IDConditionedUViT
-from encoder.objective import LATENT_SCALE, LossConfig, noise_prediction_loss
+from encoder.objective import LossConfig, noise_prediction_loss
 from encoder.photos import load_rgb
 from models.pixels import to_signed
 
@@ -45,7 +45,7 @@ def photo_crops(record, size: int, downsample: int) -> tuple[np.ndarray, torch.T
 
 def refine_tokens(net: IDConditionedUViT, tokens: torch.Tensor, moments: torch.Tensor, clip_embeds: torch.Tensor,
                   boxes: torch.Tensor, text: torch.Tensor, schedule, opts: RefineOptions, *,
-                  latent_scale: float = LATENT_SCALE, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
+                  latent_scale: float, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
     """Optimise tokens [1, K, D] with encoder.objective's loss on the person's N photos.
 
     moments [N, 2C, h, w] (their VAE moments), clip_embeds [N, Dc] (their image-CLIP embeddings),

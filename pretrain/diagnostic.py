@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from data_prep.format import CorruptSample, decode_arrays, decode_meta
-from encoder.objective import LATENT_SCALE, LossConfig, noise_prediction_loss
+from encoder.objective import LossConfig, noise_prediction_loss
 from models.noise_schedule import NoiseScheduleVP
 from pretrain.data import expected_shapes, load_clusters, readable_samples
 from pretrain.model import PretrainNet
@@ -205,8 +205,8 @@ class IdentityDiagnostic:
     """diagnostic(uvit, identity) -> {"id_gain", "id_gain_se", "generic_gain", "generic_gain_se",
     "loss_right", "loss_other", "loss_none", "samples", "real_pairs"} on the held-out samples."""
 
-    def __init__(self, held: HeldOut, objective: LossConfig, *, batch_size: int, seed: int, fused: bool = False,
-                 latent_scale: float = LATENT_SCALE):
+    def __init__(self, held: HeldOut, objective: LossConfig, *, batch_size: int, seed: int, latent_scale: float,
+                 fused: bool = False):
         self.held, self.batch_size, self.seed, self.fused = held, max(1, batch_size), seed, fused
         self.latent_scale = latent_scale  # the weights' image space (pretrain.model.latent_scale), as training's
         # the training objective with condition dropout off: every sample keeps its text and its face

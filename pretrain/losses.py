@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from encoder.objective import LATENT_SCALE, LossConfig, condition_dropout, face_weights, noise_prediction_loss
+from encoder.objective import LossConfig, condition_dropout, face_weights, noise_prediction_loss
 from models.noise_schedule import NoiseScheduleVP
 
 __all__ = ["LossConfig", "condition_dropout", "diffusion_loss", "face_weights"]
 
 
-def diffusion_loss(net, batch: dict, schedule: NoiseScheduleVP, cfg: LossConfig,
-                   generator: torch.Generator | None = None, latent_scale: float = LATENT_SCALE
-                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def diffusion_loss(net, batch: dict, schedule: NoiseScheduleVP, cfg: LossConfig, generator: torch.Generator | None,
+                   latent_scale: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One batch's loss (a 0-d float32 tensor) and its terms {"loss", "loss_z", "loss_clip"} (detached).
     latent_scale: the weights' image-space scale factor (pretrain.model.latent_scale).
 

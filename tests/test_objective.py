@@ -15,6 +15,7 @@ import torch
 
 from encoder.id_uvit import IDConditionedUViT
 from encoder.objective import LossConfig, noise_prediction_loss
+from models.autoencoder import latent_scale_factor
 from models.noise_schedule import NoiseScheduleVP
 from personalize.refine import RefineOptions, refine_tokens
 from pretrain.config import PretrainConfig, apply_overrides, flat_fields
@@ -24,6 +25,7 @@ from pretrain.train import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "pretrain" / "configs" / "tiny.json"
+V1_SCALE = latent_scale_factor()  # the tiny stacks' image space is v1's
 
 
 def _tiny_nets():
@@ -54,13 +56,13 @@ def test_refinement_starts_from_the_pretraining_loss(face_loss_weight):
     tokens = identity.tokens_from_photos(face, flip)
     opts = RefineOptions(steps=2, lr=1e-2, batch_size=b, seed=seed, objective=objective)
     _, losses = refine_tokens(IDConditionedUViT(uvit, identity), tokens, moments, clip, box, text, schedule, opts,
-                              progress=False)
+                              latent_scale=V1_SCALE, progress=False)
 
     gen = torch.Generator().manual_seed(seed)
     torch.randint(0, 1, (b,), generator=gen)  # refinement's draw of the photos
     batch = {"moments": moments.repeat(b, 1, 1, 1), "clip": clip.repeat(b, 1), "text": text.repeat(b, 1, 1),
              "face": face.repeat(b, 1), "face_flip": flip.repeat(b, 1), "box": box.repeat(b, 1)}
-    loss, parts = diffusion_loss(PretrainNet(uvit, identity), batch, schedule, objective, gen)
+    loss, parts = diffusion_loss(PretrainNet(uvit, identity), batch, schedule, objective, gen, V1_SCALE)
     assert losses[0] == pytest.approx(float(loss), rel=1e-5)
     assert float(parts["loss"]) == pytest.approx(float(parts["loss_z"]) + 0.5 * float(parts["loss_clip"]), rel=1e-6)
     assert losses[1] != losses[0]  # the tokens were updated
@@ -76,11 +78,14 @@ def test_face_weight_needs_boxes_and_changes_the_loss():
     schedule = NoiseScheduleVP.stable_diffusion()
     weighted = LossConfig(face_loss_weight=3.0)
     with pytest.raises(ValueError, match="face boxes"):
-        noise_prediction_loss(predict, batch_moments, clip, text, schedule, weighted, torch.Generator())
+        noise_prediction_loss(predict, batch_moments, clip, text, schedule, weighted, torch.Generator(),
+                              latent_scale=V1_SCALE)
     box = torch.tensor([[0.0, 0.0, 2.0, 2.0]] * 2)
     args = (predict, batch_moments, clip, text, schedule)
-    plain, _ = noise_prediction_loss(*args, LossConfig(), torch.Generator().manual_seed(1), box=box)
-    heavy, _ = noise_prediction_loss(*args, weighted, torch.Generator().manual_seed(1), box=box)
+    plain, _ = noise_prediction_loss(*args, LossConfig(), torch.Generator().manual_seed(1), box=box,
+                                     latent_scale=V1_SCALE)
+    heavy, _ = noise_prediction_loss(*args, weighted, torch.Generator().manual_seed(1), box=box,
+                                     latent_scale=V1_SCALE)
     assert float(plain) != float(heavy)
 
 
@@ -141,7 +146,7 @@ def test_v_weighting_is_the_noise_mse_weighted_by_one_plus_inverse_snr():
     cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
     per = {k: noise_prediction_loss(predict, moments, clip, text, schedule,
                                     dataclasses.replace(cfg, timestep_weighting=k), torch.Generator().manual_seed(3),
-                                    per_sample=True)[1] for k in ("eps", "v")}
+                                    per_sample=True, latent_scale=V1_SCALE)[1] for k in ("eps", "v")}
     assert torch.equal(seen[0], seen[1])
     w = timestep_weights(schedule, seen[0], "v")
     for term in ("loss_z", "loss_clip"):
@@ -155,8 +160,8 @@ def test_a_fixed_timestep_puts_every_sample_there_and_keeps_the_draws_fixed():
     moments, clip, text, seen, predict = _recording_batch()
     cfg = LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=0)
     loss = {n: noise_prediction_loss(predict, moments, clip, text, schedule, cfg, torch.Generator().manual_seed(3),
-                                     timestep=n)[0] for n in (250, 900)}
+                                     timestep=n, latent_scale=V1_SCALE)[0] for n in (250, 900)}
     again = noise_prediction_loss(predict, moments, clip, text, schedule, cfg, torch.Generator().manual_seed(3),
-                                  timestep=250)[0]
+                                  timestep=250, latent_scale=V1_SCALE)[0]
     assert seen[0].tolist() == [250] * 4 and seen[1].tolist() == [900] * 4
     assert torch.equal(loss[250], again) and not torch.equal(loss[250], loss[900])

@@ -22,6 +22,7 @@ import pretrain.train as train_mod
 from data_prep.synthetic import shapes_for, write_synthetic
 from encoder.identity import IdentityModule
 from encoder.objective import box_mask
+from models.autoencoder import latent_scale_factor
 from models.errors import run_cli
 from models.uvit import UViTConfig
 from pretrain.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
@@ -115,12 +116,12 @@ def test_dropout_feeds_noise_text_and_no_identity():
     batch = synthetic_batch(UVIT, 3, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     loss, parts = diffusion_loss(net, batch, NoiseScheduleVP.stable_diffusion(),
-                                 LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=1.0), g)
+                                 LossConfig(p_drop_id=0, p_drop_text=0, p_drop_both=1.0), g, latent_scale_factor())
     assert seen["t_text"].eq(1000).all() and seen["id_scale"].eq(0).all() and seen["data_type"].eq(1).all()
     assert not torch.allclose(seen["text"], batch["text"].float())
     assert ((seen["t_img"] >= 1) & (seen["t_img"] <= 1000)).all()
     assert abs(float(parts["loss"]) - 2.0) < 0.3  # zero prediction: MSE of unit noise, twice
-    diffusion_loss(net, batch, NoiseScheduleVP.stable_diffusion(), LossConfig(0, 0, 0), g)
+    diffusion_loss(net, batch, NoiseScheduleVP.stable_diffusion(), LossConfig(0, 0, 0), g, latent_scale_factor())
     assert seen["t_text"].eq(0).all() and seen["id_scale"].eq(1).all()
     torch.testing.assert_close(seen["text"], batch["text"].float())
 
@@ -178,7 +179,7 @@ def test_activation_checkpointing_gives_the_same_gradients(injection, tmp_path):
 
         loss, _ = diffusion_loss(net, synthetic_batch(uvit.config, 2, torch.device("cpu")),
                                  NoiseScheduleVP.stable_diffusion(), LossConfig(0, 0, 0),
-                                 torch.Generator().manual_seed(0))
+                                 torch.Generator().manual_seed(0), latent_scale_factor())
         loss.backward()
         grads.append({n: p.grad.clone() for n, p in identity.named_parameters()})
         assert all(p.grad is None for p in uvit.parameters())  # frozen: no weight gradients

@@ -80,7 +80,7 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
     from models import attention
     from models.noise_schedule import NoiseScheduleVP
     from pretrain.losses import diffusion_loss
-    from pretrain.model import backbone_config, build_identity
+    from pretrain.model import backbone_config, build_identity, latent_scale
     from pretrain.train import build, synthetic_batch
 
     uvit_config = backbone_config(config)
@@ -90,7 +90,7 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
         identity0.gate.fill_(0.1)
         if config.kv_rank:
             identity0.kv_up.normal_(0, 0.02)
-    schedule = NoiseScheduleVP.stable_diffusion()
+    schedule, scale = NoiseScheduleVP.stable_diffusion(), latent_scale(config)
     forms = {"float32": (unoptimised(config), None, "sdpa"),
              "unoptimised": (unoptimised(config), torch.float16, "sdpa"),
              "config": (config, torch.bfloat16 if config.mixed_precision == "bf16" else None,
@@ -104,7 +104,7 @@ def check_losses(config: PretrainConfig, device, seed: int = 0) -> dict:
             identity.zero_grad(set_to_none=True)
             generator = torch.Generator(device).manual_seed(seed)
             with torch.autocast(device.type, dtype=dtype) if dtype else torch.autocast(device.type, enabled=False):
-                loss, terms = diffusion_loss(net, batch, schedule, cfg.loss, generator)
+                loss, terms = diffusion_loss(net, batch, schedule, cfg.loss, generator, scale)
             loss.backward()
         grads = torch.cat([p.grad.float().flatten() for p in identity.parameters() if p.grad is not None])
         out[name] = {"terms": {k: float(terms[k]) for k in TERMS}, "grads": grads}
