@@ -460,7 +460,7 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
         pipe = plain_pipeline(world, device, dtype)
         opts = GenerateOptions(n_per_prompt=settings.n, steps=settings.steps, cfg=settings.cfg, seed=settings.seed)
         for person in people:
-            if threads and not scripts.is_alive() and scripts.error is not None:
+            if threads and scripts.error is not None:
                 break  # the workflow failed: its error is raised below, without finishing this
             generate_text_only(pipe, person.texts, out / "text_only" / person.name, opts, world, progress=progress)
         lap("text only", t)
