@@ -23,7 +23,8 @@
 # from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
 # Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
-# elsewhere), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's;
+# elsewhere; on a warm machine ENCODER=$W/faceid_encoder resumes the evaluation of the module chosen last
+# call), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's;
 # phases 1-2 then run no grid),
 # VARIANTS (phases 1-2: the module runs side by side, "NAME:FLAGS;NAME:FLAGS", names of letters, digits and
 # '-'; default "face4:", the committed recipe), e.g. "face4:;eps:--timestep_weighting eps;seed1:--seed 1".
@@ -84,7 +85,10 @@ case $PHASE in
       source scripts/gpu_state.sh; restore_state ident /tmp/wi
     fi
     if [ -n "${ENCODER:-}" ]; then  # chosen already: sampled at its scale
-      rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"
+      [ -f "$ENCODER/identity.safetensors" ] || { echo "ENCODER=$ENCODER holds no identity.safetensors" >&2; exit 2; }
+      if [ "$(realpath "$ENCODER")" != "$(realpath -m "$W/faceid_encoder")" ]; then  # e.g. the last call's export
+        rm -rf "$W/faceid_encoder" && cp -r "$ENCODER" "$W/faceid_encoder"
+      fi
       EVAL+=(--id-scale "${ID_SCALE:-1}")
     else
       # the run's snapshots (pretrain --export_every), chosen between by sampling: id_gain can misrank them
