@@ -305,9 +305,7 @@ def latent_scale_factor(config: AutoencoderConfig | dict | None = None) -> float
     from .pixel_space import PixelSpaceConfig, is_pixel_space_config
     from .weights import as_config
 
-    if is_pixel_space_config(config):
-        return (config if isinstance(config, PixelSpaceConfig) else PixelSpaceConfig.from_dict(config)).scale_factor
-    return as_config(config, AutoencoderConfig).scale_factor
+    return as_config(config, PixelSpaceConfig if is_pixel_space_config(config) else AutoencoderConfig).scale_factor
 
 
 def load_autoencoder(path: str | os.PathLike | None = None,

@@ -24,6 +24,7 @@ from encoder.identity import IdentityModule
 from encoder.objective import box_mask
 from models.autoencoder import latent_scale_factor
 from models.errors import run_cli
+from models.paths import WeightsError
 from models.uvit import UViTConfig
 from pretrain.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from pretrain.config import PretrainConfig, apply_overrides
@@ -145,6 +146,9 @@ def test_the_objective_samples_latents_in_the_weights_image_space(tmp_path):
     for weights, scale in ((folder("latent", kl), 1.0), (folder("v1", None), 0.18215),
                            (folder("pixels", {"kind": "pixel_space", "embed_dim": 3, "scale_factor": 0.5}), 0.5)):
         assert latent_scale(dataclasses.replace(config, weights=weights, random_backbone=False)) == scale
+    with pytest.raises(WeightsError, match="model_configs.json"):  # a bad entry: one line, as the loader says it
+        latent_scale(dataclasses.replace(config, weights=folder("bad", {"kind": "pixel_space", "bogus": 1}),
+                                         random_backbone=False))
 
     seen = []
 
