@@ -159,7 +159,9 @@ class UniDiffuserT2I:
                     logger.warning("prompt %r is longer than the text encoder's %d-token context; its end was "
                                    "dropped: %r", p, self.text_encoder.max_length, cut)
             if len(self._text_cache) + len(new) > self.TEXT_CACHE_SIZE:
+                # a full cache is emptied, so this batch's prompts that it held are encoded again with the new
                 self._text_cache.clear()
+                new = list(dict.fromkeys(prompts))
             self._text_cache.update(zip(new, self.text_encoder.encode(new).float()))
         return torch.stack([self._text_cache[p] for p in prompts])
 

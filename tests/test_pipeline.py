@@ -61,6 +61,11 @@ def test_text_features_are_encoded_once_per_prompt(pipe, monkeypatch):
     monkeypatch.setattr(UniDiffuserT2I, "TEXT_CACHE_SIZE", 2)
     pipe.encode_text(["a cat"])  # over the bound: the store starts again
     assert len(pipe._text_cache) == 1 and seen[-1] == ["a cat"]
+    # a batch mixing a stored prompt with new ones past the bound: the stored one is encoded again with them
+    # (emptying the store must not lose a prompt of the batch being encoded)
+    mixed = pipe.encode_text(["a cat", "a boy", "a girl"])
+    assert seen[-1] == ["a cat", "a boy", "a girl"]
+    torch.testing.assert_close(mixed[1:], direct)
     pipe._text_cache.clear()
 
 
