@@ -58,8 +58,8 @@ sample prompts is written to <out>/backbone/samples.png as a check).
 AutoencoderKL (<world>/autoencoder/, pretrain.world.autoencoder), as UniDiffuser denoises its VAE's latent:
 z0 = scale x the posterior mean, the patch side by default as many latent pixels as give the pixel space's
 token count. The export writes <world>/models/autoencoder_kl.safetensors (and removes the pixel space's file)
-instead; the pipeline, sampler and evaluations run unchanged. The band gains and the face weight are the
-pixel space's only.
+instead; the pipeline, sampler and evaluations run unchanged. The band gains are the pixel space's only; the
+face weight maps the face box onto the latent's cells (batch_face_weights).
 """
 
 from __future__ import annotations
