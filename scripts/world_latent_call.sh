@@ -51,14 +51,18 @@ fi
   echo "no autoencoder (logs/autoencoder_call.log, logs/ae_train.log)"
   tar czf "$OUTD/latent.tgz" -C "$OUTD" logs; exit 1; }
 mkdir -p "$OUTD/autoencoder"; cp "$W/autoencoder/config.json" "$W/autoencoder/model.safetensors" "$OUTD/autoencoder/"
-# the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE; a slower run may take that time
-# too (the export matters more: an evaluation can be run elsewhere), not the packing's
+# the total is sized to leave EVAL_SECONDS for the evaluation at BB_RATE. A slower run stops itself short of it
+# when only the evaluation's time and its export's are left (--minutes), and exports what it trained
+# (--export-when-stopped; a rerun on a warm machine would resume its checkpoint); the timeout only guards the
+# packing's seconds
 left=$(( CALL - $(el) - 25 ))
 steps=$(( (left - ${EVAL_SECONDS:-80} - 60) * ${BB_RATE:-7000} / 512 ))  # 60 s: start-up, compilation, export
-echo "[$(el) s] backbone: $steps steps, stopped after $left s"
+minutes=$(awk "BEGIN { print ($left - ${EVAL_SECONDS:-80} - 30) / 60 }")  # the loop's budget: start-up and export
+echo "[$(el) s] backbone: $steps steps, stopped after $minutes min of training"
 # shellcheck disable=SC2086
 train "$left" backbone --space autoencoder $INIT --compile --render-workers 14 --batch-reuse 3 --total-steps "$steps" \
-  --log-every 250 ${BB_ARGS:-} > "$L/backbone.log" 2>&1
+  --minutes "$minutes" --export-when-stopped --log-every 250 ${BB_ARGS:-} > "$L/backbone.log" 2>&1
+grep -h "stopped at step" "$L/backbone.log" | tail -1
 cp "$R/backbone/samples.png" "$L/" 2>/dev/null
 if [ -f "$W/models/uvit_v1.safetensors" ]; then
   cp "$W/models/uvit_v1.safetensors" "$OUTD/"; cp "$W/model_configs.json" "$L/"

@@ -70,8 +70,12 @@ def test_tiny_stage_resumes_exports_and_predicts(tmp_path: Path, one_thread):
     assert first["step"] == 2 and not first["done"] and first["exported"] == []
     state = json.loads((tmp_path / "runs/attributes/checkpoint/state.json").read_text())
     assert state["step"] == 2 and state["optimizer_files"]
+    # stopped short again, but asked to export: the weights as they are, and the checkpoint still resumes
+    stopped = run_stage(AttributeStage(dataclasses.replace(opts, max_steps=1, export_when_stopped=True)))
+    assert stopped["step"] == 3 and not stopped["done"]
+    assert tmp_path / "world/attributes/attributes.safetensors" in stopped["exported"]
     second = run_stage(AttributeStage(opts))
-    assert second["done"] and second["steps_run"] == AttributeStage(opts).total_steps - 2
+    assert second["done"] and second["steps_run"] == AttributeStage(opts).total_steps - 3
     folder = tmp_path / "world/attributes"
     assert sorted(p.name for p in folder.iterdir()) == ["attributes.safetensors", "config.json"]
     info = json.loads((folder / "config.json").read_text())

@@ -55,6 +55,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--minutes", type=float, default=None,
                    help="stop and save after this many minutes of training (start-up and export come on top)")
     t.add_argument("--steps", type=int, default=None, help="stop and save after this many steps (this call)")
+    t.add_argument("--export-when-stopped", action="store_true",
+                   help="when --minutes or --steps stops the run before its total, export the weights as they are "
+                        "too (the EMA; the learning rate has not decayed): a time-limited GPU call keeps what it "
+                        "trained instead of leaving only a checkpoint; rerunning still resumes")
     t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
     t.add_argument("--init-from", type=Path, default=None,
                    help="backbone: start a new run from these exported UViT weights (a continued run: fresh "
@@ -130,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     log_every = args.log_every or (1 if args.tiny else 50)
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
-                        max_steps=args.steps,
+                        max_steps=args.steps, export_when_stopped=args.export_when_stopped,
                         total_steps=args.total_steps, seed=args.seed, log_every=log_every,
                         init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
                         render_workers=args.render_workers, batch_reuse=args.batch_reuse,

@@ -60,9 +60,11 @@ class StageOptions:
 
     out: runs folder (the stage's checkpoint goes to out/<stage>/); world: the world weights folder
     exports go to; minutes: wall-clock budget of this call (None: until the total); max_steps: at
-    most this many steps this call (None: no limit); total_steps: replaces the stage's step budget (its
-    LR schedule follows; a checkpoint made with another total is refused); tiny: tiny configs and a
-    few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
+    most this many steps this call (None: no limit); export_when_stopped: a call stopped by either of those
+    before the total exports its weights as they are too (the EMA, its learning rate not yet decayed: a
+    time-limited chunk of a chain keeps what it trained; the checkpoint still resumes); total_steps: replaces
+    the stage's step budget (its LR schedule follows; a checkpoint made with another total is refused); tiny:
+    tiny configs and a few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
     new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
     backbone has U-ViT's final 3x3 conv or not (None: its config's; started as the identity when continuing
     from weights without it);
@@ -92,6 +94,7 @@ class StageOptions:
     tiny: bool = False
     minutes: float | None = None
     max_steps: int | None = None
+    export_when_stopped: bool = False
     total_steps: int | None = None
     seed: int = 0
     log_every: int = 50
@@ -540,7 +543,8 @@ def _log(stage: Stage, step: int, logs: dict[str, float | torch.Tensor], rate: f
 
 
 def run_stage(stage: Stage) -> dict:
-    """Resume, train until the total or the time budget, save; export when the total is reached.
+    """Resume, train until the total or the time budget, save; export when the total is reached (or when
+    stopped short of it, with opts.export_when_stopped).
 
     Returns {"step", "done", "exported": [paths], "checkpoint": path, "steps_run"}.
     """
@@ -584,13 +588,14 @@ def run_stage(stage: Stage) -> dict:
     if steps_run or found is None:
         save_checkpoint(stage, folder, step, done=done)
     exported: list[Path] = []
-    if done:
+    if done or (steps_run and opts.export_when_stopped):
         wanted = stage.export_paths(opts.world)
         if steps_run or not wanted or not all(p.exists() for p in wanted):
             exported = stage.export(opts.world)
             record_folder_version(opts.world)
-            print(f"[{stage.name}] exported {', '.join(str(p) for p in exported)}", flush=True)
-    else:
+            print(f"[{stage.name}] exported {', '.join(str(p) for p in exported)}"
+                  + ("" if done else f" (stopped at step {step}/{stage.total_steps})"), flush=True)
+    if not done:
         print(f"[{stage.name}] stopped at step {step}/{stage.total_steps}; rerun to continue",
               flush=True)
     return {"step": step, "done": done, "exported": exported, "checkpoint": folder, "steps_run": steps_run}
