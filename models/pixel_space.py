@@ -163,13 +163,9 @@ def load_pixel_space(path: str | os.PathLike, config: PixelSpaceConfig | dict, *
                      device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> PixelSpace:
     """Frozen PixelSpace from its weights file; the file's scale must be the config's."""
     from .paths import WeightsError
-    from .weights import load_frozen
+    from .weights import as_config, load_frozen
 
-    if isinstance(config, dict):
-        try:
-            config = PixelSpaceConfig.from_dict(config)
-        except (TypeError, ValueError) as e:
-            raise WeightsError(f"bad pixel space entry in the weights folder's model_configs.json: {e}") from e
+    config = as_config(config, PixelSpaceConfig)  # a bad model_configs.json entry is a WeightsError naming it
     module = load_frozen(lambda: PixelSpace(config), path, "pixel space (pixel_space.safetensors)",
                          device=device, dtype=dtype)
     if module.scale.is_meta:  # names and shapes only (models.check_weights): no value to compare

@@ -101,6 +101,9 @@ def test_load_autoencoder_gives_pixel_space_for_its_config(tmp_path: Path):
         load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 0.2}, dtype=torch.bfloat16)
     # models.check_weights loads on the meta device: names and shapes only
     assert load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 0.18215}, device="meta").scale.is_meta
+    # a bad entry names the file it came from, as every loader's does (models.weights.as_config)
+    with pytest.raises(WeightsError, match="PixelSpaceConfig in the weights folder's model_configs.json"):
+        load_autoencoder(path, {"kind": "pixel_space", "scale_factor": 0.18215, "signal_scale": -1.0})
     with pytest.raises(ValueError):
         PixelSpaceConfig(kind="vae")
 
