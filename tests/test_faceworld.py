@@ -171,6 +171,22 @@ def test_world_renders_avoid_held_out_for_training_identities(world):
     assert not any(held_out_pairs_in(parse_caption(c)) for c in b.captions)
 
 
+def test_every_pair_renders_training_identities_with_held_out_pairs(world):
+    """every_pair (the attribute classifier's renders): training identities get the held-out pairs as often as
+    the other splits do; everything else about the items is drawn as without it."""
+    from data_prep.faceworld.render import draw_attributes
+
+    ids, rs = np.arange(30000), np.arange(30000) % 7
+    every = draw_attributes(0, ids, rs, every_pair=True)
+    assert {tuple(map(tuple, p)) for a in every for p in held_out_pairs_in(a)} == set(HELD_OUT)
+    assert every == sample_attributes(0, ids, rs, avoid_held_out=False)
+    ids, rs = np.arange(2000), np.zeros(2000, int)
+    paired = ids[[bool(held_out_pairs_in(a)) for a in draw_attributes(world.seed, ids, rs, every_pair=True)]][:4]
+    b = world.render(paired, 0, every_pair=True)
+    assert len(paired) == 4 and all(held_out_pairs_in(a) for a in b.attributes)
+    assert not any(held_out_pairs_in(a) for a in world.render(paired, 0).attributes)
+
+
 def test_captions_round_trip():
     rng = np.random.default_rng(0)
     attrs = sample_attributes(3, np.arange(3000), 0, avoid_held_out=False)

@@ -80,6 +80,8 @@ def test_tiny_stage_resumes_exports_and_predicts(tmp_path: Path, one_thread):
     assert sorted(p.name for p in folder.iterdir()) == ["attributes.safetensors", "config.json"]
     info = json.loads((folder / "config.json").read_text())
     assert set(info["validation_accuracy"]) == set(vocabularies())
+    # it trains on every combination, the held-out pairs included (it scores text-to-image on them)
+    assert AttributeStage(opts).data.every_pair and info["trained"]["held_out_pairs"] is True
 
     from safetensors.torch import load_file
 

@@ -130,6 +130,8 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
         assert set(rates) == {n.split("=")[0] for n in key.split(" + ")} | {CLASS_WORD, "overall",
                                                                            "overall_with_class_word"}
     assert success["overall"] == pytest.approx(np.mean([r["overall"] for r in by_pair.values()]))
+    ceiling = data["text_to_image_ceiling"]  # the same pairs, rendered
+    assert set(ceiling["by_pair"]) == set(by_pair) and ceiling["renders_per_pair"] == tiny.ceiling_renders
     assert set(data["single_attribute_success"]) == set(data["single_attribute_unasked"])
     assert {k.split("=")[0] for k in data["single_attribute_success"]} == {"hat", "glasses", "expression"}
     assert all(0.0 <= v <= 1.0 for part in ("single_attribute_success", "single_attribute_unasked")
@@ -433,3 +435,55 @@ def test_reconstruction_scores_what_an_autoencoder_keeps():
     assert setup["attribute_accuracy_of_renders"]["expression"] == pytest.approx(share["smiling"])
     assert out["reconstruction_attribute_accuracy"]["expression"] == pytest.approx(share["neutral"])
     assert setup["mean_abs_error"] > 0.05 and setup["psnr_db"] < 25
+
+
+def test_t2i_ceiling_scores_renders_of_each_held_out_pair():
+    """A stand-in classifier that reads every render's true attributes, except glasses in a sketch (as one
+    trained without the held-out pairs): the ceiling is 1 for every pair but glasses + sketch, both as rendered
+    and through an autoencoder that keeps everything."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from data_prep.faceworld.attributes import HELD_OUT, split_range
+    from data_prep.faceworld.render import FaceWorld
+    from pretrain.world.evaluate import EvalConfig, evaluate_t2i_ceiling
+
+    cfg = dataclasses.replace(EvalConfig.tiny(), ceiling_renders=5, batch=3)  # two batches a pair
+    lo, _ = split_range("test")
+    world = FaceWorld(9, 64)
+    truth = {}
+    for p, pair in enumerate(HELD_OUT):
+        b = world.render(lo + p * 5 + np.arange(5), 0, dict(pair))
+        for image, attrs, word in zip(b.images, b.attributes, b.class_words):
+            truth[image.numpy().tobytes()] = {**attrs, "class_word": word}
+
+    class Blind:
+        config = SimpleNamespace(head_names=["glasses", "style"])
+
+        def predict(self, images, batch_size=512, raw=False):
+            out = []
+            for image in images:
+                t = dict(truth[image.numpy().tobytes()])
+                if t["style"] == "sketch":
+                    t["glasses"] = "none"
+                out.append(t)
+            return out
+
+    class Keeps(nn.Module):  # the identity as an autoencoder
+        def latent(self, x):
+            return x
+
+        def decode(self, z):
+            return z
+
+    out = evaluate_t2i_ceiling(Keeps(), "here", Blind(), 9, cfg, torch.device("cpu"))["text_to_image_ceiling"]
+    assert out["renders_per_pair"] == 5 and out["latent_space"] == "here"
+    sketch = "glasses=glasses + style=sketch"
+    assert set(out["by_pair"]) == {" + ".join(f"{n}={v}" for n, v in pair) for pair in HELD_OUT}
+    for key, rates in out["by_pair"].items():
+        assert rates == ({"renders": 0.0, "reconstructions": 0.0} if key == sketch
+                         else {"renders": 1.0, "reconstructions": 1.0})
+    for kind in ("renders", "reconstructions"):
+        assert out[kind]["overall"] == pytest.approx(1 - 1 / len(HELD_OUT))
+        assert out[kind]["style"] == 1.0 and out[kind]["class_word"] == 1.0

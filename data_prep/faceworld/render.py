@@ -173,10 +173,11 @@ def caption_rngs(seed: int, identities: np.ndarray, renders: np.ndarray) -> list
 
 
 def draw_attributes(seed: int, identities: np.ndarray, renders: np.ndarray,
-                    attributes: Sequence[Mapping | None] | None = None, mode: str = "world") -> list[dict]:
+                    attributes: Sequence[Mapping | None] | None = None, mode: str = "world",
+                    every_pair: bool = False) -> list[dict]:
     """The items' attribute values: those in attributes[i] as given, the others drawn (training identities never
-    get a HELD_OUT pair that was not asked for); what FaceWorld.render draws and captions."""
-    avoid = np.array([split_of(int(i)) == "train" for i in identities], dtype=bool)
+    get a HELD_OUT pair that was not asked for, unless `every_pair`); what FaceWorld.render draws and captions."""
+    avoid = np.array([not every_pair and split_of(int(i)) == "train" for i in identities], dtype=bool)
     return sample_attributes(seed, identities, renders, avoid_held_out=avoid, mode=mode,
                              overrides=None if attributes is None else list(attributes))
 
@@ -294,18 +295,21 @@ class FaceWorld:
     # ---------------------------------------------------------------------------------- public
     def render(self, identities: Sequence[int] | np.ndarray, renders: Sequence[int] | np.ndarray | int,
                attributes: Sequence[Mapping | None] | Mapping | None = None, *, mode: str = "world",
-               mention=None) -> RenderBatch:
+               mention=None, every_pair: bool = False) -> RenderBatch:
         """Render items (identities[i], renders[i]); attribute values in attributes[i] are used as given,
         the others are drawn (training identities never get a HELD_OUT pair that was not asked for).
 
         mode: "world" (training distribution) or "portrait" (photo-folder distribution);
-        mention: what captions state, see attributes.caption (None: a random subset).
+        mention: what captions state, see attributes.caption (None: a random subset);
+        every_pair: training identities get HELD_OUT pairs too, as often as the other splits do: renders that
+        train an instrument which must read every combination (the attribute classifier), never a model that
+        is tested on the held-out pairs.
         """
         ids = np.atleast_1d(np.asarray(identities, dtype=np.int64))
         rs = np.broadcast_to(np.asarray(renders, dtype=np.int64), ids.shape).copy()
         if isinstance(attributes, Mapping):
             attributes = [attributes] * len(ids)
-        attrs = draw_attributes(self.seed, ids, rs, attributes, mode)
+        attrs = draw_attributes(self.seed, ids, rs, attributes, mode, every_pair)
         people = identity_params(self.seed, ids)
         words = people.class_words
         captions = captions_of(self.seed, ids, rs, attrs, words, mention)

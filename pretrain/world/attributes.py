@@ -7,11 +7,14 @@ hat_color, glasses, clothing, expression, style) plus the class word (CLASS_WORD
 from the renderer's module, never copied, and the exported config records them so that a classifier
 trained on other vocabularies is refused. hat_color is learned and scored only on renders with a hat.
 
-Training renders come from the renderer on the training device, training identities only, with the
-renderer's training attribute sampler (so HELD_OUT pairs never appear: a held-out combination is one
-of values the classifier has seen separately). Light blur and noise make it tolerant of generated
-images. The frozen classifier is exported to <world>/attributes/ (config.json + attributes.safetensors,
-float16); it scores edit success in pretrain.world.evaluate.
+Training renders come from the renderer on the training device, training identities only, with every
+combination of values, the renderer's HELD_OUT pairs included (FaceWorld.render's every_pair): the classifier
+scores text-to-image on exactly those pairs, so it must read them. One trained without them (as the first
+worlds' were) misreads some of them, glasses in a sketch above all (pretrain.world.evaluate's t2i_ceiling
+measures how much; checkpoints/world/README.md). No model that is tested on the held-out pairs ever sees
+these renders. Light blur and noise make it tolerant of generated images. The frozen
+classifier is exported to <world>/attributes/ (config.json + attributes.safetensors, float16; its
+`trained.held_out_pairs` says it saw every combination); it scores edit success in pretrain.world.evaluate.
 """
 
 from __future__ import annotations
@@ -316,7 +319,8 @@ class AttributeStage(Stage):
         self.train_config = tc = self.sized(AttributeTrainConfig(), AttributeTrainConfig.tiny())
         self.net_config = AttributeNetConfig.tiny() if opts.tiny else AttributeNetConfig.world()
         self.set_steps(tc.total_steps, tc.batch_size, tc.lr, tc.warmup_steps, min_lr_ratio=0.02)
-        self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size)
+        self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size,
+                              every_pair=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
             self.net = AttributeNet(self.net_config).to(self.device)
@@ -356,7 +360,7 @@ class AttributeStage(Stage):
         val = attribute_accuracy(classifier, self.data.world, ids, np.arange(n) % 2)
         shown = " ".join(f"{k} {v:.3f}" for k, v in val.items() if v is not None)
         print(f"[{self.name}] validation accuracy: {shown}", flush=True)
-        extra = {"trained": {"renderer_seed": self.opts.seed, "steps": self.total_steps,
+        extra = {"trained": {"renderer_seed": self.opts.seed, "steps": self.total_steps, "held_out_pairs": True,
                              "train": dataclasses.asdict(self.train_config)},
                  "validation_accuracy": val,
                  "parameters": sum(p.numel() for p in self.net.parameters())}

@@ -308,14 +308,16 @@ class WorldData:
     device, the next step's batch in a background thread while this one trains (the thread does not run
     beside the step's GPU work: eval.bench.world_backbone). With `render_workers` P > 0 the batches are
     rendered on the CPU by P processes, up to P steps ahead, and only copied to the device: the same items
-    and captions, drawn by the CPU renderer (the same scenes; a GPU's float rounding may differ)."""
+    and captions, drawn by the CPU renderer (the same scenes; a GPU's float rounding may differ).
+    `every_pair`: the renders may hold the renderer's HELD_OUT pairs (FaceWorld.render's every_pair), for a
+    stage that trains an instrument of the evaluation."""
 
     def __init__(self, seed: int, stage: str, batch_size: int, device: torch.device, size: int = 64,
-                 render_workers: int = 0):
+                 render_workers: int = 0, every_pair: bool = False):
         from data_prep.faceworld.render import FaceWorld
 
         self.seed, self.stage, self.batch_size, self.device = seed, stage, batch_size, device
-        self.size, self.workers = size, render_workers
+        self.size, self.workers, self.every_pair = size, render_workers, every_pair
         self.world = FaceWorld(seed, size, device, chunk=batch_size)
         self._pool: ThreadPoolExecutor | ProcessPoolExecutor | None = None  # started by the first batch asked for
         self._pending: dict[int, Future] = {}
@@ -346,7 +348,7 @@ class WorldData:
 
     def make(self, step: int, stream: str = "train", batch_size: int | None = None) -> WorldBatch:
         """Step `step`'s batch, rendered here on the training device."""
-        return self._batch(self.world.render(*self.draw(step, stream, batch_size)))
+        return self._batch(self.world.render(*self.draw(step, stream, batch_size), every_pair=self.every_pair))
 
     def _batch(self, renders) -> WorldBatch:
         images = renders.images.to(self.device)
@@ -355,7 +357,7 @@ class WorldData:
 
     def _submit(self, step: int) -> Future:
         if self.workers:
-            return self._executor().submit(_render_on_worker, *self.draw(step))
+            return self._executor().submit(_render_on_worker, *self.draw(step), self.every_pair)
         return self._executor().submit(self.make, step)
 
     def get(self, step: int) -> WorldBatch:
@@ -406,8 +408,8 @@ def _start_render_worker(seed: int, size: int, chunk: int, version: str) -> None
     _WORKER_WORLD = FaceWorld(seed, size, "cpu", chunk=chunk, version=version)
 
 
-def _render_on_worker(identities: np.ndarray, renders: np.ndarray):
-    return _WORKER_WORLD.render(identities, renders)
+def _render_on_worker(identities: np.ndarray, renders: np.ndarray, every_pair: bool = False):
+    return _WORKER_WORLD.render(identities, renders, every_pair=every_pair)
 
 
 # ---- checkpoint files ---------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ on their own seed's training identities; test identities come from the test rang
   word; an image succeeds when the attribute classifier finds all of its prompt's attributes. Rates
   per attribute and overall, at every (steps, guidance) of the grid; the headline at --steps / --guidance,
   also per held-out pair (`success_by_pair`).
+- t2i_ceiling: what text_to_image would score for a backbone that drew every held-out pair exactly as the renderer
+  does: `ceiling_renders` test renders per held-out pair with the pair set (person, pose and the other attributes
+  drawn as usual), scored like text_to_image's images (the pair's values, and the render's own class word), as
+  rendered and through the world's latent space (world_latent_space: what a backbone there could draw at best);
+  overall and per pair. Below 1 where the attribute classifier cannot read a pair it never saw together (an
+  `attributes` stage trained before it rendered every combination, its config's `trained.held_out_pairs`):
+  then text_to_image's success measures the classifier as much as the backbone.
 - single_attribute: which small details can the backbone draw at all, outside held-out pairs? Prompts
   that state one value of a detail attribute (hat, glasses, expression: every value seen in training
   captions) for every class word, and prompts that state only the class word. Per value, the rate at
@@ -105,7 +112,8 @@ from models.pixels import to_signed
 from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "single_attribute", "clip_attributes",
+SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "t2i_ceiling", "single_attribute",
+            "clip_attributes",
             "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "captions", "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
@@ -119,7 +127,8 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 @dataclass(frozen=True)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
-    accuracy; t2i_images: images per (held-out pair, class word); clip_renders: renders of clip_attributes;
+    accuracy; t2i_images: images per (held-out pair, class word); ceiling_renders: test renders per held-out pair
+    of t2i_ceiling; clip_renders: renders of clip_attributes;
     classify_renders: renders of backbone_attributes; energy_renders: renders of attribute_energy;
     energy_level_gains: other pixel-space band gains attribute_energy also measures under;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
@@ -131,6 +140,7 @@ class EvalConfig:
     renders: int = 5
     attribute_renders: int = 4000
     t2i_images: int = 8
+    ceiling_renders: int = 256
     frechet_images: int = 1000
     steps: int = 30
     guidance: float = 7.0
@@ -146,7 +156,8 @@ class EvalConfig:
 
     @classmethod
     def tiny(cls) -> EvalConfig:
-        return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, frechet_images=8, t2i_grid=False,
+        return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, ceiling_renders=2, frechet_images=8,
+                   t2i_grid=False,
                    batch=64, dependence_renders=8, clip_renders=6, classify_renders=3,
                    energy_renders=8, captions=64)
 
@@ -284,8 +295,8 @@ class _ThroughLatent:
         self.kept: dict[str, list] = {"renders": [], "reconstructions": [], "landmarks": []}
 
     @torch.no_grad()
-    def render(self, identities, renders):
-        batch = self.world.render(identities, renders)
+    def render(self, identities, renders, attributes=None):
+        batch = self.world.render(identities, renders, attributes)
         x = to_signed(batch.images)
         ae = self.autoencoder
         param = next(ae.parameters(), None)
@@ -409,13 +420,49 @@ def evaluate_text_to_image(pipe, classifier, seed: int, cfg: EvalConfig) -> dict
     s, g = _grid_key(cfg.steps, cfg.guidance)
     rows: dict[str, list[int]] = {}  # each held-out pair's items (its prompts, each cfg.t2i_images times in a row)
     for i, it in enumerate(items):
-        rows.setdefault(" + ".join(f"{n}={v}" for n, v in it["pair"]), []).append(i)
+        rows.setdefault(_pair_key(it["pair"]), []).append(i)
     per_pair = {key: [items[i]["prompt"] for i in idx[::cfg.t2i_images]] for key, idx in rows.items()}
     by_pair = {key: _success(classifier, headline[idx], [items[i] for i in idx]) for key, idx in rows.items()}
     return {"text_to_image_attribute_success": grid[s][g],
             "text_to_image": {"steps": cfg.steps, "guidance": cfg.guidance, "images_per_prompt": cfg.t2i_images,
                               "prompts": per_pair, "combinations": len(per_pair), "success_grid": grid,
                               "success_by_pair": by_pair}}
+
+
+def _pair_key(pair) -> str:
+    """A held-out pair as text_to_image's success_by_pair names it: "name=value + name=value"."""
+    return " + ".join(f"{n}={v}" for n, v in pair)
+
+
+def evaluate_t2i_ceiling(autoencoder, where: str, classifier, seed: int, cfg: EvalConfig,
+                         device: torch.device) -> dict:
+    """Test renders with each held-out pair set, scored like text_to_image's images, as rendered and through the
+    latent space (see the module docstring)."""
+    from data_prep.faceworld.attributes import HELD_OUT, split_range
+    from data_prep.faceworld.render import FaceWorld
+
+    lo, _ = split_range("test")
+    n = cfg.ceiling_renders
+    world = FaceWorld(seed, 64, device, chunk=cfg.batch)
+    through = _ThroughLatent(world, autoencoder)
+    images: dict[str, list[torch.Tensor]] = {"renders": [], "reconstructions": []}
+    items: list[dict] = []
+    for p, pair in enumerate(HELD_OUT):
+        ids = lo + p * n + np.arange(n, dtype=np.int64)  # other people for each pair
+        wanted = dict(pair)
+        for at in range(0, n, cfg.batch):
+            batch = world.render(ids[at:at + cfg.batch], 0, wanted)
+            images["renders"].append(batch.images.cpu())
+            images["reconstructions"].append(through.render(ids[at:at + cfg.batch], 0, wanted).images.cpu())
+            items += [{"wanted": wanted, "class_word": w} for w in batch.class_words]
+    out: dict = {"renders_per_pair": n, "latent_space": where, "by_pair": {}}
+    for kind, chunks in images.items():
+        x = torch.cat(chunks)
+        out[kind] = _success(classifier, x, items)
+        for p, pair in enumerate(HELD_OUT):
+            rows = slice(p * n, (p + 1) * n)
+            out["by_pair"].setdefault(_pair_key(pair), {})[kind] = _success(classifier, x[rows], items[rows])["overall"]
+    return {"text_to_image_ceiling": out}
 
 
 def evaluate_single_attribute(pipe, classifier, seed: int, cfg: EvalConfig) -> dict:
@@ -809,7 +856,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
     classifier = pipe = clip = None
-    if {"attributes", "reconstruction", "text_to_image", "single_attribute"} & set(sections):
+    if {"attributes", "reconstruction", "text_to_image", "t2i_ceiling", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
     if {"text_to_image", "single_attribute", "backbone_attributes", "attribute_energy", "frechet",
             "text_dependence"} & set(sections):
@@ -830,6 +877,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                                                   device, world_dir))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
+        elif name == "t2i_ceiling":
+            result.update(evaluate_t2i_ceiling(*world_latent_space(world_dir, device), classifier, seed, cfg, device))
         elif name == "single_attribute":
             result.update(evaluate_single_attribute(pipe, classifier, seed, cfg))
         elif name == "clip_attributes":
@@ -964,7 +1013,8 @@ def run(args: argparse.Namespace, command: str) -> int:
     write_json(args.out, result)
     headline = {k: result[k] for k in ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "attribute_accuracy",
                                        "reconstruction_attribute_accuracy",
-                                       "text_to_image_attribute_success", "single_attribute_success",
+                                       "text_to_image_attribute_success", "text_to_image_ceiling",
+                                       "single_attribute_success",
                                        "single_attribute_unasked", "clip_attribute_accuracy",
                                        "backbone_attribute_accuracy", "attribute_energy", "frechet_world_clip",
                                        "text_dependence", "captions")
