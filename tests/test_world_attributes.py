@@ -18,6 +18,7 @@ from pretrain.world.attributes import (
     AttributeNet,
     AttributeNetConfig,
     AttributeStage,
+    AttributeTrainConfig,
     attributes_found,
     augment,
     targets,
@@ -96,6 +97,15 @@ def test_tiny_stage_resumes_exports_and_predicts(tmp_path: Path, one_thread):
     for p in preds:
         assert set(p) == set(voc)
         assert all(p[k] in voc[k] for k in voc if not (k == "hat_color" and p["hat"] == "none"))
+    # --init-from continues the export: its weights to start from, a quarter of the rate; the export says so
+    more = dataclasses.replace(opts, out=tmp_path / "runs2", world=tmp_path / "world2", init_from=folder,
+                               batch_size=4, total_steps=2)
+    cont = AttributeStage(more)
+    start = {k: v.float() for k, v in classifier.net.state_dict().items()}
+    assert all(torch.equal(start[k], v.float()) for k, v in cont.net.state_dict().items())
+    assert cont.batch_size == 4 and cont.base_lr == AttributeTrainConfig.tiny().lr / 4 and cont.net.training
+    assert run_stage(cont)["done"]
+    assert json.loads((tmp_path / "world2/attributes/config.json").read_text())["trained"]["init_from"] == str(folder)
     # float images in [0, 1] (the pipeline's decode) give the same answers as uint8 renders
     floats = batch.images.permute(0, 3, 1, 2).float() / 255.0
     assert classifier.predict(floats) == preds

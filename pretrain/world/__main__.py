@@ -63,7 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--init-from", type=Path, default=None,
                    help="backbone: start a new run from these exported UViT weights (a continued run: fresh "
                         "optimizer, 100 warm-up steps); clip: from this exported world-CLIP folder (its tokenizer "
-                        "and config, fresh optimizer)")
+                        "and config, fresh optimizer); attributes: from this exported classifier folder (a quarter "
+                        "of the learning rate)")
     t.add_argument("--final-conv", action=argparse.BooleanOptionalAction, default=None,
                    help="backbone only: U-ViT's final 3x3 conv over the image output (smooths 4x4-patch seams; "
                         "default on); with --init-from from weights without it, it starts as the identity")
@@ -106,8 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(NegCLIP's hard negatives), so that small details such as expressions count; part of the "
                         "run's config")
     t.add_argument("--batch-size", type=int, default=None, metavar="B",
-                   help="clip and autoencoder only: renders per step (default 512 and 256; smaller for a CPU run; "
-                        "part of the run's config)")
+                   help="clip, autoencoder and attributes only: renders per step (default 512, 256 and 256; "
+                        "smaller for a CPU run; part of the run's config)")
     t.add_argument("--downsample", type=int, choices=(2, 4, 8), default=None, metavar="F",
                    help="autoencoder only: the latent's downsampling, 2, 4 or 8 (default 4: 64 px renders become "
                         "16 x 16 latents; 2 keeps more detail, and the backbone's patch follows; part of the run's "
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=args.batch_size, downsample=args.downsample,
                         latent_channels=args.latent_channels)
     backbone, clip = ("backbone",), ("clip",)
-    for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip")),
+    for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip", "attributes")),
                                 ("--final-conv", args.final_conv is not None, backbone),
                                 ("--compile", args.compile, ("backbone", "autoencoder")),
                                 ("--render-workers", args.render_workers > 0, ("backbone", "autoencoder")),
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--face-weight", args.face_weight is not None, ("backbone", "autoencoder")),
                                 ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
-                                ("--batch-size", args.batch_size is not None, ("clip", "autoencoder")),
+                                ("--batch-size", args.batch_size is not None, ("clip", "autoencoder", "attributes")),
                                 ("--downsample", args.downsample is not None, ("autoencoder",)),
                                 ("--latent-channels", args.latent_channels is not None, ("autoencoder",))):
         if given and args.stage not in stages:

@@ -1,6 +1,10 @@
 """The world's attribute classifier: a small CNN that reads a 64x64 render's editable attributes.
 
     python -m pretrain.world train attributes --out runs/world --world checkpoints/world [--minutes 9] [--tiny]
+        [--init-from <world>/attributes] [--batch-size B] [--total-steps N]
+
+`--init-from` continues an exported classifier (its config and weights; a quarter of the learning rate, a
+short warm-up), e.g. one trained before the held-out pairs were rendered for it.
 
 One head per attribute of the renderer (data_prep.faceworld.attributes.ATTRIBUTES: scene, hat,
 hat_color, glasses, clothing, expression, style) plus the class word (CLASS_WORDS); the heads are read
@@ -316,14 +320,24 @@ class AttributeStage(Stage):
 
     def __init__(self, opts: StageOptions):
         super().__init__(opts)
-        self.train_config = tc = self.sized(AttributeTrainConfig(), AttributeTrainConfig.tiny())
-        self.net_config = AttributeNetConfig.tiny() if opts.tiny else AttributeNetConfig.world()
+        tc = self.sized(AttributeTrainConfig(), AttributeTrainConfig.tiny())
+        if opts.batch_size is not None:
+            tc = dataclasses.replace(tc, batch_size=opts.batch_size)
+        if opts.init_from is not None:  # a continued run has learnt most: a short warm-up, a quarter of the rate
+            tc = dataclasses.replace(tc, lr=tc.lr / 4, warmup_steps=min(tc.warmup_steps, 20))
+        self.train_config = tc
         self.set_steps(tc.total_steps, tc.batch_size, tc.lr, tc.warmup_steps, min_lr_ratio=0.02)
-        self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size,
-                              every_pair=True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(opts.seed)
-            self.net = AttributeNet(self.net_config).to(self.device)
+            if opts.init_from is not None:  # continue an exported classifier (its config and weights)
+                self.net = AttributeClassifier.from_folder(opts.init_from).net.train().requires_grad_(True)
+                self.net_config = self.net.config
+            else:
+                self.net_config = AttributeNetConfig.tiny() if opts.tiny else AttributeNetConfig.world()
+                self.net = AttributeNet(self.net_config)
+            self.net = self.net.to(self.device)
+        self.data = WorldData(opts.seed, self.name, tc.batch_size, self.device, self.net_config.image_size,
+                              every_pair=True)
         self.opt = torch.optim.AdamW(param_groups(self.net, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.99))
 
     def modules(self) -> dict[str, nn.Module]:
@@ -333,7 +347,8 @@ class AttributeStage(Stage):
         return self.opt
 
     def config(self) -> dict:
-        return {"net": as_json_config(self.net_config), "train": as_json_config(self.train_config)}
+        return {"net": as_json_config(self.net_config), "train": as_json_config(self.train_config),
+                **({"init_from": str(self.opts.init_from)} if self.opts.init_from is not None else {})}
 
     def train_step(self, step: int, generator: torch.Generator) -> dict[str, float | torch.Tensor]:
         batch = self.data.get(step)
@@ -361,6 +376,7 @@ class AttributeStage(Stage):
         shown = " ".join(f"{k} {v:.3f}" for k, v in val.items() if v is not None)
         print(f"[{self.name}] validation accuracy: {shown}", flush=True)
         extra = {"trained": {"renderer_seed": self.opts.seed, "steps": self.total_steps, "held_out_pairs": True,
+                             **({"init_from": str(self.opts.init_from)} if self.opts.init_from is not None else {}),
                              "train": dataclasses.asdict(self.train_config)},
                  "validation_accuracy": val,
                  "parameters": sum(p.numel() for p in self.net.parameters())}
