@@ -84,8 +84,8 @@ def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_e
     for k, v in stage.uvit.state_dict().items():  # the continued run starts from the export
         assert torch.equal(v, exported[k].float()), k
     assert stage.c.warmup_steps <= 100
-    with pytest.raises(UserError, match="backbone and clip stages only"):
-        main(["train", "attributes", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
+    with pytest.raises(UserError, match="backbone, clip and attributes stages only"):
+        main(["train", "faces", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
               "--init-from", str(root / "models/uvit_v1.safetensors")])
     with pytest.raises(UserError, match="not a world-CLIP folder"):
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r"), "--world", str(fresh),
@@ -492,7 +492,7 @@ def test_clip_stage_hard_negatives_and_init_from(world, tmp_path):
     state = json.loads((tmp_path / "runs2/clip/checkpoint/state.json").read_text())
     assert state["config"]["batch_size"] == 4 and state["config"]["init_from"] == str(root / "world_clip")
     for bad, match in ((["clip", "--batch-size", "1"], "2 or more"), (["backbone", "--batch-size", "4"],
-                                                                      "clip and autoencoder stages only")):
+                                                                      "clip, autoencoder and attributes stages only")):
         with pytest.raises(UserError, match=match):
             main(["train", bad[0], "--tiny", "--out", str(tmp_path / "r4"), "--world", str(fresh), *bad[1:]])
     with pytest.raises(UserError, match="clip stage only"):

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                                 ("--downsample", args.downsample is not None, ("autoencoder",)),
                                 ("--latent-channels", args.latent_channels is not None, ("autoencoder",))):
         if given and args.stage not in stages:
-            where = " and ".join(stages) + (" stages" if len(stages) > 1 else " stage")
+            where = f"{', '.join(stages[:-1])} and {stages[-1]} stages" if len(stages) > 1 else f"{stages[0]} stage"
             raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")
     if args.batch_size is not None and args.batch_size < 2:
         raise UserError(f"--batch-size must be 2 or more, got {args.batch_size}")
