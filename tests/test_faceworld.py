@@ -173,7 +173,7 @@ def test_world_renders_avoid_held_out_for_training_identities(world):
 
 def test_every_pair_renders_training_identities_with_held_out_pairs(world):
     """every_pair (the attribute classifier's renders): training identities get the held-out pairs as often as
-    the other splits do; everything else about the items is drawn as without it."""
+    the other splits do (the sampler's draw without the rule); without it, the same items get none."""
     from data_prep.faceworld.render import draw_attributes
 
     ids, rs = np.arange(30000), np.arange(30000) % 7

@@ -113,8 +113,8 @@ from models.provenance import git_provenance
 
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "t2i_ceiling", "single_attribute",
-            "clip_attributes",
-            "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "captions", "sizes")
+            "clip_attributes", "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "captions",
+            "sizes")
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
@@ -128,9 +128,9 @@ GUIDANCE_GRID = (1.0, 3.0, 7.0)
 class EvalConfig:
     """How much is measured. identities x renders: face verification; attribute_renders: classifier
     accuracy; t2i_images: images per (held-out pair, class word); ceiling_renders: test renders per held-out pair
-    of t2i_ceiling; clip_renders: renders of clip_attributes;
-    classify_renders: renders of backbone_attributes; energy_renders: renders of attribute_energy;
-    energy_level_gains: other pixel-space band gains attribute_energy also measures under;
+    of t2i_ceiling; clip_renders: renders of clip_attributes; classify_renders: renders of backbone_attributes;
+    energy_renders: renders of attribute_energy; energy_level_gains: other pixel-space band gains attribute_energy
+    also measures under;
     frechet_images: generated (and real) images per grid point; steps / guidance: the headline sampling
     setting of text_to_image; t2i_grid: text_to_image also at every grid point (not only the headline setting);
     frechet_grid: frechet at every grid point (else at the headline setting only); captions: training captions
@@ -157,8 +157,7 @@ class EvalConfig:
     @classmethod
     def tiny(cls) -> EvalConfig:
         return cls(identities=6, renders=3, attribute_renders=16, t2i_images=1, ceiling_renders=2, frechet_images=8,
-                   t2i_grid=False,
-                   batch=64, dependence_renders=8, clip_renders=6, classify_renders=3,
+                   t2i_grid=False, batch=64, dependence_renders=8, clip_renders=6, classify_renders=3,
                    energy_renders=8, captions=64)
 
 
