@@ -442,20 +442,19 @@ def evaluate_t2i_ceiling(autoencoder, where: str, classifier, seed: int, cfg: Ev
 
     lo, _ = split_range("test")
     n = cfg.ceiling_renders
-    world = FaceWorld(seed, 64, device, chunk=cfg.batch)
-    through = _ThroughLatent(world, autoencoder)
-    images: dict[str, list[torch.Tensor]] = {"renders": [], "reconstructions": []}
+    # each batch rendered once: the reconstructions come back, the renders are kept beside them
+    through = _ThroughLatent(FaceWorld(seed, 64, device, chunk=cfg.batch), autoencoder, keep=n * len(HELD_OUT))
+    reconstructions: list[torch.Tensor] = []
     items: list[dict] = []
     for p, pair in enumerate(HELD_OUT):
         ids = lo + p * n + np.arange(n, dtype=np.int64)  # other people for each pair
         wanted = dict(pair)
         for at in range(0, n, cfg.batch):
-            batch = world.render(ids[at:at + cfg.batch], 0, wanted)
-            images["renders"].append(batch.images.cpu())
-            images["reconstructions"].append(through.render(ids[at:at + cfg.batch], 0, wanted).images.cpu())
+            batch = through.render(ids[at:at + cfg.batch], 0, wanted)
+            reconstructions.append(batch.images.cpu())
             items += [{"wanted": wanted, "class_word": w} for w in batch.class_words]
     out: dict = {"renders_per_pair": n, "latent_space": where, "by_pair": {}}
-    for kind, chunks in images.items():
+    for kind, chunks in (("renders", through.kept["renders"]), ("reconstructions", reconstructions)):
         x = torch.cat(chunks)
         out[kind] = _success(classifier, x, items)
         for p, pair in enumerate(HELD_OUT):
