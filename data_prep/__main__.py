@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_source(args):
     if args.source == "faceworld":
+        from data_prep.faceworld.render import use_folder_version
         from data_prep.faceworld.source import FaceworldSource
 
+        if args.weights:  # a world's models: their shards are renders of the version they were trained on
+            use_folder_version(args.weights)
         return FaceworldSource(args.seed, args.identities, args.photos, split=args.split or "train",
                                first=args.first_identity, size=args.size)
     if not args.input:

@@ -184,20 +184,22 @@ def demo_identities(data: str | os.PathLike | None = None) -> list[DemoIdentity]
     return people
 
 
-def make_demo_data(out: str | os.PathLike, *, seed: int = DEMO_SEED, identities: int = DEMO_IDENTITIES,
-                   photos: int = DEMO_PHOTOS, progress: bool = False) -> dict:
+def make_demo_data(out: str | os.PathLike, *, world: str | os.PathLike | None = None, seed: int = DEMO_SEED,
+                   identities: int = DEMO_IDENTITIES, photos: int = DEMO_PHOTOS, progress: bool = False) -> dict:
     """Render the demo folder into `out` (replaced whole): `python -m data_prep.faceworld render --seed
-    <seed> --identities <identities> --photos <photos> --edits 3 --format png`, then each person's prompts
-    cut to the first KEEP_SIM reproduction prompts and edits KEEP_EDITS (prompt files and side file
-    rewritten to match). Returns the side file's content."""
+    <seed> --identities <identities> --photos <photos> --edits 3 --format png` in the renderer version the
+    models of `world` (default: demo_world()) were trained on, then each person's prompts cut to the first
+    KEEP_SIM reproduction prompts and edits KEEP_EDITS (prompt files and side file rewritten to match). Returns
+    the side file's content."""
     from data_prep.faceworld.folders import PROMPTS_DIR, SIDE_FILE, write_folders
+    from data_prep.faceworld.render import folder_version
     from models.atomic import replace_folder, write_json_atomic, write_text_atomic
 
     out = Path(out)
     tmp, aside = out.with_name(f".{out.name}.tmp"), out.with_name(f".{out.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     side = write_folders(tmp, seed=seed, identities=identities, photos=photos, split="test", edits=RENDER_EDITS,
-                         fmt="png", progress=progress)
+                         fmt="png", progress=progress, version=folder_version(demo_world(world)))
     for rec in side["people"]:
         sim = rec["prompts"]["sim"][:KEEP_SIM]
         edit = [rec["prompts"]["edit"][i] for i in KEEP_EDITS]
@@ -398,11 +400,12 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
     import torch
     from PIL import Image
 
-    from data_prep.faceworld.render import FaceWorld
+    from data_prep.faceworld.render import FaceWorld, folder_version
     from eval.world import generate_text_only, plain_pipeline
     from eval.world_scores import WorldScorer
     from models.atomic import write_json_atomic, write_text_atomic
     from models.device import fastest_dtype_name, pick_device, pick_dtype
+    from models.errors import UserError
     from models.paths import output_dir
     from personalize.contact_sheet import save_contact_sheet
     from personalize.generate import GenerateOptions
@@ -412,6 +415,12 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
     people = demo_identities(data)
     side = read_side_file(data)
     check_world(world)
+    version = folder_version(world)  # the renders the world's models were trained on
+    if side.get("renderer") != version:
+        raise UserError(f"{data} holds renders of {side.get('renderer')}, but the world's models in {world} were "
+                        f"trained on {version}",
+                        hint=f"render the demo folder for this world: python -m eval.demo --world {world} "
+                             f"--make-data {data}")
     device = pick_device(settings.device)
     if settings.dtype == "fastest":  # bf16 where it is native (CUDA, AVX512-BF16 CPUs), else fp32
         settings = replace(settings, dtype=fastest_dtype_name(device))
@@ -490,7 +499,7 @@ def run_demo(world: Path, data: Path, out: Path, settings: Settings = Settings()
     from tqdm.auto import tqdm
 
     scorer = WorldScorer.from_world(world, device)
-    renderer = FaceWorld(int(side["seed"]), int(side.get("size", 64)), device)
+    renderer = FaceWorld(int(side["seed"]), int(side.get("size", 64)), device, version=version)
     scores = {}
     for person in tqdm(people, desc="scoring", unit="identity", disable=not progress):
         folders = {"encoder": out / "samples" / person.name, "text_only": out / "text_only" / person.name}
@@ -576,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.make_data:
-        side = make_demo_data(args.make_data, progress=not args.no_progress)
+        side = make_demo_data(args.make_data, world=args.world, progress=not args.no_progress)
         print(f"{args.make_data}: {', '.join(p['name'] for p in side['people'])} (renderer seed {side['seed']}, "
               f"split {side['split']})")
         return 0

@@ -428,8 +428,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_prep.faceworld.render import use_folder_version
+
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.command == "grid":
+        use_folder_version(args.world)  # validation identities drawn as the world's models saw renders
     return {"train": cmd_train, "sample": cmd_sample, "grid": cmd_grid}[args.command](args)
 
 

@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_prep.faceworld.render import use_folder_version
     from models.atomic import write_json_atomic
     from models.device import pick_device
     from models.errors import UserError
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.pipeline import folder_sampler_policy
 
     args = build_parser().parse_args(argv)
+    use_folder_version(args.world)  # validation identities drawn as the world's models saw renders
     argv_list = sys.argv[1:] if argv is None else list(argv)
     try:
         settings = parse_settings(args.settings) if args.settings else [

@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--identities must be 2 or more, --references and --steps 1 or more")
     if not (args.world / "models").is_dir():
         raise UserError(f"{args.world} is not a world folder (no models/); see checkpoints/world/README.md")
+    from data_prep.faceworld.render import use_folder_version
+
+    use_folder_version(args.world)  # test identities drawn as the world's models saw renders
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.perf_counter()
     result, images = evaluate(args.world, args.seed, identities=args.identities, references=args.references,

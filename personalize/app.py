@@ -153,12 +153,15 @@ def demo_identities(folder: str | Path) -> list[DemoIdentity]:
     return found
 
 
-def render_demo(out: Path) -> list[DemoIdentity]:
-    """Demo identities drawn by the world's renderer (test split, the demo's seed) into `out`."""
+def render_demo(out: Path, world: Path) -> list[DemoIdentity]:
+    """Demo identities drawn by the renderer (test split, the demo's seed) into `out`, in the renderer version the
+    models of `world` were trained on."""
     from data_prep.faceworld import DEMO_IDENTITIES, DEMO_PHOTOS, DEMO_SEED
     from data_prep.faceworld.folders import write_folders
+    from data_prep.faceworld.render import folder_version
 
-    write_folders(out, seed=DEMO_SEED, identities=DEMO_IDENTITIES, photos=DEMO_PHOTOS, progress=False)
+    write_folders(out, seed=DEMO_SEED, identities=DEMO_IDENTITIES, photos=DEMO_PHOTOS, progress=False,
+                  version=folder_version(world))
     return demo_identities(out)
 
 
@@ -591,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
             elif (REPO_ROOT / "checkpoints" / "demo").is_dir():
                 demos = demo_identities(REPO_ROOT / "checkpoints" / "demo")
             else:
-                demos = render_demo(workdir / "demo")
+                demos = render_demo(workdir / "demo", weights.root)
         studio = Studio(weights, device=args.device, dtype=args.dtype)
         page = build_page(studio, workdir / "sessions", demos)
         page.queue(default_concurrency_limit=1, max_size=32)

@@ -9,9 +9,11 @@
 #   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # the module snapshot and identity scale chosen on validation
 #                                                     #   identities and exported (unless ENCODER names a module
 #                                                     #   chosen already, sampled at ID_SCALE), then eval.world
-# The candidate world is built at $W (default /tmp/wn): checkpoints/world with its models/ and model_configs.json
-# replaced by the candidate's (so the committed backbone is not needed: a call carrying a 16 MB candidate may move
-# checkpoints/world/models/uvit_v1.safetensors out of the working tree to stay under the 64 MiB limit).
+# The candidate world is built at $W (default /tmp/wn): checkpoints/world with every file and folder of NEXT in place
+# of its namesake (models/ and model_configs.json for a new backbone; renderer.json, faces/, eval_faces/ and
+# attributes/ too for a world of another renderer version), so the committed backbone is not needed: a call carrying
+# a 16 MB candidate may move checkpoints/world/models/uvit_v1.safetensors out of the working tree to stay under the
+# 64 MiB limit.
 # Work folders: /tmp/wi (module), /tmp/fg (grid), /tmp/ew (eval.world).
 # Results come back under $OUT: finetune_grid.json, identity_grid.json, synthworld.json, the exported
 # module (faceid_encoder.tgz), the module's state pieces (ident.tgz.*), the evaluation's work folder without
@@ -40,17 +42,18 @@ source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
 W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
 if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
-  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the latent backbone:" \
-    "'git archive dd0aeba checkpoints/world_next | tar -x -C .gpu_ops', then NEXT=.gpu_ops/checkpoints/world_next;" \
-    "h, adopted since: commit 938222a)" >&2
+  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the faceworld-3 backbone beside" \
+    "the committed checkpoints/world_next: 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the" \
+    "latent backbone, adopted since: commit dd0aeba; h: commit 938222a)" >&2
   exit 2
 fi
 if [ ! -f "$W/.candidate" ]; then
-  # models/ is replaced, not merged: a latent candidate brings autoencoder_kl.safetensors instead of the pixel space
-  rm -rf "$W" && mkdir -p "$W" \
-    && find checkpoints/world -mindepth 1 -maxdepth 1 ! -name models -exec cp -r -t "$W" {} + \
-    && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$W/" \
-    && touch "$W/.candidate" && echo "candidate world at $W"
+  # each file and folder of NEXT replaces its namesake whole, not merged (models/: a latent candidate brings
+  # autoencoder_kl.safetensors instead of the pixel space; a candidate of another renderer version brings its
+  # renderer.json and the models that read its renders: faces/, eval_faces/, attributes/)
+  rm -rf "$W" && mkdir -p "$W" && cp -r checkpoints/world/. "$W/" \
+    && for f in "$NEXT"/*; do rm -rf "$W/${f##*/}" && cp -r "$f" "$W/"; done \
+    && touch "$W/.candidate" && echo "candidate world at $W: checkpoints/world with $(ls "$NEXT" | tr '\n' ' ')from $NEXT"
 fi
 GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --identities 8 --photos 3 --prompts 4
       --device cuda --workers 4 --out /tmp/fg --json "$OUTD/finetune_grid.json")

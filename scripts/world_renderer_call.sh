@@ -28,14 +28,15 @@ if [ "$NEXT_VERSION" != "$VERSION" ] || [ ! -f "$NEXT/models/uvit_v1.safetensors
 fi
 export FACEWORLD_VERSION TOT_faces=${TOT_faces:-4400} TOT_eval_faces=${TOT_eval_faces:-4200} \
   TOT_face_detector=${TOT_face_detector:-3000} TOT_attributes=${TOT_attributes:-3000}
-READERS="faces eval_faces face_detector attributes"
-done_all() { for f in faces/recogniser.onnx faces/detector.onnx eval_faces/recogniser.onnx attributes/attributes.safetensors; do
-  [ -f "/tmp/world/$f" ] || return 1; done; }
-if ! done_all; then  # /tmp/world starts with NEXT's renderer.json (the version the stages export beside) alone
+declare -A EXPORT=([faces]=faces/recogniser.onnx [eval_faces]=eval_faces/recogniser.onnx
+                   [face_detector]=faces/detector.onnx [attributes]=attributes/attributes.safetensors)
+todo() {  # the stages not exported yet (world_gpu_call.sh would start a finished one again: its checkpoint is gone)
+  for s in faces eval_faces face_detector attributes; do [ -f "/tmp/world/${EXPORT[$s]}" ] || echo -n "$s "; done; }
+if [ -n "$(todo)" ]; then  # /tmp/world starts with NEXT's renderer.json (the version the stages export beside) alone
   mkdir -p /tmp/wr_seed && cp "$NEXT/renderer.json" /tmp/wr_seed/
-  BASE=/tmp WORLD_FROM=/tmp/wr_seed OUT=$OUTD bash scripts/world_gpu_call.sh $(( CALL - 15 )) "$READERS" no
+  BASE=/tmp WORLD_FROM=/tmp/wr_seed OUT=$OUTD bash scripts/world_gpu_call.sh $(( CALL - 15 )) "$(todo)" no
 fi
-done_all || { echo "[$(( CALL - $(left) )) s] stages not all exported yet: call again"; exit 0; }
+[ -z "$(todo)" ] || { echo "[$(( CALL - $(left) )) s] stages not all exported yet: call again"; exit 0; }
 W=/tmp/wr
 rm -rf $W && mkdir -p $W \
   && find checkpoints/world -mindepth 1 -maxdepth 1 ! -name models -exec cp -r -t $W {} + \

@@ -28,3 +28,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _renderer_version_of_the_environment(monkeypatch):
+    """Commands run in-process on a world folder make its renderer version the process's ($FACEWORLD_VERSION,
+    data_prep.faceworld.render.use_folder_version): every test starts without it and leaves none behind."""
+    monkeypatch.delenv("FACEWORLD_VERSION", raising=False)

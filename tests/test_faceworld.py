@@ -366,6 +366,75 @@ def test_a_folder_of_models_names_the_renderer_version_they_saw(tmp_path, monkey
         use_folder_version(tmp_path)
 
 
+def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, monkeypatch):
+    """Every command that renders for a world's models draws the version in its renderer.json, whatever the
+    environment says by default: data_prep's shards (--weights), the identity stage (also built directly, as
+    scripts/world_identity_call.sh does), the identity and fine-tuning grids, the demo folder and the render
+    CLI's photo folders (default: the embedded world's version). The demo refuses photos of another version."""
+    import os
+
+    import torch
+
+    import eval.demo as demo
+    import eval.finetune_baseline as finetune_baseline
+    import eval.identity_grid as identity_grid
+    import pretrain.world.identity as identity_stage
+    from data_prep.__main__ import build_parser, build_source
+    from data_prep.faceworld.render import VERSION_ENV
+    from models.errors import UserError
+
+    committed = json.loads((demo.DEMO_DATA / "faceworld.json").read_text())["renderer"]
+    version = "faceworld-3" if committed == "faceworld-2" else "faceworld-2"  # not the committed demo's
+    world = tmp_path / "world"
+    (world / "faceid_encoder").mkdir(parents=True)
+    (world / "faceid_encoder" / "identity.safetensors").write_bytes(b"")
+    (world / "renderer.json").write_text(json.dumps({"version": version}))
+
+    def fresh():  # as a new process would start: the environment's version is the default
+        monkeypatch.delenv(VERSION_ENV, raising=False)
+
+    fresh()
+    args = build_parser().parse_args(["--source", "faceworld", "--identities", "1", "--photos", "1",
+                                      "--out", str(tmp_path / "shards"), "--weights", str(world)])
+    assert build_source(args).world.version == version
+
+    class Seen(Exception):
+        pass
+
+    def seen(*args, **kwargs):  # what the next step would render with
+        raise Seen(os.environ.get(VERSION_ENV))
+
+    fresh()
+    monkeypatch.setattr(identity_stage, "run_command", seen)
+    stage = identity_stage.IdentityStage(identity_stage.StageOptions(out=tmp_path / "runs", world=world,
+                                                                     device=torch.device("cpu"), tiny=True))
+    with pytest.raises(Seen, match=version):
+        stage.run()
+    fresh()
+    monkeypatch.setattr(identity_grid, "prepare_data", seen)
+    with pytest.raises(Seen, match=version):
+        identity_grid.main(["--seed", "1", "--world", str(world), "--settings", "1:none:0", "--no-progress"])
+    fresh()
+    monkeypatch.setattr(finetune_baseline, "cmd_grid", seen)
+    with pytest.raises(Seen, match=version):
+        finetune_baseline.main(["grid", "--world", str(world), "--seed", "1"])
+
+    fresh()
+    side = demo.make_demo_data(tmp_path / "demo", world=world)
+    assert side["renderer"] == version == FaceWorld(0, version=version).version
+    monkeypatch.setenv("UNIDIFFUSER_DEMO_WORLD", str(world))
+    faceworld_main(["render", "--seed", "9", "--identities", "1", "--photos", "1", "--out", str(tmp_path / "f"),
+                    "--no-progress"])
+    assert json.loads((tmp_path / "f" / "faceworld.json").read_text())["renderer"] == version
+    faceworld_main(["render", "--seed", "9", "--identities", "1", "--photos", "1", "--out", str(tmp_path / "g"),
+                    "--no-progress", "--version", committed])
+    assert json.loads((tmp_path / "g" / "faceworld.json").read_text())["renderer"] == committed
+    monkeypatch.setattr(demo, "check_world", lambda folder: None)
+    with pytest.raises(UserError, match=f"holds renders of {committed}, but .* trained on {version}") as e:
+        demo.run_demo(world, demo.DEMO_DATA, tmp_path / "out", demo.Settings(device="cpu"), progress=False)
+    assert "--make-data" in e.value.hint
+
+
 def test_faceworld3_draws_bigger_heads_and_broader_expressions():
     """The same people, poses and light: faceworld-3's face boxes are a quarter wider, and an expression
     changes more pixels than in faceworld-2; both versions stay deterministic item by item."""

@@ -23,6 +23,7 @@ renders batches and prints renders per second (wall clock, and per CPU second of
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -30,7 +31,7 @@ import numpy as np
 
 from data_prep.faceworld.attributes import SPLITS
 from data_prep.faceworld.folders import write_folders
-from data_prep.faceworld.render import SIZES, FaceWorld
+from data_prep.faceworld.render import SIZES, VERSION_ENV, VERSIONS, FaceWorld, folder_version
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--edits", type=int, default=6, help="edit prompts per person (default 6)")
     r.add_argument("--format", choices=["jpg", "png"], default="jpg", help="photo file format (default jpg)")
     r.add_argument("--device", default="cpu", help="torch device for rendering (default cpu)")
+    r.add_argument("--version", choices=sorted(VERSIONS), default=None,
+                   help=f"renderer version (default: ${VERSION_ENV}, else the version the embedded world's models were "
+                        "trained on, its renderer.json: checkpoints/world or $UNIDIFFUSER_DEMO_WORLD)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     b = sub.add_parser("bench", help="renders per second")
     b.add_argument("--size", type=int, choices=SIZES, default=64, help="image side (default 64)")
@@ -88,12 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         bench(args)
         return 0
+    from models.check_weights import demo_world
+
+    version = args.version or os.environ.get(VERSION_ENV) or folder_version(demo_world())
     side = write_folders(args.out, seed=args.seed, identities=args.identities, photos=args.photos,
                          split=args.split, first=args.first, size=args.size, edits=args.edits, fmt=args.format,
-                         device=args.device, progress=not args.no_progress)
+                         device=args.device, progress=not args.no_progress, version=version)
     names = ", ".join(p["name"] for p in side["people"][:8]) + (" ..." if len(side["people"]) > 8 else "")
-    print(f"{args.out}: {len(side['people'])} people x {args.photos} photos ({names}); prompts in "
-          f"{args.out}/eval_prompts; scoring data in {args.out}/faceworld.json")
+    print(f"{args.out}: {len(side['people'])} people x {args.photos} photos of {side['renderer']} ({names}); "
+          f"prompts in {args.out}/eval_prompts; scoring data in {args.out}/faceworld.json")
     return 0
 
 

@@ -109,8 +109,9 @@ def _encode(image: np.ndarray, fmt: str) -> bytes:
 
 def write_folders(out: str | Path, *, seed: int, identities: int, photos: int, split: str = "test", first: int = 0,
                   size: int = 64, edits: int = 6, fmt: str = "jpg", device: str = "cpu",
-                  progress: bool = True) -> dict:
-    """Render the photo folders, prompt files and side file into `out` (which must be empty or absent).
+                  progress: bool = True, version: str | None = None) -> dict:
+    """Render the photo folders, prompt files and side file into `out` (which must be empty or absent), in the
+    renderer `version` (default: the version in force, render.renderer_version).
 
     Returns the side file's content.
     """
@@ -127,7 +128,7 @@ def write_folders(out: str | Path, *, seed: int, identities: int, photos: int, s
     if first < 0 or lo + first + identities > hi:
         raise FolderError(f"identities {first}..{first + identities - 1} do not fit the {split} split "
                          f"({hi - lo} identities)")
-    world = FaceWorld(seed, size=size, device=device)
+    world = FaceWorld(seed, size=size, device=device, version=version)
     index = np.arange(lo + first, lo + first + identities, dtype=np.int64)
     people = name_people(seed, index)
     (out / PROMPTS_DIR).mkdir(parents=True, exist_ok=True)

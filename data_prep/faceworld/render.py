@@ -81,17 +81,22 @@ def renderer_version(version: str | None = None) -> str:
 VERSION_FILE = "renderer.json"  # in a folder of models trained on renders (a world): the version they saw
 
 
-def use_folder_version(folder: str | os.PathLike) -> str:
+def folder_version(folder: str | os.PathLike) -> str:
     """The renderer version of a folder of models trained on renders (<folder>/renderer.json; without one, the
-    version in force), made the process's: $FACEWORLD_VERSION is set to it when it is not the default, so that
-    every FaceWorld built without a version, render workers included, draws what those models saw. Refused
-    (RendererVersionError) when $FACEWORLD_VERSION asks for another version than the folder's."""
+    version in force)."""
     import json
 
     path = Path(folder) / VERSION_FILE
-    if not path.is_file():
+    return renderer_version(json.loads(path.read_text())["version"]) if path.is_file() else renderer_version()
+
+
+def use_folder_version(folder: str | os.PathLike) -> str:
+    """folder_version(folder), made the process's: $FACEWORLD_VERSION is set to it when it is not the default, so
+    that every FaceWorld built without a version, render workers included, draws what those models saw. Refused
+    (RendererVersionError) when $FACEWORLD_VERSION asks for another version than the folder's."""
+    if not (Path(folder) / VERSION_FILE).is_file():
         return renderer_version()
-    version = renderer_version(json.loads(path.read_text())["version"])
+    version = folder_version(folder)
     asked = os.environ.get(VERSION_ENV)
     if asked and asked != version:
         raise RendererVersionError(f"the models in {folder} were trained on renders of {version}; "

@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="JSON result path")
     a = p.parse_args(argv)
 
+    from data_prep.faceworld.render import use_folder_version
     from pretrain.world.backbone import BackboneStage
     from pretrain.world.common import StageOptions, WorldData
 
+    use_folder_version(a.world)  # the render workers draw what the world's backbone was trained on
     device = torch.device("cpu" if a.tiny or not torch.cuda.is_available() else "cuda")
     warmup, reps = (1, 1) if a.tiny else (5, a.reps)
     result: dict = {"format": "world-backbone-bench", "version": 1, "parts": {}}
