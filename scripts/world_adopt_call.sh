@@ -51,9 +51,8 @@ if [ ! -f "$W/.candidate" ]; then
   # each file and folder of NEXT replaces its namesake whole, not merged (models/: a latent candidate brings
   # autoencoder_kl.safetensors instead of the pixel space; a candidate of another renderer version brings its
   # renderer.json and the models that read its renders: faces/, eval_faces/, attributes/)
-  rm -rf "$W" && mkdir -p "$W" && cp -r checkpoints/world/. "$W/" \
-    && for f in "$NEXT"/*; do rm -rf "$W/${f##*/}" && cp -r "$f" "$W/"; done \
-    && touch "$W/.candidate" && echo "candidate world at $W: checkpoints/world with $(ls "$NEXT" | tr '\n' ' ')from $NEXT"
+  source scripts/gpu_state.sh
+  overlay_world "$W" "$NEXT"/* && echo "candidate world at $W: checkpoints/world with $(ls "$NEXT" | tr '\n' ' ')from $NEXT"
 fi
 GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --identities 8 --photos 3 --prompts 4
       --device cuda --workers 4 --out /tmp/fg --json "$OUTD/finetune_grid.json")

@@ -7,9 +7,9 @@
 # Call it again at once (the machine warm: the stages resume from /tmp/runs) until every stage has exported; the
 # call in which the last one does evaluates the world, when at least EVAL_SECONDS (default 200) are left:
 # seed 31337 with every section of the JSON, seed 27182 with text-to-image and its ceiling.
-# The world is assembled at /tmp/wr: checkpoints/world, with NEXT's models/, model_configs.json and renderer.json
-# and the retrained faces/, eval_faces/ and attributes/ (marked .candidate, so world_adopt_call.sh W=/tmp/wr
-# trains the identity module on it next).
+# The world is assembled at /tmp/wr: checkpoints/world with every part of NEXT (models/, model_configs.json,
+# renderer.json, ...) and then the retrained faces/, eval_faces/ and attributes/ in place of their namesakes (marked
+# .candidate, so that world_adopt_call.sh W=/tmp/wr trains the identity module on it next).
 # Step totals: TOT_<stage> as world_gpu_call.sh reads them; defaults are the committed world's (faces 4,400,
 # eval_faces 4,200, face_detector 3,000, attributes 3,000).
 # Results under $OUT: world_<version>_seed31337.json, world_<version>_seed27182.json, the exported models
@@ -38,11 +38,8 @@ if [ -n "$(todo)" ]; then  # /tmp/world starts with NEXT's renderer.json (the ve
 fi
 [ -z "$(todo)" ] || { echo "[$(( CALL - $(left) )) s] stages not all exported yet: call again"; exit 0; }
 W=/tmp/wr
-rm -rf $W && mkdir -p $W \
-  && find checkpoints/world -mindepth 1 -maxdepth 1 ! -name models -exec cp -r -t $W {} + \
-  && cp -r "$NEXT/models" "$NEXT/model_configs.json" "$NEXT/renderer.json" $W/ \
-  && rm -rf $W/faces $W/eval_faces $W/attributes && cp -r /tmp/world/faces /tmp/world/eval_faces /tmp/world/attributes $W/ \
-  && touch $W/.candidate
+source scripts/gpu_state.sh
+overlay_world $W "$NEXT"/* /tmp/world/faces /tmp/world/eval_faces /tmp/world/attributes
 tar czf "$OUTD/render_readers.tgz" -C /tmp/world faces eval_faces attributes renderer.json
 [ "$(left)" -ge "${EVAL_SECONDS:-200}" ] || { echo "exported; $(left) s left: evaluate in the next call"; exit 0; }
 source scripts/device_env.sh
