@@ -853,7 +853,9 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
                     "world_sha256": world_backbone_sha256(world_dir), "sampler": folder_sampler_policy(world_dir),
                     "test_identities": {"split": "test", "range": list(split_range("test"))},
                     "sections": list(sections), "seconds": {}}
-    classifier = pipe = clip = None
+    classifier = pipe = clip = latent = None
+    if {"reconstruction", "t2i_ceiling"} & set(sections):  # (autoencoder, where), loaded once for both
+        latent = world_latent_space(world_dir, device)
     if {"attributes", "reconstruction", "text_to_image", "t2i_ceiling", "single_attribute"} & set(sections):
         classifier = AttributeClassifier.from_folder(world_dir / EXPORT_DIR, device)
     if {"text_to_image", "single_attribute", "backbone_attributes", "attribute_energy", "frechet",
@@ -871,12 +873,11 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
         elif name == "attributes":
             result.update(evaluate_attributes(world_dir, seed, cfg, device, classifier))
         elif name == "reconstruction":
-            result.update(evaluate_reconstruction(*world_latent_space(world_dir, device), classifier, seed, cfg,
-                                                  device, world_dir))
+            result.update(evaluate_reconstruction(*latent, classifier, seed, cfg, device, world_dir))
         elif name == "text_to_image":
             result.update(evaluate_text_to_image(pipe, classifier, seed, cfg))
         elif name == "t2i_ceiling":
-            result.update(evaluate_t2i_ceiling(*world_latent_space(world_dir, device), classifier, seed, cfg, device))
+            result.update(evaluate_t2i_ceiling(*latent, classifier, seed, cfg, device))
         elif name == "single_attribute":
             result.update(evaluate_single_attribute(pipe, classifier, seed, cfg))
         elif name == "clip_attributes":
