@@ -31,7 +31,15 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _renderer_version_of_the_environment(monkeypatch):
+def _renderer_version_of_the_environment():
     """Commands run in-process on a world folder make its renderer version the process's ($FACEWORLD_VERSION,
-    data_prep.faceworld.render.use_folder_version): every test starts without it and leaves none behind."""
-    monkeypatch.delenv("FACEWORLD_VERSION", raising=False)
+    data_prep.faceworld.render.use_folder_version): every test starts without it and leaves none behind. (Not
+    with monkeypatch: its delenv of an unset variable records nothing, so a value set by the code under test
+    would outlive the test, and a test's own monkeypatch.undo() would bring back an outer value.)"""
+    import os
+
+    before = os.environ.pop("FACEWORLD_VERSION", None)
+    yield
+    os.environ.pop("FACEWORLD_VERSION", None)
+    if before is not None:
+        os.environ["FACEWORLD_VERSION"] = before

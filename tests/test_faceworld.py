@@ -390,8 +390,8 @@ def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, 
     (world / "faceid_encoder" / "identity.safetensors").write_bytes(b"")
     (world / "renderer.json").write_text(json.dumps({"version": version}))
 
-    def fresh():  # as a new process would start: the environment's version is the default
-        monkeypatch.delenv(VERSION_ENV, raising=False)
+    def fresh():  # as a new process would start: the environment's version is the default (conftest restores it)
+        os.environ.pop(VERSION_ENV, None)
 
     fresh()
     args = build_parser().parse_args(["--source", "faceworld", "--identities", "1", "--photos", "1",
