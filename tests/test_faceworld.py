@@ -368,7 +368,7 @@ def test_a_folder_of_models_names_the_renderer_version_they_saw(tmp_path, monkey
 
 def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, monkeypatch):
     """Every command that renders for a world's models draws the version in its renderer.json, whatever the
-    environment says by default: data_prep's shards (--weights), the identity stage (also built directly, as
+    environment says by default: data_prep's shards (--weights), so the identity stage's (also built directly, as
     scripts/world_identity_call.sh does), the identity and fine-tuning grids, the demo folder and the render
     CLI's photo folders (default: the embedded world's version). The demo refuses photos of another version."""
     import os
@@ -404,12 +404,12 @@ def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, 
     def seen(*args, **kwargs):  # what the next step would render with
         raise Seen(os.environ.get(VERSION_ENV))
 
-    fresh()
-    monkeypatch.setattr(identity_stage, "run_command", seen)
+    fresh()  # the identity stage's shards: its data_prep command names the world, whoever built the stage
     stage = identity_stage.IdentityStage(identity_stage.StageOptions(out=tmp_path / "runs", world=world,
                                                                      device=torch.device("cpu"), tiny=True))
-    with pytest.raises(Seen, match=version):
-        stage.run()
+    argv = stage.prep_command()
+    assert argv[1:3] == ["-m", "data_prep"]
+    assert build_source(build_parser().parse_args(argv[3:])).world.version == version
     fresh()
     monkeypatch.setattr(identity_grid, "prepare_data", seen)
     with pytest.raises(Seen, match=version):

@@ -38,7 +38,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.faceworld.render import use_folder_version
 from models.errors import UserError
 from pretrain.world.common import StageOptions
 
@@ -166,8 +165,6 @@ class IdentityStage:
     def run(self) -> dict:
         """Shards, pretraining, export; each step skipped when done. Returns what was done."""
         opts = self.opts
-        use_folder_version(opts.world)  # the shards: renders of the version the world's models saw (its commands
-        # inherit it), also when the stage is built directly (scripts/world_identity_call.sh) and not by the CLI
         deadline = None if opts.minutes is None else time.monotonic() + 60 * opts.minutes
         env = None
         if opts.device.type == "cpu":  # the commands must not pick a GPU on their own
