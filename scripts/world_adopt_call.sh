@@ -42,9 +42,9 @@ source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
 W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
 if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
-  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the faceworld-3 backbone beside" \
-    "the committed checkpoints/world_next: 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the" \
-    "latent backbone, adopted since: commit dd0aeba; h: commit 938222a)" >&2
+  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the worlds adopted since:" \
+    "faceworld-3's 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the latent backbone, commit dd0aeba;" \
+    "h, commit 938222a)" >&2
   exit 2
 fi
 if [ ! -f "$W/.candidate" ]; then

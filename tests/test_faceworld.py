@@ -380,7 +380,7 @@ def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, 
     import eval.identity_grid as identity_grid
     import pretrain.world.identity as identity_stage
     from data_prep.__main__ import build_parser, build_source
-    from data_prep.faceworld.render import VERSION_ENV
+    from data_prep.faceworld.render import VERSION_ENV, renderer_version
     from models.errors import UserError
 
     committed = json.loads((demo.DEMO_DATA / "faceworld.json").read_text())["renderer"]
@@ -401,8 +401,8 @@ def test_commands_on_a_world_draw_the_renderer_version_its_models_saw(tmp_path, 
     class Seen(Exception):
         pass
 
-    def seen(*args, **kwargs):  # what the next step would render with
-        raise Seen(os.environ.get(VERSION_ENV))
+    def seen(*args, **kwargs):  # what the next step would render with (faceworld-2, the default, sets no variable)
+        raise Seen(renderer_version())
 
     fresh()  # the identity stage's shards: its data_prep command names the world, whoever built the stage
     stage = identity_stage.IdentityStage(identity_stage.StageOptions(out=tmp_path / "runs", world=world,
