@@ -199,9 +199,16 @@ def test_evaluate_writes_every_key(tmp_path: Path, one_thread, capsys, monkeypat
             main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "sizes",
                   flag, "0"])
         assert e.value.code == 2 and f"argument {flag}: must be at least 1" in capsys.readouterr().err
-    with pytest.raises(UserError, match="measured by this run too"):
-        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "frechet",
-              "--include", str(gpu)])
+    # a section both measure is this run's (its keys, SECTION_KEYS); the earlier JSON gives the others
+    assert main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only", "frechet",
+                 "--include", str(gpu)]) == 0
+    merged = json.loads(both.read_text())
+    assert merged["sections"] == ["frechet", "text_to_image"] and merged["included"][0]["sections"] == ["text_to_image"]
+    assert list(merged["frechet_world_clip"]) == [str(s) for s in STEPS_GRID]  # this run's grid, not the headline
+    assert merged["text_to_image"] == made["text_to_image"]
+    with pytest.raises(UserError, match="measured by this run too: it would add nothing"):
+        main(["evaluate", "--world", str(world), "--seed", "3", "--out", str(both), "--tiny", "--only",
+              "text_to_image,frechet,sizes", "--include", str(gpu)])
     with pytest.raises(UserError, match="renderer seed"):
         main(["evaluate", "--world", str(world), "--seed", "4", "--out", str(both), "--tiny", "--only", "sizes",
               "--include", str(gpu)])

@@ -88,7 +88,8 @@ on their own seed's training identities; test identities come from the test rang
 on a GPU) to this one's JSON, so that one file holds every figure of the world: only when that run measured
 the same backbone files (its `world_sha256`: models.paths.WORLD_BACKBONE_FILES, the weights and
 model_configs.json, whose sampler policy is also recorded as `sampler`) at the same renderer seed, and only
-sections this run does not measure itself. Its command, commit and device are kept beside them (`included`).
+sections this run does not measure itself (SECTION_KEYS: the keys each section writes; a section both measured
+is this run's). Its command, commit and device are kept beside them (`included`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,25 @@ REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ("faces", "attributes", "reconstruction", "text_to_image", "t2i_ceiling", "single_attribute",
             "clip_attributes", "backbone_attributes", "attribute_energy", "frechet", "text_dependence", "captions",
             "sizes")
+# the result keys each section writes: what --include takes of an earlier JSON's sections (evaluate_world checks
+# every run's sections against it, so a key added to a section without naming it here fails at once)
+SECTION_KEYS = {
+    "faces": ("tar_at_far_1e-3", "colour_histogram_tar_at_far_1e-3", "verification", "test_photos"),
+    "attributes": ("attribute_accuracy", "attribute_renders"),
+    "reconstruction": ("reconstruction", "reconstruction_attribute_accuracy"),
+    "text_to_image": ("text_to_image", "text_to_image_attribute_success"),
+    "t2i_ceiling": ("text_to_image_ceiling",),
+    "single_attribute": ("single_attribute", "single_attribute_success", "single_attribute_unasked"),
+    "clip_attributes": ("clip_attributes", "clip_attribute_accuracy", "clip_text_cosine", "clip_image_probe"),
+    "backbone_attributes": ("backbone_attributes", "backbone_attribute_accuracy",
+                            "backbone_attribute_accuracy_by_timestep", "backbone_attribute_accuracy_face_box",
+                            "backbone_text_distance"),
+    "attribute_energy": ("attribute_energy", "attribute_energy_setup"),
+    "frechet": ("frechet", "frechet_world_clip", "frechet_world_clip_real_vs_real"),
+    "text_dependence": ("text_dependence",),
+    "captions": ("captions",),
+    "sizes": ("demo_parts_mb",),
+}
 DETAILS = ("hat", "glasses", "expression")  # the attributes single_attribute asks for one value at a time
 DEPENDENCE_TIMESTEPS = (800, 900, 950, 1000)
 CLASSIFY_TIMESTEPS = (300, 500, 700, 900)  # network timesteps (of 1000) of backbone_attributes
@@ -867,7 +887,7 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     for name in SECTIONS:
         if name not in sections:
             continue
-        t0 = time.perf_counter()
+        t0, before = time.perf_counter(), set(result)
         if name == "faces":
             result.update(evaluate_faces(world_dir, seed, cfg, device))
         elif name == "attributes":
@@ -894,6 +914,8 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
             result.update(evaluate_captions(world_dir, seed, cfg))
         else:
             result["demo_parts_mb"] = folder_sizes([world_dir, *map(Path, demo_dirs)])
+        unnamed = set(result) - before - set(SECTION_KEYS[name])
+        assert not unnamed, f"section {name} wrote {sorted(unnamed)}, not in SECTION_KEYS[{name!r}]"
         result["seconds"][name] = round(time.perf_counter() - t0, 2)
         print(f"[evaluate] {name} done in {result['seconds'][name]:.1f} s", flush=True)
     result["config"] = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
@@ -927,24 +949,26 @@ def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: 
                                                  f"differs)") + ": evaluate this world instead")
     if other.get("renderer_seed") != seed:
         raise UserError(f"--include {path}: renderer seed {other.get('renderer_seed')} is not this run's {seed}")
-    overlap = set(other["sections"]) & set(sections)
-    if overlap:
-        raise UserError(f"--include {path}: sections {sorted(overlap)} are measured by this run too; "
-                        f"leave them out of --only")
+    if not set(other["sections"]) - set(sections):
+        raise UserError(f"--include {path}: every section of it ({', '.join(other['sections'])}) is measured by "
+                        f"this run too: it would add nothing")
     return other
 
 
 def add_include(result: dict, path: str | os.PathLike, other: dict) -> None:
-    """Add read_include's sections to this run's result, with where they came from (`included`)."""
+    """Add read_include's sections to this run's result, those this run did not measure (its own measurement of
+    a section wins: its keys, SECTION_KEYS, are taken from this run), with where they came from (`included`)."""
     from models.errors import UserError
 
-    taken = {k for k in other if k not in META_KEYS} & set(result)
+    sections = [s for s in other["sections"] if s not in result["sections"]]
+    keys = [k for s in sections for k in SECTION_KEYS[s] if k in other]
+    taken = set(keys) & set(result)
     if taken:
         raise UserError(f"--include {path}: {sorted(taken)} are this run's already")
-    result.update({k: v for k, v in other.items() if k not in META_KEYS})
-    result["sections"] = result["sections"] + list(other["sections"])
+    result.update({k: other[k] for k in keys})
+    result["sections"] = result["sections"] + sections
     result.setdefault("included", []).append(
-        {"path": str(path), "sections": other["sections"], "seconds": other.get("seconds"),
+        {"path": str(path), "sections": sections, "seconds": other.get("seconds"),
          "config": other.get("config"), "device": other.get("device"), "commands": other.get("commands"),
          "git_commit": other.get("git_commit"), "git_dirty": other.get("git_dirty")})
 
