@@ -923,10 +923,6 @@ def evaluate_world(world_dir: str | os.PathLike, seed: int, *, device: torch.dev
     return result
 
 
-META_KEYS = {"format", "version", "world", "renderer_seed", "world_sha256", "sampler", "test_identities", "sections",
-             "seconds", "config", "device", "commands", "git_commit", "git_dirty", "included"}
-
-
 def read_include(path: str | os.PathLike, world_dir: Path, seed: int, sections: Sequence[str]) -> dict:
     """An earlier `evaluate` JSON whose sections can join this run's (see the module docstring), checked
     before this run measures anything; raises UserError (one line) when it cannot."""
