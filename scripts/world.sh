@@ -9,6 +9,11 @@
 # WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space);
 # the committed autoencoder's flags: WORLD_AUTOENCODER_ARGS="--downsample 2 --batch-reuse 4 --face-weight 4
 # --render-workers 15".
+# The committed world was not made by one run of this script but by continued time-limited calls
+# (checkpoints/world/README.md): a latent backbone trained on faceworld-2, continued on faceworld-3
+# (FACEWORLD_VERSION=faceworld-3, WORLD_BACKBONE_ARGS="--space autoencoder --face-weight 4"), with the models that
+# read renders and the identity module trained on faceworld-3. A from-scratch faceworld-3 run of this script in
+# under an hour of GPU time has not been shown.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"

@@ -32,18 +32,26 @@ stage.c = dataclasses.replace(stage.c, identities=ids, photos=photos)
 print(stage.run(), flush=True)
 PY
 echo "[$(el) s] shards (skipped when complete): $(tail -1 "$L/shards.log")"
-pids=()
+pids=(); names=()
 [ $(( CALL - $(el) - 60 )) -lt 30 ] && { echo "[$(el) s] no time left for training this call"; set --; }
 for spec in "$@"; do
   name=${spec%%:*}; flags=${spec#*:}
   # shellcheck disable=SC2086
-  timeout -s INT $(( CALL - $(el) - 60 )) python3 -m pretrain.train --config pretrain/configs/world.json \
+  timeout --preserve-status -s INT $(( CALL - $(el) - 60 )) \
+    python3 -m pretrain.train --config pretrain/configs/world.json \
     --shards "$B/runs/identity/shards" --weights "$W" --output_dir "$B/runs/v_$name" --max_steps "${STEPS:-5000}" \
     --checkpoint_every 500 --keep_checkpoints 1 --export_every "${EXPORT_EVERY:-1000}" $flags > "$L/v_$name.log" 2>&1 &
-  pids+=($!)
+  pids+=($!); names+=("$name")
   echo "[$(el) s] variant $name: $flags"
 done
-for p in "${pids[@]+"${pids[@]}"}"; do wait "$p"; done
+# how each ended: 0 finished, 130 stopped by the timeout's SIGINT with a checkpoint (pretrain.train's Ctrl-C),
+# anything else without one (its steps since the last periodic checkpoint are lost; see its log's end)
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; rc=$?
+  case $rc in 0) how="finished" ;; 130) how="stopped with a checkpoint" ;;
+    *) how="ended WITHOUT a checkpoint (exit $rc): it resumes from its last periodic one" ;; esac
+  echo "[$(el) s] variant ${names[$i]}: $how"
+done
 echo "[$(el) s] variants returned"
 for spec in "$@"; do name=${spec%%:*}; tail -2 "$L/v_$name.log"; ls "$B/runs/v_$name" 2>/dev/null; done
 pack_state ident "$B" "$OUTD" --exclude=runs/identity/shards runs
