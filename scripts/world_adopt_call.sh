@@ -9,6 +9,10 @@
 #   bash scripts/world_adopt_call.sh 3 CALL_SECONDS   # the module snapshot and identity scale chosen on validation
 #                                                     #   identities and exported (unless ENCODER names a module
 #                                                     #   chosen already, sampled at ID_SCALE), then eval.world
+#   bash scripts/world_adopt_call.sh grid CALL_SECONDS   # the fine-tuning grid alone (resumes; a world whose module
+#                                                        #   exists, e.g. one adopted already)
+# A world adopted already is evaluated with NEXT=none W=checkpoints/world: the grid, then phase 3 with
+# ENCODER=checkpoints/world/faceid_encoder (nothing is laid over it or trained).
 # The candidate world is built at $W (default /tmp/wn): checkpoints/world with every file and folder of NEXT in place
 # of its namesake (models/ and model_configs.json for a new backbone; renderer.json, faces/, eval_faces/ and
 # attributes/ too for a world of another renderer version), so the committed backbone is not needed: a call carrying
@@ -23,7 +27,8 @@
 # pass the grid as GRID_JSON; phase 3 takes the module's snapshots from the carried ident.tgz.* when /tmp/wi
 # is gone, and resumes from a carried .gpu_ops/state/ew.txz (its previous return), or
 # from EW_STATE (a tarball of ew/, gzip or xz; without data/ and faces/ they are rendered and scored again).
-# Environment: W, NEXT (default checkpoints/world_next), SEED (test identities, 55555), VAL_SEED (101),
+# Environment: W, NEXT (default checkpoints/world_next; "none": W itself, default checkpoints/world),
+# SEED (test identities, 55555), VAL_SEED (101),
 # EVAL_WORKERS (eval.world --workers, 8), ENCODER and ID_SCALE (phase 3's module and its --id-scale, chosen
 # elsewhere; on a warm machine ENCODER=$W/faceid_encoder resumes the evaluation of the module chosen last
 # call), GRID_JSON (the fine-tuning grid whose best setting the evaluation uses, when not this machine's;
@@ -40,14 +45,20 @@ T0=$(date +%s); left() { echo $(( CALL - ($(date +%s) - T0) )); }
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
 OUTD=${OUT:-/tmp/out}; L=$OUTD/adopt_logs; mkdir -p "$L"
-W=${W:-/tmp/wn}; NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
-if [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
+NEXT=${NEXT:-checkpoints/world_next}; SEED=${SEED:-55555}; VAL_SEED=${VAL_SEED:-101}
+if [ "$NEXT" = none ]; then  # the world at W as it is (no candidate laid over it)
+  W=${W:-checkpoints/world}
+  [ -f "$W/models/uvit_v1.safetensors" ] || { echo "NEXT=none: W=$W holds no models/uvit_v1.safetensors" >&2; exit 2; }
+else
+  W=${W:-/tmp/wn}
+fi
+if [ "$NEXT" != none ] && [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
   echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the worlds adopted since:" \
     "faceworld-3's 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the latent backbone, commit dd0aeba;" \
     "h, commit 938222a)" >&2
   exit 2
 fi
-if [ ! -f "$W/.candidate" ]; then
+if [ "$NEXT" != none ] && [ ! -f "$W/.candidate" ]; then
   # each file and folder of NEXT replaces its namesake whole, not merged (models/: a latent candidate brings
   # autoencoder_kl.safetensors instead of the pixel space; a candidate of another renderer version brings its
   # renderer.json and the models that read its renders: faces/, eval_faces/, attributes/)
@@ -63,6 +74,11 @@ grid_json() { for f in /tmp/fg.json "${GRID_JSON:-}" eval/results/finetune_grid.
   [ -f "$f" ] && { echo "$f"; return; }; done; }
 bg=()
 case $PHASE in
+  grid)
+    timeout -s INT $(( $(left) - 25 )) "${GRID[@]}" > "$L/grid.log" 2>&1
+    tail -5 "$L/grid.log"
+    [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
+    ;;
   1|2)
     if [ ! -f /tmp/fg.json ] && [ -z "${GRID_JSON:-}" ]; then  # a grid tuned on this backbone already: not rerun
       timeout -s INT $(( $(left) - 45 )) "${GRID[@]}" > "$L/grid_$PHASE.log" 2>&1 &
@@ -79,6 +95,10 @@ case $PHASE in
     [ -f "$OUTD/finetune_grid.json" ] && cp "$OUTD/finetune_grid.json" /tmp/fg.json
     ;;
   3)
+    if [ "$NEXT" = none ] && [ "$(realpath -m "${ENCODER:-unset}")" != "$(realpath -m "$W/faceid_encoder")" ]; then
+      echo "NEXT=none: phase 3 evaluates W's own module (ENCODER=$W/faceid_encoder); W is not written to" >&2
+      exit 2
+    fi
     EW_STATE=${EW_STATE:-${STATE:-.gpu_ops/state}/ew.txz}
     if [ ! -d /tmp/ew ] && [ -f "$EW_STATE" ]; then  # a previous call's units (resumed; gzip or xz)
       tar xf "$EW_STATE" -C /tmp && echo "evaluation work folder restored from $EW_STATE"
@@ -116,7 +136,7 @@ case $PHASE in
     tar cJf "$OUTD/ew.txz" -C /tmp --exclude=ew/images --exclude=ew/command_timing --exclude=ew/records \
       --exclude=ew/data --exclude=ew/faces ew
     ;;
-  *) echo "phase must be 1, 2 or 3" >&2; exit 2 ;;
+  *) echo "phase must be 1, 2, 3 or grid" >&2; exit 2 ;;
 esac
 for f in "$L"/*.log; do echo "== $f"; tail -4 "$f"; done
 tar czf "$OUTD/adopt_logs.tgz" -C "$OUTD" adopt_logs && rm -rf "$L"
