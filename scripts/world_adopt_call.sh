@@ -51,19 +51,20 @@ if [ "$NEXT" = none ]; then  # the world at W as it is (no candidate laid over i
   [ -f "$W/models/uvit_v1.safetensors" ] || { echo "NEXT=none: W=$W holds no models/uvit_v1.safetensors" >&2; exit 2; }
 else
   W=${W:-/tmp/wn}
-fi
-if [ "$NEXT" != none ] && [ ! -f "$W/.candidate" ] && [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
-  echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the worlds adopted since:" \
-    "faceworld-3's 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the latent backbone, commit dd0aeba;" \
-    "h, commit 938222a)" >&2
-  exit 2
-fi
-if [ "$NEXT" != none ] && [ ! -f "$W/.candidate" ]; then
-  # each file and folder of NEXT replaces its namesake whole, not merged (models/: a latent candidate brings
-  # autoencoder_kl.safetensors instead of the pixel space; a candidate of another renderer version brings its
-  # renderer.json and the models that read its renders: faces/, eval_faces/, attributes/)
-  source scripts/gpu_state.sh
-  overlay_world "$W" "$NEXT"/* && echo "candidate world at $W: checkpoints/world with $(ls "$NEXT" | tr '\n' ' ')from $NEXT"
+  if [ ! -f "$W/.candidate" ]; then  # not built by an earlier call on this machine
+    if [ ! -f "$NEXT/models/uvit_v1.safetensors" ]; then
+      echo "no candidate backbone at $NEXT: set NEXT, or restore one from git history (the worlds adopted since:" \
+        "faceworld-3's 'git archive 2ed88ea checkpoints/world_next/models | tar -x'; the latent backbone, commit" \
+        "dd0aeba; h, commit 938222a)" >&2
+      exit 2
+    fi
+    # each file and folder of NEXT replaces its namesake whole, not merged (models/: a latent candidate brings
+    # autoencoder_kl.safetensors instead of the pixel space; a candidate of another renderer version brings its
+    # renderer.json and the models that read its renders: faces/, eval_faces/, attributes/)
+    source scripts/gpu_state.sh
+    overlay_world "$W" "$NEXT"/* \
+      && echo "candidate world at $W: checkpoints/world with $(ls "$NEXT" | tr '\n' ' ')from $NEXT"
+  fi
 fi
 GRID=(python3 -m eval.finetune_baseline grid --world "$W" --seed "$VAL_SEED" --identities 8 --photos 3 --prompts 4
       --device cuda --workers 4 --out /tmp/fg --json "$OUTD/finetune_grid.json")
