@@ -2,7 +2,11 @@
 # Reproduce the identity world: every registered stage of `python -m pretrain.world` in order, each
 # resumable (rerun this script after a time-limited call to continue where it stopped).
 #   bash scripts/world.sh [--tiny] [--minutes M] [--device cuda] [--seed S]
-# Arguments go to every stage. Environment: WORLD_OUT (runs/world), WORLD_DIR (checkpoints/world),
+# Arguments go to every stage. A stage that stops before its total (a --minutes or --steps budget) stops the
+# script with exit status 75: rerun it to continue; the next stage starts only from a finished one.
+# WORLD_CALL_MINUTES=M bounds one call of the script: each stage gets the minutes left of M (--minutes; start-up
+# and export come on top, so leave a margin in a time-limited call), and no stage starts with less than one left.
+# Environment: WORLD_OUT (runs/world), WORLD_DIR (checkpoints/world),
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
 # flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"). The autoencoder stage runs only when
@@ -25,8 +29,25 @@ for stage in $("$PYTHON" -m pretrain.world list); do
              "WORLD_BACKBONE_ARGS=\"--space autoencoder\" to train it in the autoencoder's latent)"
         continue
     fi
-    echo "== world stage: $stage"
+    budget=()
+    if [ -n "${WORLD_CALL_MINUTES:-}" ]; then
+        left=$(awk -v m="$WORLD_CALL_MINUTES" -v s="$SECONDS" 'BEGIN { printf "%.2f", m - s / 60 }')
+        if awk -v l="$left" 'BEGIN { exit !(l < 1) }'; then
+            echo "== world: this call's $WORLD_CALL_MINUTES minutes are spent before stage $stage; rerun" \
+                 "scripts/world.sh to continue"
+            exit 75
+        fi
+        budget=(--minutes "$left")
+    fi
+    echo "== world stage: $stage${budget:+ (at most ${budget[1]} minutes of training)}"
     var="WORLD_${stage^^}_ARGS"
     read -r -a extra <<< "${!var:-}"
-    "$PYTHON" -m pretrain.world train "$stage" --out "$OUT" --world "$WORLD" "$@" "${extra[@]}"
+    "$PYTHON" -m pretrain.world train "$stage" --out "$OUT" --world "$WORLD" "$@" "${extra[@]}" "${budget[@]}"
+    if ! "$PYTHON" -m pretrain.world finished "$stage" --out "$OUT" --world "$WORLD" > /dev/null; then
+        echo "== world stage $stage stopped before its total; rerun scripts/world.sh to continue (after" \
+             "$(( SECONDS / 60 )) min $(( SECONDS % 60 )) s)"
+        exit 75
+    fi
 done
+echo "== world done: every stage finished and exported to $WORLD (this call: $(( SECONDS / 60 )) min" \
+     "$(( SECONDS % 60 )) s)"

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.world.__main__ import STAGES
+from models.errors import UserError
+from pretrain.world.__main__ import NOT_FINISHED, STAGES, main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _world_sh(tmp_path: Path) -> subprocess.CompletedProcess:
+def _world_sh(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WORLD_OUT": str(tmp_path / "runs"), "WORLD_DIR": str(tmp_path / "world"),
            "PYTHON": sys.executable, "WORLD_BACKBONE_ARGS": "--batch-reuse 2 --no-final-conv",
-           "WORLD_CLIP_ARGS": "--hard-negatives"}
-    return subprocess.run(["bash", str(REPO / "scripts/world.sh"), "--tiny", "--seed", "3"], env=env,
+           "WORLD_CLIP_ARGS": "--hard-negatives", **env}
+    return subprocess.run(["bash", str(REPO / "scripts/world.sh"), "--tiny", "--seed", "3", *args], env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -49,8 +50,12 @@ def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tiny_world):
     assert backbone["train"]["eps_steps"] > 0 and len(backbone["train"]["level_gains"]) == 4  # the recipe
     clip = json.loads((tmp_path / "runs/clip/checkpoint/state.json").read_text())["config"]
     assert clip["hard_negatives"] is True  # the clip stage's flag
-    again = _world_sh(tmp_path)
+    folders = ["--out", str(tmp_path / "runs"), "--world", str(world)]
+    assert all(main(["finished", stage, *folders]) == 0 for stage in STAGES if stage != "autoencoder")
+    assert first.stdout.splitlines()[-1].startswith("== world done: every stage finished")
+    again = _world_sh(tmp_path, WORLD_CALL_MINUTES="30")  # a call budget large enough changes nothing
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "== world stage: clip (at most 29." in again.stdout
     trained = [line for line in again.stdout.splitlines() if "] step " in line]
     assert not trained, trained  # every stage was finished: resumed, re-exported, no training step
     assert "pretrain:" in first.stderr and "pretrain:" not in again.stderr  # the identity stage's progress bar
@@ -82,3 +87,19 @@ def test_backbone_arms_call_continues_the_backbone_in_each_arm_and_evaluates_it(
     refused = subprocess.run(["bash", str(REPO / "scripts/world_backbone_arms_call.sh"), "300"], env=env,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "name at least one arm" in refused.stderr
+
+
+def test_world_script_stops_at_a_stage_short_of_its_total_and_a_rerun_goes_on(tmp_path):
+    short = _world_sh(tmp_path, "--steps", "1")  # every stage's budget: one step, short of the tiny totals
+    assert short.returncode == 75, short.stdout[-2000:] + short.stderr[-2000:]
+    assert [line for line in short.stdout.splitlines() if line.startswith("== world stage")] == [
+        "== world stage: clip", short.stdout.splitlines()[-1]]  # the backbone never started without the clip
+    assert "clip stopped before its total; rerun scripts/world.sh to continue" in short.stdout
+    folders = ["--out", str(tmp_path / "runs"), "--world", str(tmp_path / "world")]
+    assert main(["finished", "clip", *folders]) == NOT_FINISHED
+    assert main(["finished", "identity", *folders]) == NOT_FINISHED
+    spent = _world_sh(tmp_path, WORLD_CALL_MINUTES="0.5")  # under a minute left: no stage starts
+    assert spent.returncode == 75 and "minutes are spent before stage clip" in spent.stdout
+    assert main(["finished", "clip", *folders]) == NOT_FINISHED  # nothing trained in the spent call
+    with pytest.raises(UserError, match="unknown stage 'nope'"):
+        main(["finished", "nope", *folders])

@@ -5,6 +5,7 @@
         [--device cuda] [--tiny]                        # the world's quality (pretrain/world/evaluate.py)
     python -m pretrain.world train clip --out runs/world --world checkpoints/world [--minutes 9] [--steps N] [--tiny]
         [--device cuda] [--seed 0]
+    python -m pretrain.world finished clip --out runs/world --world checkpoints/world   # exit 0, or 3 when not
 
 A stage is registered with one line in STAGES: its name -> "module:Class" of a
 pretrain.world.common.Stage subclass (imported only when that stage runs).
@@ -23,6 +24,8 @@ from data_prep.faceworld.render import use_folder_version
 from models.errors import UserError, number, run_cli
 from pretrain.world import evaluate
 from pretrain.world.common import Stage, StageOptions, gain_list, run_stage
+
+NOT_FINISHED = 3  # exit status of `finished` for a stage that has not trained its whole total yet
 
 # name -> "module:Class"; scripts/world.sh runs them in this order (the backbone needs the world-CLIP).
 STAGES: dict[str, str] = {
@@ -120,6 +123,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
     t.add_argument("--log-every", type=int, default=None, help="log one line every N steps")
+    f = sub.add_parser("finished", help=f"exit 0 when the stage has trained its whole total (and exported), "
+                                        f"{NOT_FINISHED} when a rerun of `train` would go on training it")
+    f.add_argument("stage", help=f"one of: {', '.join(STAGES)}")
+    f.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder, as given to `train`")
+    f.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder, as given to "
+                   "`train`")
     e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
     evaluate.add_arguments(e)
     return p.parse_args(argv)
@@ -132,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         return evaluate.run(args, evaluate.command_line(argv))
+    if args.command == "finished":
+        done = stage_class(args.stage).finished(args.out, args.world)
+        print(f"{args.stage}: {'finished' if done else 'not finished'}")
+        return 0 if done else NOT_FINISHED
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     log_every = args.log_every or (1 if args.tiny else 50)
     opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,

@@ -164,6 +164,13 @@ class Stage(ABC):
         self.total_steps, self.batch_size, self.base_lr = total_steps, batch_size, lr
         self.schedule = LRSchedule(max_steps=total_steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio)
 
+    @classmethod
+    def finished(cls, out: Path, world: Path) -> bool:
+        """Whether the stage has trained its whole total in the runs folder `out` (read from its checkpoint,
+        without building the stage; `scripts/world.sh` moves on to the next stage only then)."""
+        found = find_checkpoint(out / cls.name / CHECKPOINT)
+        return found is not None and bool(json.loads((found / STATE_FILE).read_text()).get("done"))
+
     # ---- what a stage gives -------------------------------------------------------------------------
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

@@ -119,6 +119,13 @@ class IdentityStage:
         self.shards = self.folder / "shards"
         self.run_dir = self.folder / "run"
 
+    @classmethod
+    def finished(cls, out: Path, world: Path) -> bool:
+        """Whether the stage's pretraining has exported its module and the world holds it (as
+        pretrain.world.common.Stage.finished says for a stage of steps)."""
+        return (out / cls.name / "run" / EXPORT_DIR / "config.json").is_file() and (
+            world / EXPORT_DIR / "config.json").is_file()
+
     # ---- the commands
     def prep_command(self) -> list[str]:
         c, world = self.c, self.opts.world
