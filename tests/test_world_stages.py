@@ -64,6 +64,20 @@ def test_a_finished_stage_only_reexports(world, capsys):
     assert "[backbone] step" not in capsys.readouterr().out  # no training step ran
 
 
+def test_a_finished_stage_with_its_exports_travels_as_its_state_alone(world, tmp_path, capsys):
+    out, root = world
+    state = json.loads((out / "clip/checkpoint/state.json").read_text())
+    assert state["done"] and state["optimizer_files"] is None  # nothing resumes a finished optimizer
+    assert not list((out / "clip/checkpoint").glob("optimizer*"))
+    moved = tmp_path / "runs"  # the next machine gets state.json and the exports, not the weights
+    (moved / "clip/checkpoint").mkdir(parents=True)
+    shutil.copy(out / "clip/checkpoint/state.json", moved / "clip/checkpoint/")
+    assert main(["train", "clip", "--tiny", "--out", str(moved), "--world", str(root)]) == 0
+    assert "[clip] finished at step 3" in capsys.readouterr().out
+    with pytest.raises(UserError, match="another clip configuration"):  # still checked against the options
+        main(["train", "clip", "--tiny", "--out", str(moved), "--world", str(root), "--hard-negatives"])
+
+
 def test_backbone_writes_its_pixel_space_and_shape_first_and_continues_from_an_export(world, tmp_path):
     import torch
 

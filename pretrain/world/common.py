@@ -16,7 +16,10 @@ Checkpoint of a stage (each file < 16 MiB, so it travels between machines in sma
                                       when one file would exceed FILE_LIMIT)
         optimizer.safetensors         optimizer state in bfloat16, only when it fits in OPTIMIZER_LIMIT;
                                       otherwise a resumed run restarts the moments and warms the LR up
-                                      again over `rewarm_steps`
+                                      again over `rewarm_steps`; none once the stage is finished
+
+A finished stage whose exports are all in place is not loaded again (a rerun reads its state.json alone), so a
+finished stage travels to the next machine as its state.json and its exports.
 
 Every random number of step k comes from a generator seeded with (seed, stage, k) (`step_generator`),
 so a resumed run continues the same data stream without storing RNG state.
@@ -484,7 +487,7 @@ def save_checkpoint(stage: Stage, folder: Path, step: int, done: bool) -> Path:
     files = {name: write_parts(_bf16(m.state_dict()), tmp, name) for name, m in stage.modules().items()}
     optimizer_files, optimizer_meta = None, None
     opt = stage.optimizer()
-    if opt is not None:
+    if opt is not None and not done:  # nothing resumes a finished stage's optimizer
         tensors, optimizer_meta = _optimizer_tensors(opt)
         if sum(_nbytes(t) for t in tensors.values()) <= OPTIMIZER_LIMIT:
             optimizer_files = write_parts(tensors, tmp, "optimizer")
@@ -516,8 +519,8 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def load_checkpoint(stage: Stage, folder: Path) -> dict:
-    """Restore the stage from a checkpoint folder; returns its state.json."""
+def checked_state(stage: Stage, folder: Path) -> dict:
+    """The checkpoint's state.json; refused when it was made with another configuration of the stage."""
     state = json.loads((folder / STATE_FILE).read_text())
     wanted = json.loads(json.dumps(stage.config()))
     if state.get("config") != wanted:
@@ -525,6 +528,12 @@ def load_checkpoint(stage: Stage, folder: Path) -> dict:
         raise UserError(f"{folder} was made with another {stage.name} configuration: {'; '.join(diff[:5])}",
                         hint=f"run with the options it was made with (--tiny or not, the same --total-steps), "
                              f"or remove {folder.parent} to start over")
+    return state
+
+
+def load_checkpoint(stage: Stage, folder: Path) -> dict:
+    """Restore the stage from a checkpoint folder; returns its state.json."""
+    state = checked_state(stage, folder)
     modules = stage.modules()
     if set(state["files"]) != set(modules):
         raise ValueError(f"{folder} holds modules {sorted(state['files'])}, the stage has {sorted(modules)}")
@@ -561,6 +570,11 @@ def run_stage(stage: Stage) -> dict:
     folder = opts.out / stage.name / CHECKPOINT
     found = find_checkpoint(folder)
     step, done = 0, False
+    wanted = stage.export_paths(opts.world)
+    if found is not None and (state := checked_state(stage, found))["done"] and wanted and all(
+            p.exists() for p in wanted):
+        print(f"[{stage.name}] finished at step {state['step']} (its exports are in {opts.world})", flush=True)
+        return {"step": int(state["step"]), "done": True, "exported": [], "checkpoint": found, "steps_run": 0}
     if found is not None:
         state = load_checkpoint(stage, found)
         step, done = int(state["step"]), bool(state["done"])
@@ -598,7 +612,6 @@ def run_stage(stage: Stage) -> dict:
         save_checkpoint(stage, folder, step, done=done)
     exported: list[Path] = []
     if done or (steps_run and opts.export_when_stopped):
-        wanted = stage.export_paths(opts.world)
         if steps_run or not wanted or not all(p.exists() for p in wanted):
             exported = stage.export(opts.world)
             record_folder_version(opts.world)
