@@ -9,20 +9,26 @@
 # Environment: WORLD_OUT (runs/world), WORLD_DIR (checkpoints/world),
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
-# flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"). The autoencoder stage runs only when
-# WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space);
-# the committed autoencoder's flags: WORLD_AUTOENCODER_ARGS="--downsample 2 --batch-reuse 4 --face-weight 4
-# --render-workers 15".
-# The committed world was not made by one run of this script but by continued time-limited calls
-# (checkpoints/world/README.md): a latent backbone trained on faceworld-2, continued on faceworld-3
-# (FACEWORLD_VERSION=faceworld-3, WORLD_BACKBONE_ARGS="--space autoencoder --face-weight 4"), with the models that
-# read renders and the identity module trained on faceworld-3. A from-scratch faceworld-3 run of this script in
-# under an hour of GPU time has not been shown.
+# flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"), WORLD_RECIPE (a file of such variables, sourced
+# first; what is already set wins). The autoencoder stage runs only when WORLD_BACKBONE_ARGS has "--space
+# autoencoder" (the backbone in its latent instead of the pixel space).
+# Without a recipe the stages' defaults make a pixel-space world on faceworld-2. scripts/world_hour.env is the
+# committed world's recipe from scratch (faceworld-3, the 2x autoencoder's latent, the face weighed) with its
+# totals sized to about an hour of one H100. The committed world itself was not made by one run of this script but
+# by continued time-limited calls (checkpoints/world/README.md): a latent backbone trained on faceworld-2, continued
+# on faceworld-3 with the face weighed to 77,974 steps, with the models that read renders and the identity module
+# trained on faceworld-3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 OUT="${WORLD_OUT:-runs/world}"
 WORLD="${WORLD_DIR:-checkpoints/world}"
+if [ -n "${WORLD_RECIPE:-}" ]; then
+    [ -f "$WORLD_RECIPE" ] || { echo "world.sh: WORLD_RECIPE=$WORLD_RECIPE is not a file" >&2; exit 2; }
+    # shellcheck disable=SC1090
+    source "$WORLD_RECIPE"
+    echo "== world recipe: $WORLD_RECIPE"
+fi
 for stage in $("$PYTHON" -m pretrain.world list); do
     if [ "$stage" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]; then
         echo "== world stage skipped: autoencoder (the backbone trains in the pixel space; give" \

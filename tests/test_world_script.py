@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from models.errors import UserError
-from pretrain.world.__main__ import NOT_FINISHED, STAGES, main
+from pretrain.world.__main__ import NOT_FINISHED, STAGES, check_stage_flags, main, parse_args, stage_class
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,17 +89,46 @@ def test_backbone_arms_call_continues_the_backbone_in_each_arm_and_evaluates_it(
     assert refused.returncode == 2 and "name at least one arm" in refused.stderr
 
 
-def test_world_script_stops_at_a_stage_short_of_its_total_and_a_rerun_goes_on(tmp_path):
-    short = _world_sh(tmp_path, "--steps", "1")  # every stage's budget: one step, short of the tiny totals
+def test_world_script_stops_at_a_stage_short_of_its_total_and_starts_none_without_a_minute_left(tmp_path):
+    recipe = tmp_path / "recipe.env"
+    recipe.write_text(': "${WORLD_CLIP_ARGS:=--batch-size 4}"\n')
+    short = _world_sh(tmp_path, "--steps", "1", WORLD_RECIPE=str(recipe), WORLD_CLIP_ARGS="")  # one step a stage
     assert short.returncode == 75, short.stdout[-2000:] + short.stderr[-2000:]
-    assert [line for line in short.stdout.splitlines() if line.startswith("== world stage")] == [
+    assert f"== world recipe: {recipe}" in short.stdout
+    clip = json.loads((tmp_path / "runs/clip/checkpoint/state.json").read_text())
+    assert clip["step"] == 1 and clip["config"]["batch_size"] == 4  # the recipe's flag reached its stage
+    assert [line for line in short.stdout.splitlines() if line.startswith("== world stage")] == [  # one stage
         "== world stage: clip", short.stdout.splitlines()[-1]]  # the backbone never started without the clip
     assert "clip stopped before its total; rerun scripts/world.sh to continue" in short.stdout
     folders = ["--out", str(tmp_path / "runs"), "--world", str(tmp_path / "world")]
     assert main(["finished", "clip", *folders]) == NOT_FINISHED
     assert main(["finished", "identity", *folders]) == NOT_FINISHED
-    spent = _world_sh(tmp_path, WORLD_CALL_MINUTES="0.5")  # under a minute left: no stage starts
+    spent = _world_sh(tmp_path, WORLD_CALL_MINUTES="0.5", WORLD_RECIPE=str(recipe), WORLD_CLIP_ARGS="")  # < 1 min
     assert spent.returncode == 75 and "minutes are spent before stage clip" in spent.stdout
     assert main(["finished", "clip", *folders]) == NOT_FINISHED  # nothing trained in the spent call
     with pytest.raises(UserError, match="unknown stage 'nope'"):
         main(["finished", "nope", *folders])
+
+
+def _recipe(**preset: str) -> dict[str, str]:
+    env = {"PATH": os.environ["PATH"], **preset}
+    show = 'source scripts/world_hour.env && for v in FACEWORLD_VERSION ${!WORLD_@}; do echo "$v=${!v}"; done'
+    shown = subprocess.run(["bash", "-c", show], cwd=REPO, env=env,
+                           capture_output=True, text=True, check=True).stdout
+    return dict(line.split("=", 1) for line in shown.splitlines() if line.startswith(("WORLD_", "FACEWORLD_")))
+
+
+def test_the_hour_recipe_sizes_every_stage_with_flags_it_takes():
+    recipe = _recipe()
+    assert recipe["FACEWORLD_VERSION"] == "faceworld-3"
+    stages = {k.removeprefix("WORLD_").removesuffix("_ARGS").lower(): v for k, v in recipe.items()
+              if k.endswith("_ARGS")}
+    assert set(stages) == set(STAGES)  # every stage's total is the recipe's, none the stage's default
+    for stage, flags in stages.items():
+        args = parse_args(["train", stage, *flags.split()])
+        stage_class(stage)
+        check_stage_flags(args)  # no flag a stage refuses
+        assert args.total_steps > 0, stage
+    assert " --space autoencoder " in f" {stages['backbone']} "  # so world.sh runs the autoencoder stage
+    preset = _recipe(WORLD_CLIP_ARGS="--total-steps 5", FACEWORLD_VERSION="faceworld-2")
+    assert preset["WORLD_CLIP_ARGS"] == "--total-steps 5" and preset["FACEWORLD_VERSION"] == "faceworld-2"

@@ -134,28 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.command == "list":
-        print("\n".join(STAGES))
-        return 0
-    if args.command == "evaluate":
-        return evaluate.run(args, evaluate.command_line(argv))
-    if args.command == "finished":
-        done = stage_class(args.stage).finished(args.out, args.world)
-        print(f"{args.stage}: {'finished' if done else 'not finished'}")
-        return 0 if done else NOT_FINISHED
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
-    log_every = args.log_every or (1 if args.tiny else 50)
-    opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
-                        max_steps=args.steps, export_when_stopped=args.export_when_stopped,
-                        total_steps=args.total_steps, seed=args.seed, log_every=log_every,
-                        init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
-                        render_workers=args.render_workers, batch_reuse=args.batch_reuse,
-                        patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
-                        face_weight=args.face_weight, space=args.space, hard_negatives=args.hard_negatives,
-                        batch_size=args.batch_size, downsample=args.downsample,
-                        latent_channels=args.latent_channels)
+def check_stage_flags(args: argparse.Namespace) -> None:
+    """Refuse a `train` flag given to a stage it does not apply to, and out-of-range values (UserError)."""
     backbone, clip = ("backbone",), ("clip",)
     for flag, given, stages in (("--init-from", args.init_from is not None, ("backbone", "clip", "attributes")),
                                 ("--final-conv", args.final_conv is not None, backbone),
@@ -184,6 +164,31 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
     if args.face_weight is not None and not args.face_weight > 0:
         raise UserError(f"--face-weight must be positive, got {args.face_weight}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "list":
+        print("\n".join(STAGES))
+        return 0
+    if args.command == "evaluate":
+        return evaluate.run(args, evaluate.command_line(argv))
+    if args.command == "finished":
+        done = stage_class(args.stage).finished(args.out, args.world)
+        print(f"{args.stage}: {'finished' if done else 'not finished'}")
+        return 0 if done else NOT_FINISHED
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    log_every = args.log_every or (1 if args.tiny else 50)
+    opts = StageOptions(out=args.out, world=args.world, device=device, tiny=args.tiny, minutes=args.minutes,
+                        max_steps=args.steps, export_when_stopped=args.export_when_stopped,
+                        total_steps=args.total_steps, seed=args.seed, log_every=log_every,
+                        init_from=args.init_from, final_conv=args.final_conv, compile=args.compile,
+                        render_workers=args.render_workers, batch_reuse=args.batch_reuse,
+                        patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
+                        face_weight=args.face_weight, space=args.space, hard_negatives=args.hard_negatives,
+                        batch_size=args.batch_size, downsample=args.downsample,
+                        latent_channels=args.latent_channels)
+    check_stage_flags(args)
     use_folder_version(args.world)  # a world trained on another renderer version goes on with it
     stage = stage_class(args.stage)(opts)
     if isinstance(stage, Stage):
