@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--device", default=None, help="default: cuda when available (cpu with --tiny)")
     t.add_argument("--seed", type=int, default=0, help="world seed")
     t.add_argument("--log-every", type=int, default=None, help="log one line every N steps")
-    f = sub.add_parser("finished", help=f"exit 0 when the stage has trained its whole total (and exported), "
+    f = sub.add_parser("finished", help=f"exit 0 when the stage has trained its whole total, "
                                         f"{NOT_FINISHED} when a rerun of `train` would go on training it")
     f.add_argument("stage", help=f"one of: {', '.join(STAGES)}")
     f.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder, as given to `train`")
