@@ -6,6 +6,8 @@
 # script with exit status 75: rerun it to continue; the next stage starts only from a finished one.
 # WORLD_CALL_MINUTES=M bounds one call of the script: each stage gets the minutes left of M (--minutes; start-up
 # and export come on top, so leave a margin in a time-limited call), and no stage starts with less than one left.
+# To go on on another machine: `python -m pretrain.world pack --out $WORLD_OUT --world $WORLD_DIR --to DIR` writes
+# what a rerun needs in pieces under 15 MiB; `cat DIR/world_state.tar.* | tar -x` there, from the same folder.
 # Environment: WORLD_OUT (runs/world), WORLD_DIR (checkpoints/world),
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed

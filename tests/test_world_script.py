@@ -16,6 +16,9 @@ import pytest
 
 from models.errors import UserError
 from pretrain.world.__main__ import NOT_FINISHED, STAGES, check_stage_flags, main, parse_args, stage_class
+from pretrain.world.travel import pack, packed_paths
+
+STAGE_CLASSES = {name: stage_class(name) for name in STAGES}
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +64,27 @@ def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tiny_world):
     assert "pretrain:" in first.stderr and "pretrain:" not in again.stderr  # the identity stage's progress bar
 
 
+def test_a_packed_world_goes_on_elsewhere_without_training_or_sharding_again(tiny_world, tmp_path, monkeypatch):
+    root, first = tiny_world
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    monkeypatch.chdir(root)
+    made = pack(Path("runs"), Path("world"), tmp_path / "pieces", STAGE_CLASSES, limit=256 * 2**10)
+    assert len(made["pieces"]) > 1 and all(p.stat().st_size <= 256 * 2**10 for p in made["pieces"])
+    names = {str(p) for p in packed_paths(Path("runs"), Path("world"), STAGE_CLASSES)}
+    assert "runs/backbone/checkpoint/state.json" in names and "world/models/uvit_v1.safetensors" in names
+    assert not [n for n in names if "/checkpoint/" in n and not n.endswith("/state.json")]  # finished: state alone
+    assert not [n for n in names if n.startswith(("runs/identity/shards/", "runs/identity/run/checkpoints/"))]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run(f"cat {tmp_path}/pieces/world_state.tar.* | tar -x", shell=True, cwd=elsewhere, check=True)
+    again = _world_sh(elsewhere)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert not [line for line in again.stdout.splitlines() if "] step " in line]  # nothing trained again
+    assert "data_prep" not in again.stdout and "pretrain:" not in again.stderr  # no shards, no pretraining
+    with pytest.raises(UserError, match="is absolute"):
+        pack(root / "runs", Path("world"), tmp_path / "p2", STAGE_CLASSES)
+
+
 def test_backbone_arms_call_continues_the_backbone_in_each_arm_and_evaluates_it(tiny_world, tmp_path):
     root, first = tiny_world
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
@@ -103,6 +127,8 @@ def test_world_script_stops_at_a_stage_short_of_its_total_and_starts_none_withou
     folders = ["--out", str(tmp_path / "runs"), "--world", str(tmp_path / "world")]
     assert main(["finished", "clip", *folders]) == NOT_FINISHED
     assert main(["finished", "identity", *folders]) == NOT_FINISHED
+    names = {p.name for p in packed_paths(tmp_path / "runs", tmp_path / "world", STAGE_CLASSES)}
+    assert {"state.json", "model.safetensors", "optimizer.safetensors"} <= names  # an unfinished stage, whole
     spent = _world_sh(tmp_path, WORLD_CALL_MINUTES="0.5", WORLD_RECIPE=str(recipe), WORLD_CLIP_ARGS="")  # < 1 min
     assert spent.returncode == 75 and "minutes are spent before stage clip" in spent.stdout
     assert main(["finished", "clip", *folders]) == NOT_FINISHED  # nothing trained in the spent call

@@ -6,6 +6,7 @@
     python -m pretrain.world train clip --out runs/world --world checkpoints/world [--minutes 9] [--steps N] [--tiny]
         [--device cuda] [--seed 0]
     python -m pretrain.world finished clip --out runs/world --world checkpoints/world   # exit 0, or 3 when not
+    python -m pretrain.world pack --out runs/world --world checkpoints/world --to DIR   # for the next machine
 
 A stage is registered with one line in STAGES: its name -> "module:Class" of a
 pretrain.world.common.Stage subclass (imported only when that stage runs).
@@ -129,6 +130,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     f.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder, as given to `train`")
     f.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder, as given to "
                    "`train`")
+    k = sub.add_parser("pack", help="pack what a rerun of scripts/world.sh needs into pieces under 15 MiB, for the "
+                                    "next machine (pretrain/world/travel.py); unpack with `cat DIR/world_state.tar.* "
+                                    "| tar -x` in the same folder")
+    k.add_argument("--out", type=Path, default=Path("runs/world"), help="runs folder, as given to `train`")
+    k.add_argument("--world", type=Path, default=Path("checkpoints/world"), help="world weights folder, as given to "
+                   "`train`")
+    k.add_argument("--to", type=Path, required=True, help="folder for the pieces (world_state.tar.000, ...)")
     e = sub.add_parser("evaluate", help="measure the world's quality; write its JSON (pretrain/world/evaluate.py)")
     evaluate.add_arguments(e)
     return p.parse_args(argv)
@@ -173,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "evaluate":
         return evaluate.run(args, evaluate.command_line(argv))
+    if args.command == "pack":
+        from pretrain.world.travel import pack
+
+        made = pack(args.out, args.world, args.to, {name: stage_class(name) for name in STAGES})
+        print(f"packed {made['files']} files ({made['bytes'] / 2**20:.1f} MiB) in {len(made['pieces'])} pieces: "
+              f"{', '.join(str(p) for p in made['pieces'])}; unpack with `cat {args.to}/world_state.tar.* | tar -x`")
+        return 0
     if args.command == "finished":
         done = stage_class(args.stage).finished(args.out, args.world)
         print(f"{args.stage}: {'finished' if done else 'not finished'}")

@@ -177,7 +177,7 @@ class IdentityStage:
         if opts.device.type == "cpu":  # the commands must not pick a GPU on their own
             env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
         done = {"shards": self.shards_done(), "pretrained": (self.exported() / "config.json").is_file()}
-        if not done["shards"]:
+        if not done["shards"] and not done["pretrained"]:  # a module exported needs its shards no more
             if not run_command(self.prep_command(), deadline, env) or not self.shards_done():
                 print(f"[{self.name}] shards not finished; rerun to continue", flush=True)
                 return {"done": False, **done}
