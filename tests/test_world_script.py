@@ -1,7 +1,10 @@
 """`bash scripts/world.sh --tiny`: every registered stage of `python -m pretrain.world` trains and exports a
 whole world folder on the CPU; a rerun resumes every stage and trains nothing; WORLD_<STAGE>_ARGS reach
-that stage only (the other stages refuse backbone or clip flags). `scripts/world_backbone_arms_call.sh`
-continues that world's backbone in two arms and evaluates each."""
+that stage only (the other stages refuse backbone or clip flags). A stage short of its total stops the script
+(exit 75), a spent WORLD_CALL_MINUTES starts no stage, a WORLD_RECIPE's variables reach their stages, and
+`python -m pretrain.world pack` carries a run to another folder that goes on from it. The hour recipe gives every
+stage flags it takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in two arms and
+evaluates each."""
 
 from __future__ import annotations
 
