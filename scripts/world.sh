@@ -22,15 +22,15 @@
 # trained on faceworld-3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
-OUT="${WORLD_OUT:-runs/world}"
-WORLD="${WORLD_DIR:-checkpoints/world}"
 if [ -n "${WORLD_RECIPE:-}" ]; then
     [ -f "$WORLD_RECIPE" ] || { echo "world.sh: WORLD_RECIPE=$WORLD_RECIPE is not a file" >&2; exit 2; }
     # shellcheck disable=SC1090
     source "$WORLD_RECIPE"
     echo "== world recipe: $WORLD_RECIPE"
 fi
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
+OUT="${WORLD_OUT:-runs/world}"
+WORLD="${WORLD_DIR:-checkpoints/world}"
 for stage in $("$PYTHON" -m pretrain.world list); do
     if [ "$stage" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]; then
         echo "== world stage skipped: autoencoder (the backbone trains in the pixel space; give" \
