@@ -85,7 +85,7 @@ def packed_paths(out: Path, world: Path, stages: dict[str, type]) -> list[Path]:
                 STATE_FILE,):
             continue
         keep.append(path)
-    return keep
+    return list(dict.fromkeys(keep))  # once each, should the world folder lie inside the runs folder
 
 
 def pack(out: Path, world: Path, to: Path, stages: dict[str, type], limit: int = FILE_LIMIT) -> dict:
