@@ -174,6 +174,18 @@ class Stage(ABC):
         found = find_checkpoint(out / cls.name / CHECKPOINT)
         return found is not None and bool(json.loads((found / STATE_FILE).read_text()).get("done"))
 
+    @classmethod
+    def left_behind(cls, out: Path, world: Path) -> list[Path]:
+        """Files and folders of the stage in `out` that a rerun does not read (pretrain.world.travel leaves them
+        out of a pack): a save cut short, and once the stage has finished, its checkpoint but for state.json
+        (a rerun reads no more of it while its exports are in place, run_stage)."""
+        folder = out / cls.name
+        behind = [folder / (CHECKPOINT + ".tmp")]
+        if cls.finished(out, world):
+            behind += [p for name in (CHECKPOINT, CHECKPOINT + ".old") for p in (folder / name).glob("*")
+                       if p.name != STATE_FILE]
+        return behind
+
     # ---- what a stage gives -------------------------------------------------------------------------
     @abstractmethod
     def modules(self) -> dict[str, nn.Module]:

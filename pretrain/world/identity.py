@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import UserError
+from pretrain.checkpoint import CHECKPOINTS
 from pretrain.world.common import StageOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -115,16 +116,27 @@ class IdentityStage:
     def __init__(self, opts: StageOptions):
         self.opts = opts
         self.c = IdentityStageConfig.tiny() if opts.tiny else IdentityStageConfig()
-        self.folder = opts.out / self.name
-        self.shards = self.folder / "shards"
-        self.run_dir = self.folder / "run"
+        self.folder, self.shards, self.run_dir = self.layout(opts.out)
+
+    @classmethod
+    def layout(cls, out: Path) -> tuple[Path, Path, Path]:
+        """The stage's folder in the runs folder `out`, its shards and its pretraining run."""
+        folder = out / cls.name
+        return folder, folder / "shards", folder / "run"
 
     @classmethod
     def finished(cls, out: Path, world: Path) -> bool:
         """Whether the stage's pretraining has exported its module and the world holds it (as
         pretrain.world.common.Stage.finished says for a stage of steps)."""
-        return (out / cls.name / "run" / EXPORT_DIR / "config.json").is_file() and (
-            world / EXPORT_DIR / "config.json").is_file()
+        _, _, run_dir = cls.layout(out)
+        return (run_dir / EXPORT_DIR / "config.json").is_file() and (world / EXPORT_DIR / "config.json").is_file()
+
+    @classmethod
+    def left_behind(cls, out: Path, world: Path) -> list[Path]:
+        """What a rerun does not read (as pretrain.world.common.Stage.left_behind): the shards (written again
+        while the module is not exported) and, once it is, the pretraining run's checkpoints."""
+        _, shards, run_dir = cls.layout(out)
+        return [shards, *([run_dir / CHECKPOINTS] if cls.finished(out, world) else [])]
 
     # ---- the commands
     def prep_command(self) -> list[str]:
@@ -193,12 +205,12 @@ class IdentityStage:
         if not done["pretrained"]:
             max_steps = None
             if (deadline is not None and not opts.tiny and not opts.total_steps
-                    and not (self.run_dir / "checkpoints").is_dir()):
+                    and not (self.run_dir / CHECKPOINTS).is_dir()):
                 max_steps = self.sized_steps(deadline - time.monotonic(), env)
             finished = run_command(self.pretrain_command(max_steps), deadline, env)
             if not finished or not (self.exported() / "config.json").is_file():
                 print(f"[{self.name}] pretraining not finished; rerun to continue (it resumes from "
-                      f"{self.run_dir / 'checkpoints'})", flush=True)
+                      f"{self.run_dir / CHECKPOINTS})", flush=True)
                 return {"done": False, **done}
             done["pretrained"] = True
         target = export(self.exported(), opts.world / EXPORT_DIR)

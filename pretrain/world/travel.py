@@ -4,7 +4,7 @@
     cat DIR/world_state.tar.* | tar -x          # on the next machine, in the folder the paths were given from
 
 A time-limited GPU host gives back only a few files of at most 16 MiB, and what is carried to the next one counts
-against a small limit, so the pack holds no more than a rerun reads:
+against a small limit, so the pack holds no more than a rerun reads (each stage's `left_behind` names the rest):
 - the world folder (every export so far);
 - a stage of steps that has not finished: its checkpoint folder whole (weights and any optimizer state);
 - a finished one: its state.json alone (a rerun reads no more of it when its exports are in place,
@@ -22,7 +22,7 @@ import tarfile
 from pathlib import Path
 
 from models.errors import UserError
-from pretrain.world.common import CHECKPOINT, FILE_LIMIT, STATE_FILE
+from pretrain.world.common import FILE_LIMIT
 
 PIECES = "world_state.tar"
 
@@ -68,23 +68,12 @@ class _Pieces(io.RawIOBase):
 
 def packed_paths(out: Path, world: Path, stages: dict[str, type]) -> list[Path]:
     """The files the pack holds (see the module docstring), in a stable order. `stages`: name -> stage class (its
-    `finished(out, world)` says what a rerun still reads)."""
+    `left_behind(out, world)` names what a rerun does not read)."""
     keep: list[Path] = sorted(p for p in world.rglob("*") if p.is_file()) if world.is_dir() else []
     if not out.is_dir():
         return keep
-    finished = {name: cls.finished(out, world) for name, cls in stages.items()}
-    for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        parts = path.relative_to(out).parts
-        stage, rest = parts[0], parts[1:]
-        if stage == "identity":
-            if rest[:1] == ("shards",) or (finished.get(stage) and rest[:2] == ("run", "checkpoints")):
-                continue
-        elif rest and rest[0] == CHECKPOINT + ".tmp":  # a save cut short: not a checkpoint
-            continue
-        elif finished.get(stage) and rest and rest[0] in (CHECKPOINT, CHECKPOINT + ".old") and rest[1:] != (
-                STATE_FILE,):
-            continue
-        keep.append(path)
+    behind = {p for cls in stages.values() for p in cls.left_behind(out, world)}
+    keep += [p for p in sorted(out.rglob("*")) if p.is_file() and not behind & {p, *p.parents}]
     return list(dict.fromkeys(keep))  # once each, should the world folder lie inside the runs folder
 
 
