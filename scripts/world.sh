@@ -12,8 +12,11 @@
 # PYTHON (.venv/bin/python when present), WORLD_<STAGE>_ARGS (added to that stage only, the stage's name
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
 # flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"), WORLD_RECIPE (a file of such variables, sourced
-# first; what is already set wins). The autoencoder stage runs only when WORLD_BACKBONE_ARGS has "--space
-# autoencoder" (the backbone in its latent instead of the pixel space).
+# first; what is already set wins), WORLD_SIDE_BY_SIDE (stages that run at the same time, as separate processes, when
+# the first of them comes: "faces face_detector eval_faces attributes", the four models that read renders, which
+# draw their renders on one CPU core each and read none of each other's exports; they must be next to each other in
+# the stage order). The autoencoder stage runs only when WORLD_BACKBONE_ARGS has "--space autoencoder" (the
+# backbone in its latent instead of the pixel space).
 # Without a recipe the stages' defaults make a pixel-space world on faceworld-2. scripts/world_hour.env is the
 # committed world's recipe from scratch (faceworld-3, the 2x autoencoder's latent, the face weighed) with its
 # totals sized to about an hour of one H100. The committed world itself was not made by one run of this script but
@@ -31,11 +34,37 @@ fi
 PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}"
 OUT="${WORLD_OUT:-runs/world}"
 WORLD="${WORLD_DIR:-checkpoints/world}"
-for stage in $("$PYTHON" -m pretrain.world list); do
-    if [ "$stage" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]; then
+listed=$("$PYTHON" -m pretrain.world list)
+mapfile -t stages <<< "$listed"
+read -r -a side <<< "${WORLD_SIDE_BY_SIDE:-}"
+if [ ${#side[@]} -gt 0 ] && [[ " ${stages[*]} " != *" ${side[*]} "* ]]; then
+    echo "world.sh: WORLD_SIDE_BY_SIDE=\"${side[*]}\" must name stages next to each other in their order:" \
+         "${stages[*]}" >&2
+    exit 2
+fi
+
+skipped() {  # the autoencoder, unless the backbone trains in its latent
+    [ "$1" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]
+}
+
+train_stage() {  # STAGE ARGS...: the stage's own WORLD_<STAGE>_ARGS and this call's budget come last
+    local stage=$1 var="WORLD_${1^^}_ARGS" extra
+    shift
+    read -r -a extra <<< "${!var:-}"
+    "$PYTHON" -m pretrain.world train "$stage" --out "$OUT" --world "$WORLD" "$@" "${extra[@]}" "${budget[@]}"
+}
+
+for stage in "${stages[@]}"; do
+    if skipped "$stage"; then
         echo "== world stage skipped: autoencoder (the backbone trains in the pixel space; give" \
              "WORLD_BACKBONE_ARGS=\"--space autoencoder\" to train it in the autoencoder's latent)"
         continue
+    fi
+    group=("$stage")
+    if [[ " ${side[*]} " == *" $stage "* ]]; then
+        [ "$stage" = "${side[0]}" ] || continue  # it ran beside the first of them
+        group=()
+        for s in "${side[@]}"; do skipped "$s" || group+=("$s"); done
     fi
     budget=()
     if [ -n "${WORLD_CALL_MINUTES:-}" ]; then
@@ -47,15 +76,34 @@ for stage in $("$PYTHON" -m pretrain.world list); do
         fi
         budget=(--minutes "$left")
     fi
-    echo "== world stage: $stage${budget:+ (at most ${budget[1]} minutes of training)}"
-    var="WORLD_${stage^^}_ARGS"
-    read -r -a extra <<< "${!var:-}"
-    "$PYTHON" -m pretrain.world train "$stage" --out "$OUT" --world "$WORLD" "$@" "${extra[@]}" "${budget[@]}"
-    if ! "$PYTHON" -m pretrain.world finished "$stage" --out "$OUT" --world "$WORLD" > /dev/null; then
-        echo "== world stage $stage stopped before its total; rerun scripts/world.sh to continue (after" \
-             "$(( SECONDS / 60 )) min $(( SECONDS % 60 )) s)"
-        exit 75
+    if [ ${#group[@]} -eq 1 ]; then
+        echo "== world stage: $stage${budget:+ (at most ${budget[1]} minutes of training)}"
+        train_stage "$stage" "$@"
+    else
+        pids=()
+        # a stop of this script stops them too (started in the background, they would ignore an interrupt)
+        trap 'kill "${pids[@]}" 2> /dev/null; exit 130' INT TERM
+        for s in "${group[@]}"; do
+            echo "== world stage: $s (side by side with the others of: ${group[*]})${budget:+ (at most" \
+                 "${budget[1]} minutes of training)}"
+            train_stage "$s" "$@" &
+            pids+=($!)
+        done
+        failed=0
+        for pid in "${pids[@]}"; do wait "$pid" || failed=$?; done  # every one ends (and saves) before a stop
+        trap - INT TERM
+        if [ "$failed" -ne 0 ]; then
+            echo "world.sh: a stage of \"${group[*]}\" failed with exit status $failed (its lines above)" >&2
+            exit "$failed"
+        fi
     fi
+    for s in "${group[@]}"; do
+        if ! "$PYTHON" -m pretrain.world finished "$s" --out "$OUT" --world "$WORLD" > /dev/null; then
+            echo "== world stage $s stopped before its total; rerun scripts/world.sh to continue (after" \
+                 "$(( SECONDS / 60 )) min $(( SECONDS % 60 )) s)"
+            exit 75
+        fi
+    done
 done
 echo "== world done: every stage finished and exported to $WORLD (this call: $(( SECONDS / 60 )) min" \
      "$(( SECONDS % 60 )) s)"

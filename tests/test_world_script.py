@@ -2,12 +2,14 @@
 whole world folder on the CPU; a rerun resumes every stage and trains nothing; WORLD_<STAGE>_ARGS reach
 that stage only (the other stages refuse backbone or clip flags). A stage short of its total stops the script
 (exit 75), a spent WORLD_CALL_MINUTES starts no stage, a WORLD_RECIPE's variables reach their stages, and
-`python -m pretrain.world pack` carries a run to another folder that goes on from it. The hour recipe gives every
-stage flags it takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in two arms and
+`python -m pretrain.world pack` carries a run to another folder that goes on from it. WORLD_SIDE_BY_SIDE's stages
+train at the same time, and a group out of the stage order is refused. The hour recipe gives every stage flags it
+takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in two arms and
 evaluates each."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -24,6 +26,7 @@ from pretrain.world.travel import pack, packed_paths
 STAGE_CLASSES = {name: stage_class(name) for name in STAGES}
 
 REPO = Path(__file__).resolve().parents[1]
+SIDE = "face_detector eval_faces"  # two render readers side by side in the tiny world
 
 
 def _world_sh(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -37,14 +40,29 @@ def _world_sh(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     root = tmp_path_factory.mktemp("world_sh")
-    return root, _world_sh(root)
+    timed = root / "timed_python"  # the script's PYTHON, writing when each of its commands starts and ends
+    timed.write_text(f'#!/usr/bin/env bash\necho "$(date +%s.%N) start $*" >> {root}/python_times.txt\n'
+                     f'{sys.executable} "$@"; rc=$?\necho "$(date +%s.%N) end $*" >> {root}/python_times.txt\n'
+                     'exit $rc\n')
+    timed.chmod(0o755)
+    return root, _world_sh(root, WORLD_SIDE_BY_SIDE=SIDE, PYTHON=str(timed))
 
 
 def test_world_script_trains_every_stage_then_a_rerun_only_resumes(tiny_world):
     tmp_path, first = tiny_world
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert [line.split(": ")[1] for line in first.stdout.splitlines() if line.startswith("== world stage: ")] \
-        == [s for s in STAGES if s != "autoencoder"]
+    started = [line.split(": ")[1] for line in first.stdout.splitlines() if line.startswith("== world stage: ")]
+    assert [line.split()[0] for line in started] == [s for s in STAGES if s != "autoencoder"]
+    beside = [line for line in started if "side by side" in line]
+    assert [line.split()[0] for line in beside] == SIDE.split()
+    spans = {}  # stage -> {"start": t, "end": t} of its `train` process, from the timed PYTHON
+    for line in (tmp_path / "python_times.txt").read_text().splitlines():
+        when, edge, *command = line.split()
+        if command[2:3] == ["train"]:  # -m pretrain.world train STAGE ...
+            spans.setdefault(command[3], {})[edge] = float(when)
+    for (one, a), (other, b) in itertools.combinations(spans.items(), 2):
+        together = a["start"] < b["end"] and b["start"] < a["end"]
+        assert together == ({one, other} == set(SIDE.split())), (one, other)  # only the side-by-side two overlap
     assert "== world stage skipped: autoencoder" in first.stdout  # only a backbone in its latent needs it
     world = tmp_path / "world"
     for name in ("world_clip/model.safetensors", "models/uvit_v1.safetensors", "models/pixel_space.safetensors",
@@ -137,6 +155,14 @@ def test_world_script_stops_at_a_stage_short_of_its_total_and_starts_none_withou
     assert main(["finished", "clip", *folders]) == NOT_FINISHED  # nothing trained in the spent call
     with pytest.raises(UserError, match="unknown stage 'nope'"):
         main(["finished", "nope", *folders])
+
+
+def test_world_script_refuses_side_by_side_stages_out_of_the_stage_order(tmp_path):
+    for side in ("attributes faces", "faces nope", "clip backbone"):
+        refused = _world_sh(tmp_path, WORLD_SIDE_BY_SIDE=side)
+        assert refused.returncode == 2, (side, refused.stdout[-2000:] + refused.stderr[-2000:])
+        assert "must name stages next to each other in their order" in refused.stderr
+        assert not (tmp_path / "runs").exists()  # nothing started
 
 
 def _recipe(**preset: str) -> dict[str, str]:
