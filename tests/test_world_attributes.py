@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from data_prep.faceworld.attributes import ANY_HAT, ATTRIBUTES, CLASS_WORDS
+from models.errors import UserError
 from pretrain.world.attributes import (
     CLASS_WORD,
     IGNORE,
@@ -71,6 +72,14 @@ def test_tiny_stage_resumes_exports_and_predicts(tmp_path: Path, one_thread):
     assert first["step"] == 2 and not first["done"] and first["exported"] == []
     state = json.loads((tmp_path / "runs/attributes/checkpoint/state.json").read_text())
     assert state["step"] == 2 and state["optimizer_files"]
+    # --steps 0 --export-when-stopped: the checkpoint exported as it stands, without a step or a new checkpoint
+    as_is = run_stage(AttributeStage(dataclasses.replace(opts, max_steps=0, export_when_stopped=True)))
+    assert as_is["step"] == 2 and as_is["steps_run"] == 0 and not as_is["done"]
+    assert tmp_path / "world/attributes/attributes.safetensors" in as_is["exported"]
+    assert json.loads((tmp_path / "runs/attributes/checkpoint/state.json").read_text()) == state
+    with pytest.raises(UserError, match="nothing to export: no checkpoint of stage 'attributes'"):
+        run_stage(AttributeStage(dataclasses.replace(opts, out=tmp_path / "empty", max_steps=0,
+                                                     export_when_stopped=True)))
     # stopped short again, but asked to export: the weights as they are, and the checkpoint still resumes
     stopped = run_stage(AttributeStage(dataclasses.replace(opts, max_steps=1, export_when_stopped=True)))
     assert stopped["step"] == 3 and not stopped["done"]

@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--export-when-stopped", action="store_true",
                    help="when --minutes or --steps stops the run before its total, export the weights as they are "
                         "too (the EMA; the learning rate has not decayed): a time-limited GPU call keeps what it "
-                        "trained instead of leaving only a checkpoint; rerunning still resumes")
+                        "trained instead of leaving only a checkpoint; rerunning still resumes. With --steps 0: "
+                        "export the checkpoint as it stands, no step (to evaluate a run midway, on any device)")
     t.add_argument("--total-steps", type=int, default=None, help="replace the stage's step budget (new runs)")
     t.add_argument("--init-from", type=Path, default=None,
                    help="backbone: start a new run from these exported UViT weights (a continued run: fresh "
@@ -164,6 +165,8 @@ def check_stage_flags(args: argparse.Namespace) -> None:
             raise UserError(f"{flag} applies to the {where} only, not {args.stage!r}")
     if args.batch_size is not None and args.batch_size < 2:
         raise UserError(f"--batch-size must be 2 or more, got {args.batch_size}")
+    if args.steps is not None and args.steps < 0:
+        raise UserError(f"--steps must be 0 or more, got {args.steps}")
     if args.render_workers < 0:
         raise UserError(f"--render-workers must be 0 or more, got {args.render_workers}")
     if args.batch_reuse < 1:

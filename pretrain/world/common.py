@@ -65,7 +65,8 @@ class StageOptions:
     exports go to; minutes: wall-clock budget of this call (None: until the total); max_steps: at
     most this many steps this call (None: no limit); export_when_stopped: a call stopped by either of those
     before the total exports its weights as they are too (the EMA, its learning rate not yet decayed: a
-    time-limited chunk of a chain keeps what it trained; the checkpoint still resumes); total_steps: replaces
+    time-limited chunk of a chain keeps what it trained; the checkpoint still resumes), and with max_steps 0 it
+    exports the checkpoint as it stands without a step (to evaluate a run midway); total_steps: replaces
     the stage's step budget (its LR schedule follows; a checkpoint made with another total is refused); tiny:
     tiny configs and a few steps (CPU tests); seed: the world seed every step's randomness derives from; init_from: a
     new run starts from these exported weights (the backbone stage only: a continued run); final_conv: the
@@ -587,6 +588,9 @@ def run_stage(stage: Stage) -> dict:
             p.exists() for p in wanted):
         print(f"[{stage.name}] finished at step {state['step']} (its exports are in {opts.world})", flush=True)
         return {"step": int(state["step"]), "done": True, "exported": [], "checkpoint": found, "steps_run": 0}
+    if found is None and opts.max_steps == 0 and opts.export_when_stopped:
+        raise UserError(f"nothing to export: no checkpoint of stage {stage.name!r} in {folder}",
+                        hint="--steps 0 --export-when-stopped exports a stage's checkpoint as it stands: train first")
     if found is not None:
         state = load_checkpoint(stage, found)
         step, done = int(state["step"]), bool(state["done"])
@@ -623,8 +627,8 @@ def run_stage(stage: Stage) -> dict:
     if steps_run or found is None:
         save_checkpoint(stage, folder, step, done=done)
     exported: list[Path] = []
-    if done or (steps_run and opts.export_when_stopped):
-        if steps_run or not wanted or not all(p.exists() for p in wanted):
+    if done or (opts.export_when_stopped and (steps_run or opts.max_steps == 0)):
+        if steps_run or not done or not wanted or not all(p.exists() for p in wanted):
             exported = stage.export(opts.world)
             record_folder_version(opts.world)
             print(f"[{stage.name}] exported {', '.join(str(p) for p in exported)}"
