@@ -13,10 +13,9 @@
 # in capitals: WORLD_BACKBONE_ARGS="--compile --render-workers 14 --batch-reuse 3" for the backbone's speed
 # flags on a 16-core GPU host, WORLD_CLIP_ARGS="--hard-negatives"), WORLD_RECIPE (a file of such variables, sourced
 # first; what is already set wins), WORLD_SIDE_BY_SIDE (stages that run at the same time, as separate processes, when
-# the first of them comes: "faces face_detector eval_faces attributes", the four models that read renders, which
-# draw their renders on one CPU core each and read none of each other's exports; they must be next to each other in
-# the stage order). The autoencoder stage runs only when WORLD_BACKBONE_ARGS has "--space autoencoder" (the
-# backbone in its latent instead of the pixel space).
+# the first of them comes: "faces face_detector eval_faces attributes", the four small models that read renders and
+# none of each other's exports; they must be next to each other in the stage order). The autoencoder stage runs
+# only when WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space).
 # Without a recipe the stages' defaults make a pixel-space world on faceworld-2. scripts/world_hour.env is the
 # committed world's recipe from scratch (faceworld-3, the 2x autoencoder's latent, the face weighed) with its
 # totals sized to about an hour of one H100. The committed world itself was not made by one run of this script but
