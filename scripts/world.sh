@@ -46,11 +46,10 @@ skipped() {  # the autoencoder, unless the backbone trains in its latent
     [ "$1" = autoencoder ] && [[ " ${WORLD_BACKBONE_ARGS:-} " != *" --space autoencoder "* ]]
 }
 
-train_stage() {  # STAGE ARGS...: the stage's own WORLD_<STAGE>_ARGS and this call's budget come last
-    local stage=$1 var="WORLD_${1^^}_ARGS" extra
-    shift
+stage_command() {  # STAGE ARGS... -> cmd: its train command; the stage's WORLD_<STAGE>_ARGS and the budget come last
+    local var="WORLD_${1^^}_ARGS" extra
     read -r -a extra <<< "${!var:-}"
-    "$PYTHON" -m pretrain.world train "$stage" --out "$OUT" --world "$WORLD" "$@" "${extra[@]}" "${budget[@]}"
+    cmd=("$PYTHON" -m pretrain.world train "$1" --out "$OUT" --world "$WORLD" "${@:2}" "${extra[@]}" "${budget[@]}")
 }
 
 for stage in "${stages[@]}"; do
@@ -77,15 +76,18 @@ for stage in "${stages[@]}"; do
     fi
     if [ ${#group[@]} -eq 1 ]; then
         echo "== world stage: $stage${budget:+ (at most ${budget[1]} minutes of training)}"
-        train_stage "$stage" "$@"
+        stage_command "$stage" "$@"
+        "${cmd[@]}"
     else
         pids=()
         # a stop of this script stops them too (started in the background, they would ignore an interrupt)
-        trap 'kill "${pids[@]}" 2> /dev/null; exit 130' INT TERM
+        trap 'kill "${pids[@]}" 2> /dev/null; exit 130' INT
+        trap 'kill "${pids[@]}" 2> /dev/null; exit 143' TERM
         for s in "${group[@]}"; do
             echo "== world stage: $s (side by side with the others of: ${group[*]})${budget:+ (at most" \
                  "${budget[1]} minutes of training)}"
-            train_stage "$s" "$@" &
+            stage_command "$s" "$@"
+            "${cmd[@]}" &  # a command, not a function, in the background: $! is the stage's own process
             pids+=($!)
         done
         failed=0

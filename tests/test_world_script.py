@@ -3,9 +3,9 @@ whole world folder on the CPU; a rerun resumes every stage and trains nothing; W
 that stage only (the other stages refuse backbone or clip flags). A stage short of its total stops the script
 (exit 75), a spent WORLD_CALL_MINUTES starts no stage, a WORLD_RECIPE's variables reach their stages, and
 `python -m pretrain.world pack` carries a run to another folder that goes on from it. WORLD_SIDE_BY_SIDE's stages
-train at the same time, and a group out of the stage order is refused. The hour recipe gives every stage flags it
-takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in two arms and
-evaluates each."""
+train at the same time, a group out of the stage order is refused, and stopping the script stops them. The hour
+recipe gives every stage flags it takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in
+two arms and evaluates each."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -163,6 +164,35 @@ def test_world_script_refuses_side_by_side_stages_out_of_the_stage_order(tmp_pat
         assert refused.returncode == 2, (side, refused.stdout[-2000:] + refused.stderr[-2000:])
         assert "must name stages next to each other in their order" in refused.stderr
         assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_stopping_the_script_stops_the_stages_it_runs_side_by_side(tmp_path):
+    env = {**os.environ, "WORLD_OUT": str(tmp_path / "runs"), "WORLD_DIR": str(tmp_path / "world"),
+           "PYTHON": sys.executable, "WORLD_SIDE_BY_SIDE": "clip autoencoder",
+           "WORLD_BACKBONE_ARGS": "--space autoencoder"}
+    script = subprocess.Popen(["bash", str(REPO / "scripts/world.sh"), "--tiny"], env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    started = [next(script.stdout) for _ in range(2)]
+    assert all("side by side" in line for line in started), started
+    time.sleep(2)  # the two stages' processes are running (importing torch, at least)
+    script.terminate()
+    assert script.wait(timeout=60) == 143
+    deadline = time.monotonic() + 10
+    while (left := _processes_naming(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, left  # background stages would outlive the script without its trap
+
+
+def _processes_naming(path: Path) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended
+            continue
+        if any(str(path).encode() in w for w in words):
+            found.append(" ".join(w.decode(errors="replace") for w in words))
+    return found
 
 
 def _recipe(**preset: str) -> dict[str, str]:
