@@ -320,6 +320,22 @@ def test_eps_steps_weight_the_first_steps_plainly_then_the_runs_weighting(world,
         main(["train", "clip", "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), "--eps-steps", "1"])
 
 
+def test_lr_sets_the_backbones_peak_learning_rate(world, tmp_path):
+    """--lr: the backbone's schedule peaks at it (part of the run's config); refused out of range and for other
+    stages."""
+    _, root = world
+    fresh = tmp_path / "world"
+    shutil.copytree(root / "world_clip", fresh / "world_clip")
+    args = ["train", "backbone", "--tiny", "--out", str(tmp_path / "runs"), "--world", str(fresh), "--total-steps", "3"]
+    assert main([*args, "--lr", "1e-3"]) == 0
+    state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
+    assert state["config"]["train"]["lr"] == 1e-3
+    with pytest.raises(UserError, match="between 0 and 1"):
+        main([*args, "--lr", "0"])
+    with pytest.raises(UserError, match="backbone stage only"):
+        main(["train", "clip", "--tiny", "--out", str(tmp_path / "r2"), "--world", str(fresh), "--lr", "1e-3"])
+
+
 def test_random_backbone_takes_the_shape_of_a_named_weights_folder(world):
     from pretrain.config import PretrainConfig
     from pretrain.model import backbone_config

@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="clip, autoencoder and attributes only: renders per step (default 512, 256 and 256; "
                         "smaller for a CPU run; part of the run's config)")
+    t.add_argument("--lr", type=float, default=None, metavar="LR",
+                   help="backbone only: the peak learning rate (default 3e-4; the warm-up and the cosine decay over "
+                        "the total steps follow it; part of the run's config)")
     t.add_argument("--downsample", type=int, choices=(2, 4, 8), default=None, metavar="F",
                    help="autoencoder only: the latent's downsampling, 2, 4 or 8 (default 4: 64 px renders become "
                         "16 x 16 latents; 2 keeps more detail, and the backbone's patch follows; part of the run's "
@@ -154,6 +157,7 @@ def check_stage_flags(args: argparse.Namespace) -> None:
                                 ("--patch-size", args.patch_size is not None, backbone),
                                 ("--level-gains", args.level_gains is not None, backbone),
                                 ("--eps-steps", args.eps_steps is not None, backbone),
+                                ("--lr", args.lr is not None, backbone),
                                 ("--face-weight", args.face_weight is not None, ("backbone", "autoencoder")),
                                 ("--space", args.space is not None, backbone),
                                 ("--hard-negatives", args.hard_negatives, clip),
@@ -175,6 +179,8 @@ def check_stage_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--eps-steps must be 0 or more, got {args.eps_steps}")
     if args.face_weight is not None and not args.face_weight > 0:
         raise UserError(f"--face-weight must be positive, got {args.face_weight}")
+    if args.lr is not None and not 0 < args.lr < 1:
+        raise UserError(f"--lr must be between 0 and 1, got {args.lr}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                         patch_size=args.patch_size, level_gains=args.level_gains, eps_steps=args.eps_steps,
                         face_weight=args.face_weight, space=args.space, hard_negatives=args.hard_negatives,
                         batch_size=args.batch_size, downsample=args.downsample,
-                        latent_channels=args.latent_channels)
+                        latent_channels=args.latent_channels, lr=args.lr)
     check_stage_flags(args)
     use_folder_version(args.world)  # a world trained on another renderer version goes on with it
     stage = stage_class(args.stage)(opts)

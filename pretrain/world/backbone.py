@@ -280,7 +280,7 @@ class BackboneStage(EMAStage):
         if opts.init_from is not None:
             c = dataclasses.replace(c, warmup_steps=min(c.warmup_steps, 100))
         c = overridden(c, conv=opts.final_conv, face_weight=opts.face_weight,
-                       batch_reuse=None if opts.batch_reuse == 1 else opts.batch_reuse)
+                       batch_reuse=None if opts.batch_reuse == 1 else opts.batch_reuse, lr=opts.lr)
         space = opts.space or (exported_space(opts.init_from) if opts.init_from is not None else None) or c.space
         c = dataclasses.replace(c, space=space)
         if space == "autoencoder" and opts.level_gains is not None:

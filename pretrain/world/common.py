@@ -88,8 +88,9 @@ class StageOptions:
     hard_negatives: the world-CLIP contrasts each image with its caption changed in one attribute too (part of
     the run's config); batch_size: the world-CLIP's or the autoencoder's batch instead of its default (part of the
     run's config); downsample, latent_channels: the autoencoder's downsampling factor (2, 4 or 8) and latent
-    channels instead of its config's (part of the run's config). compile, render_workers, batch_reuse and
-    face_weight apply to the autoencoder stage as to the backbone's.
+    channels instead of its config's (part of the run's config); lr: the backbone's peak learning rate instead of
+    its config's (its warm-up and cosine decay follow; part of the run's config). compile, render_workers,
+    batch_reuse and face_weight apply to the autoencoder stage as to the backbone's.
     """
 
     out: Path
@@ -117,6 +118,7 @@ class StageOptions:
     batch_size: int | None = None
     downsample: int | None = None
     latent_channels: int | None = None
+    lr: float | None = None
 
 
 @dataclass(frozen=True)
