@@ -330,6 +330,15 @@ def test_lr_sets_the_backbones_peak_learning_rate(world, tmp_path):
     assert main([*args, "--lr", "1e-3"]) == 0
     state = json.loads((tmp_path / "runs/backbone/checkpoint/state.json").read_text())
     assert state["config"]["train"]["lr"] == 1e-3
+    # the whole schedule (warm-up, cosine decay) scales with it
+    import torch
+
+    from pretrain.world.backbone import BackboneStage, StageOptions
+
+    opts = StageOptions(out=tmp_path / "r", world=fresh, device=torch.device("cpu"), tiny=True, total_steps=10)
+    default, raised = BackboneStage(opts), BackboneStage(dataclasses.replace(opts, lr=1e-3))
+    assert [raised.lr(s) for s in range(10)] == pytest.approx([default.lr(s) * 1e-3 / default.c.lr for s in range(10)])
+    assert raised.lr(5) > default.lr(5) > 0
     with pytest.raises(UserError, match="between 0 and 1"):
         main([*args, "--lr", "0"])
     with pytest.raises(UserError, match="backbone stage only"):
