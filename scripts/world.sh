@@ -17,11 +17,11 @@
 # none of each other's exports; they must be next to each other in the stage order). The autoencoder stage runs
 # only when WORLD_BACKBONE_ARGS has "--space autoencoder" (the backbone in its latent instead of the pixel space).
 # Without a recipe the stages' defaults make a pixel-space world on faceworld-2. scripts/world_hour.env is the
-# committed world's recipe from scratch (faceworld-3, the 2x autoencoder's latent, the face weighed) with its
-# totals sized to about an hour of one H100. The committed world itself was not made by one run of this script but
-# by continued time-limited calls (checkpoints/world/README.md): a latent backbone trained on faceworld-2, continued
-# on faceworld-3 with the face weighed to 77,974 steps, with the models that read renders and the identity module
-# trained on faceworld-3.
+# committed world's recipe from scratch (faceworld-3, the 2x autoencoder's latent, the face weighed; the backbone's
+# learning rate raised) with its totals sized to about an hour of one H100. The committed world itself was not made
+# by one run of this script but by continued time-limited calls (checkpoints/world/README.md): a latent backbone
+# trained on faceworld-2, continued on faceworld-3 with the face weighed to 77,974 steps, with the models that read
+# renders and the identity module trained on faceworld-3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${WORLD_RECIPE:-}" ]; then
