@@ -60,9 +60,9 @@ for stage in "${stages[@]}"; do
     fi
     group=("$stage")
     if [[ " ${side[*]} " == *" $stage "* ]]; then
-        [ "$stage" = "${side[0]}" ] || continue  # it ran beside the first of them
         group=()
         for s in "${side[@]}"; do skipped "$s" || group+=("$s"); done
+        [ "$stage" = "${group[0]}" ] || continue  # it ran beside the first of them that trains
     fi
     budget=()
     if [ -n "${WORLD_CALL_MINUTES:-}" ]; then

@@ -3,9 +3,9 @@ whole world folder on the CPU; a rerun resumes every stage and trains nothing; W
 that stage only (the other stages refuse backbone or clip flags). A stage short of its total stops the script
 (exit 75), a spent WORLD_CALL_MINUTES starts no stage, a WORLD_RECIPE's variables reach their stages, and
 `python -m pretrain.world pack` carries a run to another folder that goes on from it. WORLD_SIDE_BY_SIDE's stages
-train at the same time, a group out of the stage order is refused, and stopping the script stops them. The hour
-recipe gives every stage flags it takes. `scripts/world_backbone_arms_call.sh` continues that world's backbone in
-two arms and evaluates each."""
+train at the same time, a group out of the stage order is refused, a group led by a skipped stage still trains
+the rest, and stopping the script stops them. The hour recipe gives every stage flags it takes.
+`scripts/world_backbone_arms_call.sh` continues that world's backbone in two arms and evaluates each."""
 
 from __future__ import annotations
 
@@ -164,6 +164,18 @@ def test_world_script_refuses_side_by_side_stages_out_of_the_stage_order(tmp_pat
         assert refused.returncode == 2, (side, refused.stdout[-2000:] + refused.stderr[-2000:])
         assert "must name stages next to each other in their order" in refused.stderr
         assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_a_side_by_side_group_led_by_a_skipped_stage_still_trains_the_others(tmp_path):
+    """The autoencoder is skipped without "--space autoencoder"; a group it leads runs from its next stage."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"  # lists the real stages; records each train command; every stage reads as finished
+    fake.write_text(f'#!/usr/bin/env bash\n[ "$3" = list ] && exec {sys.executable} "$@"\n'
+                    f'[ "$3" = train ] && echo "$4" >> {calls}\nexit 0\n')
+    fake.chmod(0o755)
+    ran = _world_sh(tmp_path, PYTHON=str(fake), WORLD_SIDE_BY_SIDE="autoencoder backbone", WORLD_BACKBONE_ARGS="")
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert calls.read_text().split() == [s for s in STAGES if s != "autoencoder"]
 
 
 def test_stopping_the_script_stops_the_stages_it_runs_side_by_side(tmp_path):
